@@ -1,0 +1,69 @@
+"""Building Stage and TextEncoder objects from repository-shaped folders (shared by the backends)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, T5EncoderModel
+
+from suite.loading import ComponentLoader
+from suite.pipeline import LoadOptions
+from suite.presets import StageSpec
+from suite.registry import Registry
+from suite.stages import LowResConditioning, Stage
+from suite.text import TextEncoder
+
+
+def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
+    """CLIP text tower as Stable Diffusion uses it: 77 tokens, last hidden state, no attention mask."""
+    model = loader.model(CLIPTextModel, "text_encoder", dtype)
+    return TextEncoder(name, loader.tokenizer(), model, use_attention_mask=bool(getattr(model.config, "use_attention_mask", False)))
+
+
+def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
+    """T5 encoder as DeepFloyd IF uses it: lower-cased prompt, 77 tokens, attention mask."""
+    model = loader.model(T5EncoderModel, "text_encoder", dtype)
+    return TextEncoder(name, loader.tokenizer(), model, lowercase=True, use_attention_mask=True)
+
+
+def _vae(loader: ComponentLoader, options: LoadOptions) -> AutoencoderKL:
+    vae = loader.model(AutoencoderKL, "vae", options.denoiser_dtype)
+    if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+        vae = vae.to(torch.float32)  # fp16 VAEs overflow; diffusers upcasts them the same way
+    return vae
+
+
+def _unet(loader: ComponentLoader, options: LoadOptions) -> UNet2DConditionModel:
+    return loader.model(UNet2DConditionModel, "unet", options.denoiser_dtype)
+
+
+def latent_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """Stable Diffusion's loop: a UNet on VAE latents, decoded by the VAE."""
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder,
+                 vae=_vae(loader, options))
+
+
+def pixel_base_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """IF stage I: a pixel-space UNet at low resolution."""
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder)
+
+
+def pixel_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """IF stage II: pixel x4 super-resolution on the noise-augmented, upsampled low-res image."""
+    conditioning = LowResConditioning(loader.scheduler("image_noising_scheduler"), upsample=True)
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder,
+                 conditioning=conditioning)
+
+
+def latent_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """SD x4 upscaler: a latent next to the noise-augmented low-res image, decoded by a f=4 VAE."""
+    conditioning = LowResConditioning(loader.scheduler("low_res_scheduler"), upsample=False, noise_first=True)
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder,
+                 vae=_vae(loader, options), conditioning=conditioning)
+
+
+STAGE_KINDS = Registry("stage kind")
+STAGE_KINDS.register("latent", latent_stage)
+STAGE_KINDS.register("pixel-base", pixel_base_stage)
+STAGE_KINDS.register("pixel-sr", pixel_sr_stage)
+STAGE_KINDS.register("latent-sr", latent_sr_stage)

@@ -1,0 +1,108 @@
+"""One denoising loop for every stage, with classifier-free guidance written once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from suite.samplers import consumes_learned_variance, step_kwargs
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a per-step hook sees after each scheduler step."""
+
+    stage: str
+    index: int
+    timestep: torch.Tensor
+    sample: torch.Tensor
+
+
+StepHook = Callable[[StepEvent], None]
+
+
+class Denoiser(Protocol):
+    """A model called on a (scaled) noisy sample at timestep t; returns the model output."""
+
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor: ...
+
+
+def classifier_free_guidance(output: torch.Tensor, guidance_scale: float, sample_channels: int) -> torch.Tensor:
+    """Guide a [uncond; cond] batch of model outputs (Ho & Salimans 2022).
+
+    ``eps = uncond + scale * (cond - uncond)``. Channels past ``sample_channels`` are a learned
+    variance (IF's learned_range); they are taken from the conditional half, as IF does.
+    """
+    output_uncond, output_cond = output.chunk(2)
+    eps_uncond = output_uncond[:, :sample_channels]
+    eps_cond, variance = output_cond[:, :sample_channels], output_cond[:, sample_channels:]
+    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    return torch.cat([eps, variance], dim=1)
+
+
+@dataclass
+class GuidedUNet:
+    """Wraps a diffusers UNet with the prompt, optional low-res conditioning and guidance.
+
+    With ``guidance_scale == 1`` the unconditional pass is skipped: the formula reduces to the
+    conditional output, so this is the same math at half the cost.
+    """
+
+    unet: torch.nn.Module
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    guidance_scale: float
+    conditioning_image: torch.Tensor | None = None
+    class_labels: torch.Tensor | None = None
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.guidance_scale != 1.0
+
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        model_input = sample
+        if self.conditioning_image is not None:
+            model_input = torch.cat([model_input, self.conditioning_image], dim=1)
+        embeds, labels = self.prompt_embeds, self.class_labels
+        if self.uses_guidance:
+            model_input = torch.cat([model_input] * 2)
+            embeds = torch.cat([self.negative_prompt_embeds, self.prompt_embeds])
+            labels = None if labels is None else torch.cat([labels] * 2)
+        output = self.unet(model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[0]
+        if self.uses_guidance:
+            output = classifier_free_guidance(output, self.guidance_scale, sample.shape[1])
+        return output
+
+
+def denoise(
+    denoiser: Denoiser,
+    scheduler: SchedulerMixin,
+    sample: torch.Tensor,
+    generators: list[torch.Generator],
+    stage: str = "",
+    hooks: Sequence[StepHook] = (),
+) -> torch.Tensor:
+    """Run the scheduler's reverse process from ``sample`` (already scaled by init_noise_sigma).
+
+    The scheduler must have had ``set_timesteps`` called. Works for every diffusers scheduler:
+    first- and second-order, deterministic and ancestral, learned or fixed variance.
+    """
+    extra = step_kwargs(scheduler, generators)
+    keep_variance = consumes_learned_variance(scheduler)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    for index, timestep in enumerate(scheduler.timesteps):
+        # 1. Precondition the input (sigma scaling for Karras-style solvers; identity for DDPM/DDIM).
+        model_input = scheduler.scale_model_input(sample, timestep)
+        # 2. Predict (guided) noise; drop a learned variance the solver cannot use.
+        output = denoiser(model_input, timestep)
+        if not keep_variance:
+            output = output[:, : sample.shape[1]]
+        # 3. Take the solver's step to the next noise level.
+        sample = scheduler.step(output, timestep, sample, **extra, return_dict=False)[0]
+        for hook in hooks:
+            hook(StepEvent(stage, index, timestep, sample))
+    return sample

@@ -1,0 +1,90 @@
+"""Loading components from the hub or a local folder: safetensors only, never remote code.
+
+This is the one place where diffusers / transformers ``from_pretrained`` is called, and where
+their many failure modes become one line that names the preset, the location and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from suite.errors import UserError
+from suite.presets import Source
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class ComponentLoader:
+    """Loads the subfolders (unet/, vae/, text_encoder/ ...) of one repository-shaped location."""
+
+    preset: str
+    key: str
+    location: Path | Source
+
+    def _arguments(self, dtype: torch.dtype | None) -> tuple[str, dict[str, Any]]:
+        if isinstance(self.location, Path):
+            if not self.location.is_dir():
+                raise UserError(
+                    f"preset {self.preset!r}: no model folder at {self.location} "
+                    f"(expected a diffusers-format folder for {self.key!r}; see `suite list` for the layout)"
+                )
+            return str(self.location), {"local_files_only": True}
+        kwargs: dict[str, Any] = {"revision": self.location.revision}
+        if self.location.variant and dtype in HALF:
+            kwargs["variant"] = self.location.variant
+        return self.location.repo_id, kwargs
+
+    def _failure(self, subfolder: str, error: Exception) -> UserError:
+        if isinstance(self.location, Path):
+            return UserError(f"preset {self.preset!r}: cannot load {subfolder}/ from {self.location}: {error}".splitlines()[0])
+        revision = self.location.revision or "main"
+        return UserError(
+            f"preset {self.preset!r}: {self.location.repo_id}@{revision} ({subfolder}/) is not available offline; "
+            f"download it (`hf download {self.location.repo_id}`) or point the preset at a local copy "
+            f"with --model-dir {self.preset}=PATH"
+        )
+
+    def model(self, cls: type, subfolder: str, dtype: torch.dtype) -> Any:
+        """A diffusers or transformers model in ``dtype``, from safetensors weights only."""
+        name, kwargs = self._arguments(dtype)
+        dtype_key = "torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"
+        try:
+            model = cls.from_pretrained(name, subfolder=subfolder, use_safetensors=True, **{dtype_key: dtype}, **kwargs)
+        except (OSError, ValueError) as error:
+            raise self._failure(subfolder, error) from error
+        return model.eval().requires_grad_(False)
+
+    def tokenizer(self, subfolder: str = "tokenizer") -> Any:
+        from transformers import AutoTokenizer
+
+        name, kwargs = self._arguments(None)
+        kwargs.pop("variant", None)
+        try:
+            return AutoTokenizer.from_pretrained(name, subfolder=subfolder, trust_remote_code=False, **kwargs)
+        except (OSError, ValueError) as error:
+            raise self._failure(subfolder, error) from error
+
+    def scheduler(self, subfolder: str) -> Any:
+        """The scheduler saved in ``subfolder``, built as the class its config names."""
+        import diffusers
+
+        name, kwargs = self._arguments(None)
+        kwargs.pop("variant", None)
+        try:
+            config = diffusers.DDPMScheduler.load_config(name, subfolder=subfolder, **kwargs)
+        except (OSError, ValueError) as error:
+            raise self._failure(subfolder, error) from error
+        scheduler_class = getattr(diffusers, config.get("_class_name", "DDPMScheduler"))
+        return scheduler_class.from_config(config)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this location."""
+        if isinstance(self.location, Path):
+            return {"key": self.key, "path": str(self.location.resolve())}
+        return {"key": self.key, "repo_id": self.location.repo_id, "revision": self.location.revision or "main",
+                "variant": self.location.variant}

@@ -1,0 +1,189 @@
+"""Presets: named sets of checkpoints for a backend, on the hub or in a local folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+from suite.registry import Registry
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one repository-shaped folder of components lives on the Hugging Face hub."""
+
+    repo_id: str
+    revision: str | None = None  # None: the repository's default branch
+    variant: str | None = None  # e.g. "fp16" weight files, used when loading in half precision
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a preset: which kind of loop, from which source, and its default knobs."""
+
+    name: str
+    kind: str  # "latent", "pixel-base", "pixel-sr" or "latent-sr"
+    source: str  # key into Preset.sources
+    guidance_scale: float | None = None  # None: the sweep's guidance value
+    noise_level: int | None = None  # super-resolution stages only
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, loadable configuration of one backend.
+
+    ``sources`` maps keys to hub repositories. ``local_dir`` replaces the hub: a single-source
+    preset reads the folder itself, a multi-source preset reads ``local_dir/<key>``.
+    ``build`` makes built-in presets: it writes the folders with ``save_pretrained``.
+    """
+
+    name: str
+    backend: str
+    stages: tuple[StageSpec, ...]
+    sources: Mapping[str, Source] = field(default_factory=dict)
+    denoiser_dtype: str = "fp16"  # on accelerators; CPU runs in fp32
+    text_encoder_dtype: str = "fp16"
+    offload: str = "none"  # "none": everything resident; "model": each model moved to the device while used
+    description: str = ""
+    local_dir: Path | None = None
+    build: Callable[[Path], None] | None = None
+
+    def source_paths(self) -> dict[str, Path | Source]:
+        """Each source key mapped to a local folder (if one is set) or its hub location."""
+        if self.local_dir is None:
+            return dict(self.sources)
+        keys = list(self.sources) or [stage.source for stage in self.stages]
+        if len(set(keys)) == 1:
+            return {keys[0]: self.local_dir}
+        return {key: self.local_dir / key for key in dict.fromkeys(keys)}
+
+
+def cache_root() -> Path:
+    """Where built-in presets are materialised: $SUITE_CACHE, else ~/.cache/suite."""
+    return Path(os.environ.get("SUITE_CACHE", Path.home() / ".cache" / "suite"))
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+_IF_SR_DEFAULTS = {"guidance_scale": 4.0, "noise_level": 250}  # IF-II defaults in diffusers
+_X4_DEFAULTS = {"guidance_scale": 9.0, "noise_level": 100}  # SD x4 upscaler defaults in diffusers
+_X4 = Source("stabilityai/stable-diffusion-x4-upscaler", "a44206cef52cdd20c6a32fea6257860474f0be43")
+
+PRESETS.register(
+    "sd15",
+    Preset(
+        name="sd15",
+        backend="latent",
+        stages=(StageSpec("latent", "latent", "sd15"),),
+        sources={"sd15": Source("stable-diffusion-v1-5/stable-diffusion-v1-5")},
+        description="Stable Diffusion 1.5: CLIP ViT-L/14 text, 860M UNet on 64x64x4 latents, VAE f=8 to 512 px",
+    ),
+)
+PRESETS.register(
+    "sd21-base",
+    Preset(
+        name="sd21-base",
+        backend="latent",
+        stages=(StageSpec("latent", "latent", "sd21-base"),),
+        sources={"sd21-base": Source("stabilityai/stable-diffusion-2-1-base")},
+        description="Stable Diffusion 2.1-base: OpenCLIP ViT-H text, 865M UNet, 512 px",
+    ),
+)
+
+
+def _deepfloyd(name: str, stage_1: str, stage_2: str, description: str) -> Preset:
+    return Preset(
+        name=name,
+        backend="cascaded",
+        stages=(
+            StageSpec("base", "pixel-base", "stage_1"),
+            StageSpec("super_resolution_1", "pixel-sr", "stage_2", **_IF_SR_DEFAULTS),
+            StageSpec("super_resolution_2", "latent-sr", "stage_3", **_X4_DEFAULTS),
+        ),
+        sources={
+            "stage_1": Source(f"DeepFloyd/{stage_1}", variant="fp16"),
+            "stage_2": Source(f"DeepFloyd/{stage_2}", variant="fp16"),
+            "stage_3": _X4,
+        },
+        text_encoder_dtype="bf16",
+        offload="model",
+        description=description,
+    )
+
+
+PRESETS.register(
+    "if-xl",
+    _deepfloyd("if-xl", "IF-I-XL-v1.0", "IF-II-L-v1.0", "DeepFloyd IF: T5-XXL, IF-I-XL 64 px, IF-II-L x4 to 256, SD x4 upscaler to 1024"),
+)
+PRESETS.register(
+    "if-l", _deepfloyd("if-l", "IF-I-L-v1.0", "IF-II-L-v1.0", "DeepFloyd IF: T5-XXL, IF-I-L 64 px, IF-II-L to 256, x4 upscaler to 1024")
+)
+PRESETS.register(
+    "if-m", _deepfloyd("if-m", "IF-I-M-v1.0", "IF-II-M-v1.0", "DeepFloyd IF: T5-XXL, IF-I-M 64 px, IF-II-M to 256, x4 upscaler to 1024")
+)
+
+
+def _build_tiny_latent(folder: Path) -> None:
+    from suite import tiny
+
+    tiny.build_latent(folder)
+
+
+def _build_tiny_cascade(folder: Path) -> None:
+    from suite import tiny
+
+    tiny.build_cascade(folder)
+
+
+PRESETS.register(
+    "tiny-latent",
+    Preset(
+        name="tiny-latent",
+        backend="latent",
+        stages=(StageSpec("latent", "latent", "model"),),
+        sources={"model": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="untrained SD-shaped model built from configs (64 px, VAE f=8): exercises the machinery",
+        build=_build_tiny_latent,
+    ),
+)
+PRESETS.register(
+    "tiny-cascaded",
+    Preset(
+        name="tiny-cascaded",
+        backend="cascaded",
+        stages=(
+            StageSpec("base", "pixel-base", "stage_1"),
+            StageSpec("super_resolution_1", "pixel-sr", "stage_2", **_IF_SR_DEFAULTS),
+        ),
+        sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="untrained IF-shaped cascade built from configs (T5, 16 px base, x4 SR to 64 px)",
+        build=_build_tiny_cascade,
+    ),
+)
+
+
+def materialise(preset: Preset) -> Preset:
+    """For a built-in preset without a local folder, build it once into the cache and point at it."""
+    if preset.build is None or preset.local_dir is not None:
+        return preset
+    folder = cache_root() / "presets" / preset.name
+    if not folder.is_dir():
+        import shutil
+        import tempfile
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{preset.name}-", dir=folder.parent))
+        try:
+            preset.build(staging)
+            staging.rename(folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not folder.is_dir():
+                raise
+    return replace(preset, local_dir=folder)

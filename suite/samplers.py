@@ -1,0 +1,92 @@
+"""Samplers: names mapped to diffusers scheduler classes, built from a model's own scheduler config.
+
+A sampler never changes the model's noise schedule (betas, prediction type, thresholding): it is
+built with ``SchedulerClass.from_config(model_scheduler_config, **overrides)``, the swap diffusers
+documents, so the same trained model can be sampled by every solver.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import diffusers
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from suite.registry import Registry
+
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A diffusers scheduler class plus the keyword arguments that make it this sampler."""
+
+    scheduler_class: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def build(self, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
+        """Build the scheduler from the model's own scheduler config plus this sampler's overrides."""
+        scheduler_class = getattr(diffusers, self.scheduler_class)
+        return scheduler_class.from_config(dict(model_scheduler_config), **dict(self.overrides))
+
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS.register("ddpm", Sampler("DDPMScheduler", description="ancestral DDPM (Ho et al. 2020)"))
+SAMPLERS.register(
+    "ddim", Sampler("DDIMScheduler", description="deterministic DDIM, eta=0 (Song et al. 2021)")
+)
+SAMPLERS.register(
+    "pndm", Sampler("PNDMScheduler", {"skip_prk_steps": True}, "pseudo linear multistep (Liu et al. 2022)")
+)
+SAMPLERS.register("euler", Sampler("EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn"))
+SAMPLERS.register(
+    "euler-ancestral", Sampler("EulerAncestralDiscreteScheduler", description="Euler with ancestral noise (k-diffusion)")
+)
+SAMPLERS.register("heun", Sampler("HeunDiscreteScheduler", description="Heun 2nd order, Karras et al. 2022 Alg. 1"))
+SAMPLERS.register(
+    "dpm-solver++",
+    Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+        "DPM-Solver++(2M) (Lu et al. 2022)",
+    ),
+)
+SAMPLERS.register(
+    "dpm-solver++-karras",
+    Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "DPM-Solver++(2M) on Karras sigmas",
+    ),
+)
+SAMPLERS.register("unipc", Sampler("UniPCMultistepScheduler", description="UniPC predictor-corrector (Zhao et al. 2023)"))
+SAMPLERS.register("deis", Sampler("DEISMultistepScheduler", description="DEIS multistep (Zhang & Chen 2023)"))
+
+
+def make_scheduler(sampler_name: str, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
+    """Build the named sampler's scheduler from a model's scheduler config."""
+    return SAMPLERS.get(sampler_name).build(model_scheduler_config)
+
+
+def consumes_learned_variance(scheduler: SchedulerMixin) -> bool:
+    """True when the scheduler uses a learned-variance half of the model output (IF's learned_range).
+
+    ``from_config`` keeps foreign keys, so a DDIM built from IF's config still *says*
+    ``variance_type: learned_range`` while its ``step`` cannot use it; ask the class instead.
+    """
+    accepts = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
+    return accepts and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
+
+
+def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict[str, Any]:
+    """Extra ``step`` arguments the scheduler accepts: per-image generators and eta=0."""
+    parameters = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "generator" in parameters:
+        kwargs["generator"] = generators
+    if "eta" in parameters:
+        kwargs["eta"] = 0.0
+    return kwargs

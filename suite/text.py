@@ -1,0 +1,80 @@
+"""Text encoders, adapted once at the boundary, and a per-run cache of prompt embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TextEncoder:
+    """A tokenizer + transformers encoder producing per-token embeddings for cross-attention.
+
+    Mirrors the diffusers pipelines: CLIP (Stable Diffusion) pads to 77 tokens and passes no
+    attention mask; T5 (DeepFloyd IF) lower-cases and strips the prompt (``clean_caption=False``),
+    pads to 77 tokens and passes the attention mask.
+    """
+
+    name: str
+    tokenizer: object
+    model: torch.nn.Module
+    max_length: int = 77
+    lowercase: bool = False
+    use_attention_mask: bool = False
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.lowercase:
+            prompts = [prompt.lower().strip() for prompt in prompts]
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+
+    def count_truncated(self, prompts: list[str]) -> int:
+        """How many prompts are longer than the encoder's context and lose tokens."""
+        lengths = [len(self.tokenizer(prompt, add_special_tokens=True).input_ids) for prompt in prompts]
+        return sum(length > self.max_length for length in lengths)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenize(prompts)
+        device = next(self.model.parameters()).device
+        mask = tokens.attention_mask.to(device) if self.use_attention_mask else None
+        return self.model(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+
+@dataclass
+class EmbeddingCache:
+    """Embeddings of each unique prompt, computed once per encoder and reused across the grid."""
+
+    encoder: TextEncoder
+    batch_size: int = 16
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds_per_prompt: dict[str, float] = field(default_factory=dict)
+
+    def encode(self, needed: list[str], universe: list[str], clock) -> None:
+        """Encode the prompts in ``needed`` that are not cached yet.
+
+        Prompts are encoded in fixed blocks of ``universe`` (every prompt of the run, in order),
+        so an embedding's bits never depend on which prompts a shard or a resumed run still needs.
+        """
+        ordered = list(dict.fromkeys(universe))
+        wanted = {prompt for prompt in needed if prompt not in self.embeddings}
+        for start in range(0, len(ordered), self.batch_size):
+            block = ordered[start : start + self.batch_size]
+            if not wanted.intersection(block):
+                continue
+            began = clock()
+            embeds = self.encoder(block)
+            elapsed = clock() - began
+            for prompt, embed in zip(block, embeds):
+                self.embeddings[prompt] = embed
+                self.seconds_per_prompt[prompt] = elapsed / len(block)
+
+    def lookup(self, prompts: list[str]) -> torch.Tensor:
+        return torch.stack([self.embeddings[prompt] for prompt in prompts])

@@ -1,0 +1,72 @@
+"""Honest clocks: CUDA is synchronised before every reading, and peak memory is recorded."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from suite.denoise import StepEvent
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so a clock reading covers the work it claims to."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Clock:
+    """``clock()`` returns seconds from ``perf_counter`` after synchronising the device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+
+@dataclass
+class StepTimer:
+    """A per-step hook that records the wall time of each denoising step of one stage."""
+
+    clock: Clock
+    step_seconds: list[float] = field(default_factory=list)
+    _last: float = 0.0
+
+    def start(self) -> None:
+        self.step_seconds.clear()
+        self._last = self.clock()
+
+    def __call__(self, event: StepEvent) -> None:
+        now = self.clock()
+        self.step_seconds.append(now - self._last)
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return sum(self.step_seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.step_seconds) if self.step_seconds else float("nan")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory in bytes and what it measures: CUDA allocations, or the process's max RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
+    return int(rss * scale), "process_max_rss"

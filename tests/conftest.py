@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny models of both families, built from configs and saved like hub repos."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from suite import tiny  # noqa: E402
+from suite.backends import BACKENDS  # noqa: E402
+from suite.pipeline import LoadOptions  # noqa: E402
+from suite.presets import PRESETS  # noqa: E402
+
+CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "suite-cache"))
+
+
+@pytest.fixture(scope="session")
+def latent_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-latent")
+    tiny.build_latent(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cascade_folder(tmp_path_factory) -> Path:
+    """Three stages shaped like if-xl: pixel base, pixel x4 SR, latent x4 upscaler."""
+    folder = tmp_path_factory.mktemp("tiny-cascade")
+    tiny.build_cascade(folder, latent_upscaler=True)
+    return folder
+
+
+@pytest.fixture
+def latent_pipeline(latent_folder):
+    preset = replace(PRESETS.get("sd15"), local_dir=latent_folder, denoiser_dtype="fp32", text_encoder_dtype="fp32")
+    return BACKENDS.get("latent").load(preset, CPU_FP32)
+
+
+@pytest.fixture
+def cascade_pipeline(cascade_folder):
+    preset = replace(PRESETS.get("if-xl"), local_dir=cascade_folder, offload="none")
+    return BACKENDS.get("cascaded").load(preset, CPU_FP32)
