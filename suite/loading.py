@@ -88,3 +88,25 @@ class ComponentLoader:
             return {"key": self.key, "path": str(self.location.resolve())}
         return {"key": self.key, "repo_id": self.location.repo_id, "revision": self.location.revision or "main",
                 "variant": self.location.variant}
+
+
+def check_available(preset) -> None:
+    """Fail early, before a run folder is written, if a preset's folders or hub files cannot be reached.
+
+    Local folders must exist. Hub repositories must have their small config files in the local
+    cache or be downloadable now; the weights themselves are fetched by ``from_pretrained``.
+    """
+    for key, location in preset.source_paths().items():
+        if isinstance(location, Path):
+            if not location.is_dir():
+                raise UserError(
+                    f"preset {preset.name!r}: no model folder at {location}; download the checkpoint "
+                    f"(`hf download <repo> --local-dir {location}`) or fix --model-dir"
+                )
+            continue
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(location.repo_id, revision=location.revision, allow_patterns=["*.json"])
+        except Exception as error:  # noqa: BLE001 - every hub failure means the same thing to the user
+            raise ComponentLoader(preset.name, key, location)._failure("config", error) from error

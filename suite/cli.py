@@ -1,0 +1,133 @@
+"""Command line: parses arguments and calls library functions. Bad input: one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from suite.errors import UserError
+
+DEFAULT_SWEEP = "experiments/tiny.yaml"
+EXIT_USAGE = 2
+
+
+def _default_sweep() -> Path:
+    """experiments/tiny.yaml in the working directory, else in the source checkout of this package."""
+    local = Path(DEFAULT_SWEEP)
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parents[1] / DEFAULT_SWEEP
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """--shard i/n, else RANK/WORLD_SIZE from torchrun or accelerate launch, else 0/1."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world_size = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"--shard {text}: need 0 <= i < n")
+    return rank, world_size
+
+
+def _model_dirs(pairs: list[str]) -> dict[str, Path]:
+    dirs = {}
+    for pair in pairs:
+        name, separator, path = pair.partition("=")
+        if not separator or not name or not path:
+            raise UserError(f"--model-dir must look like PRESET=PATH, got {pair!r}")
+        dirs[name] = Path(path)
+    return dirs
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from suite.config import load_sweep
+    from suite.runner import RunOptions, run_sweep
+
+    resolved = load_sweep(Path(args.config) if args.config else _default_sweep())
+    rank, world_size = _shard(args.shard)
+    out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
+    options = RunOptions(out, args.device, args.dtype, rank, world_size, _model_dirs(args.model_dir),
+                         progress=not args.quiet)
+    summary = run_sweep(resolved, options)
+    state = "complete" if summary.complete else "waiting for other shards"
+    print(f"{summary.run}: {summary.images_generated} images generated in {summary.items_generated} items "
+          f"(shard {rank}/{world_size}: {summary.items_this_shard} of {summary.items_total} items); run {state}")
+    return 0
+
+
+def command_list(args: argparse.Namespace) -> int:
+    from suite.backends import BACKENDS
+    from suite.config import METRICS
+    from suite.presets import PRESETS
+    from suite.prompts import PROMPT_SETS
+    from suite.samplers import SAMPLERS
+
+    print("backends:")
+    for name, backend in BACKENDS.items():
+        print(f"  {name:22} {backend.description}")
+    print("presets:")
+    for name, preset in PRESETS.items():
+        stages = " -> ".join(f"{spec.name}({spec.kind})" for spec in preset.stages)
+        print(f"  {name:22} [{preset.backend}] {preset.description}\n  {'':22} stages: {stages}")
+    print("samplers:")
+    for name, sampler in SAMPLERS.items():
+        print(f"  {name:22} {sampler.scheduler_class} {dict(sampler.overrides) or ''} {sampler.description}")
+    print("prompt sets:")
+    for name, prompts in PROMPT_SETS.items():
+        print(f"  {name:22} {len(prompts)} prompts")
+    print("metrics:")
+    print("  " + (", ".join(METRICS.names()) or "(none registered)"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="suite", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sweep = commands.add_parser("sweep", help="run a sweep (default: experiments/tiny.yaml); resumable")
+    sweep.add_argument("config", nargs="?", help="sweep YAML file")
+    sweep.add_argument("--out", help="run folder (default: results/<sweep name>)")
+    sweep.add_argument("--shard", help="i/n: run every n-th work item starting at i (default: RANK/WORLD_SIZE or 0/1)")
+    sweep.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    sweep.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="auto: each preset's dtypes on accelerators, fp32 on CPU")
+    sweep.add_argument("--model-dir", action="append", default=[], metavar="PRESET=PATH",
+                       help="load PRESET from a local folder instead of the hub (repeatable)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=command_sweep)
+
+    listing = commands.add_parser("list", help="backends, presets, samplers, prompt sets, metrics")
+    listing.set_defaults(handler=command_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"suite: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("suite: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advice would drown the suite's own one-line messages."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

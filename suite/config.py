@@ -1,0 +1,193 @@
+"""Sweep files: YAML validated into typed, frozen config, resolved with every default filled in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from suite.errors import UserError
+from suite.presets import PRESETS
+from suite.prompts import PROMPT_SETS, read_prompt_file
+from suite.registry import Registry
+from suite.samplers import SAMPLERS
+
+# Metrics are computed after generation; the metrics module registers its entries here.
+METRICS: Registry[Any] = Registry("metric")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageOverride(Frozen):
+    """Fixed values for one stage of a preset, replacing what the grid or preset would give it."""
+
+    sampler: str | None = None
+    steps: int | None = Field(default=None, ge=1)
+    guidance: float | None = Field(default=None, ge=0)
+    noise_level: int | None = Field(default=None, ge=0, le=999)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        return value if value is None else _known(SAMPLERS, value)
+
+    @field_validator("guidance")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class PromptSpec(Frozen):
+    """Exactly one of: a built-in set, a file (relative to the sweep file), or an inline list."""
+
+    set: str | None = None
+    file: str | None = None
+    list: tuple[str, ...] | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "PromptSpec":
+        given = [name for name in ("set", "file", "list") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'set', 'file' or 'list'")
+        if self.set is not None:
+            _known(PROMPT_SETS, self.set)
+        return self
+
+
+class Sweep(Frozen):
+    """A sweep as written in YAML; ``resolve`` turns it into a ResolvedSweep."""
+
+    name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(default=0, ge=0)
+    presets: tuple[str, ...] = Field(min_length=1)
+    samplers: tuple[str, ...] = Field(min_length=1)
+    steps: tuple[int, ...] = Field(min_length=1)
+    guidance: tuple[float, ...] = Field(min_length=1)
+    seeds_per_prompt: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    prompts: PromptSpec
+    stages: dict[str, dict[str, StageOverride]] = Field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
+
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, values):
+        return tuple(_known(PRESETS, value) for value in values)
+
+    @field_validator("samplers")
+    @classmethod
+    def _known_samplers(cls, values):
+        return tuple(_known(SAMPLERS, value) for value in values)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, values):
+        return tuple(_known(METRICS, value) for value in values)
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, values):
+        if any(value < 1 for value in values):
+            raise ValueError("every step count must be >= 1")
+        return values
+
+    @field_validator("guidance")
+    @classmethod
+    def _valid_guidance(cls, values):
+        if any(not math.isfinite(value) or value < 0 for value in values):
+            raise ValueError("every guidance scale must be a finite number >= 0")
+        return values
+
+    @model_validator(mode="after")
+    def _stage_overrides_name_real_stages(self) -> "Sweep":
+        for axis in ("presets", "samplers", "steps", "guidance"):
+            values = getattr(self, axis)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{axis}: values repeat: {list(values)}")
+        for preset_name, overrides in self.stages.items():
+            if preset_name not in self.presets:
+                raise ValueError(f"stage overrides for {preset_name!r}, which is not in presets {list(self.presets)}")
+            stage_names = [spec.name for spec in PRESETS.get(preset_name).stages]
+            for stage_name in overrides:
+                if stage_name not in stage_names:
+                    raise ValueError(f"preset {preset_name!r} has no stage {stage_name!r}; stages: {stage_names}")
+        return self
+
+
+class ResolvedSweep(Frozen):
+    """A sweep with its prompts read in: everything that determines its images."""
+
+    sweep: Sweep
+    prompt_texts: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.sweep.model_dump(mode="json")
+        data["prompts"] = {"list": list(self.prompt_texts)}
+        return data
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _known(registry: Registry, name: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; valid: {', '.join(registry.names()) or '(none)'}")
+    return name
+
+
+def _first_error_line(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "sweep"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {where}: {message}"
+
+
+def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a sweep file must be a YAML mapping")
+    try:
+        return Sweep.model_validate(data)
+    except ValidationError as error:
+        raise UserError(_first_error_line(source, error)) from None
+
+
+def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSweep:
+    """Read the prompt set; an empty prompt set is an error."""
+    spec = sweep.prompts
+    if spec.set is not None:
+        prompts = list(PROMPT_SETS.get(spec.set))
+    elif spec.file is not None:
+        path = Path(spec.file)
+        prompts = read_prompt_file(path if path.is_absolute() else base_dir / path)
+    else:
+        prompts = [prompt.strip() for prompt in spec.list if prompt.strip()]
+    if spec.limit is not None:
+        prompts = prompts[: spec.limit]
+    if not prompts:
+        raise UserError(f"{source}: prompts: the prompt set is empty")
+    return ResolvedSweep(sweep=sweep, prompt_texts=tuple(prompts))
+
+
+def load_sweep(path: Path) -> ResolvedSweep:
+    """Read, validate and resolve a sweep file; every problem is a one-line UserError."""
+    if not path.is_file():
+        raise UserError(f"sweep file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    sweep = parse_sweep(data, str(path))
+    return resolve(sweep, path.parent, str(path))

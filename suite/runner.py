@@ -1,0 +1,208 @@
+"""Running a sweep: load each preset once, encode each prompt once, generate every work item, resumably."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from suite.backends import BACKENDS
+from suite.config import ResolvedSweep
+from suite.errors import UserError
+from suite.devices import load_options, resolve_device
+from suite.grid import WorkItem, expand, shard
+from suite.loading import check_available
+from suite.pipeline import NEGATIVE_PROMPT, TextToImagePipeline
+from suite.presets import PRESETS, Preset, materialise
+from suite.results import (
+    SAMPLES, atomic_write_bytes, atomic_write_table, collect_samples, ensure_writable, item_path, sha256_bytes,
+    write_config, write_manifest,
+)
+from suite.timing import Clock, peak_memory, reset_peak_memory
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    rank: int = 0
+    world_size: int = 1
+    model_dirs: dict[str, Path] = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run: Path
+    items_total: int
+    items_this_shard: int
+    items_generated: int
+    images_generated: int
+    complete: bool
+
+
+def prepare_presets(resolved: ResolvedSweep, model_dirs: dict[str, Path]) -> dict[str, Preset]:
+    """Each preset of the sweep, pointed at its local folder if given, checked to be loadable."""
+    unknown = sorted(set(model_dirs) - set(resolved.sweep.presets))
+    if unknown:
+        raise UserError(f"--model-dir names {unknown[0]!r}, which is not a preset of this sweep: "
+                        f"{', '.join(resolved.sweep.presets)}")
+    presets = {}
+    for name in resolved.sweep.presets:
+        preset = PRESETS.get(name)
+        if name in model_dirs:
+            preset = replace(preset, local_dir=Path(model_dirs[name]))
+        preset = materialise(preset)
+        check_available(preset)
+        presets[name] = preset
+    return presets
+
+
+def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -> RunSummary:
+    """Generate every image of this shard's work items that the run folder does not hold yet.
+
+    Args:
+        resolved: the validated sweep with its prompts.
+        options: output folder, device, dtype, shard and local model folders.
+        hooks: per-step hooks passed to every denoising loop.
+    Returns:
+        What was done; ``complete`` once every shard's items exist and samples.parquet is written.
+    Example:
+        >>> run_sweep(load_sweep(Path("experiments/tiny.yaml")), RunOptions(Path("results/tiny")))
+    """
+    device = resolve_device(options.device)
+    presets = prepare_presets(resolved, options.model_dirs)
+    ensure_writable(options.out)
+    items = expand(resolved)
+    mine = shard(items, options.rank, options.world_size)
+
+    run = options.out
+    run.mkdir(parents=True, exist_ok=True)
+    write_config(run, resolved.to_dict(), resolved.config_hash())
+    write_manifest(run, device, _dtypes(presets, device, options.dtype), _model_sources(presets),
+                   {"sweep_seed": resolved.sweep.seed, "rule": "sha256(f'{sweep_seed}/{prompt_index}/{seed_index}')[:8] & (2**63-1)",
+                    "generator": "torch.Generator('cpu'), one per image"})
+
+    todo = [item for item in mine if not item_path(run, item.id).exists()]
+    done_images = sum(len(item.images) for item in mine) - sum(len(item.images) for item in todo)
+    progress = tqdm(total=sum(len(item.images) for item in mine), initial=done_images, unit="img",
+                    disable=not options.progress, desc=resolved.sweep.name)
+    images_generated = 0
+    for preset_name, group in itertools.groupby(todo, key=lambda item: item.preset):
+        group = list(group)
+        preset = presets[preset_name]
+        pipeline = BACKENDS.get(preset.backend).load(preset, load_options(preset, device, options.dtype))
+        clock = Clock(device)
+        _warm_up(pipeline, group[0], clock)
+        needed = sorted({image.prompt for item in group for image in item.images})
+        pipeline.encode(needed, list(resolved.prompt_texts), clock)
+        for item in group:
+            rows = generate_item(pipeline, item, run, clock, hooks)
+            atomic_write_table(pd.DataFrame(rows), item_path(run, item.id).with_suffix(""), csv=False)
+            images_generated += len(rows)
+            progress.update(len(rows))
+        del pipeline
+    progress.close()
+
+    samples = collect_samples(run, [item.id for item in items])
+    if samples is not None:
+        atomic_write_table(samples, run / SAMPLES)
+    return RunSummary(run, len(items), len(mine), len(todo), images_generated, samples is not None)
+
+
+def _dtypes(presets: dict[str, Preset], device: torch.device, dtype: str) -> dict[str, Any]:
+    dtypes = {}
+    for name, preset in presets.items():
+        options = load_options(preset, device, dtype)
+        dtypes[name] = {"denoiser": str(options.denoiser_dtype), "text_encoder": str(options.text_encoder_dtype),
+                        "offload": options.offload}
+    return dtypes
+
+
+def _model_sources(presets: dict[str, Preset]) -> dict[str, Any]:
+    sources = {}
+    for name, preset in presets.items():
+        locations = preset.source_paths()
+        sources[name] = {
+            "backend": preset.backend,
+            "stages": [spec.name for spec in preset.stages],
+            "sources": {key: (str(Path(value).resolve()) if isinstance(value, Path) else
+                              {"repo_id": value.repo_id, "revision": value.revision or "main", "variant": value.variant})
+                        for key, value in locations.items()},
+        }
+    return sources
+
+
+def _warm_up(pipeline: TextToImagePipeline, item: WorkItem, clock: Clock) -> None:
+    """One short untimed generation at the item's batch shape, so timings exclude one-off costs."""
+    pipeline.encode([], [], clock)
+    settings = [replace(stage, num_inference_steps=min(2, stage.num_inference_steps)) for stage in item.stages]
+    batch = len(item.images)
+    generators = [torch.Generator().manual_seed(0) for _ in range(batch)]
+    pipeline.generate([NEGATIVE_PROMPT] * batch, settings, generators, clock)
+
+
+def image_relative_path(item: WorkItem, prompt_index: int, seed_index: int) -> Path:
+    point = f"steps{item.num_inference_steps}_cfg{item.guidance_scale:g}"
+    return Path("images") / item.preset / item.sampler / point / f"p{prompt_index:04d}_s{seed_index:02d}.png"
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """[0,1] CHW float -> PNG bytes, quantised by rounding as diffusers' numpy_to_pil does."""
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def generate_item(pipeline: TextToImagePipeline, item: WorkItem, run: Path, clock: Clock,
+                  hooks: tuple = ()) -> list[dict[str, Any]]:
+    """Generate one work item's images, write them as PNG, and return one row per image."""
+    device = pipeline.options.device
+    prompts = [image.prompt for image in item.images]
+    generators = [torch.Generator().manual_seed(image.seed) for image in item.images]
+    reset_peak_memory(device)
+    began = clock()
+    images, timings = pipeline.generate(prompts, item.stages, generators, clock, hooks)
+    generate_seconds = clock() - began
+    memory, memory_kind = peak_memory(device)
+    batch = len(item.images)
+
+    shared: dict[str, Any] = {
+        "item_id": item.id, "preset": item.preset, "backend": pipeline.backend, "sampler": item.sampler,
+        "num_inference_steps": item.num_inference_steps, "guidance_scale": item.guidance_scale,
+        "batch_size": batch, "generate_s": generate_seconds, "decode_s": sum(t.decode_seconds for t in timings),
+        "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "device": str(device),
+        "dtype": str(pipeline.options.denoiser_dtype).removeprefix("torch."),
+    }
+    for number, (settings, timing) in enumerate(zip(item.stages, timings), start=1):
+        shared.update({
+            f"stage{number}_name": timing.stage, f"stage{number}_sampler": settings.sampler,
+            f"stage{number}_steps": settings.num_inference_steps, f"stage{number}_guidance": settings.guidance_scale,
+            f"stage{number}_noise_level": settings.noise_level, f"stage{number}_loop_s": timing.loop_seconds,
+            f"stage{number}_step_median_s": timing.step_seconds_median,
+            f"stage{number}_model_evaluations": timing.model_evaluations,
+        })
+
+    rows = []
+    for spec, image in zip(item.images, images):
+        png = to_png(image)
+        relative = image_relative_path(item, spec.prompt_index, spec.seed_index)
+        atomic_write_bytes(run / relative, png)
+        text_seconds = pipeline.text_encode_seconds(spec.prompt)
+        rows.append({
+            **shared, "prompt_index": spec.prompt_index, "seed_index": spec.seed_index, "prompt": spec.prompt,
+            "seed": spec.seed, "image_path": relative.as_posix(), "sha256": sha256_bytes(png),
+            "height": image.shape[1], "width": image.shape[2], "text_encode_s": text_seconds,
+            "seconds_per_image": generate_seconds / batch + text_seconds,
+        })
+    return rows
