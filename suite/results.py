@@ -143,4 +143,8 @@ def collect_samples(run: Path, item_ids: list[str]) -> pd.DataFrame | None:
     if not all(path.exists() for path in paths):
         return None
     frames = [pd.read_parquet(path) for path in paths]
-    return pd.concat(frames, ignore_index=True)
+    samples = pd.concat(frames, ignore_index=True)
+    stage_columns = sorted((column for column in samples.columns if column.startswith("stage")),
+                           key=lambda column: (int(column[5:].split("_")[0]), column))
+    other_columns = [column for column in samples.columns if column not in stage_columns]
+    return samples[other_columns + stage_columns]

@@ -80,8 +80,8 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
         >>> run_sweep(load_sweep(Path("experiments/tiny.yaml")), RunOptions(Path("results/tiny")))
     """
     device = resolve_device(options.device)
-    presets = prepare_presets(resolved, options.model_dirs)
     ensure_writable(options.out)
+    presets = prepare_presets(resolved, options.model_dirs)
     items = expand(resolved)
     mine = shard(items, options.rank, options.world_size)
 
