@@ -1,0 +1,51 @@
+"""Every sampler works on every kind of stage, learned variance included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from suite.samplers import SAMPLERS, consumes_learned_variance, make_scheduler
+from suite.stages import StageSettings
+from suite.timing import Clock
+
+CLOCK = Clock(torch.device("cpu"))
+PROMPTS = ["a red circle"]
+
+IF_CONFIG = {"beta_schedule": "squaredcos_cap_v2", "variance_type": "learned_range", "thresholding": True}
+
+
+def test_registry_has_the_required_samplers():
+    required = {"ddpm", "ddim", "pndm", "euler", "euler-ancestral", "heun", "dpm-solver++", "dpm-solver++-karras",
+                "unipc", "deis"}
+    assert required <= set(SAMPLERS.names())
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_sampler_keeps_the_models_noise_schedule(sampler):
+    scheduler = make_scheduler(sampler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                                         "prediction_type": "v_prediction"})
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.beta_schedule == "scaled_linear"
+
+
+@pytest.mark.parametrize("sampler, expected", [("ddpm", True), ("dpm-solver++", True), ("ddim", False),
+                                               ("euler", False), ("unipc", False), ("heun", False)])
+def test_learned_variance_is_kept_only_for_solvers_that_use_it(sampler, expected):
+    assert consumes_learned_variance(make_scheduler(sampler, IF_CONFIG)) is expected
+    assert not consumes_learned_variance(make_scheduler(sampler, {"beta_schedule": "linear"}))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_every_sampler_on_every_stage_kind(cascade_pipeline, latent_pipeline, sampler):
+    """Latent loop; IF pixel base and pixel SR (learned_range); SD x4 latent upscaler (v-prediction)."""
+    latent_pipeline.encode(PROMPTS, PROMPTS, CLOCK)
+    images, _ = latent_pipeline.generate(PROMPTS, [StageSettings(sampler, 3, 5.0)], [torch.Generator().manual_seed(0)], CLOCK)
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+
+    cascade_pipeline.encode(PROMPTS, PROMPTS, CLOCK)
+    settings = [StageSettings(sampler, 3, 7.0), StageSettings(sampler, 2, 4.0, 250), StageSettings(sampler, 2, 9.0, 100)]
+    images, timings = cascade_pipeline.generate(PROMPTS, settings, [torch.Generator().manual_seed(0)], CLOCK)
+    assert images.shape == (1, 3, 256, 256) and torch.isfinite(images).all()
+    assert [timing.stage for timing in timings] == ["base", "super_resolution_1", "super_resolution_2"]
+    assert all(timing.model_evaluations >= 2 for timing in timings)
