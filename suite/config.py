@@ -79,20 +79,11 @@ class Sweep(Frozen):
     stages: dict[str, dict[str, StageOverride]] = Field(default_factory=dict)
     metrics: tuple[str, ...] = ()
 
-    @field_validator("presets")
+    @field_validator("presets", "samplers", "metrics")
     @classmethod
-    def _known_presets(cls, values):
-        return tuple(_known(PRESETS, value) for value in values)
-
-    @field_validator("samplers")
-    @classmethod
-    def _known_samplers(cls, values):
-        return tuple(_known(SAMPLERS, value) for value in values)
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, values):
-        return tuple(_known(METRICS, value) for value in values)
+    def _known_names(cls, values, info):
+        registry = {"presets": PRESETS, "samplers": SAMPLERS, "metrics": METRICS}[info.field_name]
+        return tuple(_known(registry, value) for value in values)
 
     @field_validator("steps")
     @classmethod

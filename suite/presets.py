@@ -71,26 +71,16 @@ _IF_SR_DEFAULTS = {"guidance_scale": 4.0, "noise_level": 250}  # IF-II defaults 
 _X4_DEFAULTS = {"guidance_scale": 9.0, "noise_level": 100}  # SD x4 upscaler defaults in diffusers
 _X4 = Source("stabilityai/stable-diffusion-x4-upscaler", "a44206cef52cdd20c6a32fea6257860474f0be43")
 
-PRESETS.register(
-    "sd15",
-    Preset(
-        name="sd15",
-        backend="latent",
-        stages=(StageSpec("latent", "latent", "sd15"),),
-        sources={"sd15": Source("stable-diffusion-v1-5/stable-diffusion-v1-5")},
-        description="Stable Diffusion 1.5: CLIP ViT-L/14 text, 860M UNet on 64x64x4 latents, VAE f=8 to 512 px",
-    ),
-)
-PRESETS.register(
-    "sd21-base",
-    Preset(
-        name="sd21-base",
-        backend="latent",
-        stages=(StageSpec("latent", "latent", "sd21-base"),),
-        sources={"sd21-base": Source("stabilityai/stable-diffusion-2-1-base")},
-        description="Stable Diffusion 2.1-base: OpenCLIP ViT-H text, 865M UNet, 512 px",
-    ),
-)
+def _stable_diffusion(name: str, repo_id: str, description: str) -> Preset:
+    return Preset(name=name, backend="latent", stages=(StageSpec("latent", "latent", name),),
+                  sources={name: Source(repo_id)}, description=description)
+
+
+PRESETS.register("sd15", _stable_diffusion(
+    "sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "Stable Diffusion 1.5: CLIP ViT-L/14 text, 860M UNet on 64x64x4 latents, VAE f=8 to 512 px"))
+PRESETS.register("sd21-base", _stable_diffusion(
+    "sd21-base", "stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1-base: OpenCLIP ViT-H text, 865M UNet, 512 px"))
 
 
 def _deepfloyd(name: str, stage_1: str, stage_2: str, description: str) -> Preset:
