@@ -113,3 +113,28 @@ def test_list_prints_every_registry(capsys):
     for name in ["latent", "cascaded", "sd15", "sd21-base", "if-xl", "if-l", "if-m", "ddpm", "ddim", "pndm", "euler",
                  "euler-ancestral", "heun", "dpm-solver++", "dpm-solver++-karras", "unipc", "deis"]:
         assert name in out
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("p.txt", "a red circle\n\n  a blue square  \n"),
+        ("p.csv", "prompt,category\na red circle,shape\na blue square,shape\n"),
+        ("p.jsonl", '{"prompt": "a red circle"}\n{"prompt": "a blue square", "id": 2}\n'),
+    ],
+)
+def test_prompt_files_are_read_relative_to_the_sweep(tmp_path, name, content):
+    from suite.config import load_sweep
+
+    (tmp_path / name).write_text(content)
+    path = write(tmp_path, VALID.replace('prompts: {list: ["a red circle"]}', f"prompts: {{file: {name}}}"))
+    assert load_sweep(path).prompt_texts == ("a red circle", "a blue square")
+
+
+def test_resolved_config_hash_is_stable_and_sensitive(tmp_path):
+    from suite.config import load_sweep
+
+    first = load_sweep(write(tmp_path, VALID, "a.yaml"))
+    again = load_sweep(write(tmp_path, VALID, "b.yaml"))
+    other = load_sweep(write(tmp_path, VALID.replace("steps: [2]", "steps: [3]"), "c.yaml"))
+    assert first.config_hash() == again.config_hash() != other.config_hash()
