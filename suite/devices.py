@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from suite.errors import UserError
@@ -54,7 +52,3 @@ def load_options(preset: Preset, device: torch.device, dtype: str) -> LoadOption
         denoiser = text = _supported(DTYPES.get(dtype), device)
     offload = preset.offload == "model" and device.type != "cpu"
     return LoadOptions(device, denoiser, text, offload)
-
-
-def with_local_dir(preset: Preset, path) -> Preset:
-    return replace(preset, local_dir=path)

@@ -35,11 +35,6 @@ class TextEncoder:
             return_tensors="pt",
         )
 
-    def count_truncated(self, prompts: list[str]) -> int:
-        """How many prompts are longer than the encoder's context and lose tokens."""
-        lengths = [len(self.tokenizer(prompt, add_special_tokens=True).input_ids) for prompt in prompts]
-        return sum(length > self.max_length for length in lengths)
-
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenize(prompts)
