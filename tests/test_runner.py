@@ -159,3 +159,51 @@ def test_sigkill_half_way_then_resume_gives_the_same_rows(tmp_path):
     samples = pd.read_parquet(killed / "samples.parquet")
     assert len(samples) == 96 and not samples.duplicated(IDENTITY).any()
     assert hashes(killed).equals(hashes(reference))
+
+
+def test_real_presets_run_from_local_folders(tmp_path, latent_folder, cascade_folder):
+    """sd15 and if-xl, pointed at tiny folders of their hub layout, run through the CLI like any preset."""
+    from suite.cli import main
+
+    path = tmp_path / "real.yaml"
+    path.write_text(textwrap.dedent("""
+        name: real
+        presets: [sd15, if-xl]
+        samplers: [ddim]
+        steps: [2]
+        guidance: [7.5]
+        prompts: {list: ["a red circle"]}
+        stages: {if-xl: {super_resolution_2: {steps: 2}}}
+    """))
+    out = tmp_path / "run"
+    code = main(["sweep", str(path), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--model-dir", f"sd15={latent_folder}", "--model-dir", f"if-xl={cascade_folder}"])
+    assert code == 0
+    samples = pd.read_parquet(out / "samples.parquet").set_index("preset")
+    assert (samples.loc["sd15", "height"], samples.loc["if-xl", "height"]) == (64, 256)
+    assert samples.loc["if-xl", "stage3_name"] == "super_resolution_2"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["if-xl"]["sources"]["stage_3"] == str((cascade_folder / "stage_3").resolve())
+
+
+def test_model_offload_gives_the_same_images_and_leaves_models_on_cpu(latent_folder):
+    import torch
+
+    from dataclasses import replace
+
+    from suite.backends import BACKENDS
+    from suite.pipeline import LoadOptions
+    from suite.presets import PRESETS
+    from suite.stages import StageSettings
+    from suite.timing import Clock
+
+    preset = replace(PRESETS.get("sd15"), local_dir=latent_folder)
+    clock = Clock(torch.device("cpu"))
+    images = []
+    for offload in (False, True):
+        pipeline = BACKENDS.get("latent").load(preset, LoadOptions(torch.device("cpu"), torch.float32, torch.float32, offload))
+        pipeline.encode(["a red circle"], ["a red circle"], clock)
+        image, _ = pipeline.generate(["a red circle"], [StageSettings("ddim", 3, 7.5)], [torch.Generator().manual_seed(1)], clock)
+        images.append(image)
+        assert pipeline.stages[0].unet.device.type == "cpu"
+    assert torch.equal(images[0], images[1])
