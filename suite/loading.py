@@ -82,13 +82,6 @@ class ComponentLoader:
         scheduler_class = getattr(diffusers, config.get("_class_name", "DDPMScheduler"))
         return scheduler_class.from_config(config)
 
-    def describe(self) -> dict[str, Any]:
-        """What the manifest records about this location."""
-        if isinstance(self.location, Path):
-            return {"key": self.key, "path": str(self.location.resolve())}
-        return {"key": self.key, "repo_id": self.location.repo_id, "revision": self.location.revision or "main",
-                "variant": self.location.variant}
-
 
 def check_available(preset) -> None:
     """Fail early, before a run folder is written, if a preset's folders or hub files cannot be reached.
@@ -110,3 +103,10 @@ def check_available(preset) -> None:
             snapshot_download(location.repo_id, revision=location.revision, allow_patterns=["*.json"])
         except Exception as error:  # noqa: BLE001 - every hub failure means the same thing to the user
             raise ComponentLoader(preset.name, key, location)._failure("config", error) from error
+
+
+def describe_location(location: Path | Source) -> str | dict[str, Any]:
+    """What the manifest records about one source: a resolved local path, or hub id + revision + variant."""
+    if isinstance(location, Path):
+        return str(location.resolve())
+    return {"repo_id": location.repo_id, "revision": location.revision or "main", "variant": location.variant}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -33,7 +33,6 @@ class TextToImagePipeline:
     text_encoders: dict[str, TextEncoder]
     stages: list[Stage]
     options: LoadOptions
-    sources: list[dict[str, Any]] = field(default_factory=list)
     caches: dict[str, EmbeddingCache] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import io
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ from suite.config import ResolvedSweep
 from suite.errors import UserError
 from suite.devices import load_options, resolve_device
 from suite.grid import WorkItem, expand, shard
-from suite.loading import check_available
+from suite.loading import check_available, describe_location
 from suite.pipeline import NEGATIVE_PROMPT, TextToImagePipeline
 from suite.presets import PRESETS, Preset, materialise
 from suite.results import (
@@ -135,9 +135,7 @@ def _model_sources(presets: dict[str, Preset]) -> dict[str, Any]:
         sources[name] = {
             "backend": preset.backend,
             "stages": [spec.name for spec in preset.stages],
-            "sources": {key: (str(Path(value).resolve()) if isinstance(value, Path) else
-                              {"repo_id": value.repo_id, "revision": value.revision or "main", "variant": value.variant})
-                        for key, value in locations.items()},
+            "sources": {key: describe_location(value) for key, value in locations.items()},
         }
     return sources
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
 
 from suite.backends import BACKENDS
 from suite.errors import UserError

@@ -30,6 +30,4 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
             encoder_name = f"clip:{spec.source}"
             encoders[encoder_name] = clip_text_encoder(loaders[spec.source], encoder_name, options.text_encoder_dtype)
         stages.append(STAGE_KINDS.get(spec.kind)(spec, loaders[spec.source], options, encoder_name))
-    return TextToImagePipeline(
-        preset.name, "cascaded", encoders, stages, options, [loader.describe() for loader in loaders.values()]
-    )
+    return TextToImagePipeline(preset.name, "cascaded", encoders, stages, options)

@@ -20,4 +20,4 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     loader = ComponentLoader(preset.name, key, location)
     encoder = clip_text_encoder(loader, "clip", options.text_encoder_dtype)
     stage = STAGE_KINDS.get("latent")(preset.stages[0], loader, options, encoder.name)
-    return TextToImagePipeline(preset.name, "latent", {encoder.name: encoder}, [stage], options, [loader.describe()])
+    return TextToImagePipeline(preset.name, "latent", {encoder.name: encoder}, [stage], options)
