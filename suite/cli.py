@@ -60,6 +60,24 @@ def command_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_profile(args: argparse.Namespace) -> int:
+    from suite.presets import PRESETS
+    from suite.profile import ProfileSettings, profile_presets, write_profile
+    from suite.samplers import SAMPLERS
+
+    names = args.presets or [name for name, preset in PRESETS.items() if preset.reference_configs or preset.build]
+    for name in names:
+        PRESETS.get(name)
+    SAMPLERS.get(args.sampler)
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    settings = ProfileSettings(args.sampler, args.steps, args.guidance)
+    profile = profile_presets(names, settings, _model_dirs(args.model_dir))
+    print(write_profile(profile, settings, Path(args.out)))
+    print(f"tables: {args.out}/{{pipelines,stages,components}}.{{csv,parquet}}, {args.out}/profile.md")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     from suite.backends import BACKENDS
     from suite.config import METRICS
@@ -100,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load PRESET from a local folder instead of the hub (repeatable)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=command_sweep)
+
+    profile = commands.add_parser("profile", help="parameters, memory, values and FLOPs per step from configs alone")
+    profile.add_argument("presets", nargs="*", help="presets to profile (default: every preset with known configs)")
+    profile.add_argument("--sampler", default="ddim", help="sampler for FLOPs per image (default: ddim)")
+    profile.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default: 50)")
+    profile.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
+    profile.add_argument("--out", default="results/profile", help="folder for the tables (default: results/profile)")
+    profile.add_argument("--model-dir", action="append", default=[], metavar="PRESET=PATH",
+                         help="read PRESET's configs from a local folder (repeatable)")
+    profile.set_defaults(handler=command_profile)
 
     listing = commands.add_parser("list", help="backends, presets, samplers, prompt sets, metrics")
     listing.set_defaults(handler=command_list)

@@ -6,9 +6,10 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 from suite.config import ResolvedSweep
-from suite.presets import PRESETS
+from suite.presets import PRESETS, Preset
 from suite.stages import StageSettings
 
 
@@ -49,11 +50,19 @@ def image_seed(sweep_seed: int, prompt_index: int, seed_index: int) -> int:
 
 
 def stage_settings(resolved: ResolvedSweep, preset_name: str, sampler: str, steps: int, guidance: float) -> tuple[StageSettings, ...]:
-    """Per-stage knobs: sampler and steps from the grid for every stage; guidance from the grid for the
-    first stage and from the preset's defaults for super-resolution stages; sweep overrides win."""
+    """Per-stage knobs of one grid point of a sweep (see ``preset_stage_settings``)."""
     overrides = resolved.sweep.stages.get(preset_name, {})
+    return preset_stage_settings(PRESETS.get(preset_name), sampler, steps, guidance, overrides)
+
+
+def preset_stage_settings(
+    preset: Preset, sampler: str, steps: int, guidance: float, overrides: Mapping[str, Any] | None = None
+) -> tuple[StageSettings, ...]:
+    """Sampler and steps for every stage; guidance for the first stage, the preset's defaults for
+    super-resolution stages; per-stage ``overrides`` (sweep ``stages:`` entries) win."""
+    overrides = overrides or {}
     settings = []
-    for index, spec in enumerate(PRESETS.get(preset_name).stages):
+    for index, spec in enumerate(preset.stages):
         override = overrides.get(spec.name)
         stage_guidance = guidance if index == 0 or spec.guidance_scale is None else spec.guidance_scale
         values = {

@@ -13,18 +13,23 @@ from typing import Any
 import torch
 
 from suite.errors import UserError
-from suite.presets import Source
+from suite.presets import ReferenceConfigs, Source
 
 HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class ComponentLoader:
-    """Loads the subfolders (unet/, vae/, text_encoder/ ...) of one repository-shaped location."""
+    """Loads the subfolders (unet/, vae/, text_encoder/ ...) of one repository-shaped location.
+
+    With ``meta=True`` models are built from their configs alone on the meta device (no weights,
+    no memory, no tokenizer): the architecture for counting parameters and FLOPs.
+    """
 
     preset: str
     key: str
-    location: Path | Source
+    location: Path | Source | ReferenceConfigs
+    meta: bool = False
 
     def _arguments(self, dtype: torch.dtype | None) -> tuple[str, dict[str, Any]]:
         if isinstance(self.location, Path):
@@ -51,6 +56,8 @@ class ComponentLoader:
 
     def model(self, cls: type, subfolder: str, dtype: torch.dtype) -> Any:
         """A diffusers or transformers model in ``dtype``, from safetensors weights only."""
+        if self.meta:
+            return self._meta_model(cls, subfolder, dtype)
         name, kwargs = self._arguments(dtype)
         dtype_key = "torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"
         try:
@@ -59,9 +66,33 @@ class ComponentLoader:
             raise self._failure(subfolder, error) from error
         return model.eval().requires_grad_(False)
 
+    def _config(self, cls: type, subfolder: str) -> dict[str, Any]:
+        """The config of ``subfolder`` as a plain dict, read from the public configs or a folder/hub."""
+        if isinstance(self.location, ReferenceConfigs):
+            return self.location.read(subfolder)
+        name, kwargs = self._arguments(None)
+        kwargs.pop("variant", None)
+        try:
+            if cls.__module__.startswith("diffusers"):
+                return dict(cls.load_config(name, subfolder=subfolder, **kwargs))
+            return cls.config_class.from_pretrained(name, subfolder=subfolder, **kwargs).to_dict()
+        except (OSError, ValueError) as error:
+            raise self._failure(subfolder, error) from error
+
+    def _meta_model(self, cls: type, subfolder: str, dtype: torch.dtype) -> Any:
+        config = self._config(cls, subfolder)
+        with torch.device("meta"):  # not accelerate's init_empty_weights: it unties T5's shared embedding
+            if cls.__module__.startswith("diffusers"):
+                model = cls.from_config(config)
+            else:
+                model = cls(cls.config_class.from_dict(config))
+        return model.to(dtype).eval().requires_grad_(False)
+
     def tokenizer(self, subfolder: str = "tokenizer") -> Any:
         from transformers import AutoTokenizer
 
+        if self.meta:
+            return None  # a meta-device model is only counted, never fed text
         name, kwargs = self._arguments(None)
         kwargs.pop("variant", None)
         try:
@@ -73,12 +104,7 @@ class ComponentLoader:
         """The scheduler saved in ``subfolder``, built as the class its config names."""
         import diffusers
 
-        name, kwargs = self._arguments(None)
-        kwargs.pop("variant", None)
-        try:
-            config = diffusers.DDPMScheduler.load_config(name, subfolder=subfolder, **kwargs)
-        except (OSError, ValueError) as error:
-            raise self._failure(subfolder, error) from error
+        config = self._config(diffusers.DDPMScheduler, subfolder)
         scheduler_class = getattr(diffusers, config.get("_class_name", "DDPMScheduler"))
         return scheduler_class.from_config(config)
 

@@ -23,6 +23,11 @@ class LoadOptions:
     text_encoder_dtype: torch.dtype
     offload: bool = False
 
+    @property
+    def on_meta(self) -> bool:
+        """Build the architecture only (no weights): for counting parameters and FLOPs."""
+        return self.device.type == "meta"
+
 
 @dataclass
 class TextToImagePipeline:

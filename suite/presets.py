@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
+from suite.errors import UserError
 from suite.registry import Registry
 
 
@@ -17,6 +18,19 @@ class Source:
     repo_id: str
     revision: str | None = None  # None: the repository's default branch
     variant: str | None = None  # e.g. "fp16" weight files, used when loading in half precision
+
+
+@dataclass(frozen=True)
+class ReferenceConfigs:
+    """A repository's architecture without weights: each subfolder's config is a file in suite/reference_configs."""
+
+    files: Mapping[str, str]  # subfolder ("unet", "text_encoder", "scheduler", ...) -> file name
+
+    def read(self, subfolder: str) -> dict:
+        import json
+
+        folder = Path(__file__).parent / "reference_configs"
+        return json.loads((folder / self.files[subfolder]).read_text())
 
 
 @dataclass(frozen=True)
@@ -42,15 +56,16 @@ class Preset:
     name: str
     backend: str
     stages: tuple[StageSpec, ...]
-    sources: Mapping[str, Source] = field(default_factory=dict)
+    sources: Mapping[str, Source | ReferenceConfigs] = field(default_factory=dict)
     denoiser_dtype: str = "fp16"  # on accelerators; CPU runs in fp32
     text_encoder_dtype: str = "fp16"
     offload: str = "none"  # "none": everything resident; "model": each model moved to the device while used
     description: str = ""
     local_dir: Path | None = None
     build: Callable[[Path], None] | None = None
+    reference_configs: Mapping[str, ReferenceConfigs] = field(default_factory=dict)  # source key -> public configs
 
-    def source_paths(self) -> dict[str, Path | Source]:
+    def source_paths(self) -> dict[str, Path | Source | ReferenceConfigs]:
         """Each source key mapped to a local folder (if one is set) or its hub location."""
         if self.local_dir is None:
             return dict(self.sources)
@@ -58,6 +73,17 @@ class Preset:
         if len(set(keys)) == 1:
             return {keys[0]: self.local_dir}
         return {key: self.local_dir / key for key in dict.fromkeys(keys)}
+
+    def architecture_only(self) -> Preset:
+        """This preset with configs readable without weights: its local folder, else the public configs."""
+        if self.local_dir is not None:
+            return self
+        if not self.reference_configs:
+            raise UserError(
+                f"preset {self.name!r}: its architecture configs are not public; "
+                f"point it at a local copy with --model-dir {self.name}=PATH"
+            )
+        return replace(self, sources=dict(self.reference_configs))
 
 
 def cache_root() -> Path:
@@ -70,10 +96,20 @@ PRESETS: Registry[Preset] = Registry("preset")
 _IF_SR_DEFAULTS = {"guidance_scale": 4.0, "noise_level": 250}  # IF-II defaults in diffusers
 _X4_DEFAULTS = {"guidance_scale": 9.0, "noise_level": 100}  # SD x4 upscaler defaults in diffusers
 _X4 = Source("stabilityai/stable-diffusion-x4-upscaler", "a44206cef52cdd20c6a32fea6257860474f0be43")
+_X4_CONFIGS = ReferenceConfigs({part: f"x4-upscaler-{part.replace('_', '-')}.json"
+                                for part in ("text_encoder", "unet", "vae", "scheduler", "low_res_scheduler")})
+# Public configs of the IF stages; IF-I-L/M and IF-II-M are not public, so those presets have none.
+_IF_CONFIGS = {
+    "IF-I-XL-v1.0": ReferenceConfigs({"text_encoder": "t5-v1_1-xxl-encoder.json", "unet": "if-i-xl-unet.json",
+                                      "scheduler": "if-i-scheduler.json"}),
+    "IF-II-L-v1.0": ReferenceConfigs({"unet": "if-ii-l-unet.json", "scheduler": "if-ii-scheduler.json",
+                                      "image_noising_scheduler": "if-ii-image-noising-scheduler.json"}),
+}
 
 def _stable_diffusion(name: str, repo_id: str, description: str) -> Preset:
+    configs = ReferenceConfigs({part: f"{name}-{part.replace('_', '-')}.json" for part in ("text_encoder", "unet", "vae", "scheduler")})
     return Preset(name=name, backend="latent", stages=(StageSpec("latent", "latent", name),),
-                  sources={name: Source(repo_id)}, description=description)
+                  sources={name: Source(repo_id)}, description=description, reference_configs={name: configs})
 
 
 PRESETS.register("sd15", _stable_diffusion(
@@ -100,7 +136,14 @@ def _deepfloyd(name: str, stage_1: str, stage_2: str, description: str) -> Prese
         text_encoder_dtype="bf16",
         offload="model",
         description=description,
+        reference_configs=_if_reference_configs(stage_1, stage_2),
     )
+
+
+def _if_reference_configs(stage_1: str, stage_2: str) -> dict[str, ReferenceConfigs]:
+    if stage_1 not in _IF_CONFIGS or stage_2 not in _IF_CONFIGS:
+        return {}
+    return {"stage_1": _IF_CONFIGS[stage_1], "stage_2": _IF_CONFIGS[stage_2], "stage_3": _X4_CONFIGS}
 
 
 PRESETS.register(

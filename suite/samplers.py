@@ -71,6 +71,17 @@ def make_scheduler(sampler_name: str, model_scheduler_config: Mapping[str, Any])
     return SAMPLERS.get(sampler_name).build(model_scheduler_config)
 
 
+def model_evaluations(sampler_name: str, num_inference_steps: int, model_scheduler_config: Mapping[str, Any]) -> int:
+    """How many times the denoising loop calls the model: one per scheduler timestep.
+
+    Equal to the step count for first-order and multistep solvers; about twice that for Heun,
+    one more for PNDM's warm-up.
+    """
+    scheduler = make_scheduler(sampler_name, model_scheduler_config)
+    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    return len(scheduler.timesteps)
+
+
 def consumes_learned_variance(scheduler: SchedulerMixin) -> bool:
     """True when the scheduler uses a learned-variance half of the model output (IF's learned_range).
 

@@ -20,7 +20,8 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     kinds = [spec.kind for spec in preset.stages]
     if not kinds or kinds[0] != "pixel-base" or any(kind not in ("pixel-sr", "latent-sr") for kind in kinds[1:]):
         raise UserError(f"preset {preset.name!r}: a cascade is one 'pixel-base' stage then 'pixel-sr'/'latent-sr' stages")
-    loaders = {key: ComponentLoader(preset.name, key, location) for key, location in preset.source_paths().items()}
+    loaders = {key: ComponentLoader(preset.name, key, location, meta=options.on_meta)
+               for key, location in preset.source_paths().items()}
     base_loader = loaders[preset.stages[0].source]
     encoders = {"t5": t5_text_encoder(base_loader, "t5", options.text_encoder_dtype)}
     stages = []

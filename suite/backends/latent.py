@@ -17,7 +17,7 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     if len(locations) != 1 or len(preset.stages) != 1 or preset.stages[0].kind != "latent":
         raise UserError(f"preset {preset.name!r}: the latent backend takes one source and one 'latent' stage")
     (key, location), = locations.items()
-    loader = ComponentLoader(preset.name, key, location)
+    loader = ComponentLoader(preset.name, key, location, meta=options.on_meta)
     encoder = clip_text_encoder(loader, "clip", options.text_encoder_dtype)
     stage = STAGE_KINDS.get("latent")(preset.stages[0], loader, options, encoder.name)
     return TextToImagePipeline(preset.name, "latent", {encoder.name: encoder}, [stage], options)
