@@ -78,6 +78,20 @@ def command_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train(args: argparse.Namespace) -> int:
+    from suite.presets import cache_root
+    from suite.toy import WEIGHTS
+    from suite.toy.train import train_toy
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    work = Path(args.work) if args.work else cache_root() / "train" / "toy"
+    out = Path(args.out) if args.out else WEIGHTS
+    train_toy(work, out, args.jobs)
+    print(f"toy models written to {out} (training state in {work})")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     from suite.backends import BACKENDS
     from suite.config import METRICS
@@ -128,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--model-dir", action="append", default=[], metavar="PRESET=PATH",
                          help="read PRESET's configs from a local folder (repeatable)")
     profile.set_defaults(handler=command_profile)
+
+    train = commands.add_parser("train", help="rebuild the toy world's models (resumable)")
+    train.add_argument("world", choices=["toy"], help="what to train: the toy world's models")
+    train.add_argument("--work", help="checkpoints and finished models (default: $SUITE_CACHE/train/toy)")
+    train.add_argument("--out", help="where the assembled models go (default: the package's suite/toy/weights)")
+    train.add_argument("--jobs", type=int, default=2, help="parallel training tracks (default 2: one per core pair)")
+    train.set_defaults(handler=command_train)
 
     listing = commands.add_parser("list", help="backends, presets, samplers, prompt sets, metrics")
     listing.set_defaults(handler=command_list)

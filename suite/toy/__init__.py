@@ -1,0 +1,11 @@
+"""The toy world and its models: both architecture families, trained on this project's own data.
+
+``world`` draws captioned scenes; ``models`` defines the architectures; ``train`` holds the
+recipes behind ``suite train toy``; ``score`` is the exact compositional score; ``evaluator``
+is the tiny CLIP used for CLIP score and as the FID/KID feature network. Trained weights live
+in ``weights/`` and load through the same preset code path as hub checkpoints.
+"""
+
+from pathlib import Path
+
+WEIGHTS = Path(__file__).parent / "weights"
