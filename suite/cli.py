@@ -49,6 +49,10 @@ def command_sweep(args: argparse.Namespace) -> int:
     from suite.runner import RunOptions, run_sweep
 
     resolved = load_sweep(Path(args.config) if args.config else _default_sweep())
+    if resolved.sweep.metrics:
+        from suite.metrics.evaluate import check_evaluation_available
+
+        check_evaluation_available(resolved.sweep, _evaluate_options(args))
     rank, world_size = _shard(args.shard)
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
     options = RunOptions(out, args.device, args.dtype, rank, world_size, _model_dirs(args.model_dir),
@@ -57,6 +61,27 @@ def command_sweep(args: argparse.Namespace) -> int:
     state = "complete" if summary.complete else "waiting for other shards"
     print(f"{summary.run}: {summary.images_generated} images generated in {summary.items_generated} items "
           f"(shard {rank}/{world_size}: {summary.items_this_shard} of {summary.items_total} items); run {state}")
+    if summary.complete and resolved.sweep.metrics:
+        _evaluate(summary.run, args)
+    return 0
+
+
+def _evaluate_options(args: argparse.Namespace):
+    from suite.metrics.evaluate import EvaluateOptions
+
+    weights = Path(args.inception_weights) if args.inception_weights else None
+    return EvaluateOptions(args.device, weights, getattr(args, "recompute", False), progress=not args.quiet)
+
+
+def _evaluate(run: Path, args: argparse.Namespace) -> None:
+    from suite.metrics.evaluate import evaluate_run
+
+    table = evaluate_run(run, _evaluate_options(args))
+    print(f"{run}: metrics for {len(table)} grid points in {run / 'metrics.csv'}")
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    _evaluate(Path(args.run), args)
     return 0
 
 
@@ -94,7 +119,7 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_list(args: argparse.Namespace) -> int:
     from suite.backends import BACKENDS
-    from suite.config import METRICS
+    from suite.metrics import METRICS
     from suite.presets import PRESETS
     from suite.prompts import PROMPT_SETS
     from suite.samplers import SAMPLERS
@@ -131,7 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model-dir", action="append", default=[], metavar="PRESET=PATH",
                        help="load PRESET from a local folder instead of the hub (repeatable)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
     sweep.set_defaults(handler=command_sweep)
+
+    evaluate = commands.add_parser("evaluate", help="(re)compute a finished run's metrics from its folder alone")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    evaluate.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
+    evaluate.add_argument("--recompute", action="store_true", help="ignore grid points already evaluated")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=command_evaluate)
 
     profile = commands.add_parser("profile", help="parameters, memory, values and FLOPs per step from configs alone")
     profile.add_argument("presets", nargs="*", help="presets to profile (default: every preset with known configs)")

@@ -12,13 +12,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from suite.errors import UserError
+from suite.metrics import DISTRIBUTION_METRICS, METRICS
 from suite.presets import PRESETS
 from suite.prompts import PROMPT_SETS, read_prompt_file
 from suite.registry import Registry
 from suite.samplers import SAMPLERS
 
-# Metrics are computed after generation; the metrics module registers its entries here.
-METRICS: Registry[Any] = Registry("metric")
 
 
 class Frozen(BaseModel):
@@ -64,6 +63,49 @@ class PromptSpec(Frozen):
         return self
 
 
+class ReferenceSpec(Frozen):
+    """The real images FID / KID / CMMD compare against: exactly one of a built-in generator, a folder of
+    images, or precomputed FID statistics (an .npz with ``mu`` and ``sigma``; FID only)."""
+
+    builtin: str | None = None
+    folder: str | None = None
+    statistics: str | None = None
+    count: int = Field(default=2048, ge=2)  # images drawn from a built-in generator
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ReferenceSpec":
+        given = [name for name in ("builtin", "folder", "statistics") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'builtin', 'folder' or 'statistics'")
+        if self.builtin is not None and self.builtin != "toy":
+            raise ValueError(f"unknown built-in reference set {self.builtin!r}; valid: toy")
+        return self
+
+
+class Evaluation(Frozen):
+    """Which networks the metrics use; real runs keep the defaults, the toy world names its own CLIP."""
+
+    features: str = "inception"  # FID / KID feature network
+    cmmd_features: str = "clip"  # CMMD's CLIP image embeddings
+    clip_model: str = "openai-vit-l-14"  # CLIP score
+    reference: ReferenceSpec | None = None
+
+    @field_validator("features", "cmmd_features")
+    @classmethod
+    def _known_network(cls, value: str) -> str:
+        from suite.metrics.networks import FEATURE_NETWORKS
+
+        return _known(FEATURE_NETWORKS, value)
+
+    @field_validator("clip_model")
+    @classmethod
+    def _known_clip(cls, value: str) -> str:
+        from suite.metrics.networks import CLIP_MODELS
+
+        return _known(CLIP_MODELS, value)
+
+
 class Sweep(Frozen):
     """A sweep as written in YAML; ``resolve`` turns it into a ResolvedSweep."""
 
@@ -78,6 +120,7 @@ class Sweep(Frozen):
     prompts: PromptSpec
     stages: dict[str, dict[str, StageOverride]] = Field(default_factory=dict)
     metrics: tuple[str, ...] = ()
+    evaluation: Evaluation = Field(default_factory=Evaluation)
 
     @field_validator("presets", "samplers", "metrics")
     @classmethod
@@ -98,6 +141,15 @@ class Sweep(Frozen):
         if any(not math.isfinite(value) or value < 0 for value in values):
             raise ValueError("every guidance scale must be a finite number >= 0")
         return values
+
+    @model_validator(mode="after")
+    def _distribution_metrics_have_a_reference(self) -> "Sweep":
+        needing = [name for name in self.metrics if name in DISTRIBUTION_METRICS]
+        if needing and self.evaluation.reference is None:
+            raise ValueError(f"metrics {needing} compare against real images: set evaluation.reference")
+        if self.evaluation.reference and self.evaluation.reference.statistics and {"kid", "cmmd"} & set(needing):
+            raise ValueError("kid and cmmd need reference images or features; FID statistics alone serve only fid")
+        return self
 
     @model_validator(mode="after")
     def _stage_overrides_name_real_stages(self) -> "Sweep":

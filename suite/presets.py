@@ -201,6 +201,44 @@ PRESETS.register(
 )
 
 
+def _toy_weights(name: str) -> Path:
+    from suite.toy import WEIGHTS
+
+    return WEIGHTS / name
+
+
+# The toy world's models, trained by `suite train toy` and shipped inside the package.
+PRESETS.register(
+    "toy-latent",
+    Preset(
+        name="toy-latent",
+        backend="latent",
+        stages=(StageSpec("latent", "latent", "model"),),
+        sources={"model": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="toy world, SD-style: CLIP-style text encoder, UNet on 8x8x4 latents, VAE f=8 to 64 px",
+        local_dir=_toy_weights("toy-latent"),
+    ),
+)
+PRESETS.register(
+    "toy-cascaded",
+    Preset(
+        name="toy-cascaded",
+        backend="cascaded",
+        stages=(
+            StageSpec("base", "pixel-base", "stage_1"),
+            StageSpec("super_resolution_1", "pixel-sr", "stage_2", guidance_scale=1.0, noise_level=250),
+        ),
+        sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="toy world, IF-style: T5-style encoder, 16 px pixel base, x4 pixel super-resolution to 64 px",
+        local_dir=_toy_weights("toy-cascaded"),
+    ),
+)
+
+
 def materialise(preset: Preset) -> Preset:
     """For a built-in preset without a local folder, build it once into the cache and point at it."""
     if preset.build is None or preset.local_dir is not None:

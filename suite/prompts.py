@@ -8,6 +8,7 @@ from pathlib import Path
 
 from suite.errors import UserError
 from suite.registry import Registry
+from suite.toy.world import evaluation_prompts
 
 PROMPT_SETS: Registry[tuple[str, ...]] = Registry("prompt set")
 PROMPT_SETS.register(
@@ -22,6 +23,10 @@ PROMPT_SETS.register(
         "an astronaut riding a horse",
         "a small house by a lake at sunset",
     ),
+)
+PROMPT_SETS.register(
+    "toy",
+    tuple(evaluation_prompts()),  # the toy world's: single objects, pairs per relation, binding swaps, held-out pairs
 )
 PROMPT_SETS.register(
     "showcase",

@@ -135,6 +135,7 @@ def _model_sources(presets: dict[str, Preset]) -> dict[str, Any]:
         sources[name] = {
             "backend": preset.backend,
             "stages": [spec.name for spec in preset.stages],
+            "local_dir": str(preset.local_dir.resolve()) if preset.local_dir is not None else None,
             "sources": {key: describe_location(value) for key, value in locations.items()},
         }
     return sources

@@ -35,7 +35,7 @@ def run_cli(args, capsys):
     [
         (("presets: [tiny-latent]", "presets: [sd99]"), "unknown preset 'sd99'; valid: if-l, if-m, if-xl, sd15"),
         (("samplers: [ddim]", "samplers: [ddim, dpm++]"), "unknown sampler 'dpm++'; valid: ddim, ddpm"),
-        (("name: check", "name: check\nmetrics: [fid]"), "unknown metric 'fid'"),
+        (("name: check", "name: check\nmetrics: [frechet]"), "unknown metric 'frechet'"),
         (("name: check", "name: check\nbatchsize: 4"), "batchsize: Extra inputs are not permitted"),
         (("steps: [2]", "steps: [0]"), "steps"),
         (("guidance: [1.0]", "guidance: [-1.0]"), "guidance: every guidance scale must be a finite number >= 0"),

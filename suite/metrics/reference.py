@@ -1,0 +1,108 @@
+"""Reference sets and their features, computed once and cached on disk.
+
+A cache entry is keyed by everything that changes the numbers (clean-fid's rule): which images
+(built-in generator + count + seed, or a folder's listing), which network and weights, its resize
+mode, and the images' resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from suite.errors import UserError
+from suite.metrics.networks import FeatureNetwork
+from suite.results import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    """Features of a reference set, or only its FID statistics (mean, covariance, count)."""
+
+    key: str
+    description: dict[str, Any]
+    features: np.ndarray | None = None
+    statistics: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.features) if self.features is not None else self.statistics[2]
+
+
+def _uint8_batches(arrays: list[np.ndarray]) -> Iterator[torch.Tensor]:
+    for start in range(0, len(arrays), BATCH):
+        yield torch.from_numpy(np.stack(arrays[start : start + BATCH])).permute(0, 3, 1, 2).contiguous()
+
+
+def _builtin_images(spec) -> tuple[dict[str, Any], list[np.ndarray]]:
+    from suite.toy import world
+
+    images, _ = world.sample_batch(seed=spec.seed, count=spec.count, include_held_out=True)
+    description = {"builtin": spec.builtin, "count": spec.count, "seed": spec.seed, "resolution": world.IMAGE_SIZE}
+    return description, list(images)
+
+
+def _folder_images(folder: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    if not folder.is_dir():
+        raise UserError(f"reference folder not found: {folder}")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise UserError(f"reference folder {folder} holds {len(files)} images; need at least 2")
+    listing = hashlib.sha256("\n".join(f"{path.relative_to(folder)}:{path.stat().st_size}" for path in files).encode())
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+    sizes = {image.shape[:2] for image in images}
+    if len(sizes) != 1:
+        raise UserError(f"reference folder {folder} mixes image sizes {sorted(sizes)[:3]}...; resize them to one size first")
+    description = {"folder": str(folder.resolve()), "count": len(files), "listing_sha256": listing.hexdigest()[:16],
+                   "resolution": int(images[0].shape[0])}
+    return description, images
+
+
+def extract(network: FeatureNetwork, images: list[np.ndarray]) -> np.ndarray:
+    """Features of H x W x 3 uint8 images, in batches."""
+    return np.concatenate([network(batch).numpy() for batch in _uint8_batches(images)])
+
+
+def load_reference(spec, network: FeatureNetwork, base_dir: Path, cache_dir: Path) -> ReferenceFeatures:
+    """The reference set's features for ``network``: from the cache, else computed and cached."""
+    if spec.statistics is not None:
+        return _statistics(Path(spec.statistics) if Path(spec.statistics).is_absolute() else base_dir / spec.statistics)
+    if spec.builtin is not None:
+        description, images = _builtin_images(spec)
+    else:
+        folder = Path(spec.folder)
+        description, images = _folder_images(folder if folder.is_absolute() else base_dir / folder)
+    description = {**description, **network.describe()}
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir / "reference" / f"{key}.npz"
+    if path.is_file():
+        return ReferenceFeatures(key, description, features=np.load(path)["features"])
+    features = extract(network, images)
+    buffer = io.BytesIO()
+    np.savez(buffer, features=features, description=json.dumps(description))
+    atomic_write_bytes(path, buffer.getvalue())
+    return ReferenceFeatures(key, description, features=features)
+
+
+def _statistics(path: Path) -> ReferenceFeatures:
+    """Precomputed FID statistics: an .npz with ``mu`` and ``sigma`` (and optionally the count ``n``)."""
+    if not path.is_file():
+        raise UserError(f"reference statistics file not found: {path}")
+    data = np.load(path)
+    if "mu" not in data or "sigma" not in data:
+        raise UserError(f"{path}: FID statistics need arrays 'mu' and 'sigma'")
+    count = int(data["n"]) if "n" in data else 50_000
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    description = {"statistics": str(path.resolve()), "sha256": digest, "count": count}
+    return ReferenceFeatures(digest, description, statistics=(data["mu"], data["sigma"], count))

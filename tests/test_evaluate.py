@@ -1,0 +1,91 @@
+"""Evaluating a run folder end to end: one metrics row per grid point, reproducible from the folder alone."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from suite.cli import main
+from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, resize_and_normalise
+from suite.toy import evaluator
+
+PROMPTS = ["a red circle", "a blue square above a green triangle", "a yellow circle left of a red square"]
+
+
+@pytest.fixture
+def test_networks(monkeypatch):
+    """A randomly initialised toy CLIP registered as a CLIP model and a feature network (no download)."""
+    torch.manual_seed(0)
+    model = evaluator.build().eval()
+
+    def clip(context) -> ClipModel:
+        return ClipModel("test-clip", "random toy CLIP", model, evaluator.tokenize,
+                         resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"), "bilinear-64-antialias")
+
+    monkeypatch.setitem(CLIP_MODELS._entries, "test-clip", clip)
+    monkeypatch.setitem(FEATURE_NETWORKS._entries, "test-net", lambda context: clip(context).feature_network("test-net"))
+
+
+def _sweep(tmp_path, **evaluation) -> str:
+    sweep = {
+        "name": "metrics-check", "presets": ["tiny-latent", "tiny-cascaded"], "samplers": ["ddim"], "steps": [2],
+        "guidance": [1.0, 3.0], "seeds_per_prompt": 2, "batch_size": 3, "prompts": {"list": PROMPTS},
+        "metrics": ["fid", "kid", "clip_score", "cmmd", "flops", "composition"],
+        "evaluation": {"features": "test-net", "cmmd_features": "test-net", "clip_model": "test-clip",
+                       "reference": {"builtin": "toy", "count": 24}, **evaluation},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return str(path)
+
+
+def test_sweep_writes_one_metrics_row_per_grid_point_and_evaluate_reproduces_it(tmp_path, test_networks):
+    run = tmp_path / "run"
+    assert main(["sweep", _sweep(tmp_path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert len(metrics) == 4  # 2 presets x 1 sampler x 1 step count x 2 guidance values
+    assert (metrics["n_images"] == len(PROMPTS) * 2).all()
+    columns = ["fid", "kid_mean", "kid_std", "clip_score_mean", "clip_score_ci95_low", "clip_score_ci95_high",
+               "cmmd", "gflops_per_image", "seconds_per_image_median", "stage1_step_s_median", "peak_memory_bytes",
+               "toy_count", "toy_binding", "toy_relation", "features_resize", "clip_model", "reference"]
+    assert metrics[columns].notna().all().all()
+    cascade = metrics[metrics.preset == "tiny-cascaded"]
+    assert cascade["stage2_step_s_median"].notna().all()
+    guided = metrics.set_index(["preset", "guidance_scale"])["gflops_per_image"]
+    assert guided[("tiny-latent", 3.0)] > guided[("tiny-latent", 1.0)]  # guidance doubles the UNet batch
+
+    samples = pd.read_parquet(run / "samples.parquet")
+    assert samples["clip_score"].between(0, 100).all() and samples["toy_correct"].notna().all()
+
+    first = (run / "metrics.csv").read_bytes()
+    assert main(["evaluate", str(run), "--recompute", "--quiet", "--device", "cpu"]) == 0
+    assert (run / "metrics.csv").read_bytes() == first
+    assert main(["evaluate", str(run), "--quiet", "--device", "cpu"]) == 0  # cached grid points
+    assert (run / "metrics.csv").read_bytes() == first
+    assert len(pd.read_parquet(run / "samples.parquet").columns) == len(samples.columns)
+
+
+def test_missing_inception_weights_is_one_line_before_anything_is_generated(tmp_path, test_networks, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("SUITE_INCEPTION_WEIGHTS", raising=False)
+    run = tmp_path / "run"
+    code = main(["sweep", _sweep(tmp_path, features="inception"), "--out", str(run), "--quiet", "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert "weights-inception-2015-12-05-6726825d.pth" in error and "github.com/toshas/torch-fidelity" in error
+    assert not run.exists()
+
+
+def test_evaluate_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_distribution_metrics_need_a_reference_set(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"presets": ["tiny-latent"], "samplers": ["ddim"], "steps": [2], "guidance": [1.0],
+                                    "prompts": {"list": ["a red circle"]}, "metrics": ["fid"]}))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "evaluation.reference" in capsys.readouterr().err
