@@ -320,6 +320,7 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)  # initial weights; every batch then draws from (seed, step)
     job = JOBS[recipe.name](recipe, work)
     parameters = [parameter for module in job.trained.values() for parameter in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.learning_rate, weight_decay=0.0)
