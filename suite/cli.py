@@ -63,6 +63,10 @@ def command_sweep(args: argparse.Namespace) -> int:
           f"(shard {rank}/{world_size}: {summary.items_this_shard} of {summary.items_total} items); run {state}")
     if summary.complete and resolved.sweep.metrics:
         _evaluate(summary.run, args)
+    if summary.complete:
+        from suite.report import build_report
+
+        print(f"report: {build_report(summary.run) / 'index.html'}")
     return 0
 
 
@@ -78,6 +82,17 @@ def _evaluate(run: Path, args: argparse.Namespace) -> None:
 
     table = evaluate_run(run, _evaluate_options(args))
     print(f"{run}: metrics for {len(table)} grid points in {run / 'metrics.csv'}")
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from suite.report import build_report
+
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"{run} is not a run folder (no config.yaml)")
+    folder = build_report(run, Path(args.out) if args.out else None)
+    print(f"report: {folder / 'report.md'}, {folder / 'index.html'}")
+    return 0
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -137,8 +152,15 @@ def command_list(args: argparse.Namespace) -> int:
     print("prompt sets:")
     for name, prompts in PROMPT_SETS.items():
         print(f"  {name:22} {len(prompts)} prompts")
+    from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
+
     print("metrics:")
-    print("  " + (", ".join(METRICS.names()) or "(none registered)"))
+    for name, description in METRICS.items():
+        print(f"  {name:22} {description}")
+    print("feature networks (FID / KID / CMMD):")
+    for name, factory in FEATURE_NETWORKS.items():
+        print(f"  {name:22} {(factory.__doc__ or '').strip().splitlines()[0] if factory.__doc__ else ''}")
+    print("CLIP models (CLIP score): " + ", ".join(CLIP_MODELS.names()))
     return 0
 
 
@@ -166,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--recompute", action="store_true", help="ignore grid points already evaluated")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=command_evaluate)
+
+    report = commands.add_parser("report", help="tables, plots, image grids and HTML from a run folder alone")
+    report.add_argument("run", help="run folder")
+    report.add_argument("--out", help="report folder (default: RUN/report)")
+    report.set_defaults(handler=command_report)
 
     profile = commands.add_parser("profile", help="parameters, memory, values and FLOPs per step from configs alone")
     profile.add_argument("presets", nargs="*", help="presets to profile (default: every preset with known configs)")

@@ -50,3 +50,20 @@ def latent_pipeline(latent_folder):
 def cascade_pipeline(cascade_folder):
     preset = replace(PRESETS.get("if-xl"), local_dir=cascade_folder, offload="none")
     return BACKENDS.get("cascaded").load(preset, CPU_FP32)
+
+
+@pytest.fixture
+def test_networks(monkeypatch):
+    """A randomly initialised toy CLIP registered as CLIP model 'test-clip' and feature network 'test-net'."""
+    from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, resize_and_normalise
+    from suite.toy import evaluator
+
+    torch.manual_seed(0)
+    model = evaluator.build().eval()
+
+    def clip(context) -> ClipModel:
+        return ClipModel("test-clip", "random toy CLIP", model, evaluator.tokenize,
+                         resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"), "bilinear-64-antialias")
+
+    monkeypatch.setitem(CLIP_MODELS._entries, "test-clip", clip)
+    monkeypatch.setitem(FEATURE_NETWORKS._entries, "test-net", lambda context: clip(context).feature_network("test-net"))

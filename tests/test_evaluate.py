@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
-import torch
 import yaml
 
 from suite.cli import main
-from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, resize_and_normalise
-from suite.toy import evaluator
 
 PROMPTS = ["a red circle", "a blue square above a green triangle", "a yellow circle left of a red square"]
-
-
-@pytest.fixture
-def test_networks(monkeypatch):
-    """A randomly initialised toy CLIP registered as a CLIP model and a feature network (no download)."""
-    torch.manual_seed(0)
-    model = evaluator.build().eval()
-
-    def clip(context) -> ClipModel:
-        return ClipModel("test-clip", "random toy CLIP", model, evaluator.tokenize,
-                         resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"), "bilinear-64-antialias")
-
-    monkeypatch.setitem(CLIP_MODELS._entries, "test-clip", clip)
-    monkeypatch.setitem(FEATURE_NETWORKS._entries, "test-net", lambda context: clip(context).feature_network("test-net"))
 
 
 def _sweep(tmp_path, **evaluation) -> str:

@@ -260,6 +260,16 @@ def check_evaluation_available(sweep: Sweep, options: EvaluateOptions) -> None:
         CLIP_MODELS.get("toy-clip")(context)
 
 
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Grid and timing columns first, then each stage's columns in stage order, then the metrics."""
+    stage_columns = sorted((column for column in table.columns if column.startswith("stage")),
+                           key=lambda column: int(column[5:].split("_")[0]))
+    timing_end = list(table.columns).index("peak_memory_kind") + 1
+    leading = [column for column in table.columns[:timing_end] if column not in stage_columns]
+    rest = [column for column in table.columns[timing_end:] if column not in stage_columns]
+    return table[leading + stage_columns + rest]
+
+
 def evaluate_run(run: Path, options: EvaluateOptions = EvaluateOptions()) -> pd.DataFrame:
     """Compute every metric the run's sweep names, per grid point; write metrics.* and update samples.*.
 
@@ -282,7 +292,7 @@ def evaluate_run(run: Path, options: EvaluateOptions = EvaluateOptions()) -> pd.
         atomic_write_table(pd.DataFrame([row]), row_path.with_suffix(""), csv=False)
         rows.append(pd.DataFrame([row]))
         per_image.append(scores)
-    table = pd.concat(rows, ignore_index=True)
+    table = _ordered(pd.concat(rows, ignore_index=True))
     atomic_write_table(table, run / METRICS_TABLE)
     scores = pd.concat(per_image, ignore_index=True)
     generation_columns = [column for column in samples.columns if column == "image_path" or column not in scores.columns]

@@ -166,7 +166,17 @@ def _inception(context: NetworkContext) -> FeatureNetwork:
                           "tf1-bilinear-299 (torch-fidelity)", 2048, extract)
 
 
+def _clip_features(context: NetworkContext) -> FeatureNetwork:
+    """open_clip ViT-L-14 (openai) image embeddings, 768 features, bicubic to 224 (CMMD's network)."""
+    return _openai_vit_l_14(context).feature_network("clip")
+
+
+def _toy_clip_features(context: NetworkContext) -> FeatureNetwork:
+    """The toy world's CLIP image embeddings, 128 features, at the world's 64 px (as FID on MNIST uses a domain net)."""
+    return _toy_clip(context).feature_network("toy-clip")
+
+
 FEATURE_NETWORKS: Registry[Callable[[NetworkContext], FeatureNetwork]] = Registry("feature network")
 FEATURE_NETWORKS.register("inception", _inception)
-FEATURE_NETWORKS.register("clip", lambda context: _openai_vit_l_14(context).feature_network("clip"))
-FEATURE_NETWORKS.register("toy-clip", lambda context: _toy_clip(context).feature_network("toy-clip"))
+FEATURE_NETWORKS.register("clip", _clip_features)
+FEATURE_NETWORKS.register("toy-clip", _toy_clip_features)

@@ -1,0 +1,100 @@
+"""The report's plots (matplotlib, PNG and SVG), drawn from the metrics and samples tables only.
+
+Files are written without timestamps (fixed SVG hash salt, no PNG software tag), so building a
+report twice gives the same bytes with the same matplotlib version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from suite.report.tables import quality_column  # noqa: E402
+
+matplotlib.rcParams["svg.hashsalt"] = "diffusion-suite"
+
+
+def _save(figure, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    figure.tight_layout()
+    figure.savefig(paths[0], dpi=110, metadata={"Software": None})
+    figure.savefig(paths[1], metadata={"Date": None, "Creator": None})
+    plt.close(figure)
+    return paths
+
+
+def reference_guidance(metrics: pd.DataFrame) -> float:
+    """The guidance scale step and time plots are drawn at: the largest one up to 7.5 (SD's default)."""
+    values = sorted(metrics["guidance_scale"].unique())
+    usable = [value for value in values if value <= 7.5]
+    return usable[-1] if usable else values[0]
+
+
+def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
+    """Imagen's trade-off figure: quality against CLIP score over guidance, one curve per preset x sampler."""
+    chosen = quality_column(metrics)
+    if chosen is None or "clip_score_mean" not in metrics or chosen[0] == "clip_score_mean":
+        return []
+    column = chosen[0]
+    steps = metrics["num_inference_steps"].max()
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for (preset, sampler), group in metrics[metrics["num_inference_steps"] == steps].groupby(["preset", "sampler"], sort=False):
+        group = group.sort_values("guidance_scale")
+        axes.plot(group["clip_score_mean"], group[column], marker="o", label=f"{preset} / {sampler}")
+        for row in group.itertuples():
+            axes.annotate(f"{row.guidance_scale:g}", (row.clip_score_mean, getattr(row, column)), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    axes.set(xlabel="CLIP score (mean)", ylabel=column, title=f"{column} against CLIP score over guidance ({steps} steps)")
+    axes.legend(fontsize=7)
+    return _save(figure, folder, "quality_vs_clip_score")
+
+
+def _per_preset_lines(metrics: pd.DataFrame, column: str, ylabel: str, title: str) -> plt.Figure:
+    guidance = reference_guidance(metrics)
+    chosen = metrics[metrics["guidance_scale"] == guidance]
+    presets = list(dict.fromkeys(chosen["preset"]))
+    figure, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
+    for axis, preset in zip(axes[0], presets):
+        for sampler, group in chosen[chosen["preset"] == preset].groupby("sampler", sort=False):
+            group = group.sort_values("num_inference_steps")
+            axis.plot(group["num_inference_steps"], group[column], marker="o", label=sampler)
+        axis.set(xlabel="steps", ylabel=ylabel, title=f"{preset} (guidance {guidance:g})")
+        axis.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def quality_vs_steps(metrics: pd.DataFrame, folder: Path) -> list[Path]:
+    chosen = quality_column(metrics)
+    if chosen is None:
+        return []
+    figure = _per_preset_lines(metrics, chosen[0], chosen[0], f"{chosen[0]} against steps, one line per sampler")
+    return _save(figure, folder, "quality_vs_steps")
+
+
+def seconds_vs_steps(metrics: pd.DataFrame, folder: Path) -> list[Path]:
+    figure = _per_preset_lines(metrics, "seconds_per_image_median", "seconds per image (median)",
+                               "seconds per image against steps")
+    return _save(figure, folder, "seconds_vs_steps")
+
+
+def time_per_stage_bars(stage_times: pd.DataFrame, folder: Path) -> list[Path]:
+    """Stacked median seconds per image: text encoding, each denoising stage, decoding."""
+    parts = stage_times[~stage_times["part"].str.startswith("total")]
+    wide = parts.pivot_table(index="preset", columns="part", values="seconds_per_image", sort=False).fillna(0.0)
+    wide = wide.loc[list(dict.fromkeys(parts["preset"]))]
+    order = list(dict.fromkeys(parts["part"]))
+    figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    bottom = pd.Series(0.0, index=wide.index)
+    for part in order:
+        axes.bar(wide.index, wide[part], bottom=bottom, label=part)
+        bottom = bottom + wide[part]
+    axes.set(ylabel="seconds per image (median)", title="where the time goes, per preset")
+    axes.legend(fontsize=7)
+    return _save(figure, folder, "time_per_stage")

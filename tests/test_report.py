@@ -1,0 +1,77 @@
+"""Reports: rebuilt from a run folder alone, byte-identical twice, self-contained HTML with escaped strings."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from suite.cli import main
+
+PROMPTS = ["a red circle", "<script>alert('x')</script> a blue square", "a green triangle above a red circle"]
+
+
+@pytest.fixture
+def finished_run(tmp_path, test_networks):
+    sweep = {
+        "name": "report-check", "presets": ["tiny-latent", "tiny-cascaded"], "samplers": ["ddim", "euler"],
+        "steps": [2, 3], "guidance": [1.0, 3.0], "batch_size": 3, "prompts": {"list": PROMPTS},
+        "metrics": ["fid", "clip_score", "flops", "composition"],
+        "evaluation": {"features": "test-net", "clip_model": "test-clip", "reference": {"builtin": "toy", "count": 16}},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    run = tmp_path / "run"
+    assert main(["sweep", str(path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+    return run
+
+
+def _snapshot(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_sweep_builds_the_report_and_rebuilding_it_gives_the_same_bytes(finished_run):
+    report = finished_run / "report"
+    first = _snapshot(report)
+    assert {"report.md", "index.html", "tables/metrics.csv", "tables/best_at_budgets.csv",
+            "tables/time_per_stage.csv"} <= set(first)
+    assert any(name.startswith("plots/") and name.endswith(".svg") for name in first)
+    assert any(name.startswith("grids/") for name in first)
+    shutil.rmtree(report)
+    assert main(["report", str(finished_run)]) == 0
+    second = _snapshot(report)
+    assert second.keys() == first.keys()
+    for name in first:
+        if name.endswith((".md", ".csv")):
+            assert second[name] == first[name], name
+    assert main(["report", str(finished_run)]) == 0
+    assert _snapshot(report) == second  # same process state, same bytes, images included
+
+
+def test_html_is_self_contained_and_escapes_prompts(finished_run):
+    page = (finished_run / "report" / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+    assert "http://" not in page and "https://" not in page.replace("https://github.com", "")
+    markdown = (finished_run / "report" / "report.md").read_text()
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (finished_run / "report" / link).is_file()
+    assert len(sources) == len(re.findall(r"!\[", markdown))
+
+
+def test_tables_hold_one_row_per_grid_point_and_the_stage_times(finished_run):
+    metrics = pd.read_csv(finished_run / "report" / "tables" / "metrics.csv")
+    assert len(metrics) == 2 * 2 * 2 * 2
+    times = pd.read_csv(finished_run / "report" / "tables" / "time_per_stage.csv")
+    assert set(times[times.preset == "tiny-cascaded"].part) >= {"stage 1: base", "stage 2: super_resolution_1"}
+    markdown = (finished_run / "report" / "report.md").read_text()
+    assert "## Reproducibility" in markdown and "config hash" in markdown and "## Cost from the architectures" in markdown
+
+
+def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
