@@ -31,6 +31,7 @@ class StageOverride(Frozen):
     steps: int | None = Field(default=None, ge=1)
     guidance: float | None = Field(default=None, ge=0)
     noise_level: int | None = Field(default=None, ge=0, le=999)
+    strength: float | None = Field(default=None, gt=0, le=1)  # pixel SR: start partway from the upsampled image
 
     @field_validator("sampler")
     @classmethod
@@ -160,10 +161,12 @@ class Sweep(Frozen):
         for preset_name, overrides in self.stages.items():
             if preset_name not in self.presets:
                 raise ValueError(f"stage overrides for {preset_name!r}, which is not in presets {list(self.presets)}")
-            stage_names = [spec.name for spec in PRESETS.get(preset_name).stages]
-            for stage_name in overrides:
-                if stage_name not in stage_names:
-                    raise ValueError(f"preset {preset_name!r} has no stage {stage_name!r}; stages: {stage_names}")
+            kinds = {spec.name: spec.kind for spec in PRESETS.get(preset_name).stages}
+            for stage_name, override in overrides.items():
+                if stage_name not in kinds:
+                    raise ValueError(f"preset {preset_name!r} has no stage {stage_name!r}; stages: {list(kinds)}")
+                if override.strength not in (None, 1.0) and kinds[stage_name] != "pixel-sr":
+                    raise ValueError(f"{preset_name}.{stage_name}: strength < 1 applies to pixel super-resolution stages only")
         return self
 
 

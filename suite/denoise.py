@@ -84,17 +84,19 @@ def denoise(
     generators: list[torch.Generator],
     stage: str = "",
     hooks: Sequence[StepHook] = (),
+    begin_index: int = 0,
 ) -> torch.Tensor:
     """Run the scheduler's reverse process from ``sample`` (already scaled by init_noise_sigma).
 
-    The scheduler must have had ``set_timesteps`` called. Works for every diffusers scheduler:
+    The scheduler must have had ``set_timesteps`` called; the loop runs its timesteps from
+    ``begin_index`` on (0 unless the stage starts partway, see ``samplers.set_timesteps``). Works for every diffusers scheduler:
     first- and second-order, deterministic and ancestral, learned or fixed variance.
     """
     extra = step_kwargs(scheduler, generators)
     keep_variance = consumes_learned_variance(scheduler)
     if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)
-    for index, timestep in enumerate(scheduler.timesteps):
+        scheduler.set_begin_index(begin_index)
+    for index, timestep in enumerate(scheduler.timesteps[begin_index:]):
         # 1. Precondition the input (sigma scaling for Karras-style solvers; identity for DDPM/DDIM).
         model_input = scheduler.scale_model_input(sample, timestep)
         # 2. Predict (guided) noise; drop a learned variance the solver cannot use.

@@ -88,7 +88,7 @@ class StageCost:
         return channels * height * width
 
     def evaluations(self, settings: StageSettings) -> int:
-        return model_evaluations(settings.sampler, settings.num_inference_steps, self.scheduler_config)
+        return model_evaluations(settings.sampler, settings.num_inference_steps, self.scheduler_config, settings.strength)
 
     def flops(self, settings: StageSettings) -> int:
         """Denoising plus decoding FLOPs of one image under ``settings``."""

@@ -70,10 +70,12 @@ def preset_stage_settings(
             "num_inference_steps": steps,
             "guidance_scale": stage_guidance,
             "noise_level": spec.noise_level,
+            "strength": spec.strength,
         }
         if override is not None:
             for field, key in (("sampler", "sampler"), ("steps", "num_inference_steps"),
-                               ("guidance", "guidance_scale"), ("noise_level", "noise_level")):
+                               ("guidance", "guidance_scale"), ("noise_level", "noise_level"),
+                               ("strength", "strength")):
                 if getattr(override, field) is not None:
                     values[key] = getattr(override, field)
         settings.append(StageSettings(**values))

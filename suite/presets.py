@@ -42,6 +42,7 @@ class StageSpec:
     source: str  # key into Preset.sources
     guidance_scale: float | None = None  # None: the sweep's guidance value
     noise_level: int | None = None  # super-resolution stages only
+    strength: float = 1.0  # pixel super-resolution only: < 1 starts from the noised upsampled image
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,9 @@ PRESETS.register(
         backend="cascaded",
         stages=(
             StageSpec("base", "pixel-base", "stage_1"),
-            StageSpec("super_resolution_1", "pixel-sr", "stage_2", guidance_scale=1.0, noise_level=250),
+            # Truncated start: the short-trained SR stage denoises from its noised upsampled input
+            # halfway down the schedule (from pure noise it leaves specks and tinted backgrounds).
+            StageSpec("super_resolution_1", "pixel-sr", "stage_2", guidance_scale=1.0, noise_level=250, strength=0.5),
         ),
         sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
         denoiser_dtype="fp32",

@@ -187,7 +187,8 @@ def generate_item(pipeline: TextToImagePipeline, item: WorkItem, run: Path, cloc
         shared.update({
             f"stage{number}_name": timing.stage, f"stage{number}_sampler": settings.sampler,
             f"stage{number}_steps": settings.num_inference_steps, f"stage{number}_guidance": settings.guidance_scale,
-            f"stage{number}_noise_level": settings.noise_level, f"stage{number}_loop_s": timing.loop_seconds,
+            f"stage{number}_noise_level": settings.noise_level, f"stage{number}_strength": settings.strength,
+            f"stage{number}_loop_s": timing.loop_seconds,
             f"stage{number}_step_median_s": timing.step_seconds_median,
             f"stage{number}_model_evaluations": timing.model_evaluations,
         })

@@ -8,6 +8,7 @@ documents, so the same trained model can be sampled by every solver.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -71,15 +72,28 @@ def make_scheduler(sampler_name: str, model_scheduler_config: Mapping[str, Any])
     return SAMPLERS.get(sampler_name).build(model_scheduler_config)
 
 
-def model_evaluations(sampler_name: str, num_inference_steps: int, model_scheduler_config: Mapping[str, Any]) -> int:
-    """How many times the denoising loop calls the model: one per scheduler timestep.
+def set_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, strength: float = 1.0, device=None) -> int:
+    """Lay out the sampling schedule; return the index of the first timestep to run.
+
+    ``strength`` < 1 starts partway down (a truncated start, as diffusers' img2img pipelines do):
+    the schedule is laid out for ``ceil(steps / strength)`` steps and its last ``steps`` are run,
+    so the step count stays what was asked for.
+    """
+    total = math.ceil(num_inference_steps / strength - 1e-9)
+    scheduler.set_timesteps(total, device=device)
+    return (total - num_inference_steps) * getattr(scheduler, "order", 1)
+
+
+def model_evaluations(sampler_name: str, num_inference_steps: int, model_scheduler_config: Mapping[str, Any],
+                      strength: float = 1.0) -> int:
+    """How many times the denoising loop calls the model: one per scheduler timestep it runs.
 
     Equal to the step count for first-order and multistep solvers; about twice that for Heun,
     one more for PNDM's warm-up.
     """
     scheduler = make_scheduler(sampler_name, model_scheduler_config)
-    scheduler.set_timesteps(num_inference_steps, device="cpu")
-    return len(scheduler.timesteps)
+    begin = set_timesteps(scheduler, num_inference_steps, strength, device="cpu")
+    return len(scheduler.timesteps) - begin
 
 
 def consumes_learned_variance(scheduler: SchedulerMixin) -> bool:

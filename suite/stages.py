@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from suite.denoise import GuidedUNet, StepHook, denoise
-from suite.samplers import make_scheduler
+from suite.samplers import make_scheduler, set_timesteps
 from suite.timing import Clock, StepTimer
 
 IMAGE_CHANNELS = 3
@@ -29,6 +29,7 @@ class StageSettings:
     num_inference_steps: int
     guidance_scale: float
     noise_level: int | None = None
+    strength: float = 1.0  # < 1: start from the noised upsampled low-res image partway down (pixel SR only)
 
 
 @dataclass
@@ -101,6 +102,15 @@ def augment_low_res(
     return conditioning.noising_scheduler.add_noise(image, noise, levels), levels
 
 
+def _truncated_start(stage: Stage, scheduler, begin: int, low_res: torch.Tensor | None, size: tuple[int, int],
+                     noise: torch.Tensor) -> torch.Tensor:
+    """The upsampled low-res image noised to the first timestep that runs (Imagen-style truncated SR start)."""
+    if stage.conditioning is None or not stage.conditioning.upsample:
+        raise ValueError(f"stage {stage.name!r}: strength < 1 needs a pixel super-resolution stage")
+    upsampled = F.interpolate(low_res, size, mode="bilinear", align_corners=True)
+    return scheduler.add_noise(upsampled, noise, scheduler.timesteps[begin : begin + 1])
+
+
 @torch.no_grad()
 def run_stage(
     stage: Stage,
@@ -115,7 +125,7 @@ def run_stage(
     """Denoise one stage for a batch (one generator per image); return images in [-1, 1] and timings."""
     device, dtype = stage.unet.device, stage.unet.dtype
     scheduler = make_scheduler(settings.sampler, stage.scheduler_config)
-    scheduler.set_timesteps(settings.num_inference_steps, device=device)
+    begin = set_timesteps(scheduler, settings.num_inference_steps, settings.strength, device=device)
     size = stage.sample_size(low_res)
     shape = (len(generators), stage.sample_channels, *size)
 
@@ -133,7 +143,10 @@ def run_stage(
             )
     else:
         sample = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
-    sample = sample * scheduler.init_noise_sigma
+    if settings.strength < 1.0:
+        sample = _truncated_start(stage, scheduler, begin, low_res, size, sample)
+    else:
+        sample = sample * scheduler.init_noise_sigma
 
     denoiser = GuidedUNet(
         unet=stage.unet,
@@ -145,7 +158,7 @@ def run_stage(
     )
     timer = StepTimer(clock)
     timer.start()
-    sample = denoise(denoiser, scheduler, sample, generators, stage.name, [timer, *hooks])
+    sample = denoise(denoiser, scheduler, sample, generators, stage.name, [timer, *hooks], begin_index=begin)
 
     decode_seconds = 0.0
     if stage.vae is not None:

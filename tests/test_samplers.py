@@ -49,3 +49,24 @@ def test_every_sampler_on_every_stage_kind(cascade_pipeline, latent_pipeline, sa
     assert images.shape == (1, 3, 256, 256) and torch.isfinite(images).all()
     assert [timing.stage for timing in timings] == ["base", "super_resolution_1", "super_resolution_2"]
     assert all(timing.model_evaluations >= 2 for timing in timings)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++", "heun"])
+def test_truncated_start_runs_the_requested_steps_from_partway_down(cascade_pipeline, sampler):
+    """strength 0.5: the schedule is laid out for 2x the steps and its second half runs."""
+    from suite.samplers import model_evaluations
+    from suite.stages import StageSettings
+    from suite.timing import Clock
+
+    pipeline = cascade_pipeline
+    pipeline.stages = pipeline.stages[:2]
+    clock = Clock(torch.device("cpu"))
+    pipeline.encode(["a red circle"], ["a red circle"], clock)
+    events = []
+    settings = [StageSettings("ddim", 3, 1.0), StageSettings(sampler, 4, 1.0, 250, strength=0.5)]
+    image, timings = pipeline.generate(["a red circle"], settings, [torch.Generator().manual_seed(0)], clock,
+                                       hooks=[lambda event: events.append(event)])
+    sr_events = [event for event in events if event.stage == "super_resolution_1"]
+    config = pipeline.stages[1].scheduler_config
+    assert len(sr_events) == timings[1].model_evaluations == model_evaluations(sampler, 4, config, strength=0.5)
+    assert int(sr_events[0].timestep) < 600 and torch.isfinite(image).all()

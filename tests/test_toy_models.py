@@ -79,3 +79,15 @@ def test_single_objects_come_out_right_at_guidance_3(tmp_path):
     accuracy = pd.read_csv(tmp_path / "run" / "metrics.csv").set_index("preset")["toy_binding"]
     assert accuracy["toy-latent"] >= 0.8 and accuracy["toy-cascaded"] >= 0.6, accuracy.to_dict()
     assert np.isfinite(accuracy).all()
+
+
+@pytest.mark.gpu
+def test_toy_sweep_runs_on_cuda_in_half_precision(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    run = tmp_path / "toy-quick-cuda"
+    assert main(["sweep", "experiments/toy-quick.yaml", "--out", str(run), "--quiet", "--device", "cuda",
+                 "--dtype", "fp16"]) == 0
+    samples = pd.read_parquet(run / "samples.parquet")
+    assert (samples["device"].str.startswith("cuda")).all() and (samples["dtype"] == "float16").all()
+    assert (samples["peak_memory_kind"] == "cuda_max_allocated").all()

@@ -144,9 +144,11 @@ def _flops(evaluator: Evaluator, group: pd.DataFrame) -> dict[str, Any]:
     settings = []
     for number in range(1, len(cost.stages) + 1):
         noise_level = first.get(f"stage{number}_noise_level")
+        strength = first.get(f"stage{number}_strength", 1.0)
         settings.append(StageSettings(first[f"stage{number}_sampler"], int(first[f"stage{number}_steps"]),
                                       float(first[f"stage{number}_guidance"]),
-                                      None if pd.isna(noise_level) else int(noise_level)))
+                                      None if pd.isna(noise_level) else int(noise_level),
+                                      1.0 if pd.isna(strength) else float(strength)))
     return {"gflops_per_image": cost.flops_per_image(settings) / 1e9}
 
 

@@ -66,6 +66,7 @@ def load(folder: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Through open_clip's own factory: register the config, then create the model with the checkpoint."""
     import open_clip
 
+    folder = Path(folder)
     open_clip.add_model_config(folder / CONFIG_FILE)
     model = open_clip.create_model(NAME, pretrained=str(folder / WEIGHTS_FILE), device=device)
     return model.eval().requires_grad_(False)

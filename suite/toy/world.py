@@ -52,6 +52,17 @@ class Caption:
         return f"a {self.things[0].text} {self.relation} a {self.things[1].text}"
 
     @property
+    def scene(self) -> tuple:
+        """What the caption says about the image: "A below B" and "B above A" describe the same scenes."""
+        if self.relation is None:
+            return (self.things[0],)
+        first, second = self.things
+        converse = {"below": "above", "right of": "left of"}
+        if self.relation in converse:
+            return (second, first, converse[self.relation])
+        return (first, second, self.relation)
+
+    @property
     def held_out(self) -> bool:
         """A fixed tenth of the pair captions, chosen by hash, is never used for training."""
         if self.relation is None:
