@@ -9,12 +9,12 @@ from pathlib import Path
 
 from suite.errors import UserError
 
-DEFAULT_SWEEP = "experiments/tiny.yaml"
+DEFAULT_SWEEP = "experiments/toy.yaml"
 EXIT_USAGE = 2
 
 
 def _default_sweep() -> Path:
-    """experiments/tiny.yaml in the working directory, else in the source checkout of this package."""
+    """experiments/toy.yaml in the working directory, else in the source checkout of this package."""
     local = Path(DEFAULT_SWEEP)
     if local.is_file():
         return local
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    sweep = commands.add_parser("sweep", help="run a sweep (default: experiments/tiny.yaml); resumable")
+    sweep = commands.add_parser("sweep", help="run a sweep (default: experiments/toy.yaml); resumable")
     sweep.add_argument("config", nargs="?", help="sweep YAML file")
     sweep.add_argument("--out", help="run folder (default: results/<sweep name>)")
     sweep.add_argument("--shard", help="i/n: run every n-th work item starting at i (default: RANK/WORLD_SIZE or 0/1)")
