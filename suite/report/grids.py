@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-CELL = 128  # pixels per thumbnail side (small images are enlarged with nearest-neighbour, large ones reduced)
+CELL = 96  # pixels per thumbnail side (small images are enlarged with nearest-neighbour, large ones reduced)
 LABEL = 18
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
@@ -69,7 +69,7 @@ def families_side_by_side(run: Path, samples: pd.DataFrame, sampler: str, steps:
     return _labelled(cells, [f"prompt {index}" for index in prompt_indices], presets)
 
 
-def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float, prompts: int = 3) -> list[Grid]:
+def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float, prompts: int = 2) -> list[Grid]:
     """Every grid of the report as PNG under ``folder``; titles name the prompt."""
     folder.mkdir(parents=True, exist_ok=True)
     prompt_indices = sorted(samples["prompt_index"].unique())[:prompts]
