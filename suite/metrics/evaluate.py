@@ -155,20 +155,26 @@ def _flops(evaluator: Evaluator, group: pd.DataFrame) -> dict[str, Any]:
 def _distribution(evaluator: Evaluator, metrics: tuple[str, ...], images: list[np.ndarray]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     evaluation = evaluator.sweep.evaluation
+    features: dict[str, np.ndarray] = {}  # one pass per network, shared by FID / KID and CMMD
+
+    def features_of(name: str) -> np.ndarray:
+        if name not in features:
+            features[name] = extract(evaluator.network(name), images)
+        return features[name]
+
     if "fid" in metrics or "kid" in metrics:
         network = evaluator.network(evaluation.features)
         reference = evaluator.reference(evaluation.features)
-        features = extract(network, images)
         row |= {"features": network.name, "features_resize": network.resize, "reference": reference.key,
                 "reference_count": reference.count}
         if "fid" in metrics:
-            row["fid"] = distribution.fid(features, reference.features, reference.statistics)
+            row["fid"] = distribution.fid(features_of(evaluation.features), reference.features, reference.statistics)
         if "kid" in metrics:
-            row["kid_mean"], row["kid_std"] = distribution.kid(features, reference.features)
+            row["kid_mean"], row["kid_std"] = distribution.kid(features_of(evaluation.features), reference.features)
     if "cmmd" in metrics:
         network = evaluator.network(evaluation.cmmd_features)
         reference = evaluator.reference(evaluation.cmmd_features)
-        row |= {"cmmd": distribution.cmmd(extract(network, images), reference.features),
+        row |= {"cmmd": distribution.cmmd(features_of(evaluation.cmmd_features), reference.features),
                 "cmmd_features": network.name, "cmmd_resize": network.resize}
     return row
 
