@@ -69,7 +69,7 @@ def families_side_by_side(run: Path, samples: pd.DataFrame, sampler: str, steps:
     return _labelled(cells, [f"prompt {index}" for index in prompt_indices], presets)
 
 
-def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float, prompts: int = 2) -> list[Grid]:
+def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float, prompts: int = 1) -> list[Grid]:
     """Every grid of the report as PNG under ``folder``; titles name the prompt."""
     folder.mkdir(parents=True, exist_ok=True)
     prompt_indices = sorted(samples["prompt_index"].unique())[:prompts]
