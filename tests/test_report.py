@@ -11,7 +11,7 @@ import yaml
 
 from suite.cli import main
 
-PROMPTS = ["a red circle", "<script>alert('x')</script> a blue square", "a green triangle above a red circle"]
+PROMPTS = ["<script>alert('x')</script> a blue square", "a red circle", "a green triangle above a red circle"]
 
 
 @pytest.fixture
