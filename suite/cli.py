@@ -55,12 +55,15 @@ def command_sweep(args: argparse.Namespace) -> int:
         check_evaluation_available(resolved.sweep, _evaluate_options(args))
     rank, world_size = _shard(args.shard)
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
-    options = RunOptions(out, args.device, args.dtype, rank, world_size, _model_dirs(args.model_dir),
-                         progress=not args.quiet)
+    options = RunOptions(
+        out, args.device, args.dtype, rank, world_size, _model_dirs(args.model_dir), progress=not args.quiet
+    )
     summary = run_sweep(resolved, options)
     state = "complete" if summary.complete else "waiting for other shards"
-    print(f"{summary.run}: {summary.images_generated} images generated in {summary.items_generated} items "
-          f"(shard {rank}/{world_size}: {summary.items_this_shard} of {summary.items_total} items); run {state}")
+    print(
+        f"{summary.run}: {summary.images_generated} images generated in {summary.items_generated} items "
+        f"(shard {rank}/{world_size}: {summary.items_this_shard} of {summary.items_total} items); run {state}"
+    )
     if summary.complete and resolved.sweep.metrics:
         _evaluate(summary.run, args)
     if summary.complete:
@@ -173,10 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="run folder (default: results/<sweep name>)")
     sweep.add_argument("--shard", help="i/n: run every n-th work item starting at i (default: RANK/WORLD_SIZE or 0/1)")
     sweep.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    sweep.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                       help="auto: each preset's dtypes on accelerators, fp32 on CPU")
-    sweep.add_argument("--model-dir", action="append", default=[], metavar="PRESET=PATH",
-                       help="load PRESET from a local folder instead of the hub (repeatable)")
+    sweep.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto: each preset's dtypes on accelerators, fp32 on CPU",
+    )
+    sweep.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        metavar="PRESET=PATH",
+        help="load PRESET from a local folder instead of the hub (repeatable)",
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
     sweep.set_defaults(handler=command_sweep)
@@ -200,8 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default: 50)")
     profile.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
     profile.add_argument("--out", default="results/profile", help="folder for the tables (default: results/profile)")
-    profile.add_argument("--model-dir", action="append", default=[], metavar="PRESET=PATH",
-                         help="read PRESET's configs from a local folder (repeatable)")
+    profile.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        metavar="PRESET=PATH",
+        help="read PRESET's configs from a local folder (repeatable)",
+    )
     profile.set_defaults(handler=command_profile)
 
     train = commands.add_parser("train", help="rebuild the toy world's models (resumable)")

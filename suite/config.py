@@ -1,4 +1,15 @@
-"""Sweep files: YAML validated into typed, frozen config, resolved with every default filled in."""
+"""Sweep files: YAML validated into typed, frozen config, resolved with every default filled in.
+
+One name per knob: code and tables use diffusers' names; the sweep file keeps short keys as
+aliases, and config.yaml (and so every config hash) is written with the short keys.
+
+| sweep file key | code and tables           | samples / metrics column of stage *k* |
+|----------------|---------------------------|---------------------------------------|
+| ``steps``      | ``num_inference_steps``   | ``stage<k>_num_inference_steps``      |
+| ``guidance``   | ``guidance_scale``        | ``stage<k>_guidance_scale``           |
+| ``noise_level``| ``noise_level``           | ``stage<k>_noise_level``              |
+| ``strength``   | ``strength``              | ``stage<k>_strength``                 |
+"""
 
 from __future__ import annotations
 
@@ -19,17 +30,18 @@ from suite.registry import Registry
 from suite.samplers import SAMPLERS
 
 
-
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
 
 class StageOverride(Frozen):
     """Fixed values for one stage of a preset, replacing what the grid or preset would give it."""
 
     sampler: str | None = None
-    steps: int | None = Field(default=None, ge=1)
-    guidance: float | None = Field(default=None, ge=0)
+    num_inference_steps: int | None = Field(default=None, ge=1, alias="steps")
+    guidance_scale: float | None = Field(default=None, ge=0, alias="guidance")
     noise_level: int | None = Field(default=None, ge=0, le=999)
     strength: float | None = Field(default=None, gt=0, le=1)  # pixel SR: start partway from the upsampled image
 
@@ -38,7 +50,7 @@ class StageOverride(Frozen):
     def _known_sampler(cls, value: str | None) -> str | None:
         return value if value is None else _known(SAMPLERS, value)
 
-    @field_validator("guidance")
+    @field_validator("guidance_scale")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
@@ -55,7 +67,7 @@ class PromptSpec(Frozen):
     limit: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "PromptSpec":
+    def _exactly_one(self) -> PromptSpec:
         given = [name for name in ("set", "file", "list") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'set', 'file' or 'list'")
@@ -75,7 +87,7 @@ class ReferenceSpec(Frozen):
     seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ReferenceSpec":
+    def _exactly_one(self) -> ReferenceSpec:
         given = [name for name in ("builtin", "folder", "statistics") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'builtin', 'folder' or 'statistics'")
@@ -114,8 +126,8 @@ class Sweep(Frozen):
     seed: int = Field(default=0, ge=0)
     presets: tuple[str, ...] = Field(min_length=1)
     samplers: tuple[str, ...] = Field(min_length=1)
-    steps: tuple[int, ...] = Field(min_length=1)
-    guidance: tuple[float, ...] = Field(min_length=1)
+    num_inference_steps: tuple[int, ...] = Field(min_length=1, alias="steps")
+    guidance_scale: tuple[float, ...] = Field(min_length=1, alias="guidance")
     seeds_per_prompt: int = Field(default=1, ge=1)
     batch_size: int = Field(default=8, ge=1)
     prompts: PromptSpec
@@ -129,14 +141,14 @@ class Sweep(Frozen):
         registry = {"presets": PRESETS, "samplers": SAMPLERS, "metrics": METRICS}[info.field_name]
         return tuple(_known(registry, value) for value in values)
 
-    @field_validator("steps")
+    @field_validator("num_inference_steps")
     @classmethod
     def _positive_steps(cls, values):
         if any(value < 1 for value in values):
             raise ValueError("every step count must be >= 1")
         return values
 
-    @field_validator("guidance")
+    @field_validator("guidance_scale")
     @classmethod
     def _valid_guidance(cls, values):
         if any(not math.isfinite(value) or value < 0 for value in values):
@@ -144,7 +156,7 @@ class Sweep(Frozen):
         return values
 
     @model_validator(mode="after")
-    def _distribution_metrics_have_a_reference(self) -> "Sweep":
+    def _distribution_metrics_have_a_reference(self) -> Sweep:
         needing = [name for name in self.metrics if name in DISTRIBUTION_METRICS]
         if needing and self.evaluation.reference is None:
             raise ValueError(f"metrics {needing} compare against real images: set evaluation.reference")
@@ -153,11 +165,16 @@ class Sweep(Frozen):
         return self
 
     @model_validator(mode="after")
-    def _stage_overrides_name_real_stages(self) -> "Sweep":
-        for axis in ("presets", "samplers", "steps", "guidance"):
+    def _stage_overrides_name_real_stages(self) -> Sweep:
+        for key, axis in (
+            ("presets", "presets"),
+            ("samplers", "samplers"),
+            ("steps", "num_inference_steps"),
+            ("guidance", "guidance_scale"),
+        ):
             values = getattr(self, axis)
             if len(set(values)) != len(values):
-                raise ValueError(f"{axis}: values repeat: {list(values)}")
+                raise ValueError(f"{key}: values repeat: {list(values)}")
         for preset_name, overrides in self.stages.items():
             if preset_name not in self.presets:
                 raise ValueError(f"stage overrides for {preset_name!r}, which is not in presets {list(self.presets)}")
@@ -166,7 +183,9 @@ class Sweep(Frozen):
                 if stage_name not in kinds:
                     raise ValueError(f"preset {preset_name!r} has no stage {stage_name!r}; stages: {list(kinds)}")
                 if override.strength not in (None, 1.0) and kinds[stage_name] != "pixel-sr":
-                    raise ValueError(f"{preset_name}.{stage_name}: strength < 1 applies to pixel super-resolution stages only")
+                    raise ValueError(
+                        f"{preset_name}.{stage_name}: strength < 1 applies to pixel super-resolution stages only"
+                    )
         return self
 
 

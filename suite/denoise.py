@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -43,6 +44,11 @@ def classifier_free_guidance(output: torch.Tensor, guidance_scale: float, sample
     return torch.cat([eps, variance], dim=1)
 
 
+def uses_guidance(guidance_scale: float) -> bool:
+    """Whether a guidance scale needs the unconditional pass: at 1 the guidance formula is the conditional output."""
+    return guidance_scale != 1.0
+
+
 @dataclass
 class GuidedUNet:
     """Wraps a diffusers UNet with the prompt, optional low-res conditioning and guidance.
@@ -58,21 +64,19 @@ class GuidedUNet:
     conditioning_image: torch.Tensor | None = None
     class_labels: torch.Tensor | None = None
 
-    @property
-    def uses_guidance(self) -> bool:
-        return self.guidance_scale != 1.0
-
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_input = sample
         if self.conditioning_image is not None:
             model_input = torch.cat([model_input, self.conditioning_image], dim=1)
         embeds, labels = self.prompt_embeds, self.class_labels
-        if self.uses_guidance:
+        if uses_guidance(self.guidance_scale):
             model_input = torch.cat([model_input] * 2)
             embeds = torch.cat([self.negative_prompt_embeds, self.prompt_embeds])
             labels = None if labels is None else torch.cat([labels] * 2)
-        output = self.unet(model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[0]
-        if self.uses_guidance:
+        output = self.unet(model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[
+            0
+        ]
+        if uses_guidance(self.guidance_scale):
             output = classifier_free_guidance(output, self.guidance_scale, sample.shape[1])
         return output
 

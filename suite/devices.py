@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from suite.errors import UserError
-from suite.pipeline import LoadOptions
+from suite.loading import LoadOptions
 from suite.presets import Preset
 from suite.registry import Registry
 
@@ -13,6 +13,14 @@ DTYPES: Registry[torch.dtype] = Registry("dtype")
 DTYPES.register("fp32", torch.float32)
 DTYPES.register("fp16", torch.float16)
 DTYPES.register("bf16", torch.bfloat16)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name (fp32, fp16, bf16) of a torch dtype, as ``--dtype`` and the presets spell it."""
+    for name, registered in DTYPES.items():
+        if registered == dtype:
+            return name
+    raise ValueError(f"no short name for {dtype}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -9,14 +9,16 @@ the scheduler's update) is not counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from suite.denoise import GuidedUNet
+from suite.denoise import GuidedUNet, uses_guidance
+from suite.loading import model_on_meta
 from suite.samplers import model_evaluations
 from suite.stages import IMAGE_CHANNELS, Stage, StageSettings
 
@@ -52,12 +54,7 @@ def on_meta(module: torch.nn.Module) -> torch.nn.Module:
     """
     if all(parameter.is_meta for parameter in module.parameters()):
         return module
-    with torch.device(META):
-        if hasattr(type(module), "from_config") and type(module).__module__.startswith("diffusers"):
-            twin = type(module).from_config(module.config)
-        else:
-            twin = type(module)(module.config)
-    return twin.eval().requires_grad_(False)
+    return model_on_meta(type(module), module.config)
 
 
 def text_encoder_flops(model: torch.nn.Module, max_length: int) -> int:
@@ -88,12 +85,17 @@ class StageCost:
         return channels * height * width
 
     def evaluations(self, settings: StageSettings) -> int:
-        return model_evaluations(settings.sampler, settings.num_inference_steps, self.scheduler_config, settings.strength)
+        return model_evaluations(
+            settings.sampler, settings.num_inference_steps, self.scheduler_config, settings.strength
+        )
+
+    def flops_per_step(self, settings: StageSettings) -> int:
+        """One model evaluation under ``settings``: with guidance, the batch of two (unconditional and conditional)."""
+        return self.flops_per_guided_evaluation if uses_guidance(settings.guidance_scale) else self.flops_per_evaluation
 
     def flops(self, settings: StageSettings) -> int:
         """Denoising plus decoding FLOPs of one image under ``settings``."""
-        per_evaluation = self.flops_per_guided_evaluation if settings.guidance_scale != 1.0 else self.flops_per_evaluation
-        return self.evaluations(settings) * per_evaluation + self.decode_flops
+        return self.evaluations(settings) * self.flops_per_step(settings) + self.decode_flops
 
 
 @dataclass(frozen=True)

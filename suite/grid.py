@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from suite.config import ResolvedSweep
 from suite.presets import PRESETS, Preset
@@ -38,10 +39,6 @@ class WorkItem:
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    @property
-    def grid_point(self) -> tuple[str, str, int, float]:
-        return (self.preset, self.sampler, self.num_inference_steps, self.guidance_scale)
-
 
 def image_seed(sweep_seed: int, prompt_index: int, seed_index: int) -> int:
     """Per-image seed from (sweep seed, prompt index, seed index), independent of batching and sharding."""
@@ -49,7 +46,9 @@ def image_seed(sweep_seed: int, prompt_index: int, seed_index: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def stage_settings(resolved: ResolvedSweep, preset_name: str, sampler: str, steps: int, guidance: float) -> tuple[StageSettings, ...]:
+def stage_settings(
+    resolved: ResolvedSweep, preset_name: str, sampler: str, steps: int, guidance: float
+) -> tuple[StageSettings, ...]:
     """Per-stage knobs of one grid point of a sweep (see ``preset_stage_settings``)."""
     overrides = resolved.sweep.stages.get(preset_name, {})
     return preset_stage_settings(PRESETS.get(preset_name), sampler, steps, guidance, overrides)
@@ -73,11 +72,7 @@ def preset_stage_settings(
             "strength": spec.strength,
         }
         if override is not None:
-            for field, key in (("sampler", "sampler"), ("steps", "num_inference_steps"),
-                               ("guidance", "guidance_scale"), ("noise_level", "noise_level"),
-                               ("strength", "strength")):
-                if getattr(override, field) is not None:
-                    values[key] = getattr(override, field)
+            values |= override.model_dump(by_alias=False, exclude_none=True)
         settings.append(StageSettings(**values))
     return tuple(settings)
 
@@ -92,7 +87,9 @@ def expand(resolved: ResolvedSweep) -> list[WorkItem]:
     ]
     blocks = [tuple(images[start : start + sweep.batch_size]) for start in range(0, len(images), sweep.batch_size)]
     items = []
-    for preset, sampler, steps, guidance in itertools.product(sweep.presets, sweep.samplers, sweep.steps, sweep.guidance):
+    for preset, sampler, steps, guidance in itertools.product(
+        sweep.presets, sweep.samplers, sweep.num_inference_steps, sweep.guidance_scale
+    ):
         settings = stage_settings(resolved, preset, sampler, steps, float(guidance))
         items.extend(WorkItem(preset, sampler, steps, float(guidance), settings, block) for block in blocks)
     return items

@@ -13,9 +13,24 @@ from typing import Any
 import torch
 
 from suite.errors import UserError
-from suite.presets import ReferenceConfigs, Source
+from suite.presets import Preset, ReferenceConfigs, Source
 
 HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where a preset's models run and in which dtypes; ``offload``: each model on the device only while it runs."""
+
+    device: torch.device
+    denoiser_dtype: torch.dtype
+    text_encoder_dtype: torch.dtype
+    offload: bool = False
+
+    @property
+    def on_meta(self) -> bool:
+        """Build the architecture only (no weights): for counting parameters and FLOPs."""
+        return self.device.type == "meta"
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,9 @@ class ComponentLoader:
 
     def _failure(self, subfolder: str, error: Exception) -> UserError:
         if isinstance(self.location, Path):
-            return UserError(f"preset {self.preset!r}: cannot load {subfolder}/ from {self.location}: {error}".splitlines()[0])
+            return UserError(
+                f"preset {self.preset!r}: cannot load {subfolder}/ from {self.location}: {error}".splitlines()[0]
+            )
         revision = self.location.revision or "main"
         return UserError(
             f"preset {self.preset!r}: {self.location.repo_id}@{revision} ({subfolder}/) is not available offline; "
@@ -80,13 +97,7 @@ class ComponentLoader:
             raise self._failure(subfolder, error) from error
 
     def _meta_model(self, cls: type, subfolder: str, dtype: torch.dtype) -> Any:
-        config = self._config(cls, subfolder)
-        with torch.device("meta"):  # not accelerate's init_empty_weights: it unties T5's shared embedding
-            if cls.__module__.startswith("diffusers"):
-                model = cls.from_config(config)
-            else:
-                model = cls(cls.config_class.from_dict(config))
-        return model.to(dtype).eval().requires_grad_(False)
+        return model_on_meta(cls, self._config(cls, subfolder), dtype)
 
     def tokenizer(self, subfolder: str = "tokenizer") -> Any:
         from transformers import AutoTokenizer
@@ -109,6 +120,38 @@ class ComponentLoader:
         return scheduler_class.from_config(config)
 
 
+def model_on_meta(cls: type, config: Any, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A diffusers or transformers model of class ``cls`` built from ``config`` on the meta device: no weights.
+
+    ``config`` is a dict or the model's own config object. Not accelerate's ``init_empty_weights``:
+    it unties T5's shared embedding.
+    """
+    with torch.device("meta"):
+        if cls.__module__.startswith("diffusers"):
+            model = cls.from_config(config)
+        else:
+            model = cls(config if isinstance(config, cls.config_class) else cls.config_class.from_dict(config))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def build_on_meta(preset: Preset):
+    """The preset's pipeline with every model built from its config on the meta device (public configs or a folder).
+
+    The backend's own ``load`` runs unchanged, so what is built is what a sweep runs, stage for stage.
+    """
+    from suite.backends import BACKENDS
+    from suite.devices import DTYPES
+    from suite.presets import materialise
+
+    preset = materialise(preset).architecture_only()
+    options = LoadOptions(
+        torch.device("meta"), DTYPES.get(preset.denoiser_dtype), DTYPES.get(preset.text_encoder_dtype)
+    )
+    return BACKENDS.get(preset.backend).load(preset, options)
+
+
 def check_available(preset) -> None:
     """Fail early, before a run folder is written, if a preset's folders or hub files cannot be reached.
 
@@ -127,7 +170,7 @@ def check_available(preset) -> None:
 
         try:
             snapshot_download(location.repo_id, revision=location.revision, allow_patterns=["*.json"])
-        except Exception as error:  # noqa: BLE001 - every hub failure means the same thing to the user
+        except Exception as error:
             raise ComponentLoader(preset.name, key, location)._failure("config", error) from error
 
 

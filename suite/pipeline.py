@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
 from suite.denoise import StepHook
+from suite.loading import LoadOptions
 from suite.stages import Stage, StageSettings, StageTiming, run_stage
-from suite.text import EmbeddingCache, TextEncoder
+from suite.text import NEGATIVE_PROMPT, EmbeddingCache, TextEncoder
 from suite.timing import Clock
-
-NEGATIVE_PROMPT = ""
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    device: torch.device
-    denoiser_dtype: torch.dtype
-    text_encoder_dtype: torch.dtype
-    offload: bool = False
-
-    @property
-    def on_meta(self) -> bool:
-        """Build the architecture only (no weights): for counting parameters and FLOPs."""
-        return self.device.type == "meta"
 
 
 @dataclass
@@ -39,12 +24,31 @@ class TextToImagePipeline:
     stages: list[Stage]
     options: LoadOptions
     caches: dict[str, EmbeddingCache] = field(init=False)
+    _offload_hooks: list = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.caches = {name: EmbeddingCache(encoder) for name, encoder in self.text_encoders.items()}
-        if not self.options.offload:
+        if self.options.offload:
+            self._enable_model_offload()
+        else:
             for module in self._modules():
                 module.to(self.options.device)
+
+    def _enable_model_offload(self) -> None:
+        """Model offload as diffusers' ``enable_model_cpu_offload``: accelerate hooks move each model to the
+        device when its forward runs and move the previous model in pipeline order back to the CPU."""
+        from accelerate import cpu_offload_with_hook
+
+        hook = None
+        for module in self._modules():
+            module.to("cpu")
+            _, hook = cpu_offload_with_hook(module, self.options.device, prev_module_hook=hook)
+            self._offload_hooks.append(hook)
+
+    def _offload_all(self) -> None:
+        """With model offload, return every model to the CPU (diffusers' ``maybe_free_model_hooks``)."""
+        for hook in self._offload_hooks:
+            hook.offload()
 
     def _modules(self) -> Iterator[torch.nn.Module]:
         for encoder in self.text_encoders.values():
@@ -54,26 +58,12 @@ class TextToImagePipeline:
             if stage.vae is not None:
                 yield stage.vae
 
-    @contextlib.contextmanager
-    def resident(self, *modules: torch.nn.Module | None) -> Iterator[None]:
-        """With model offload, keep ``modules`` on the device only while they are used."""
-        modules = [module for module in modules if module is not None]
-        if self.options.offload:
-            for module in modules:
-                module.to(self.options.device)
-        try:
-            yield
-        finally:
-            if self.options.offload:
-                for module in modules:
-                    module.to("cpu")
-
     def encode(self, needed: Sequence[str], universe: Sequence[str], clock: Clock) -> None:
         """Cache embeddings of ``needed`` prompts (and the empty negative prompt) for every encoder."""
-        for name, cache in self.caches.items():
-            with self.resident(cache.encoder.model):
-                cache.encode([NEGATIVE_PROMPT], [NEGATIVE_PROMPT], clock)
-                cache.encode(list(needed), list(universe), clock)
+        for cache in self.caches.values():
+            cache.encode([NEGATIVE_PROMPT], [NEGATIVE_PROMPT], clock)
+            cache.encode(list(needed), list(universe), clock)
+        self._offload_all()
 
     def text_encode_seconds(self, prompt: str) -> float:
         """Measured encoding time of one prompt, summed over the preset's text encoders."""
@@ -96,9 +86,17 @@ class TextToImagePipeline:
             cache = self.caches[stage.text_encoder]
             prompt_embeds = cache.lookup(list(prompts))
             negative_embeds = cache.lookup([NEGATIVE_PROMPT] * len(prompts))
-            with self.resident(stage.unet, stage.vae):
-                image, timing = run_stage(
-                    stage, stage_settings, prompt_embeds, negative_embeds, generators, clock, image, hooks
-                )
+            image, timing = run_stage(
+                stage,
+                stage_settings,
+                prompt_embeds,
+                negative_embeds,
+                generators,
+                clock,
+                image,
+                hooks,
+                device=self.options.device,
+            )
             timings.append(timing)
+        self._offload_all()
         return (image.float() / 2 + 0.5).clamp(0, 1).cpu(), timings

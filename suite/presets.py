@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
 
 from suite.errors import UserError
 from suite.registry import Registry
@@ -97,27 +97,57 @@ PRESETS: Registry[Preset] = Registry("preset")
 _IF_SR_DEFAULTS = {"guidance_scale": 4.0, "noise_level": 250}  # IF-II defaults in diffusers
 _X4_DEFAULTS = {"guidance_scale": 9.0, "noise_level": 100}  # SD x4 upscaler defaults in diffusers
 _X4 = Source("stabilityai/stable-diffusion-x4-upscaler", "a44206cef52cdd20c6a32fea6257860474f0be43")
-_X4_CONFIGS = ReferenceConfigs({part: f"x4-upscaler-{part.replace('_', '-')}.json"
-                                for part in ("text_encoder", "unet", "vae", "scheduler", "low_res_scheduler")})
+_X4_CONFIGS = ReferenceConfigs(
+    {
+        part: f"x4-upscaler-{part.replace('_', '-')}.json"
+        for part in ("text_encoder", "unet", "vae", "scheduler", "low_res_scheduler")
+    }
+)
 # Public configs of the IF stages; IF-I-L/M and IF-II-M are not public, so those presets have none.
 _IF_CONFIGS = {
-    "IF-I-XL-v1.0": ReferenceConfigs({"text_encoder": "t5-v1_1-xxl-encoder.json", "unet": "if-i-xl-unet.json",
-                                      "scheduler": "if-i-scheduler.json"}),
-    "IF-II-L-v1.0": ReferenceConfigs({"unet": "if-ii-l-unet.json", "scheduler": "if-ii-scheduler.json",
-                                      "image_noising_scheduler": "if-ii-image-noising-scheduler.json"}),
+    "IF-I-XL-v1.0": ReferenceConfigs(
+        {"text_encoder": "t5-v1_1-xxl-encoder.json", "unet": "if-i-xl-unet.json", "scheduler": "if-i-scheduler.json"}
+    ),
+    "IF-II-L-v1.0": ReferenceConfigs(
+        {
+            "unet": "if-ii-l-unet.json",
+            "scheduler": "if-ii-scheduler.json",
+            "image_noising_scheduler": "if-ii-image-noising-scheduler.json",
+        }
+    ),
 }
 
+
 def _stable_diffusion(name: str, repo_id: str, description: str) -> Preset:
-    configs = ReferenceConfigs({part: f"{name}-{part.replace('_', '-')}.json" for part in ("text_encoder", "unet", "vae", "scheduler")})
-    return Preset(name=name, backend="latent", stages=(StageSpec("latent", "latent", name),),
-                  sources={name: Source(repo_id)}, description=description, reference_configs={name: configs})
+    configs = ReferenceConfigs(
+        {part: f"{name}-{part.replace('_', '-')}.json" for part in ("text_encoder", "unet", "vae", "scheduler")}
+    )
+    return Preset(
+        name=name,
+        backend="latent",
+        stages=(StageSpec("latent", "latent", name),),
+        sources={name: Source(repo_id)},
+        description=description,
+        reference_configs={name: configs},
+    )
 
 
-PRESETS.register("sd15", _stable_diffusion(
-    "sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "Stable Diffusion 1.5: CLIP ViT-L/14 text, 860M UNet on 64x64x4 latents, VAE f=8 to 512 px"))
-PRESETS.register("sd21-base", _stable_diffusion(
-    "sd21-base", "stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1-base: OpenCLIP ViT-H text, 865M UNet, 512 px"))
+PRESETS.register(
+    "sd15",
+    _stable_diffusion(
+        "sd15",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5: CLIP ViT-L/14 text, 860M UNet on 64x64x4 latents, VAE f=8 to 512 px",
+    ),
+)
+PRESETS.register(
+    "sd21-base",
+    _stable_diffusion(
+        "sd21-base",
+        "stabilityai/stable-diffusion-2-1-base",
+        "Stable Diffusion 2.1-base: OpenCLIP ViT-H text, 865M UNet, 512 px",
+    ),
+)
 
 
 def _deepfloyd(name: str, stage_1: str, stage_2: str, description: str) -> Preset:
@@ -149,13 +179,24 @@ def _if_reference_configs(stage_1: str, stage_2: str) -> dict[str, ReferenceConf
 
 PRESETS.register(
     "if-xl",
-    _deepfloyd("if-xl", "IF-I-XL-v1.0", "IF-II-L-v1.0", "DeepFloyd IF: T5-XXL, IF-I-XL 64 px, IF-II-L x4 to 256, SD x4 upscaler to 1024"),
+    _deepfloyd(
+        "if-xl",
+        "IF-I-XL-v1.0",
+        "IF-II-L-v1.0",
+        "DeepFloyd IF: T5-XXL, IF-I-XL 64 px, IF-II-L x4 to 256, SD x4 upscaler to 1024",
+    ),
 )
 PRESETS.register(
-    "if-l", _deepfloyd("if-l", "IF-I-L-v1.0", "IF-II-L-v1.0", "DeepFloyd IF: T5-XXL, IF-I-L 64 px, IF-II-L to 256, x4 upscaler to 1024")
+    "if-l",
+    _deepfloyd(
+        "if-l", "IF-I-L-v1.0", "IF-II-L-v1.0", "DeepFloyd IF: T5-XXL, IF-I-L 64 px, IF-II-L to 256, x4 upscaler to 1024"
+    ),
 )
 PRESETS.register(
-    "if-m", _deepfloyd("if-m", "IF-I-M-v1.0", "IF-II-M-v1.0", "DeepFloyd IF: T5-XXL, IF-I-M 64 px, IF-II-M to 256, x4 upscaler to 1024")
+    "if-m",
+    _deepfloyd(
+        "if-m", "IF-I-M-v1.0", "IF-II-M-v1.0", "DeepFloyd IF: T5-XXL, IF-I-M 64 px, IF-II-M to 256, x4 upscaler to 1024"
+    ),
 )
 
 

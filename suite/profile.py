@@ -5,25 +5,28 @@ the meta device from its configs (the public ones in ``suite/reference_configs``
 presets, the folder's own for local and built-in presets): no weights, no network, seconds.
 
 Example:
-    >>> profile = profile_presets(["sd15", "if-xl"], ProfileSettings(steps=50))
+    >>> profile = profile_presets(["sd15", "if-xl"], ProfileSettings(num_inference_steps=50))
     >>> profile.pipelines[["preset", "tflops_per_image"]]
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import torch
 
+from suite.devices import DTYPES, dtype_name
 from suite.flops import PipelineCost, pipeline_cost
 from suite.grid import preset_stage_settings
-from suite.presets import PRESETS, Preset, materialise
+from suite.loading import build_on_meta
+from suite.presets import PRESETS
 
-BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "bf16": 2}
+BYTES_PER_VALUE = {name: DTYPES.get(name).itemsize for name in ("fp32", "fp16", "bf16")}
 GB = 1e9
+GIGA = 1e9
 TERA = 1e12
 
 
@@ -32,7 +35,7 @@ class ProfileSettings:
     """The generation settings FLOPs per image are counted for (super-resolution stages keep their defaults)."""
 
     sampler: str = "ddim"
-    steps: int = 50
+    num_inference_steps: int = 50
     guidance_scale: float = 7.5
 
 
@@ -45,28 +48,12 @@ class Profile:
     pipelines: pd.DataFrame
 
 
-def build_on_meta(preset: Preset):
-    """The preset's pipeline with every model built from its config on the meta device."""
-    from suite.backends import BACKENDS
-    from suite.devices import DTYPES
-    from suite.pipeline import LoadOptions
-
-    preset = materialise(preset).architecture_only()
-    options = LoadOptions(torch.device("meta"), DTYPES.get(preset.denoiser_dtype), DTYPES.get(preset.text_encoder_dtype))
-    return BACKENDS.get(preset.backend).load(preset, options)
-
-
 def _parameters(module: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())  # tied weights counted once
 
 
 def _weights_bytes(module: torch.nn.Module) -> int:
     return sum(parameter.numel() * parameter.element_size() for parameter in module.parameters())
-
-
-def _dtype_name(module: torch.nn.Module) -> str:
-    dtype = next(module.parameters()).dtype
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -78,8 +65,12 @@ def _component_row(preset: str, component: str, module: torch.nn.Module, flops: 
     parameters = _parameters(module)
     row = {"preset": preset, "component": component, "class": type(module).__name__, "parameters": parameters}
     row |= {f"{dtype}_gb": parameters * size / GB for dtype, size in BYTES_PER_VALUE.items()}
-    row |= {"dtype": _dtype_name(module), "weights_gb": _weights_bytes(module) / GB,
-            "gflops_per_call": flops / 1e9, "gflops_per_guided_call": None if guided_flops is None else guided_flops / 1e9}
+    row |= {
+        "dtype": dtype_name(next(module.parameters()).dtype),
+        "weights_gb": _weights_bytes(module) / GB,
+        "gflops_per_call": flops / 1e9,
+        "gflops_per_guided_call": None if guided_flops is None else guided_flops / 1e9,
+    }
     return row
 
 
@@ -89,39 +80,81 @@ def _component_rows(pipeline, cost: PipelineCost) -> list[dict]:
         for name, encoder in pipeline.text_encoders.items()
     ]
     for stage, stage_cost in zip(pipeline.stages, cost.stages):
-        rows.append(_component_row(pipeline.preset, f"{stage.name}:unet", stage.unet,
-                                   stage_cost.flops_per_evaluation, stage_cost.flops_per_guided_evaluation))
+        rows.append(
+            _component_row(
+                pipeline.preset,
+                f"{stage.name}:unet",
+                stage.unet,
+                stage_cost.flops_per_evaluation,
+                stage_cost.flops_per_guided_evaluation,
+            )
+        )
         if stage.vae is not None:
             rows.append(_component_row(pipeline.preset, f"{stage.name}:vae", stage.vae, stage_cost.decode_flops, None))
     return rows
 
 
+def _stage_shape(preset: str, kind: str, stage, stage_cost) -> dict:
+    """What one stage denoises and produces, and the weights it keeps resident: independent of the settings."""
+    channels, height, width = stage_cost.image_shape
+    resident = _weights_bytes(stage.unet) + (_weights_bytes(stage.vae) if stage.vae is not None else 0)
+    return {
+        "preset": preset,
+        "stage": stage.name,
+        "kind": kind,
+        "sample": _shape(stage_cost.sample_shape),
+        "values_per_step": stage_cost.values_per_step,
+        "image": _shape(stage_cost.image_shape),
+        "image_values": channels * height * width,
+        "image_values_per_step_value": channels * height * width / stage_cost.values_per_step,
+        "resident_weights_gb": resident / GB,
+    }
+
+
+def architecture_costs(pipeline, cost: PipelineCost) -> list[dict]:
+    """One row per stage: shapes, resident weights and GFLOPs per model evaluation (unguided and guided) and decode.
+
+    What a run folder's ``costs`` table holds; FLOPs per image follow from it and a grid point's settings.
+    """
+    preset = PRESETS.get(pipeline.preset)
+    return [
+        _stage_shape(pipeline.preset, spec.kind, stage, stage_cost)
+        | {
+            "gflops_per_evaluation": stage_cost.flops_per_evaluation / GIGA,
+            "gflops_per_guided_evaluation": stage_cost.flops_per_guided_evaluation / GIGA,
+            "decode_gflops": stage_cost.decode_flops / GIGA,
+        }
+        for spec, stage, stage_cost in zip(preset.stages, pipeline.stages, cost.stages)
+    ]
+
+
 def _stage_rows(pipeline, cost: PipelineCost, settings: ProfileSettings) -> list[dict]:
     preset = PRESETS.get(pipeline.preset)
-    stage_settings = preset_stage_settings(preset, settings.sampler, settings.steps, settings.guidance_scale)
+    stage_settings = preset_stage_settings(
+        preset, settings.sampler, settings.num_inference_steps, settings.guidance_scale
+    )
     rows = []
     for spec, stage, stage_cost, knobs in zip(preset.stages, pipeline.stages, cost.stages, stage_settings):
-        channels, height, width = stage_cost.image_shape
-        resident = _weights_bytes(stage.unet) + (_weights_bytes(stage.vae) if stage.vae is not None else 0)
-        rows.append({
-            "preset": pipeline.preset, "stage": stage.name, "kind": spec.kind,
-            "sample": _shape(stage_cost.sample_shape), "values_per_step": stage_cost.values_per_step,
-            "image": _shape(stage_cost.image_shape), "image_values": channels * height * width,
-            "image_values_per_step_value": channels * height * width / stage_cost.values_per_step,
-            "sampler": knobs.sampler, "steps": knobs.num_inference_steps, "guidance_scale": knobs.guidance_scale,
-            "model_evaluations": stage_cost.evaluations(knobs),
-            "tflops_per_step": (stage_cost.flops_per_guided_evaluation if knobs.guidance_scale != 1.0
-                                else stage_cost.flops_per_evaluation) / TERA,
-            "decode_tflops": stage_cost.decode_flops / TERA,
-            "tflops_per_image": stage_cost.flops(knobs) / TERA,
-            "resident_weights_gb": resident / GB,
-        })
+        rows.append(
+            _stage_shape(pipeline.preset, spec.kind, stage, stage_cost)
+            | {
+                "sampler": knobs.sampler,
+                "num_inference_steps": knobs.num_inference_steps,
+                "guidance_scale": knobs.guidance_scale,
+                "model_evaluations": stage_cost.evaluations(knobs),
+                "tflops_per_step": stage_cost.flops_per_step(knobs) / TERA,
+                "decode_tflops": stage_cost.decode_flops / TERA,
+                "tflops_per_image": stage_cost.flops(knobs) / TERA,
+            }
+        )
     return rows
 
 
 def _pipeline_row(pipeline, cost: PipelineCost, stage_rows: list[dict], settings: ProfileSettings) -> dict:
     preset = PRESETS.get(pipeline.preset)
-    stage_settings = preset_stage_settings(preset, settings.sampler, settings.steps, settings.guidance_scale)
+    stage_settings = preset_stage_settings(
+        preset, settings.sampler, settings.num_inference_steps, settings.guidance_scale
+    )
     text_bytes = [_weights_bytes(encoder.model) for encoder in pipeline.text_encoders.values()]
     stage_bytes = [row["resident_weights_gb"] * GB for row in stage_rows]
     total_bytes = sum(text_bytes) + sum(stage_bytes)
@@ -129,7 +162,9 @@ def _pipeline_row(pipeline, cost: PipelineCost, stage_rows: list[dict], settings
     modules += [module for stage in pipeline.stages for module in (stage.unet, stage.vae) if module is not None]
     last = stage_rows[-1]
     return {
-        "preset": pipeline.preset, "backend": pipeline.backend, "image": last["image"],
+        "preset": pipeline.preset,
+        "backend": pipeline.backend,
+        "image": last["image"],
         "image_values": last["image_values"],
         "values_per_step_by_stage": " / ".join(f"{row['values_per_step']:,}" for row in stage_rows),
         "parameters": sum(_parameters(module) for module in modules),
@@ -143,8 +178,9 @@ def _pipeline_row(pipeline, cost: PipelineCost, stage_rows: list[dict], settings
     }
 
 
-def profile_presets(names: Sequence[str], settings: ProfileSettings = ProfileSettings(),
-                    model_dirs: dict[str, Path] | None = None) -> Profile:
+def profile_presets(
+    names: Sequence[str], settings: ProfileSettings = ProfileSettings(), model_dirs: dict[str, Path] | None = None
+) -> Profile:
     """Profile each named preset (optionally read from a local folder); FLOPs ratios are to the first."""
     components, stages, pipelines = [], [], []
     for name in names:
@@ -158,7 +194,9 @@ def profile_presets(names: Sequence[str], settings: ProfileSettings = ProfileSet
         stages += stage_rows
         pipelines.append(_pipeline_row(pipeline, cost, stage_rows, settings))
     pipeline_table = pd.DataFrame(pipelines)
-    pipeline_table["flops_ratio_to_first"] = pipeline_table["tflops_per_image"] / pipeline_table["tflops_per_image"].iloc[0]
+    pipeline_table["flops_ratio_to_first"] = (
+        pipeline_table["tflops_per_image"] / pipeline_table["tflops_per_image"].iloc[0]
+    )
     return Profile(pd.DataFrame(components), pd.DataFrame(stages), pipeline_table)
 
 
@@ -168,8 +206,10 @@ def _headline(row: pd.Series, stages: pd.DataFrame, first: str) -> str:
         f"{stage.sample} = {stage.values_per_step:,} ({row.image_values / stage.values_per_step:.0f}x fewer)"
         for stage in stages.itertuples()
     )
-    return (f"- **{row.preset}**: a {row.image} image is {row.image_values:,} values; each denoising step works on "
-            f"{per_stage}. {row.tflops_per_image:,.1f} TFLOPs per image, {row.flops_ratio_to_first:.2f}x {first}.")
+    return (
+        f"- **{row.preset}**: a {row.image} image is {row.image_values:,} values; each denoising step works on "
+        f"{per_stage}. {row.tflops_per_image:,.1f} TFLOPs per image, {row.flops_ratio_to_first:.2f}x {first}."
+    )
 
 
 def render_profile(profile: Profile, settings: ProfileSettings) -> str:
@@ -178,32 +218,103 @@ def render_profile(profile: Profile, settings: ProfileSettings) -> str:
 
     first = profile.pipelines["preset"].iloc[0]
     lines = [
-        f"FLOPs per image: sampler {settings.sampler}, {settings.steps} steps, guidance {settings.guidance_scale:g} "
+        f"FLOPs per image: sampler {settings.sampler}, {settings.num_inference_steps} steps, guidance {settings.guidance_scale:g} "
         "on the first stage (super-resolution stages: preset defaults); counted on the meta device with "
         "torch FlopCounterMode (2 FLOPs per multiply-add; matmuls, convolutions and attention).",
         "",
     ]
-    for row in profile.pipelines.itertuples():
-        lines.append(_headline(row, profile.stages[profile.stages["preset"] == row.preset], first))
-    pipelines = profile.pipelines[["preset", "image", "values_per_step_by_stage", "parameters", "weights_gb",
-                                   "peak_resident_weights_gb", "text_encoding_tflops", "denoising_tflops",
-                                   "decode_tflops", "tflops_per_image", "flops_ratio_to_first"]]
-    stages = profile.stages[["preset", "stage", "kind", "sample", "values_per_step", "image",
-                             "image_values_per_step_value", "steps", "guidance_scale", "model_evaluations",
-                             "tflops_per_step", "decode_tflops", "tflops_per_image", "resident_weights_gb"]]
-    components = profile.components[["preset", "component", "class", "parameters", "fp32_gb", "fp16_gb",
-                                     "dtype", "weights_gb", "gflops_per_call", "gflops_per_guided_call"]]
+    lines += [
+        _headline(row, profile.stages[profile.stages["preset"] == row.preset], first)
+        for row in profile.pipelines.itertuples()
+    ]
+    pipelines = profile.pipelines[
+        [
+            "preset",
+            "image",
+            "values_per_step_by_stage",
+            "parameters",
+            "weights_gb",
+            "peak_resident_weights_gb",
+            "text_encoding_tflops",
+            "denoising_tflops",
+            "decode_tflops",
+            "tflops_per_image",
+            "flops_ratio_to_first",
+        ]
+    ]
+    stages = profile.stages[
+        [
+            "preset",
+            "stage",
+            "kind",
+            "sample",
+            "values_per_step",
+            "image",
+            "image_values_per_step_value",
+            "num_inference_steps",
+            "guidance_scale",
+            "model_evaluations",
+            "tflops_per_step",
+            "decode_tflops",
+            "tflops_per_image",
+            "resident_weights_gb",
+        ]
+    ]
+    components = profile.components[
+        [
+            "preset",
+            "component",
+            "class",
+            "parameters",
+            "fp32_gb",
+            "fp16_gb",
+            "dtype",
+            "weights_gb",
+            "gflops_per_call",
+            "gflops_per_guided_call",
+        ]
+    ]
     number = {"parameters": ",d", "values_per_step": ",d"}
-    gigabytes = {column: ".3f" for column in ("weights_gb", "peak_resident_weights_gb", "resident_weights_gb", "fp32_gb", "fp16_gb")}
-    tera = {column: ".4g" for column in ("text_encoding_tflops", "denoising_tflops", "decode_tflops", "tflops_per_image",
-                                         "tflops_per_step")}
-    formats = number | gigabytes | tera | {"flops_ratio_to_first": ".2f", "image_values_per_step_value": ".0f",
-                                           "gflops_per_call": ",.2f", "gflops_per_guided_call": ",.2f"}
-    return "\n".join([
-        *lines, "", "### Per pipeline", "", markdown_table(pipelines, formats),
-        "### Per stage", "", markdown_table(stages, formats),
-        "### Per component", "", markdown_table(components, formats),
-    ])
+    gigabytes = {
+        column: ".3f"
+        for column in ("weights_gb", "peak_resident_weights_gb", "resident_weights_gb", "fp32_gb", "fp16_gb")
+    }
+    tera = {
+        column: ".4g"
+        for column in (
+            "text_encoding_tflops",
+            "denoising_tflops",
+            "decode_tflops",
+            "tflops_per_image",
+            "tflops_per_step",
+        )
+    }
+    formats = (
+        number
+        | gigabytes
+        | tera
+        | {
+            "flops_ratio_to_first": ".2f",
+            "image_values_per_step_value": ".0f",
+            "gflops_per_call": ",.2f",
+            "gflops_per_guided_call": ",.2f",
+        }
+    )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            "### Per pipeline",
+            "",
+            markdown_table(pipelines, formats),
+            "### Per stage",
+            "",
+            markdown_table(stages, formats),
+            "### Per component",
+            "",
+            markdown_table(components, formats),
+        ]
+    )
 
 
 def write_profile(profile: Profile, settings: ProfileSettings, out: Path) -> str:

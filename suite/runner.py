@@ -16,16 +16,25 @@ from tqdm.auto import tqdm
 
 from suite.backends import BACKENDS
 from suite.config import ResolvedSweep
-from suite.errors import UserError
 from suite.devices import load_options, resolve_device
+from suite.errors import UserError
 from suite.grid import WorkItem, expand, shard
 from suite.loading import check_available, describe_location
-from suite.pipeline import NEGATIVE_PROMPT, TextToImagePipeline
+from suite.pipeline import TextToImagePipeline
 from suite.presets import PRESETS, Preset, materialise
 from suite.results import (
-    SAMPLES, atomic_write_bytes, atomic_write_table, collect_samples, ensure_writable, item_path, sha256_bytes,
-    write_config, write_manifest,
+    SAMPLES,
+    atomic_write_bytes,
+    atomic_write_table,
+    collect_samples,
+    ensure_writable,
+    item_path,
+    sha256_bytes,
+    stage_record,
+    write_config,
+    write_manifest,
 )
+from suite.text import NEGATIVE_PROMPT
 from suite.timing import Clock, peak_memory, reset_peak_memory
 
 
@@ -54,8 +63,10 @@ def prepare_presets(resolved: ResolvedSweep, model_dirs: dict[str, Path]) -> dic
     """Each preset of the sweep, pointed at its local folder if given, checked to be loadable."""
     unknown = sorted(set(model_dirs) - set(resolved.sweep.presets))
     if unknown:
-        raise UserError(f"--model-dir names {unknown[0]!r}, which is not a preset of this sweep: "
-                        f"{', '.join(resolved.sweep.presets)}")
+        raise UserError(
+            f"--model-dir names {unknown[0]!r}, which is not a preset of this sweep: "
+            f"{', '.join(resolved.sweep.presets)}"
+        )
     presets = {}
     for name in resolved.sweep.presets:
         preset = PRESETS.get(name)
@@ -88,14 +99,27 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     run = options.out
     run.mkdir(parents=True, exist_ok=True)
     write_config(run, resolved.to_dict(), resolved.config_hash())
-    write_manifest(run, device, _dtypes(presets, device, options.dtype), _model_sources(presets),
-                   {"sweep_seed": resolved.sweep.seed, "rule": "sha256(f'{sweep_seed}/{prompt_index}/{seed_index}')[:8] & (2**63-1)",
-                    "generator": "torch.Generator('cpu'), one per image"})
+    write_manifest(
+        run,
+        device,
+        _dtypes(presets, device, options.dtype),
+        _model_sources(presets),
+        {
+            "sweep_seed": resolved.sweep.seed,
+            "rule": "sha256(f'{sweep_seed}/{prompt_index}/{seed_index}')[:8] & (2**63-1)",
+            "generator": "torch.Generator('cpu'), one per image",
+        },
+    )
 
     todo = [item for item in mine if not item_path(run, item.id).exists()]
     done_images = sum(len(item.images) for item in mine) - sum(len(item.images) for item in todo)
-    progress = tqdm(total=sum(len(item.images) for item in mine), initial=done_images, unit="img",
-                    disable=not options.progress, desc=resolved.sweep.name)
+    progress = tqdm(
+        total=sum(len(item.images) for item in mine),
+        initial=done_images,
+        unit="img",
+        disable=not options.progress,
+        desc=resolved.sweep.name,
+    )
     images_generated = 0
     for preset_name, group in itertools.groupby(todo, key=lambda item: item.preset):
         group = list(group)
@@ -113,7 +137,7 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
         del pipeline
     progress.close()
 
-    samples = collect_samples(run, [item.id for item in items])
+    samples = collect_samples(run, [item.id for item in items], max(len(item.stages) for item in items))
     if samples is not None:
         atomic_write_table(samples, run / SAMPLES)
     return RunSummary(run, len(items), len(mine), len(todo), images_generated, samples is not None)
@@ -123,8 +147,11 @@ def _dtypes(presets: dict[str, Preset], device: torch.device, dtype: str) -> dic
     dtypes = {}
     for name, preset in presets.items():
         options = load_options(preset, device, dtype)
-        dtypes[name] = {"denoiser": str(options.denoiser_dtype), "text_encoder": str(options.text_encoder_dtype),
-                        "offload": options.offload}
+        dtypes[name] = {
+            "denoiser": str(options.denoiser_dtype),
+            "text_encoder": str(options.text_encoder_dtype),
+            "offload": options.offload,
+        }
     return dtypes
 
 
@@ -151,7 +178,7 @@ def _warm_up(pipeline: TextToImagePipeline, item: WorkItem, clock: Clock) -> Non
 
 
 def image_relative_path(item: WorkItem, prompt_index: int, seed_index: int) -> Path:
-    point = f"steps{item.num_inference_steps}_cfg{item.guidance_scale:g}"
+    point = f"steps{item.num_inference_steps}_guidance{item.guidance_scale:g}"
     return Path("images") / item.preset / item.sampler / point / f"p{prompt_index:04d}_s{seed_index:02d}.png"
 
 
@@ -163,8 +190,9 @@ def to_png(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def generate_item(pipeline: TextToImagePipeline, item: WorkItem, run: Path, clock: Clock,
-                  hooks: tuple = ()) -> list[dict[str, Any]]:
+def generate_item(
+    pipeline: TextToImagePipeline, item: WorkItem, run: Path, clock: Clock, hooks: tuple = ()
+) -> list[dict[str, Any]]:
     """Generate one work item's images, write them as PNG, and return one row per image."""
     device = pipeline.options.device
     prompts = [image.prompt for image in item.images]
@@ -177,21 +205,22 @@ def generate_item(pipeline: TextToImagePipeline, item: WorkItem, run: Path, cloc
     batch = len(item.images)
 
     shared: dict[str, Any] = {
-        "item_id": item.id, "preset": item.preset, "backend": pipeline.backend, "sampler": item.sampler,
-        "num_inference_steps": item.num_inference_steps, "guidance_scale": item.guidance_scale,
-        "batch_size": batch, "generate_s": generate_seconds, "decode_s": sum(t.decode_seconds for t in timings),
-        "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "device": str(device),
+        "item_id": item.id,
+        "preset": item.preset,
+        "backend": pipeline.backend,
+        "sampler": item.sampler,
+        "num_inference_steps": item.num_inference_steps,
+        "guidance_scale": item.guidance_scale,
+        "batch_size": batch,
+        "generate_s": generate_seconds,
+        "decode_s": sum(t.decode_seconds for t in timings),
+        "peak_memory_bytes": memory,
+        "peak_memory_kind": memory_kind,
+        "device": str(device),
         "dtype": str(pipeline.options.denoiser_dtype).removeprefix("torch."),
     }
     for number, (settings, timing) in enumerate(zip(item.stages, timings), start=1):
-        shared.update({
-            f"stage{number}_name": timing.stage, f"stage{number}_sampler": settings.sampler,
-            f"stage{number}_steps": settings.num_inference_steps, f"stage{number}_guidance": settings.guidance_scale,
-            f"stage{number}_noise_level": settings.noise_level, f"stage{number}_strength": settings.strength,
-            f"stage{number}_loop_s": timing.loop_seconds,
-            f"stage{number}_step_median_s": timing.step_seconds_median,
-            f"stage{number}_model_evaluations": timing.model_evaluations,
-        })
+        shared |= stage_record(number, settings, timing)
 
     rows = []
     for spec, image in zip(item.images, images):
@@ -199,10 +228,19 @@ def generate_item(pipeline: TextToImagePipeline, item: WorkItem, run: Path, cloc
         relative = image_relative_path(item, spec.prompt_index, spec.seed_index)
         atomic_write_bytes(run / relative, png)
         text_seconds = pipeline.text_encode_seconds(spec.prompt)
-        rows.append({
-            **shared, "prompt_index": spec.prompt_index, "seed_index": spec.seed_index, "prompt": spec.prompt,
-            "seed": spec.seed, "image_path": relative.as_posix(), "sha256": sha256_bytes(png),
-            "height": image.shape[1], "width": image.shape[2], "text_encode_s": text_seconds,
-            "seconds_per_image": generate_seconds / batch + text_seconds,
-        })
+        rows.append(
+            {
+                **shared,
+                "prompt_index": spec.prompt_index,
+                "seed_index": spec.seed_index,
+                "prompt": spec.prompt,
+                "seed": spec.seed,
+                "image_path": relative.as_posix(),
+                "sha256": sha256_bytes(png),
+                "height": image.shape[1],
+                "width": image.shape[2],
+                "text_encode_s": text_seconds,
+                "seconds_per_image": generate_seconds / batch + text_seconds,
+            }
+        )
     return rows

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -36,15 +37,16 @@ class Sampler:
 
 SAMPLERS: Registry[Sampler] = Registry("sampler")
 SAMPLERS.register("ddpm", Sampler("DDPMScheduler", description="ancestral DDPM (Ho et al. 2020)"))
-SAMPLERS.register(
-    "ddim", Sampler("DDIMScheduler", description="deterministic DDIM, eta=0 (Song et al. 2021)")
-)
+SAMPLERS.register("ddim", Sampler("DDIMScheduler", description="deterministic DDIM, eta=0 (Song et al. 2021)"))
 SAMPLERS.register(
     "pndm", Sampler("PNDMScheduler", {"skip_prk_steps": True}, "pseudo linear multistep (Liu et al. 2022)")
 )
-SAMPLERS.register("euler", Sampler("EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn"))
 SAMPLERS.register(
-    "euler-ancestral", Sampler("EulerAncestralDiscreteScheduler", description="Euler with ancestral noise (k-diffusion)")
+    "euler", Sampler("EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn")
+)
+SAMPLERS.register(
+    "euler-ancestral",
+    Sampler("EulerAncestralDiscreteScheduler", description="Euler with ancestral noise (k-diffusion)"),
 )
 SAMPLERS.register("heun", Sampler("HeunDiscreteScheduler", description="Heun 2nd order, Karras et al. 2022 Alg. 1"))
 SAMPLERS.register(
@@ -63,7 +65,9 @@ SAMPLERS.register(
         "DPM-Solver++(2M) on Karras sigmas",
     ),
 )
-SAMPLERS.register("unipc", Sampler("UniPCMultistepScheduler", description="UniPC predictor-corrector (Zhao et al. 2023)"))
+SAMPLERS.register(
+    "unipc", Sampler("UniPCMultistepScheduler", description="UniPC predictor-corrector (Zhao et al. 2023)")
+)
 SAMPLERS.register("deis", Sampler("DEISMultistepScheduler", description="DEIS multistep (Zhang & Chen 2023)"))
 
 
@@ -84,8 +88,9 @@ def set_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, strength:
     return (total - num_inference_steps) * getattr(scheduler, "order", 1)
 
 
-def model_evaluations(sampler_name: str, num_inference_steps: int, model_scheduler_config: Mapping[str, Any],
-                      strength: float = 1.0) -> int:
+def model_evaluations(
+    sampler_name: str, num_inference_steps: int, model_scheduler_config: Mapping[str, Any], strength: float = 1.0
+) -> int:
     """How many times the denoising loop calls the model: one per scheduler timestep it runs.
 
     Equal to the step count for first-order and multistep solvers; about twice that for Heun,

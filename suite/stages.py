@@ -7,8 +7,9 @@ low-res image conditions the UNet (and is upsampled first) and whether a VAE dec
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +103,9 @@ def augment_low_res(
     return conditioning.noising_scheduler.add_noise(image, noise, levels), levels
 
 
-def _truncated_start(stage: Stage, scheduler, begin: int, low_res: torch.Tensor | None, size: tuple[int, int],
-                     noise: torch.Tensor) -> torch.Tensor:
+def _truncated_start(
+    stage: Stage, scheduler, begin: int, low_res: torch.Tensor | None, size: tuple[int, int], noise: torch.Tensor
+) -> torch.Tensor:
     """The upsampled low-res image noised to the first timestep that runs (Imagen-style truncated SR start)."""
     if stage.conditioning is None or not stage.conditioning.upsample:
         raise ValueError(f"stage {stage.name!r}: strength < 1 needs a pixel super-resolution stage")
@@ -121,9 +123,14 @@ def run_stage(
     clock: Clock,
     low_res: torch.Tensor | None = None,
     hooks: Sequence[StepHook] = (),
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, StageTiming]:
-    """Denoise one stage for a batch (one generator per image); return images in [-1, 1] and timings."""
-    device, dtype = stage.unet.device, stage.unet.dtype
+    """Denoise one stage for a batch (one generator per image); return images in [-1, 1] and timings.
+
+    ``device`` is where the loop runs; by default the UNet's. With model offload the UNet waits on
+    the CPU until its forward moves it, so the pipeline names the device.
+    """
+    device, dtype = device or stage.unet.device, stage.unet.dtype
     scheduler = make_scheduler(settings.sampler, stage.scheduler_config)
     begin = set_timesteps(scheduler, settings.num_inference_steps, settings.strength, device=device)
     size = stage.sample_size(low_res)

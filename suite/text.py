@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+NEGATIVE_PROMPT = ""  # the unconditional prompt of classifier-free guidance, as in diffusers' pipelines
+
 
 @dataclass
 class TextEncoder:

@@ -12,10 +12,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from suite import tiny  # noqa: E402
-from suite.backends import BACKENDS  # noqa: E402
-from suite.pipeline import LoadOptions  # noqa: E402
-from suite.presets import PRESETS  # noqa: E402
+from suite import tiny
+from suite.backends import BACKENDS
+from suite.loading import LoadOptions
+from suite.presets import PRESETS
 
 CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 
@@ -56,14 +56,22 @@ def cascade_pipeline(cascade_folder):
 def test_networks(monkeypatch):
     """A randomly initialised toy CLIP registered as CLIP model 'test-clip' and feature network 'test-net'."""
     from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, resize_and_normalise
-    from suite.toy import evaluator
+    from suite.toy import clip as toy_clip
 
     torch.manual_seed(0)
-    model = evaluator.build().eval()
+    model = toy_clip.build().eval()
 
     def clip(context) -> ClipModel:
-        return ClipModel("test-clip", "random toy CLIP", model, evaluator.tokenize,
-                         resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"), "bilinear-64-antialias")
+        return ClipModel(
+            "test-clip",
+            "random toy CLIP",
+            model,
+            toy_clip.tokenize,
+            resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"),
+            "bilinear-64-antialias",
+        )
 
     monkeypatch.setitem(CLIP_MODELS._entries, "test-clip", clip)
-    monkeypatch.setitem(FEATURE_NETWORKS._entries, "test-net", lambda context: clip(context).feature_network("test-net"))
+    monkeypatch.setitem(
+        FEATURE_NETWORKS._entries, "test-net", lambda context: clip(context).feature_network("test-net")
+    )

@@ -44,8 +44,10 @@ def run_cli(args, capsys):
         (('prompts: {list: ["a red circle"]}', 'prompts: {list: ["  "]}'), "prompts: the prompt set is empty"),
         (('prompts: {list: ["a red circle"]}', "prompts: {set: nope}"), "unknown prompt set 'nope'"),
         (("steps: [2]", "steps: [2, 2]"), "steps: values repeat"),
-        (("presets: [tiny-latent]", "presets: [tiny-latent]\nstages: {tiny-latent: {sr: {steps: 3}}}"),
-         "preset 'tiny-latent' has no stage 'sr'"),
+        (
+            ("presets: [tiny-latent]", "presets: [tiny-latent]\nstages: {tiny-latent: {sr: {steps: 3}}}"),
+            "preset 'tiny-latent' has no stage 'sr'",
+        ),
     ],
 )
 def test_bad_sweep_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, replace, expected):
@@ -98,7 +100,11 @@ def test_hub_preset_offline_names_preset_id_and_fix(tmp_path, capsys, monkeypatc
     path = write(tmp_path, VALID.replace("presets: [tiny-latent]", "presets: [sd15]"))
     code, err = run_cli(["sweep", str(path), "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and len(err.splitlines()) == 1
-    assert "preset 'sd15'" in err and "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "--model-dir sd15=PATH" in err
+    assert (
+        "preset 'sd15'" in err
+        and "stable-diffusion-v1-5/stable-diffusion-v1-5" in err
+        and "--model-dir sd15=PATH" in err
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -110,8 +116,25 @@ def test_bad_shard(tmp_path, capsys):
 def test_list_prints_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ["latent", "cascaded", "sd15", "sd21-base", "if-xl", "if-l", "if-m", "ddpm", "ddim", "pndm", "euler",
-                 "euler-ancestral", "heun", "dpm-solver++", "dpm-solver++-karras", "unipc", "deis"]:
+    for name in [
+        "latent",
+        "cascaded",
+        "sd15",
+        "sd21-base",
+        "if-xl",
+        "if-l",
+        "if-m",
+        "ddpm",
+        "ddim",
+        "pndm",
+        "euler",
+        "euler-ancestral",
+        "heun",
+        "dpm-solver++",
+        "dpm-solver++-karras",
+        "unipc",
+        "deis",
+    ]:
         assert name in out
 
 

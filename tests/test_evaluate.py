@@ -12,11 +12,22 @@ PROMPTS = ["a red circle", "a blue square above a green triangle", "a yellow cir
 
 def _sweep(tmp_path, **evaluation) -> str:
     sweep = {
-        "name": "metrics-check", "presets": ["tiny-latent", "tiny-cascaded"], "samplers": ["ddim"], "steps": [2],
-        "guidance": [1.0, 3.0], "seeds_per_prompt": 2, "batch_size": 3, "prompts": {"list": PROMPTS},
+        "name": "metrics-check",
+        "presets": ["tiny-latent", "tiny-cascaded"],
+        "samplers": ["ddim"],
+        "steps": [2],
+        "guidance": [1.0, 3.0],
+        "seeds_per_prompt": 2,
+        "batch_size": 3,
+        "prompts": {"list": PROMPTS},
         "metrics": ["fid", "kid", "clip_score", "cmmd", "flops", "composition"],
-        "evaluation": {"features": "test-net", "cmmd_features": "test-net", "clip_model": "test-clip",
-                       "reference": {"builtin": "toy", "count": 24}, **evaluation},
+        "evaluation": {
+            "features": "test-net",
+            "cmmd_features": "test-net",
+            "clip_model": "test-clip",
+            "reference": {"builtin": "toy", "count": 24},
+            **evaluation,
+        },
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -29,9 +40,25 @@ def test_sweep_writes_one_metrics_row_per_grid_point_and_evaluate_reproduces_it(
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 4  # 2 presets x 1 sampler x 1 step count x 2 guidance values
     assert (metrics["n_images"] == len(PROMPTS) * 2).all()
-    columns = ["fid", "kid_mean", "kid_std", "clip_score_mean", "clip_score_ci95_low", "clip_score_ci95_high",
-               "cmmd", "gflops_per_image", "seconds_per_image_median", "stage1_step_s_median", "peak_memory_bytes",
-               "toy_count", "toy_binding", "toy_relation", "features_resize", "clip_model", "reference"]
+    columns = [
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "clip_score_mean",
+        "clip_score_ci95_low",
+        "clip_score_ci95_high",
+        "cmmd",
+        "gflops_per_image",
+        "seconds_per_image_median",
+        "stage1_step_s_median",
+        "peak_memory_bytes",
+        "toy_count",
+        "toy_binding",
+        "toy_relation",
+        "features_resize",
+        "clip_model",
+        "reference",
+    ]
     assert metrics[columns].notna().all().all()
     cascade = metrics[metrics.preset == "tiny-cascaded"]
     assert cascade["stage2_step_s_median"].notna().all()
@@ -39,17 +66,42 @@ def test_sweep_writes_one_metrics_row_per_grid_point_and_evaluate_reproduces_it(
     assert guided[("tiny-latent", 3.0)] > guided[("tiny-latent", 1.0)]  # guidance doubles the UNet batch
 
     samples = pd.read_parquet(run / "samples.parquet")
-    assert samples["clip_score"].between(0, 100).all() and samples["toy_correct"].notna().all()
+    scores = pd.read_parquet(run / "scores.parquet")
+    assert len(scores) == len(samples) and "clip_score" not in samples  # evaluation owns scores, not samples
+    assert set(zip(scores.item_id, scores.image_path)) == set(zip(samples.item_id, samples.image_path))
+    assert scores["clip_score"].between(0, 100).all() and scores["toy_correct"].notna().all()
+    costs = pd.read_parquet(run / "costs.parquet")
+    assert list(zip(costs.preset, costs.stage)) == [
+        ("tiny-latent", "latent"),
+        ("tiny-cascaded", "base"),
+        ("tiny-cascaded", "super_resolution_1"),
+    ]
+    assert (costs.gflops_per_guided_evaluation > costs.gflops_per_evaluation).all()
 
-    first = (run / "metrics.csv").read_bytes()
+    first, samples_bytes = (run / "metrics.csv").read_bytes(), (run / "samples.parquet").read_bytes()
     assert main(["evaluate", str(run), "--recompute", "--quiet", "--device", "cpu"]) == 0
     assert (run / "metrics.csv").read_bytes() == first
-    assert main(["evaluate", str(run), "--quiet", "--device", "cpu"]) == 0  # cached grid points
-    assert (run / "metrics.csv").read_bytes() == first
-    assert len(pd.read_parquet(run / "samples.parquet").columns) == len(samples.columns)
+    assert (run / "samples.parquet").read_bytes() == samples_bytes
 
 
-def test_missing_inception_weights_is_one_line_before_anything_is_generated(tmp_path, test_networks, monkeypatch, capsys):
+def test_a_finished_evaluation_is_read_back_not_recomputed(tmp_path, test_networks, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["sweep", _sweep(tmp_path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+    metrics, scores = (run / "metrics.csv").read_bytes(), (run / "scores.csv").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached grid point was evaluated again")
+
+    monkeypatch.setattr("suite.metrics.evaluate.evaluate_grid_point", fail)
+    monkeypatch.setattr("suite.metrics.evaluate.Evaluator.cost", fail)
+    assert main(["evaluate", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert main(["sweep", _sweep(tmp_path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert (run / "metrics.csv").read_bytes() == metrics and (run / "scores.csv").read_bytes() == scores
+
+
+def test_missing_inception_weights_is_one_line_before_anything_is_generated(
+    tmp_path, test_networks, monkeypatch, capsys
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("SUITE_INCEPTION_WEIGHTS", raising=False)
     run = tmp_path / "run"
@@ -67,7 +119,17 @@ def test_evaluate_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
 
 def test_distribution_metrics_need_a_reference_set(tmp_path, capsys):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"presets": ["tiny-latent"], "samplers": ["ddim"], "steps": [2], "guidance": [1.0],
-                                    "prompts": {"list": ["a red circle"]}, "metrics": ["fid"]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "presets": ["tiny-latent"],
+                "samplers": ["ddim"],
+                "steps": [2],
+                "guidance": [1.0],
+                "prompts": {"list": ["a red circle"]},
+                "metrics": ["fid"],
+            }
+        )
+    )
     assert main(["sweep", str(path), "--out", str(tmp_path / "run")]) == 2
     assert "evaluation.reference" in capsys.readouterr().err

@@ -30,8 +30,12 @@ def test_attention_block_flops_match_a_hand_count(context_length, device):
     batch, tokens, channels, heads, head_dim, context_dim = 2, 64, 32, 4, 8, 24
     inner = heads * head_dim
     with torch.device(device):
-        attention = Attention(query_dim=channels, cross_attention_dim=context_dim if context_length else None,
-                              heads=heads, dim_head=head_dim)
+        attention = Attention(
+            query_dim=channels,
+            cross_attention_dim=context_dim if context_length else None,
+            heads=heads,
+            dim_head=head_dim,
+        )
         hidden = torch.randn(batch, tokens, channels)
         context = torch.randn(batch, context_length, context_dim) if context_length else None
     keys, key_dim = (context_length, context_dim) if context_length else (tokens, channels)
@@ -52,8 +56,12 @@ def test_meta_twin_counts_what_the_real_model_computes(latent_pipeline):
     shape = (2, 4, 8, 8)
     embeds = torch.randn(2, 77, unet.config.cross_attention_dim)
     real = count_flops(unet, torch.randn(shape), torch.tensor(10), encoder_hidden_states=embeds)
-    meta = count_flops(twin, torch.empty(shape, device="meta"), torch.tensor(10, device="meta"),
-                       encoder_hidden_states=embeds.to("meta"))
+    meta = count_flops(
+        twin,
+        torch.empty(shape, device="meta"),
+        torch.tensor(10, device="meta"),
+        encoder_hidden_states=embeds.to("meta"),
+    )
     assert real == meta > 0
 
 

@@ -8,9 +8,16 @@ from suite.stages import StageSettings
 
 
 def resolved(**changes):
-    data = {"presets": ["tiny-latent", "tiny-cascaded"], "samplers": ["ddim", "heun"], "steps": [5, 10],
-            "guidance": [1.0, 7.5], "seeds_per_prompt": 2, "batch_size": 3, "seed": 4,
-            "prompts": {"list": ["a", "b", "c"]}}
+    data = {
+        "presets": ["tiny-latent", "tiny-cascaded"],
+        "samplers": ["ddim", "heun"],
+        "steps": [5, 10],
+        "guidance": [1.0, 7.5],
+        "seeds_per_prompt": 2,
+        "batch_size": 3,
+        "seed": 4,
+        "prompts": {"list": ["a", "b", "c"]},
+    }
     data.update(changes)
     return resolve(parse_sweep(data), base_dir=None)
 
@@ -50,6 +57,12 @@ def test_shards_interleave_and_cover_everything_once():
 
 def test_stage_settings_follow_grid_then_preset_defaults_then_overrides():
     sweep = resolved(stages={"tiny-cascaded": {"super_resolution_1": {"steps": 3, "sampler": "ddpm"}}})
-    cascade = [item for item in expand(sweep) if item.preset == "tiny-cascaded" and item.sampler == "heun"
-               and item.num_inference_steps == 10 and item.guidance_scale == 7.5][0]
+    cascade = next(
+        item
+        for item in expand(sweep)
+        if item.preset == "tiny-cascaded"
+        and item.sampler == "heun"
+        and item.num_inference_steps == 10
+        and item.guidance_scale == 7.5
+    )
     assert cascade.stages == (StageSettings("heun", 10, 7.5, None), StageSettings("ddpm", 3, 4.0, 250))

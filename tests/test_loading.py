@@ -14,8 +14,10 @@ from tests.conftest import CPU_FP32
 
 
 def test_if_xl_layout_loads_three_stages_with_their_own_encoders(cascade_pipeline):
-    kinds = [(stage.name, stage.text_encoder, stage.vae is not None, stage.conditioning is not None)
-             for stage in cascade_pipeline.stages]
+    kinds = [
+        (stage.name, stage.text_encoder, stage.vae is not None, stage.conditioning is not None)
+        for stage in cascade_pipeline.stages
+    ]
     assert kinds == [
         ("base", "t5", False, False),
         ("super_resolution_1", "t5", False, True),
@@ -58,8 +60,10 @@ def test_weights_are_safetensors_only(latent_folder):
 
 def test_unreachable_hub_source_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    preset = replace(PRESETS.get("if-xl"), sources={**PRESETS.get("if-xl").sources,
-                                                    "stage_1": Source("DeepFloyd/IF-I-XL-v1.0", "abc123")})
+    preset = replace(
+        PRESETS.get("if-xl"),
+        sources={**PRESETS.get("if-xl").sources, "stage_1": Source("DeepFloyd/IF-I-XL-v1.0", "abc123")},
+    )
     with pytest.raises(UserError) as error:
         check_available(preset)
     message = str(error.value)

@@ -10,7 +10,7 @@ import torch
 from suite.metrics import distribution
 from suite.metrics.evaluate import clip_scores, mean_and_ci95
 from suite.metrics.networks import ClipModel, resize_and_normalise
-from suite.toy import evaluator
+from suite.toy import clip as toy_clip
 
 
 def _with_moments(rng: np.random.Generator, count: int, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
@@ -93,9 +93,15 @@ def test_cmmd_matches_the_reference_formula_and_is_zero_for_identical_sets():
 @pytest.fixture(scope="module")
 def tiny_clip() -> ClipModel:
     torch.manual_seed(0)
-    model = evaluator.build().eval()
-    return ClipModel("test", "random toy CLIP", model, evaluator.tokenize,
-                     resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"), "bilinear-64-antialias")
+    model = toy_clip.build().eval()
+    return ClipModel(
+        "test",
+        "random toy CLIP",
+        model,
+        toy_clip.tokenize,
+        resize_and_normalise(64, (0.5,) * 3, (0.5,) * 3, mode="bilinear"),
+        "bilinear-64-antialias",
+    )
 
 
 class _TorchmetricsAdapter(torch.nn.Module):
@@ -131,8 +137,14 @@ def test_clip_score_equals_torchmetrics_clipscore_with_the_same_model(tiny_clip)
 
     rng = np.random.default_rng(6)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
-    prompts = ["a red circle", "a blue square", "a green triangle above a red circle", "a red circle",
-               "a yellow square left of a blue circle", "a blue triangle"]
+    prompts = [
+        "a red circle",
+        "a blue square",
+        "a green triangle above a red circle",
+        "a red circle",
+        "a yellow square left of a blue circle",
+        "a blue triangle",
+    ]
     ours, truncated = clip_scores(tiny_clip, images, prompts)
     reference = CLIPScore(model_name_or_path=lambda: (_TorchmetricsAdapter(tiny_clip), _Processor(tiny_clip)))
     per_image = []

@@ -38,14 +38,24 @@ def test_latent_loop_matches_stable_diffusion_pipeline(latent_pipeline, sampler)
     stage = latent_pipeline.stages[0]
     encoder = latent_pipeline.text_encoders["clip"]
     reference = StableDiffusionPipeline(
-        vae=stage.vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer, unet=stage.unet,
-        scheduler=make_scheduler(sampler, stage.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=stage.vae,
+        text_encoder=encoder.model,
+        tokenizer=encoder.tokenizer,
+        unet=stage.unet,
+        scheduler=make_scheduler(sampler, stage.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     reference.set_progress_bar_config(disable=True)
     expected = reference(
-        PROMPTS, num_inference_steps=6, guidance_scale=7.5, generator=generators(), output_type="np",
-        height=64, width=64,
+        PROMPTS,
+        num_inference_steps=6,
+        guidance_scale=7.5,
+        generator=generators(),
+        output_type="np",
+        height=64,
+        width=64,
     ).images
 
     latent_pipeline.encode(PROMPTS, PROMPTS, CLOCK)
@@ -55,19 +65,31 @@ def test_latent_loop_matches_stable_diffusion_pipeline(latent_pipeline, sampler)
     assert np.abs(actual - expected).max() <= 1e-4
 
 
-def _if_reference(cascade_pipeline, sampler: str, steps: tuple[int, int], guidance: tuple[float, float], noise_level: int):
+def _if_reference(
+    cascade_pipeline, sampler: str, steps: tuple[int, int], guidance: tuple[float, float], noise_level: int
+):
     base, super_resolution = cascade_pipeline.stages[:2]
     encoder = cascade_pipeline.text_encoders["t5"]
     stage_1 = IFPipeline(
-        tokenizer=encoder.tokenizer, text_encoder=encoder.model, unet=base.unet,
-        scheduler=reference_scheduler(sampler, base.scheduler_config), safety_checker=None,
-        feature_extractor=None, watermarker=None, requires_safety_checker=False,
+        tokenizer=encoder.tokenizer,
+        text_encoder=encoder.model,
+        unet=base.unet,
+        scheduler=reference_scheduler(sampler, base.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
     )
     stage_2 = IFSuperResolutionPipeline(
-        tokenizer=encoder.tokenizer, text_encoder=encoder.model, unet=super_resolution.unet,
+        tokenizer=encoder.tokenizer,
+        text_encoder=encoder.model,
+        unet=super_resolution.unet,
         scheduler=reference_scheduler(sampler, super_resolution.scheduler_config),
-        image_noising_scheduler=super_resolution.conditioning.noising_scheduler, safety_checker=None,
-        feature_extractor=None, watermarker=None, requires_safety_checker=False,
+        image_noising_scheduler=super_resolution.conditioning.noising_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
     )
     if sampler == "euler":
         # IFSuperResolutionPipeline scales [sample, low-res image] together with the sample's
@@ -77,12 +99,22 @@ def _if_reference(cascade_pipeline, sampler: str, steps: tuple[int, int], guidan
         pipe.set_progress_bar_config(disable=True)
     shared = generators()
     low_res = stage_1(
-        PROMPTS, num_inference_steps=steps[0], guidance_scale=guidance[0], generator=shared, output_type="pt",
+        PROMPTS,
+        num_inference_steps=steps[0],
+        guidance_scale=guidance[0],
+        generator=shared,
+        output_type="pt",
         clean_caption=False,
     ).images
     return stage_2(
-        PROMPTS, image=low_res, num_inference_steps=steps[1], guidance_scale=guidance[1], noise_level=noise_level,
-        generator=shared, output_type="np", clean_caption=False,
+        PROMPTS,
+        image=low_res,
+        num_inference_steps=steps[1],
+        guidance_scale=guidance[1],
+        noise_level=noise_level,
+        generator=shared,
+        output_type="np",
+        clean_caption=False,
     ).images
 
 
@@ -114,9 +146,14 @@ def test_if_pipeline_with_ddim_and_learned_variance_needs_the_suite_fix(cascade_
     base = cascade_pipeline.stages[0]
     encoder = cascade_pipeline.text_encoders["t5"]
     naive = IFPipeline(
-        tokenizer=encoder.tokenizer, text_encoder=encoder.model, unet=base.unet,
-        scheduler=make_scheduler("ddim", base.scheduler_config), safety_checker=None, feature_extractor=None,
-        watermarker=None, requires_safety_checker=False,
+        tokenizer=encoder.tokenizer,
+        text_encoder=encoder.model,
+        unet=base.unet,
+        scheduler=make_scheduler("ddim", base.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
     )
     naive.set_progress_bar_config(disable=True)
     with pytest.raises(RuntimeError):

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from suite.cli import main
+from suite.loading import build_on_meta
 from suite.presets import PRESETS
-from suite.profile import ProfileSettings, build_on_meta, profile_presets
+from suite.profile import ProfileSettings, profile_presets
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +80,11 @@ def test_a_local_folder_profiles_like_the_loaded_model(latent_folder, latent_pip
     preset = replace(PRESETS.get("sd15"), local_dir=latent_folder)
     meta = build_on_meta(preset)
     assert all(p.is_meta for p in meta.stages[0].unet.parameters())
-    for meta_module, real_module in [(meta.stages[0].unet, latent_pipeline.stages[0].unet),
-                                     (meta.stages[0].vae, latent_pipeline.stages[0].vae),
-                                     (meta.text_encoders["clip"].model, latent_pipeline.text_encoders["clip"].model)]:
+    for meta_module, real_module in [
+        (meta.stages[0].unet, latent_pipeline.stages[0].unet),
+        (meta.stages[0].vae, latent_pipeline.stages[0].vae),
+        (meta.text_encoders["clip"].model, latent_pipeline.text_encoders["clip"].model),
+    ]:
         assert sum(p.numel() for p in meta_module.parameters()) == sum(p.numel() for p in real_module.parameters())
 
 

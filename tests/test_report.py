@@ -17,8 +17,13 @@ PROMPTS = ["<script>alert('x')</script> a blue square", "a red circle", "a green
 @pytest.fixture
 def finished_run(tmp_path, test_networks):
     sweep = {
-        "name": "report-check", "presets": ["tiny-latent", "tiny-cascaded"], "samplers": ["ddim", "euler"],
-        "steps": [2, 3], "guidance": [1.0, 3.0], "batch_size": 3, "prompts": {"list": PROMPTS},
+        "name": "report-check",
+        "presets": ["tiny-latent", "tiny-cascaded"],
+        "samplers": ["ddim", "euler"],
+        "steps": [2, 3],
+        "guidance": [1.0, 3.0],
+        "batch_size": 3,
+        "prompts": {"list": PROMPTS},
         "metrics": ["fid", "clip_score", "flops", "composition"],
         "evaluation": {"features": "test-net", "clip_model": "test-clip", "reference": {"builtin": "toy", "count": 16}},
     }
@@ -30,14 +35,21 @@ def finished_run(tmp_path, test_networks):
 
 
 def _snapshot(folder):
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+    }
 
 
 def test_sweep_builds_the_report_and_rebuilding_it_gives_the_same_bytes(finished_run):
     report = finished_run / "report"
     first = _snapshot(report)
-    assert {"report.md", "index.html", "tables/metrics.csv", "tables/best_at_budgets.csv",
-            "tables/time_per_stage.csv"} <= set(first)
+    assert {
+        "report.md",
+        "index.html",
+        "tables/metrics.csv",
+        "tables/best_at_budgets.csv",
+        "tables/time_per_stage.csv",
+    } <= set(first)
     assert any(name.startswith("plots/") and name.endswith(".svg") for name in first)
     assert any(name.startswith("grids/") for name in first)
     shutil.rmtree(report)
@@ -69,7 +81,9 @@ def test_tables_hold_one_row_per_grid_point_and_the_stage_times(finished_run):
     times = pd.read_csv(finished_run / "report" / "tables" / "time_per_stage.csv")
     assert set(times[times.preset == "tiny-cascaded"].part) >= {"stage 1: base", "stage 2: super_resolution_1"}
     markdown = (finished_run / "report" / "report.md").read_text()
-    assert "## Reproducibility" in markdown and "config hash" in markdown and "## Cost from the architectures" in markdown
+    assert (
+        "## Reproducibility" in markdown and "config hash" in markdown and "## Cost from the architectures" in markdown
+    )
 
 
 def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 import pytest
 import yaml
+from PIL import Image
 
 from suite.config import load_sweep
 from suite.runner import RunOptions, run_sweep
@@ -57,8 +57,17 @@ def test_run_folder_layout(tmp_path):
     samples = pd.read_parquet(out / "samples.parquet")
     assert len(samples) == 48 and not samples.duplicated(IDENTITY).any()
     assert pd.read_csv(out / "samples.csv").shape == samples.shape
-    for column in ["prompt", "seed", "image_path", "sha256", "text_encode_s", "stage1_loop_s",
-                   "stage1_step_median_s", "decode_s", "peak_memory_bytes"]:
+    for column in [
+        "prompt",
+        "seed",
+        "image_path",
+        "sha256",
+        "text_encode_s",
+        "stage1_loop_s",
+        "stage1_step_median_s",
+        "decode_s",
+        "peak_memory_bytes",
+    ]:
         assert samples[column].notna().all(), column
     assert all((out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in samples.image_path)
     config = yaml.safe_load((out / "config.yaml").read_text())
@@ -79,8 +88,8 @@ def test_rerun_skips_finished_items(tmp_path):
 
 
 def test_initial_noise_does_not_depend_on_batch_size():
-    from diffusers.utils.torch_utils import randn_tensor
     import torch
+    from diffusers.utils.torch_utils import randn_tensor
 
     seeds = [5, 6, 7, 8]
     together = randn_tensor((4, 4, 8, 8), generator=[torch.Generator().manual_seed(s) for s in seeds])
@@ -123,8 +132,17 @@ def test_each_prompt_is_encoded_once_per_preset(tmp_path, monkeypatch):
     run(sweep_file(tmp_path, presets="[tiny-latent, tiny-cascaded]", batch_size=4), tmp_path / "run")
     # 12 grid points per preset, yet each prompt (and the empty negative prompt) is encoded once per encoder.
     assert sorted(encoded) == sorted(
-        [(name, prompt) for name in ("clip", "t5")
-         for prompt in ["", "a red circle", "a blue square above a green circle", "a photo of a cat", "a small house"]]
+        [
+            (name, prompt)
+            for name in ("clip", "t5")
+            for prompt in [
+                "",
+                "a red circle",
+                "a blue square above a green circle",
+                "a photo of a cat",
+                "a small house",
+            ]
+        ]
     )
 
 
@@ -166,7 +184,8 @@ def test_real_presets_run_from_local_folders(tmp_path, latent_folder, cascade_fo
     from suite.cli import main
 
     path = tmp_path / "real.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         name: real
         presets: [sd15, if-xl]
         samplers: [ddim]
@@ -174,10 +193,24 @@ def test_real_presets_run_from_local_folders(tmp_path, latent_folder, cascade_fo
         guidance: [7.5]
         prompts: {list: ["a red circle"]}
         stages: {if-xl: {super_resolution_2: {steps: 2}}}
-    """))
+    """)
+    )
     out = tmp_path / "run"
-    code = main(["sweep", str(path), "--out", str(out), "--device", "cpu", "--quiet",
-                 "--model-dir", f"sd15={latent_folder}", "--model-dir", f"if-xl={cascade_folder}"])
+    code = main(
+        [
+            "sweep",
+            str(path),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--model-dir",
+            f"sd15={latent_folder}",
+            "--model-dir",
+            f"if-xl={cascade_folder}",
+        ]
+    )
     assert code == 0
     samples = pd.read_parquet(out / "samples.parquet").set_index("preset")
     assert (samples.loc["sd15", "height"], samples.loc["if-xl", "height"]) == (64, 256)
@@ -187,12 +220,12 @@ def test_real_presets_run_from_local_folders(tmp_path, latent_folder, cascade_fo
 
 
 def test_model_offload_gives_the_same_images_and_leaves_models_on_cpu(latent_folder):
-    import torch
-
     from dataclasses import replace
 
+    import torch
+
     from suite.backends import BACKENDS
-    from suite.pipeline import LoadOptions
+    from suite.loading import LoadOptions
     from suite.presets import PRESETS
     from suite.stages import StageSettings
     from suite.timing import Clock
@@ -201,9 +234,15 @@ def test_model_offload_gives_the_same_images_and_leaves_models_on_cpu(latent_fol
     clock = Clock(torch.device("cpu"))
     images = []
     for offload in (False, True):
-        pipeline = BACKENDS.get("latent").load(preset, LoadOptions(torch.device("cpu"), torch.float32, torch.float32, offload))
+        pipeline = BACKENDS.get("latent").load(
+            preset, LoadOptions(torch.device("cpu"), torch.float32, torch.float32, offload)
+        )
         pipeline.encode(["a red circle"], ["a red circle"], clock)
-        image, _ = pipeline.generate(["a red circle"], [StageSettings("ddim", 3, 7.5)], [torch.Generator().manual_seed(1)], clock)
+        image, _ = pipeline.generate(
+            ["a red circle"], [StageSettings("ddim", 3, 7.5)], [torch.Generator().manual_seed(1)], clock
+        )
         images.append(image)
         assert pipeline.stages[0].unet.device.type == "cpu"
+        # with offload, accelerate's hooks move every model, in pipeline order
+        assert all(hasattr(module, "_hf_hook") == offload for module in pipeline._modules())
     assert torch.equal(images[0], images[1])

@@ -16,21 +16,35 @@ IF_CONFIG = {"beta_schedule": "squaredcos_cap_v2", "variance_type": "learned_ran
 
 
 def test_registry_has_the_required_samplers():
-    required = {"ddpm", "ddim", "pndm", "euler", "euler-ancestral", "heun", "dpm-solver++", "dpm-solver++-karras",
-                "unipc", "deis"}
+    required = {
+        "ddpm",
+        "ddim",
+        "pndm",
+        "euler",
+        "euler-ancestral",
+        "heun",
+        "dpm-solver++",
+        "dpm-solver++-karras",
+        "unipc",
+        "deis",
+    }
     assert required <= set(SAMPLERS.names())
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS.names())
 def test_sampler_keeps_the_models_noise_schedule(sampler):
-    scheduler = make_scheduler(sampler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-                                         "prediction_type": "v_prediction"})
+    scheduler = make_scheduler(
+        sampler,
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction"},
+    )
     assert scheduler.config.prediction_type == "v_prediction"
     assert scheduler.config.beta_schedule == "scaled_linear"
 
 
-@pytest.mark.parametrize("sampler, expected", [("ddpm", True), ("dpm-solver++", True), ("ddim", False),
-                                               ("euler", False), ("unipc", False), ("heun", False)])
+@pytest.mark.parametrize(
+    "sampler, expected",
+    [("ddpm", True), ("dpm-solver++", True), ("ddim", False), ("euler", False), ("unipc", False), ("heun", False)],
+)
 def test_learned_variance_is_kept_only_for_solvers_that_use_it(sampler, expected):
     assert consumes_learned_variance(make_scheduler(sampler, IF_CONFIG)) is expected
     assert not consumes_learned_variance(make_scheduler(sampler, {"beta_schedule": "linear"}))
@@ -40,11 +54,17 @@ def test_learned_variance_is_kept_only_for_solvers_that_use_it(sampler, expected
 def test_every_sampler_on_every_stage_kind(cascade_pipeline, latent_pipeline, sampler):
     """Latent loop; IF pixel base and pixel SR (learned_range); SD x4 latent upscaler (v-prediction)."""
     latent_pipeline.encode(PROMPTS, PROMPTS, CLOCK)
-    images, _ = latent_pipeline.generate(PROMPTS, [StageSettings(sampler, 3, 5.0)], [torch.Generator().manual_seed(0)], CLOCK)
+    images, _ = latent_pipeline.generate(
+        PROMPTS, [StageSettings(sampler, 3, 5.0)], [torch.Generator().manual_seed(0)], CLOCK
+    )
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
     cascade_pipeline.encode(PROMPTS, PROMPTS, CLOCK)
-    settings = [StageSettings(sampler, 3, 7.0), StageSettings(sampler, 2, 4.0, 250), StageSettings(sampler, 2, 9.0, 100)]
+    settings = [
+        StageSettings(sampler, 3, 7.0),
+        StageSettings(sampler, 2, 4.0, 250),
+        StageSettings(sampler, 2, 9.0, 100),
+    ]
     images, timings = cascade_pipeline.generate(PROMPTS, settings, [torch.Generator().manual_seed(0)], CLOCK)
     assert images.shape == (1, 3, 256, 256) and torch.isfinite(images).all()
     assert [timing.stage for timing in timings] == ["base", "super_resolution_1", "super_resolution_2"]
@@ -64,8 +84,13 @@ def test_truncated_start_runs_the_requested_steps_from_partway_down(cascade_pipe
     pipeline.encode(["a red circle"], ["a red circle"], clock)
     events = []
     settings = [StageSettings("ddim", 3, 1.0), StageSettings(sampler, 4, 1.0, 250, strength=0.5)]
-    image, timings = pipeline.generate(["a red circle"], settings, [torch.Generator().manual_seed(0)], clock,
-                                       hooks=[lambda event: events.append(event)])
+    image, timings = pipeline.generate(
+        ["a red circle"],
+        settings,
+        [torch.Generator().manual_seed(0)],
+        clock,
+        hooks=[lambda event: events.append(event)],
+    )
     sr_events = [event for event in events if event.stage == "super_resolution_1"]
     config = pipeline.stages[1].scheduler_config
     assert len(sr_events) == timings[1].model_evaluations == model_evaluations(sampler, 4, config, strength=0.5)

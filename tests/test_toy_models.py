@@ -11,9 +11,10 @@ import torch
 
 from suite.backends import BACKENDS
 from suite.cli import main
-from suite.pipeline import LoadOptions
+from suite.loading import LoadOptions
 from suite.presets import PRESETS
-from suite.toy import WEIGHTS, evaluator, world
+from suite.toy import WEIGHTS, world
+from suite.toy import clip as toy_clip
 from suite.toy.train import images_to_tensor, psnr_db, retrieval_top1
 
 CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
@@ -42,7 +43,7 @@ def test_vae_reconstructs_held_out_images_above_30_db():
 
 def test_toy_clip_retrieves_the_caption_of_held_out_images():
     """Image -> caption top-1 over all 540 captions, on freshly drawn images (one per caption)."""
-    model = evaluator.load(WEIGHTS / "toy-clip")
+    model = toy_clip.load(WEIGHTS / "toy-clip")
     assert retrieval_top1(model) >= 0.60
 
 
@@ -69,10 +70,18 @@ def test_single_objects_come_out_right_at_guidance_3(tmp_path):
     import yaml
 
     singles = [caption.text for caption in world.all_captions() if caption.relation is None]
-    sweep = {"name": "singles", "presets": ["toy-latent", "toy-cascaded"], "samplers": ["dpm-solver++"],
-             "steps": [20], "guidance": [3.0], "seeds_per_prompt": 4, "batch_size": 16,
-             "prompts": {"list": singles}, "metrics": ["composition"],
-             "stages": {"toy-cascaded": {"super_resolution_1": {"steps": 10}}}}
+    sweep = {
+        "name": "singles",
+        "presets": ["toy-latent", "toy-cascaded"],
+        "samplers": ["dpm-solver++"],
+        "steps": [20],
+        "guidance": [3.0],
+        "seeds_per_prompt": 4,
+        "batch_size": 16,
+        "prompts": {"list": singles},
+        "metrics": ["composition"],
+        "stages": {"toy-cascaded": {"super_resolution_1": {"steps": 10}}},
+    }
     path = tmp_path / "singles.yaml"
     path.write_text(yaml.safe_dump(sweep))
     assert main(["sweep", str(path), "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
@@ -86,8 +95,12 @@ def test_toy_sweep_runs_on_cuda_in_half_precision(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     run = tmp_path / "toy-quick-cuda"
-    assert main(["sweep", "experiments/toy-quick.yaml", "--out", str(run), "--quiet", "--device", "cuda",
-                 "--dtype", "fp16"]) == 0
+    assert (
+        main(
+            ["sweep", "experiments/toy-quick.yaml", "--out", str(run), "--quiet", "--device", "cuda", "--dtype", "fp16"]
+        )
+        == 0
+    )
     samples = pd.read_parquet(run / "samples.parquet")
     assert (samples["device"].str.startswith("cuda")).all() and (samples["dtype"] == "float16").all()
     assert (samples["peak_memory_kind"] == "cuda_max_allocated").all()

@@ -3,10 +3,11 @@ only ever sees that pipeline, so a new family (unCLIP, latent DiT) is one more r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from suite.pipeline import LoadOptions, TextToImagePipeline
+from suite.loading import LoadOptions
+from suite.pipeline import TextToImagePipeline
 from suite.presets import Preset
 from suite.registry import Registry
 

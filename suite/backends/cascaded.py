@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from suite.backends.components import STAGE_KINDS, clip_text_encoder, t5_text_encoder
 from suite.errors import UserError
-from suite.loading import ComponentLoader
-from suite.pipeline import LoadOptions, TextToImagePipeline
+from suite.loading import ComponentLoader, LoadOptions
+from suite.pipeline import TextToImagePipeline
 from suite.presets import Preset
 
 DESCRIPTION = "T5 encoder -> pixel base -> x4 super-resolution stages, pixel or latent (Imagen / DeepFloyd IF)"
@@ -19,9 +19,13 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     """Load one folder per stage: IF-shaped (unet/, scheduler/, ...) or SD-x4-upscaler-shaped."""
     kinds = [spec.kind for spec in preset.stages]
     if not kinds or kinds[0] != "pixel-base" or any(kind not in ("pixel-sr", "latent-sr") for kind in kinds[1:]):
-        raise UserError(f"preset {preset.name!r}: a cascade is one 'pixel-base' stage then 'pixel-sr'/'latent-sr' stages")
-    loaders = {key: ComponentLoader(preset.name, key, location, meta=options.on_meta)
-               for key, location in preset.source_paths().items()}
+        raise UserError(
+            f"preset {preset.name!r}: a cascade is one 'pixel-base' stage then 'pixel-sr'/'latent-sr' stages"
+        )
+    loaders = {
+        key: ComponentLoader(preset.name, key, location, meta=options.on_meta)
+        for key, location in preset.source_paths().items()
+    }
     base_loader = loaders[preset.stages[0].source]
     encoders = {"t5": t5_text_encoder(base_loader, "t5", options.text_encoder_dtype)}
     stages = []

@@ -6,8 +6,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, T5EncoderModel
 
-from suite.loading import ComponentLoader
-from suite.pipeline import LoadOptions
+from suite.loading import ComponentLoader, LoadOptions
 from suite.presets import StageSpec
 from suite.registry import Registry
 from suite.stages import LowResConditioning, Stage
@@ -17,7 +16,9 @@ from suite.text import TextEncoder
 def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
     """CLIP text tower as Stable Diffusion uses it: 77 tokens, last hidden state, no attention mask."""
     model = loader.model(CLIPTextModel, "text_encoder", dtype)
-    return TextEncoder(name, loader.tokenizer(), model, use_attention_mask=bool(getattr(model.config, "use_attention_mask", False)))
+    return TextEncoder(
+        name, loader.tokenizer(), model, use_attention_mask=bool(getattr(model.config, "use_attention_mask", False))
+    )
 
 
 def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
@@ -39,8 +40,9 @@ def _unet(loader: ComponentLoader, options: LoadOptions) -> UNet2DConditionModel
 
 def latent_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
     """Stable Diffusion's loop: a UNet on VAE latents, decoded by the VAE."""
-    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder,
-                 vae=_vae(loader, options))
+    return Stage(
+        spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, vae=_vae(loader, options)
+    )
 
 
 def pixel_base_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
@@ -51,15 +53,22 @@ def pixel_base_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOpti
 def pixel_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
     """IF stage II: pixel x4 super-resolution on the noise-augmented, upsampled low-res image."""
     conditioning = LowResConditioning(loader.scheduler("image_noising_scheduler"), upsample=True)
-    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder,
-                 conditioning=conditioning)
+    return Stage(
+        spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, conditioning=conditioning
+    )
 
 
 def latent_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
     """SD x4 upscaler: a latent next to the noise-augmented low-res image, decoded by a f=4 VAE."""
     conditioning = LowResConditioning(loader.scheduler("low_res_scheduler"), upsample=False, noise_first=True)
-    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder,
-                 vae=_vae(loader, options), conditioning=conditioning)
+    return Stage(
+        spec.name,
+        _unet(loader, options),
+        loader.scheduler("scheduler").config,
+        text_encoder,
+        vae=_vae(loader, options),
+        conditioning=conditioning,
+    )
 
 
 STAGE_KINDS = Registry("stage kind")

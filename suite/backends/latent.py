@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from suite.backends.components import STAGE_KINDS, clip_text_encoder
 from suite.errors import UserError
-from suite.loading import ComponentLoader
-from suite.pipeline import LoadOptions, TextToImagePipeline
+from suite.loading import ComponentLoader, LoadOptions
+from suite.pipeline import TextToImagePipeline
 from suite.presets import Preset
 
 DESCRIPTION = "CLIP text encoder -> latent UNet -> VAE decoder (Stable Diffusion)"
@@ -16,7 +16,7 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     locations = preset.source_paths()
     if len(locations) != 1 or len(preset.stages) != 1 or preset.stages[0].kind != "latent":
         raise UserError(f"preset {preset.name!r}: the latent backend takes one source and one 'latent' stage")
-    (key, location), = locations.items()
+    ((key, location),) = locations.items()
     loader = ComponentLoader(preset.name, key, location, meta=options.on_meta)
     encoder = clip_text_encoder(loader, "clip", options.text_encoder_dtype)
     stage = STAGE_KINDS.get("latent")(preset.stages[0], loader, options, encoder.name)

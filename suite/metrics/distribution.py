@@ -35,8 +35,11 @@ def _as_double(features: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(features), dtype=torch.float64)
 
 
-def fid(generated: np.ndarray, reference: np.ndarray | None = None,
-        reference_statistics: tuple[np.ndarray, np.ndarray, int] | None = None) -> float:
+def fid(
+    generated: np.ndarray,
+    reference: np.ndarray | None = None,
+    reference_statistics: tuple[np.ndarray, np.ndarray, int] | None = None,
+) -> float:
     """torchmetrics' FrechetInceptionDistance between feature sets (or against (mu, sigma, n) statistics)."""
     generated = _as_double(generated)
     metric = FrechetInceptionDistance(feature=Passthrough(generated.shape[1]), reset_real_features=False)
@@ -62,8 +65,9 @@ def kid(generated: np.ndarray, reference: np.ndarray, seed: int = 0) -> tuple[fl
     subset_size = min(KID_SUBSET_SIZE, len(generated), len(reference))
     with warnings.catch_warnings():  # it warns that it keeps every feature in memory: here, by design
         warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=Passthrough(generated.shape[1]), subsets=KID_SUBSETS,
-                                         subset_size=subset_size)
+        metric = KernelInceptionDistance(
+            feature=Passthrough(generated.shape[1]), subsets=KID_SUBSETS, subset_size=subset_size
+        )
     metric.update(reference, real=True)
     metric.update(generated, real=False)
     with torch.random.fork_rng():

@@ -1,9 +1,10 @@
-"""Evaluate a finished run folder: one row per grid point in metrics.parquet, per-image scores in samples.
+"""Evaluate a finished run folder: one row per grid point in ``metrics``, one row per image in ``scores``.
 
 Works from the run folder alone (config.yaml, manifest.json, samples.parquet, images/), so
 ``suite evaluate RUN`` reproduces what ``suite sweep`` wrote. Each grid point's results are
-written atomically under ``evaluation/`` keyed by everything they depend on, so a killed
-evaluation resumes and a changed image or setting is recomputed.
+written atomically under ``evaluation/<key>/`` keyed by everything they depend on, so a killed
+evaluation resumes and a changed image or setting is recomputed. FLOPs are counted once per
+preset, on the meta device, and kept in ``costs`` for the report.
 """
 
 from __future__ import annotations
@@ -18,22 +19,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from suite.config import Sweep, parse_sweep
-from suite.errors import UserError
+from suite.config import Sweep
+from suite.flops import PipelineCost
 from suite.metrics import distribution
 from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, FeatureNetwork, NetworkContext
 from suite.metrics.reference import ReferenceFeatures, extract, load_reference
 from suite.presets import cache_root
-from suite.results import SAMPLES, atomic_write_table
+from suite.results import (
+    COSTS,
+    GRID_COLUMNS,
+    IMAGE_KEY,
+    METRICS,
+    SCORES,
+    RunFolder,
+    atomic_write_table,
+    read_run,
+    stage_column,
+    stage_columns,
+)
+from suite.stages import StageSettings
+from suite.toy.score import QUESTIONS
 
-GRID = ["preset", "sampler", "num_inference_steps", "guidance_scale"]
-METRICS_TABLE = "metrics"
 EVALUATION_DIR = "evaluation"
-COMPOSITION_QUESTIONS = ("count", "colour", "shape", "binding", "relation", "correct")
+EVALUATION_VERSION = 2  # part of each grid point's cache key: bump when a row's columns change
+STAGE_METRIC_FIELDS = ("name", "num_inference_steps", "guidance_scale", "model_evaluations", "step_s_median")
 Z_95 = 1.959963984540054
 
 
@@ -45,32 +57,19 @@ class EvaluateOptions:
     progress: bool = True
 
 
-def read_run(run: Path) -> tuple[Sweep, dict[str, Any], pd.DataFrame]:
-    """The run's sweep, manifest and per-image table; one clear line if the folder is not a finished run."""
-    config_path, samples_path = run / "config.yaml", run / f"{SAMPLES}.parquet"
-    if not config_path.is_file():
-        raise UserError(f"{run} is not a run folder (no config.yaml)")
-    if not samples_path.is_file():
-        raise UserError(f"{run} is not finished (no {SAMPLES}.parquet); re-run its sweep to complete it")
-    config = yaml.safe_load(config_path.read_text())
-    config.pop("config_hash", None)
-    manifest_path = run / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    return parse_sweep(config, str(config_path)), manifest, pd.read_parquet(samples_path)
-
-
 class Evaluator:
     """Builds each network, reference set and cost model once, on first use, for one run."""
 
-    def __init__(self, run: Path, sweep: Sweep, manifest: dict[str, Any], options: EvaluateOptions):
+    def __init__(self, run: RunFolder, options: EvaluateOptions):
         from suite.devices import resolve_device
 
-        self.run, self.sweep, self.manifest = run, sweep, manifest
+        self.run, self.sweep = run, run.resolved.sweep
         self.context = NetworkContext(resolve_device(options.device), options.inception_weights)
         self._networks: dict[str, FeatureNetwork] = {}
         self._references: dict[str, ReferenceFeatures] = {}
         self._clip: ClipModel | None = None
-        self._costs: dict[str, Any] = {}
+        self._pipelines: dict[str, Any] = {}
+        self._costs: dict[str, PipelineCost] = {}
 
     def network(self, name: str) -> FeatureNetwork:
         if name not in self._networks:
@@ -80,7 +79,7 @@ class Evaluator:
     def reference(self, name: str) -> ReferenceFeatures:
         if name not in self._references:
             spec = self.sweep.evaluation.reference
-            self._references[name] = load_reference(spec, self.network(name), self.run, cache_root())
+            self._references[name] = load_reference(spec, self.network(name), self.run.path, cache_root())
         return self._references[name]
 
     def clip(self) -> ClipModel:
@@ -88,19 +87,30 @@ class Evaluator:
             self._clip = CLIP_MODELS.get(self.sweep.evaluation.clip_model)(self.context)
         return self._clip
 
-    def cost(self, preset_name: str):
+    def cost(self, preset_name: str) -> PipelineCost:
         """The preset's FLOP counts, from its configs on the meta device (the run's local folder if it had one)."""
         if preset_name not in self._costs:
             from suite.flops import pipeline_cost
+            from suite.loading import build_on_meta
             from suite.presets import PRESETS
-            from suite.profile import build_on_meta
 
             preset = PRESETS.get(preset_name)
-            local_dir = self.manifest.get("models", {}).get(preset_name, {}).get("local_dir")
+            local_dir = self.run.manifest.get("models", {}).get(preset_name, {}).get("local_dir")
             if local_dir:
                 preset = replace(preset, local_dir=Path(local_dir))
-            self._costs[preset_name] = pipeline_cost(build_on_meta(preset))
+            self._pipelines[preset_name] = build_on_meta(preset)
+            self._costs[preset_name] = pipeline_cost(self._pipelines[preset_name])
         return self._costs[preset_name]
+
+    def cost_table(self) -> pd.DataFrame:
+        """One row per preset and stage of the run: shapes, values per step and GFLOPs per model evaluation."""
+        from suite.profile import architecture_costs
+
+        rows = []
+        for preset in dict.fromkeys(self.run.samples["preset"]):
+            cost = self.cost(preset)
+            rows += architecture_costs(self._pipelines[preset], cost)
+        return pd.DataFrame(rows)
 
     def describe(self) -> dict[str, Any]:
         """Everything about the evaluation that changes its numbers (part of each grid point's cache key)."""
@@ -112,44 +122,30 @@ def load_images(run: Path, paths: list[str]) -> list[np.ndarray]:
     return [np.asarray(Image.open(run / path).convert("RGB")) for path in paths]
 
 
-def _stage_numbers(samples: pd.DataFrame) -> list[int]:
-    return sorted({int(column[5:].split("_")[0]) for column in samples.columns if column.endswith("_step_median_s")})
-
-
-def timing_columns(group: pd.DataFrame) -> dict[str, Any]:
+def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> dict[str, Any]:
     """Medians of the measured timings, peak memory, and the generation settings of each stage."""
     first = group.iloc[0]
-    row = {"backend": first["backend"], "n_images": len(group), "batch_size": int(first["batch_size"]),
-           "device": first["device"], "dtype": first["dtype"],
-           "seconds_per_image_median": float(group["seconds_per_image"].median()),
-           "text_encode_s_median": float(group["text_encode_s"].median()),
-           "decode_s_per_image_median": float((group["decode_s"] / group["batch_size"]).median()),
-           "peak_memory_bytes": int(group["peak_memory_bytes"].max()), "peak_memory_kind": first["peak_memory_kind"]}
-    for number in _stage_numbers(group):
-        if pd.isna(first.get(f"stage{number}_name")):
-            continue
-        row |= {f"stage{number}_name": first[f"stage{number}_name"],
-                f"stage{number}_steps": int(first[f"stage{number}_steps"]),
-                f"stage{number}_guidance": float(first[f"stage{number}_guidance"]),
-                f"stage{number}_model_evaluations": int(first[f"stage{number}_model_evaluations"]),
-                f"stage{number}_step_s_median": float(group[f"stage{number}_step_median_s"].median())}
+    row = {
+        "backend": first["backend"],
+        "n_images": len(group),
+        "batch_size": int(first["batch_size"]),
+        "device": first["device"],
+        "dtype": first["dtype"],
+        "seconds_per_image_median": float(group["seconds_per_image"].median()),
+        "text_encode_s_median": float(group["text_encode_s"].median()),
+        "decode_s_per_image_median": float((group["decode_s"] / group["batch_size"]).median()),
+        "peak_memory_bytes": int(group["peak_memory_bytes"].max()),
+        "peak_memory_kind": first["peak_memory_kind"],
+    }
+    for number, stage in enumerate(settings, start=1):
+        row |= {
+            stage_column(number, "name"): first[stage_column(number, "name")],
+            stage_column(number, "num_inference_steps"): stage.num_inference_steps,
+            stage_column(number, "guidance_scale"): stage.guidance_scale,
+            stage_column(number, "model_evaluations"): int(first[stage_column(number, "model_evaluations")]),
+            stage_column(number, "step_s_median"): float(group[stage_column(number, "step_median_s")].median()),
+        }
     return row
-
-
-def _flops(evaluator: Evaluator, group: pd.DataFrame) -> dict[str, Any]:
-    from suite.stages import StageSettings
-
-    first = group.iloc[0]
-    cost = evaluator.cost(first["preset"])
-    settings = []
-    for number in range(1, len(cost.stages) + 1):
-        noise_level = first.get(f"stage{number}_noise_level")
-        strength = first.get(f"stage{number}_strength", 1.0)
-        settings.append(StageSettings(first[f"stage{number}_sampler"], int(first[f"stage{number}_steps"]),
-                                      float(first[f"stage{number}_guidance"]),
-                                      None if pd.isna(noise_level) else int(noise_level),
-                                      1.0 if pd.isna(strength) else float(strength)))
-    return {"gflops_per_image": cost.flops_per_image(settings) / 1e9}
 
 
 def _distribution(evaluator: Evaluator, metrics: tuple[str, ...], images: list[np.ndarray]) -> dict[str, Any]:
@@ -165,8 +161,12 @@ def _distribution(evaluator: Evaluator, metrics: tuple[str, ...], images: list[n
     if "fid" in metrics or "kid" in metrics:
         network = evaluator.network(evaluation.features)
         reference = evaluator.reference(evaluation.features)
-        row |= {"features": network.name, "features_resize": network.resize, "reference": reference.key,
-                "reference_count": reference.count}
+        row |= {
+            "features": network.name,
+            "features_resize": network.resize,
+            "reference": reference.key,
+            "reference_count": reference.count,
+        }
         if "fid" in metrics:
             row["fid"] = distribution.fid(features_of(evaluation.features), reference.features, reference.statistics)
         if "kid" in metrics:
@@ -174,8 +174,11 @@ def _distribution(evaluator: Evaluator, metrics: tuple[str, ...], images: list[n
     if "cmmd" in metrics:
         network = evaluator.network(evaluation.cmmd_features)
         reference = evaluator.reference(evaluation.cmmd_features)
-        row |= {"cmmd": distribution.cmmd(features_of(evaluation.cmmd_features), reference.features),
-                "cmmd_features": network.name, "cmmd_resize": network.resize}
+        row |= {
+            "cmmd": distribution.cmmd(features_of(evaluation.cmmd_features), reference.features),
+            "cmmd_features": network.name,
+            "cmmd_resize": network.resize,
+        }
     return row
 
 
@@ -205,14 +208,17 @@ def _composition(images: list[np.ndarray], prompts: list[str]) -> pd.DataFrame:
     from suite.toy.score import score_prompt_image
     from suite.toy.world import prompt_category
 
-    rows = [{f"toy_{key}": value for key, value in score_prompt_image(image, prompt).items()}
-            | {"toy_category": prompt_category(prompt)} for image, prompt in zip(images, prompts)]
+    rows = [
+        {f"toy_{key}": value for key, value in score_prompt_image(image, prompt).items()}
+        | {"toy_category": prompt_category(prompt)}
+        for image, prompt in zip(images, prompts)
+    ]
     return pd.DataFrame(rows)
 
 
 def _composition_summary(scores: pd.DataFrame) -> dict[str, float]:
     """Accuracies per question, and exact-match accuracy per prompt category (GenEval-style)."""
-    row = {f"toy_{question}": float(scores[f"toy_{question}"].mean()) for question in COMPOSITION_QUESTIONS}
+    row = {f"toy_{question}": float(scores[f"toy_{question}"].mean()) for question in QUESTIONS}
     for category, column in (("single", "single"), ("pair", "pair"), ("held-out pair", "held_out_pair")):
         chosen = scores[scores["toy_category"] == category]
         row[f"toy_correct_{column}"] = float(chosen["toy_correct"].mean()) if len(chosen) else math.nan
@@ -220,23 +226,30 @@ def _composition_summary(scores: pd.DataFrame) -> dict[str, float]:
 
 
 def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One grid point's metrics row, and its per-image scores (keyed by image_path)."""
+    """One grid point's metrics row, and its per-image scores (keyed by item and image)."""
     metrics = evaluator.sweep.metrics
     first = group.iloc[0]
-    row = {column: first[column] for column in GRID} | timing_columns(group)
-    images = load_images(evaluator.run, list(group["image_path"]))
+    settings = evaluator.run.stage_settings(*(first[column] for column in GRID_COLUMNS))
+    row = {column: first[column] for column in GRID_COLUMNS} | timing_columns(group, settings)
+    images = load_images(evaluator.run.path, list(group["image_path"]))
     prompts = list(group["prompt"])
-    per_image = pd.DataFrame({"image_path": list(group["image_path"])})
+    per_image = group[[*IMAGE_KEY, "prompt_index", "seed_index"]].reset_index(drop=True)
     if "flops" in metrics:
-        row |= _flops(evaluator, group)
+        row["gflops_per_image"] = evaluator.cost(first["preset"]).flops_per_image(settings) / 1e9
     row |= _distribution(evaluator, metrics, images)
     if "clip_score" in metrics:
         clip = evaluator.clip()
         scores, truncated = clip_scores(clip, images, prompts)
         per_image["clip_score"] = scores
         mean, low, high = mean_and_ci95(scores)
-        row |= {"clip_score_mean": mean, "clip_score_ci95_low": low, "clip_score_ci95_high": high,
-                "clip_model": clip.model_id, "clip_resize": clip.resize, "clip_prompts_truncated": truncated}
+        row |= {
+            "clip_score_mean": mean,
+            "clip_score_ci95_low": low,
+            "clip_score_ci95_high": high,
+            "clip_model": clip.model_id,
+            "clip_resize": clip.resize,
+            "clip_prompts_truncated": truncated,
+        }
     if "composition" in metrics:
         scores = _composition(images, prompts)
         per_image = pd.concat([per_image, scores], axis=1)
@@ -246,8 +259,12 @@ def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict
 
 def _grid_key(evaluator: Evaluator, group: pd.DataFrame) -> str:
     first = group.iloc[0]
-    content = {"grid": [str(first[column]) for column in GRID], "evaluation": evaluator.describe(),
-               "images": sorted(group["sha256"]), "version": 1}
+    content = {
+        "grid": [str(first[column]) for column in GRID_COLUMNS],
+        "evaluation": evaluator.describe(),
+        "images": sorted(group["sha256"]),
+        "version": EVALUATION_VERSION,
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -268,42 +285,40 @@ def check_evaluation_available(sweep: Sweep, options: EvaluateOptions) -> None:
         CLIP_MODELS.get("toy-clip")(context)
 
 
-def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+def _ordered(table: pd.DataFrame, stage_count: int) -> pd.DataFrame:
     """Grid and timing columns first, then each stage's columns in stage order, then the metrics."""
-    stage_columns = sorted((column for column in table.columns if column.startswith("stage")),
-                           key=lambda column: int(column[5:].split("_")[0]))
-    timing_end = list(table.columns).index("peak_memory_kind") + 1
-    leading = [column for column in table.columns[:timing_end] if column not in stage_columns]
-    rest = [column for column in table.columns[timing_end:] if column not in stage_columns]
-    return table[leading + stage_columns + rest]
+    stages = [column for column in stage_columns(stage_count, STAGE_METRIC_FIELDS) if column in table]
+    rest = [column for column in table.columns if column not in stages]
+    timing_end = rest.index("peak_memory_kind") + 1
+    return table[rest[:timing_end] + stages + rest[timing_end:]]
 
 
-def evaluate_run(run: Path, options: EvaluateOptions = EvaluateOptions()) -> pd.DataFrame:
-    """Compute every metric the run's sweep names, per grid point; write metrics.* and update samples.*.
+def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -> pd.DataFrame:
+    """Compute every metric the run's sweep names, per grid point; write metrics.*, scores.* and costs.*.
 
     Example:
         >>> evaluate_run(Path("results/toy"))[["preset", "sampler", "fid", "clip_score_mean"]]
     """
-    sweep, manifest, samples = read_run(run)
-    evaluator = Evaluator(run, sweep, manifest, options)
-    groups = [group for _, group in samples.groupby(GRID, sort=False)]
-    rows, per_image = [], []
+    run = read_run(run_path)
+    evaluator = Evaluator(run, options)
+    groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
+    rows, per_image, stage_count, evaluated = [], [], 0, 0
     for group in tqdm(groups, desc="evaluate", unit="grid point", disable=not options.progress):
-        stem = run / EVALUATION_DIR / _grid_key(evaluator, group)
-        row_path, images_path = stem.with_suffix(".parquet"), stem.parent / f"{stem.name}.images.parquet"
-        if row_path.is_file() and images_path.is_file() and not options.recompute:
-            rows.append(pd.read_parquet(row_path))
-            per_image.append(pd.read_parquet(images_path))
-            continue
-        row, scores = evaluate_grid_point(evaluator, group)
-        atomic_write_table(scores, images_path.with_suffix(""), csv=False)
-        atomic_write_table(pd.DataFrame([row]), row_path.with_suffix(""), csv=False)
-        rows.append(pd.DataFrame([row]))
+        folder = run.path / EVALUATION_DIR / _grid_key(evaluator, group)
+        row_path, scores_path = folder / "row.parquet", folder / "scores.parquet"
+        if row_path.is_file() and scores_path.is_file() and not options.recompute:
+            row, scores = pd.read_parquet(row_path), pd.read_parquet(scores_path)
+        else:
+            row, scores = evaluate_grid_point(evaluator, group)
+            row, evaluated = pd.DataFrame([row]), evaluated + 1
+            atomic_write_table(scores, scores_path.with_suffix(""), csv=False)
+            atomic_write_table(row, row_path.with_suffix(""), csv=False)
+        rows.append(row)
         per_image.append(scores)
-    table = _ordered(pd.concat(rows, ignore_index=True))
-    atomic_write_table(table, run / METRICS_TABLE)
-    scores = pd.concat(per_image, ignore_index=True)
-    generation_columns = [column for column in samples.columns if column == "image_path" or column not in scores.columns]
-    merged = samples[generation_columns].merge(scores, on="image_path", how="left", validate="one_to_one")
-    atomic_write_table(merged, run / SAMPLES)
+        stage_count = max(stage_count, len(run.stage_settings(*(group.iloc[0][column] for column in GRID_COLUMNS))))
+    table = _ordered(pd.concat(rows, ignore_index=True), stage_count)
+    atomic_write_table(table, run.path / METRICS)
+    atomic_write_table(pd.concat(per_image, ignore_index=True), run.path / SCORES)
+    if "flops" in run.resolved.sweep.metrics and (run.costs is None or evaluated):
+        atomic_write_table(evaluator.cost_table(), run.path / COSTS)
     return table

@@ -8,9 +8,9 @@ number means (clean-fid), and is recorded next to every metric.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class NetworkContext:
     """Where weights are found and where networks run."""
 
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     inception_weights: Path | None = None  # else $SUITE_INCEPTION_WEIGHTS, else the torch hub cache
 
 
@@ -84,7 +84,9 @@ def resize_and_normalise(size: int, mean: tuple[float, ...], std: tuple[float, .
     def preprocess(images: torch.Tensor) -> torch.Tensor:
         pixels = images.float() / 255
         if pixels.shape[-1] != size or pixels.shape[-2] != size:
-            pixels = F.interpolate(pixels, size=(size, size), mode=mode, antialias=True, align_corners=False).clamp(0, 1)
+            pixels = F.interpolate(pixels, size=(size, size), mode=mode, antialias=True, align_corners=False).clamp(
+                0, 1
+            )
         return (pixels - mean_tensor) / std_tensor
 
     return preprocess
@@ -110,24 +112,38 @@ def _openai_vit_l_14(context: NetworkContext) -> ClipModel:
 
     try:
         model = open_clip.create_model("ViT-L-14", pretrained="openai", device=context.device)
-    except Exception as error:  # noqa: BLE001 - any download / cache failure means the same to the user
-        raise UserError(f"CLIP model ViT-L-14 (pretrained 'openai') is not available offline: {error}".splitlines()[0]) from None
+    except Exception as error:
+        raise UserError(
+            f"CLIP model ViT-L-14 (pretrained 'openai') is not available offline: {error}".splitlines()[0]
+        ) from None
     model = model.eval().requires_grad_(False)
-    return ClipModel("openai-vit-l-14", "open_clip ViT-L-14 / openai", model, open_clip_tokenizer("ViT-L-14", 77),
-                     resize_and_normalise(224, OPENAI_MEAN, OPENAI_STD), "bicubic-224-antialias")
+    return ClipModel(
+        "openai-vit-l-14",
+        "open_clip ViT-L-14 / openai",
+        model,
+        open_clip_tokenizer("ViT-L-14", 77),
+        resize_and_normalise(224, OPENAI_MEAN, OPENAI_STD),
+        "bicubic-224-antialias",
+    )
 
 
 def _toy_clip(context: NetworkContext) -> ClipModel:
-    """The toy world's CLIP (suite.toy.evaluator), trained by `suite train toy`."""
-    from suite.toy import WEIGHTS, evaluator
+    """The toy world's CLIP (suite.toy.clip), trained by `suite train toy`."""
+    from suite.toy import WEIGHTS, clip
 
     folder = WEIGHTS / "toy-clip"
-    if not (folder / evaluator.WEIGHTS_FILE).is_file():
+    if not (folder / clip.WEIGHTS_FILE).is_file():
         raise UserError(f"the toy CLIP is missing from {folder}; rebuild it with `suite train toy`")
-    model = evaluator.load(folder, context.device)
-    size = evaluator.MODEL_CONFIG["vision_cfg"]["image_size"]
-    return ClipModel("toy-clip", f"open_clip toy CLIP ({folder.name})", model, evaluator.tokenize,
-                     resize_and_normalise(size, (0.5,) * 3, (0.5,) * 3, mode="bilinear"), f"bilinear-{size}-antialias")
+    model = clip.load(folder, context.device)
+    size = clip.MODEL_CONFIG["vision_cfg"]["image_size"]
+    return ClipModel(
+        "toy-clip",
+        f"open_clip toy CLIP ({folder.name})",
+        model,
+        clip.tokenize,
+        resize_and_normalise(size, (0.5,) * 3, (0.5,) * 3, mode="bilinear"),
+        f"bilinear-{size}-antialias",
+    )
 
 
 CLIP_MODELS: Registry[Callable[[NetworkContext], ClipModel]] = Registry("CLIP model")
@@ -156,14 +172,20 @@ def _inception(context: NetworkContext) -> FeatureNetwork:
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     path = inception_weights_path(context)
-    network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                 feature_extractor_weights_path=str(path)).to(context.device)
+    network = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+    ).to(context.device)
 
     def extract(images: torch.Tensor) -> torch.Tensor:
         return network(images.to(context.device)).cpu()
 
-    return FeatureNetwork("inception", f"torch-fidelity InceptionV3 ({INCEPTION_FILE})",
-                          "tf1-bilinear-299 (torch-fidelity)", 2048, extract)
+    return FeatureNetwork(
+        "inception",
+        f"torch-fidelity InceptionV3 ({INCEPTION_FILE})",
+        "tf1-bilinear-299 (torch-fidelity)",
+        2048,
+        extract,
+    )
 
 
 def _clip_features(context: NetworkContext) -> FeatureNetwork:

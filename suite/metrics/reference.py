@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,9 +64,15 @@ def _folder_images(folder: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     images = [np.asarray(Image.open(path).convert("RGB")) for path in files]
     sizes = {image.shape[:2] for image in images}
     if len(sizes) != 1:
-        raise UserError(f"reference folder {folder} mixes image sizes {sorted(sizes)[:3]}...; resize them to one size first")
-    description = {"folder": str(folder.resolve()), "count": len(files), "listing_sha256": listing.hexdigest()[:16],
-                   "resolution": int(images[0].shape[0])}
+        raise UserError(
+            f"reference folder {folder} mixes image sizes {sorted(sizes)[:3]}...; resize them to one size first"
+        )
+    description = {
+        "folder": str(folder.resolve()),
+        "count": len(files),
+        "listing_sha256": listing.hexdigest()[:16],
+        "resolution": int(images[0].shape[0]),
+    }
     return description, images
 
 

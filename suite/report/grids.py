@@ -46,26 +46,46 @@ def _path(run: Path, rows: pd.DataFrame) -> Path | None:
     return run / rows["image_path"].iloc[0] if len(rows) else None
 
 
-def guidance_by_steps(run: Path, samples: pd.DataFrame, preset: str, sampler: str, prompt_index: int,
-                      seed_index: int = 0) -> Image.Image:
+def guidance_by_steps(
+    run: Path, samples: pd.DataFrame, preset: str, sampler: str, prompt_index: int, seed_index: int = 0
+) -> Image.Image:
     """Rows = guidance scales, columns = step counts, for one prompt and seed."""
-    chosen = samples[(samples.preset == preset) & (samples.sampler == sampler)
-                     & (samples.prompt_index == prompt_index) & (samples.seed_index == seed_index)]
+    chosen = samples[
+        (samples.preset == preset)
+        & (samples.sampler == sampler)
+        & (samples.prompt_index == prompt_index)
+        & (samples.seed_index == seed_index)
+    ]
     guidance = sorted(chosen["guidance_scale"].unique())
     steps = sorted(chosen["num_inference_steps"].unique())
-    cells = [[_path(run, chosen[(chosen.guidance_scale == g) & (chosen.num_inference_steps == s)]) for s in steps]
-             for g in guidance]
-    return _labelled(cells, [f"cfg {g:g}" for g in guidance], [f"{s} steps" for s in steps])
+    cells = [
+        [_path(run, chosen[(chosen.guidance_scale == g) & (chosen.num_inference_steps == s)]) for s in steps]
+        for g in guidance
+    ]
+    return _labelled(cells, [f"guidance {g:g}" for g in guidance], [f"{s} steps" for s in steps])
 
 
-def families_side_by_side(run: Path, samples: pd.DataFrame, sampler: str, steps: int, guidance: float,
-                          prompt_indices: list[int], seed_index: int = 0) -> Image.Image:
+def families_side_by_side(
+    run: Path,
+    samples: pd.DataFrame,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    prompt_indices: list[int],
+    seed_index: int = 0,
+) -> Image.Image:
     """Rows = prompts, columns = presets: the same prompt and seed through each architecture."""
     presets = list(dict.fromkeys(samples["preset"]))
-    chosen = samples[(samples.sampler == sampler) & (samples.num_inference_steps == steps)
-                     & (samples.guidance_scale == guidance) & (samples.seed_index == seed_index)]
-    cells = [[_path(run, chosen[(chosen.preset == preset) & (chosen.prompt_index == index)]) for preset in presets]
-             for index in prompt_indices]
+    chosen = samples[
+        (samples.sampler == sampler)
+        & (samples.num_inference_steps == steps)
+        & (samples.guidance_scale == guidance)
+        & (samples.seed_index == seed_index)
+    ]
+    cells = [
+        [_path(run, chosen[(chosen.preset == preset) & (chosen.prompt_index == index)]) for preset in presets]
+        for index in prompt_indices
+    ]
     return _labelled(cells, [f"prompt {index}" for index in prompt_indices], presets)
 
 
@@ -86,6 +106,11 @@ def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float,
     path = folder / "families_side_by_side.png"
     families_side_by_side(run, samples, sampler, steps, guidance, prompt_indices).save(path, optimize=True)
     captions = "; ".join(f"prompt {index}: {texts[index]}" for index in prompt_indices)
-    grids.insert(0, Grid(f"latent vs cascaded, same prompt and seed ({sampler}, {steps} steps, guidance {guidance:g}). "
-                         f"{captions}", path))
+    grids.insert(
+        0,
+        Grid(
+            f"latent vs cascaded, same prompt and seed ({sampler}, {steps} steps, guidance {guidance:g}). {captions}",
+            path,
+        ),
+    )
     return grids

@@ -11,10 +11,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from suite.report.tables import quality_column  # noqa: E402
+from suite.report.tables import quality_column
 
 matplotlib.rcParams["svg.hashsalt"] = "diffusion-suite"
 
@@ -44,13 +44,22 @@ def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
     column = chosen[0]
     steps = metrics["num_inference_steps"].max()
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for (preset, sampler), group in metrics[metrics["num_inference_steps"] == steps].groupby(["preset", "sampler"], sort=False):
+    for (preset, sampler), group in metrics[metrics["num_inference_steps"] == steps].groupby(
+        ["preset", "sampler"], sort=False
+    ):
         group = group.sort_values("guidance_scale")
         axes.plot(group["clip_score_mean"], group[column], marker="o", label=f"{preset} / {sampler}")
         for row in group.itertuples():
-            axes.annotate(f"{row.guidance_scale:g}", (row.clip_score_mean, getattr(row, column)), fontsize=7,
-                          textcoords="offset points", xytext=(3, 3))
-    axes.set(xlabel="CLIP score (mean)", ylabel=column, title=f"{column} against CLIP score over guidance ({steps} steps)")
+            axes.annotate(
+                f"{row.guidance_scale:g}",
+                (row.clip_score_mean, getattr(row, column)),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
+    axes.set(
+        xlabel="CLIP score (mean)", ylabel=column, title=f"{column} against CLIP score over guidance ({steps} steps)"
+    )
     axes.legend(fontsize=7)
     return _save(figure, folder, "quality_vs_clip_score")
 
@@ -79,8 +88,9 @@ def quality_vs_steps(metrics: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 def seconds_vs_steps(metrics: pd.DataFrame, folder: Path) -> list[Path]:
-    figure = _per_preset_lines(metrics, "seconds_per_image_median", "seconds per image (median)",
-                               "seconds per image against steps")
+    figure = _per_preset_lines(
+        metrics, "seconds_per_image_median", "seconds per image (median)", "seconds per image against steps"
+    )
     return _save(figure, folder, "seconds_vs_steps")
 
 

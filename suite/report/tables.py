@@ -7,13 +7,29 @@ import math
 import numpy as np
 import pandas as pd
 
-GRID = ["preset", "sampler", "num_inference_steps", "guidance_scale"]
+from suite.results import recorded_stage_count, stage_column
+
 # Quality columns in order of preference for "best": (column, lower is better)
 QUALITY = (("fid", True), ("toy_correct", False), ("clip_score_mean", False), ("cmmd", True), ("kid_mean", True))
-SUMMARY_COLUMNS = ["preset", "sampler", "num_inference_steps", "guidance_scale", "n_images", "fid", "kid_mean",
-                   "cmmd", "clip_score_mean", "clip_score_ci95_low", "clip_score_ci95_high", "toy_correct",
-                   "toy_correct_single", "toy_correct_pair", "toy_correct_held_out_pair", "seconds_per_image_median",
-                   "gflops_per_image"]
+SUMMARY_COLUMNS = [
+    "preset",
+    "sampler",
+    "num_inference_steps",
+    "guidance_scale",
+    "n_images",
+    "fid",
+    "kid_mean",
+    "cmmd",
+    "clip_score_mean",
+    "clip_score_ci95_low",
+    "clip_score_ci95_high",
+    "toy_correct",
+    "toy_correct_single",
+    "toy_correct_pair",
+    "toy_correct_held_out_pair",
+    "seconds_per_image_median",
+    "gflops_per_image",
+]
 
 
 def quality_column(metrics: pd.DataFrame) -> tuple[str, bool] | None:
@@ -33,7 +49,7 @@ def _round_budget(seconds: float) -> float:
     """Budgets at 2 significant digits, so the table reads as round numbers."""
     if seconds <= 0:
         return seconds
-    digits = 1 - int(math.floor(math.log10(seconds)))
+    digits = 1 - math.floor(math.log10(seconds))
     return float(np.ceil(seconds * 10**digits) / 10**digits)
 
 
@@ -54,15 +70,17 @@ def best_at_budgets(metrics: pd.DataFrame, quantiles=(0.25, 0.5, 1.0)) -> pd.Dat
                 rows.append(row | {"best": math.nan})
                 continue
             best = within.sort_values([column, "seconds_per_image_median"], ascending=[lower_is_better, True]).iloc[0]
-            rows.append(row | {"best": best[column], "sampler": best["sampler"],
-                               "num_inference_steps": int(best["num_inference_steps"]),
-                               "guidance_scale": best["guidance_scale"],
-                               "seconds_per_image_median": best["seconds_per_image_median"]})
+            rows.append(
+                row
+                | {
+                    "best": best[column],
+                    "sampler": best["sampler"],
+                    "num_inference_steps": int(best["num_inference_steps"]),
+                    "guidance_scale": best["guidance_scale"],
+                    "seconds_per_image_median": best["seconds_per_image_median"],
+                }
+            )
     return pd.DataFrame(rows)
-
-
-def _stage_numbers(samples: pd.DataFrame) -> list[int]:
-    return sorted({int(column[5:].split("_")[0]) for column in samples.columns if column.endswith("_loop_s")})
 
 
 def time_per_stage(samples: pd.DataFrame) -> pd.DataFrame:
@@ -73,13 +91,23 @@ def time_per_stage(samples: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for preset, group in samples.groupby("preset", sort=False):
-        rows.append({"preset": preset, "part": "text encoding", "seconds_per_image": float(group["text_encode_s"].median())})
-        for number in _stage_numbers(group):
-            names = group[f"stage{number}_name"].dropna()
+        rows.append(
+            {"preset": preset, "part": "text encoding", "seconds_per_image": float(group["text_encode_s"].median())}
+        )
+        for number in range(1, recorded_stage_count(group) + 1):
+            names = group[stage_column(number, "name")].dropna()
             if not names.empty:
-                seconds = float((group[f"stage{number}_loop_s"] / group["batch_size"]).median())
-                rows.append({"preset": preset, "part": f"stage {number}: {names.iloc[0]}", "seconds_per_image": seconds})
+                seconds = float((group[stage_column(number, "loop_s")] / group["batch_size"]).median())
+                rows.append(
+                    {"preset": preset, "part": f"stage {number}: {names.iloc[0]}", "seconds_per_image": seconds}
+                )
         decode = float((group["decode_s"] / group["batch_size"]).median())
         rows.append({"preset": preset, "part": "decoding", "seconds_per_image": decode})
-        rows.append({"preset": preset, "part": "total (median image)", "seconds_per_image": float(group["seconds_per_image"].median())})
+        rows.append(
+            {
+                "preset": preset,
+                "part": "total (median image)",
+                "seconds_per_image": float(group["seconds_per_image"].median()),
+            }
+        )
     return pd.DataFrame(rows)

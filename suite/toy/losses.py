@@ -20,7 +20,9 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
     return torch.clamp(snr, max=gamma) / snr
 
 
-def epsilon_loss(scheduler: DDPMScheduler, predicted: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def epsilon_loss(
+    scheduler: DDPMScheduler, predicted: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     per_sample = F.mse_loss(predicted.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
     return (min_snr_weights(scheduler, timesteps) * per_sample).mean()
 
@@ -43,7 +45,9 @@ def learned_range_vlb(
     alphas_cumprod = scheduler.alphas_cumprod.to(clean.device)
     alpha_t = _gather(alphas_cumprod, timesteps)
     previous = torch.where(timesteps > 0, timesteps - 1, torch.zeros_like(timesteps))
-    alpha_prev = torch.where(timesteps.view(-1, 1, 1, 1) > 0, _gather(alphas_cumprod, previous), torch.ones_like(alpha_t))
+    alpha_prev = torch.where(
+        timesteps.view(-1, 1, 1, 1) > 0, _gather(alphas_cumprod, previous), torch.ones_like(alpha_t)
+    )
     beta_t = 1 - alpha_t / alpha_prev
     posterior_variance = torch.clamp((1 - alpha_prev) / (1 - alpha_t) * beta_t, min=1e-20)
     coefficient_clean = beta_t * alpha_prev.sqrt() / (1 - alpha_t)
@@ -54,7 +58,12 @@ def learned_range_vlb(
     fraction = (model_variance.float() + 1) / 2
     model_log_variance = fraction * torch.log(beta_t) + (1 - fraction) * torch.log(posterior_variance)
     true_log_variance = torch.log(posterior_variance)
-    kl = 0.5 * (-1 + model_log_variance - true_log_variance + torch.exp(true_log_variance - model_log_variance)
-                + (true_mean - model_mean) ** 2 * torch.exp(-model_log_variance))
+    kl = 0.5 * (
+        -1
+        + model_log_variance
+        - true_log_variance
+        + torch.exp(true_log_variance - model_log_variance)
+        + (true_mean - model_mean) ** 2 * torch.exp(-model_log_variance)
+    )
     kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)
     return (kl * (timesteps > 0).float()).mean()

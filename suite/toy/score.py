@@ -47,7 +47,7 @@ def detect(image: np.ndarray) -> list[DetectedObject]:
     labels = np.where(distances.min(axis=-1) <= MAX_COLOUR_DISTANCE, distances.argmin(axis=-1), -1)
     objects = []
     for index, colour in enumerate(PALETTE_NAMES[1:], start=1):
-        regions, count = ndimage.label(labels == index)
+        regions, _ = ndimage.label(labels == index)
         for region, box in enumerate(ndimage.find_objects(regions), start=1):
             mask = regions[box] == region
             area = int(mask.sum())
@@ -84,8 +84,14 @@ def score_image(image: np.ndarray, caption: Caption) -> dict[str, float]:
             first, second = (by_thing[(thing.colour, thing.shape)] for thing in expected)
             relation = float(relation_between(first, second) == caption.relation)
     correct = binding and (caption.relation is None or relation == 1.0)
-    return {"count": float(count), "colour": float(colours), "shape": float(shapes), "binding": float(binding),
-            "relation": relation, "correct": float(correct)}
+    return {
+        "count": float(count),
+        "colour": float(colours),
+        "shape": float(shapes),
+        "binding": float(binding),
+        "relation": relation,
+        "correct": float(correct),
+    }
 
 
 def score_prompt_image(image: np.ndarray, prompt: str) -> dict[str, float]:

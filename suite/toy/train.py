@@ -16,19 +16,19 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from suite.toy import evaluator, models, world
+from suite.text import NEGATIVE_PROMPT
+from suite.toy import clip, models, world
 from suite.toy.losses import epsilon_loss, learned_range_vlb
 
-NEGATIVE_PROMPT = ""
 VLB_WEIGHT = 0.001  # Improved DDPM's lambda for the variance term of L_hybrid
 
 
@@ -50,10 +50,20 @@ class Recipe:
 
 
 RECIPES = {
-    "vae": Recipe("vae", iterations=1200, batch_size=16, learning_rate=1e-3, seed=1, ema_decay=0.0, caption_dropout=0.0),
+    "vae": Recipe(
+        "vae", iterations=1200, batch_size=16, learning_rate=1e-3, seed=1, ema_decay=0.0, caption_dropout=0.0
+    ),
     "latent": Recipe("latent", iterations=5000, batch_size=32, learning_rate=5e-4, seed=2),
-    "clip": Recipe("clip", iterations=2000, batch_size=128, learning_rate=1e-3, seed=3, ema_decay=0.0, caption_dropout=0.0,
-                   cosine_decay=True),
+    "clip": Recipe(
+        "clip",
+        iterations=2000,
+        batch_size=128,
+        learning_rate=1e-3,
+        seed=3,
+        ema_decay=0.0,
+        caption_dropout=0.0,
+        cosine_decay=True,
+    ),
     "base": Recipe("base", iterations=4000, batch_size=32, learning_rate=5e-4, seed=4),
     "super_resolution": Recipe("super_resolution", iterations=2000, batch_size=16, learning_rate=5e-4, seed=5),
 }
@@ -119,7 +129,9 @@ class VaeJob(Job):
         vae = self.trained["vae"]
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        return F.mse_loss(reconstruction, images) + 0.1 * F.l1_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
+        return (
+            F.mse_loss(reconstruction, images) + 0.1 * F.l1_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
+        )
 
     def export(self, trained, folder):
         vae = trained["vae"].eval().half().float()  # evaluate what ships: fp16 weights
@@ -148,7 +160,9 @@ class DiffusionJob(Job):
 
     def diffusion_loss(self, unet, clean, states, generator, conditioning=None, class_labels=None) -> torch.Tensor:
         noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(clean),), generator=generator)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (len(clean),), generator=generator
+        )
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         model_input = noisy if conditioning is None else torch.cat([noisy, conditioning], dim=1)
         output = unet(model_input, timesteps, encoder_hidden_states=states, class_labels=class_labels).sample
@@ -242,15 +256,27 @@ class SuperResolutionJob(DiffusionJob):
         size = images.shape[-1]
         low_res = F.avg_pool2d(images, 64 // models.BASE_SIZE)
         upsampled = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=True)
-        levels = torch.randint(0, self.image_noising_scheduler.config.num_train_timesteps, (len(images),), generator=generator)
-        augmented = self.image_noising_scheduler.add_noise(upsampled, torch.randn(upsampled.shape, generator=generator), levels)
-        top, left = (int(value) for value in torch.randint(0, size - SUPER_RESOLUTION_CROP + 1, (2,), generator=generator))
-        crop = (slice(None), slice(None), slice(top, top + SUPER_RESOLUTION_CROP), slice(left, left + SUPER_RESOLUTION_CROP))
+        levels = torch.randint(
+            0, self.image_noising_scheduler.config.num_train_timesteps, (len(images),), generator=generator
+        )
+        augmented = self.image_noising_scheduler.add_noise(
+            upsampled, torch.randn(upsampled.shape, generator=generator), levels
+        )
+        top, left = (
+            int(value) for value in torch.randint(0, size - SUPER_RESOLUTION_CROP + 1, (2,), generator=generator)
+        )
+        crop = (
+            slice(None),
+            slice(None),
+            slice(top, top + SUPER_RESOLUTION_CROP),
+            slice(left, left + SUPER_RESOLUTION_CROP),
+        )
         input_ids, mask = self.tokens(drop_captions(captions, self.recipe.caption_dropout, generator))
         with torch.no_grad():
             states = self.text_encoder(input_ids, attention_mask=mask)[0]
-        return self.diffusion_loss(self.trained["unet"], images[crop], states, generator,
-                                   conditioning=augmented[crop], class_labels=levels)
+        return self.diffusion_loss(
+            self.trained["unet"], images[crop], states, generator, conditioning=augmented[crop], class_labels=levels
+        )
 
     def export(self, trained, folder):
         trained["unet"].half().save_pretrained(folder / "unet")
@@ -268,7 +294,7 @@ class ClipJob(Job):
 
     def __init__(self, recipe: Recipe, work: Path):
         super().__init__(recipe, work)
-        self.trained = {"clip": evaluator.build()}
+        self.trained = {"clip": clip.build()}
         scenes: dict[tuple, list] = {}
         for caption in world.all_captions():
             scenes.setdefault(caption.scene, []).append(caption)
@@ -279,17 +305,17 @@ class ClipJob(Job):
         groups = rng.choice(len(self.scenes), self.recipe.batch_size, replace=False)
         chosen = [self.scenes[group][rng.integers(len(self.scenes[group]))] for group in groups]
         images = images_to_tensor(np.stack([world.draw_caption(caption, rng) for caption in chosen]))
-        tokens, _ = evaluator.tokenize([caption.text for caption in chosen])
+        tokens, _ = clip.tokenize([caption.text for caption in chosen])
         model = self.trained["clip"]
-        image_features, text_features, logit_scale = model(images, tokens)  # [-1, 1] images = evaluator.normalise
+        image_features, text_features, logit_scale = model(images, tokens)  # images in [-1, 1], the tower's input range
         logits = logit_scale * image_features @ text_features.T
         labels = torch.arange(len(chosen))
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     def export(self, trained, folder):
         model = trained["clip"].eval()
-        evaluator.save(model, folder)
-        return {"held_out_top1": retrieval_top1(evaluator.load(folder))}
+        clip.save(model, folder)
+        return {"held_out_top1": retrieval_top1(clip.load(folder))}
 
 
 def retrieval_top1(model: torch.nn.Module, images_per_caption: int = 1, seed: int = 4242) -> float:
@@ -301,7 +327,7 @@ def retrieval_top1(model: torch.nn.Module, images_per_caption: int = 1, seed: in
     rng = np.random.default_rng(seed)
     captions = world.all_captions() * images_per_caption
     images = images_to_tensor(np.stack([world.draw_caption(caption, rng) for caption in captions]))
-    tokens, _ = evaluator.tokenize([caption.text for caption in world.all_captions()])
+    tokens, _ = clip.tokenize([caption.text for caption in world.all_captions()])
     with torch.no_grad():
         text = F.normalize(model.encode_text(tokens), dim=-1)
         image = torch.cat([F.normalize(model.encode_image(chunk), dim=-1) for chunk in images.split(256)])
@@ -311,7 +337,11 @@ def retrieval_top1(model: torch.nn.Module, images_per_caption: int = 1, seed: in
 
 
 JOBS: dict[str, Callable[[Recipe, Path], Job]] = {
-    "vae": VaeJob, "latent": LatentJob, "clip": ClipJob, "base": BaseJob, "super_resolution": SuperResolutionJob,
+    "vae": VaeJob,
+    "latent": LatentJob,
+    "clip": ClipJob,
+    "base": BaseJob,
+    "super_resolution": SuperResolutionJob,
 }
 
 
@@ -324,9 +354,13 @@ def _learning_rate(recipe: Recipe, step: int) -> float:
 
 
 def _save_checkpoint(path: Path, job: Job, ema: dict, optimizer, step: int, seconds: float) -> None:
-    state = {"step": step, "seconds": seconds, "optimizer": optimizer.state_dict(),
-             "trained": {name: module.state_dict() for name, module in job.trained.items()},
-             "ema": {name: module.state_dict() for name, module in ema.items()}}
+    state = {
+        "step": step,
+        "seconds": seconds,
+        "optimizer": optimizer.state_dict(),
+        "trained": {name: module.state_dict() for name, module in job.trained.items()},
+        "ema": {name: module.state_dict() for name, module in ema.items()},
+    }
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
@@ -370,8 +404,10 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
         if done % recipe.log_every == 0 or done == recipe.iterations:
             elapsed = time.perf_counter() - began
             rate = (done - start) / max(elapsed - seconds, 1e-9)
-            log(f"[{recipe.name}] {done}/{recipe.iterations} loss {np.mean(losses[-recipe.log_every:]):.4f} "
-                f"{rate * recipe.batch_size:.0f} img/s, {elapsed / 60:.1f} min, eta {(recipe.iterations - done) / rate / 60:.1f} min")
+            log(
+                f"[{recipe.name}] {done}/{recipe.iterations} loss {np.mean(losses[-recipe.log_every :]):.4f} "
+                f"{rate * recipe.batch_size:.0f} img/s, {elapsed / 60:.1f} min, eta {(recipe.iterations - done) / rate / 60:.1f} min"
+            )
         if done % recipe.checkpoint_every == 0 or done == recipe.iterations:
             _save_checkpoint(checkpoint, job, ema, optimizer, done, time.perf_counter() - began)
     seconds = time.perf_counter() - began
@@ -381,10 +417,15 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     summary = {
-        "recipe": asdict(recipe), "images_seen": recipe.iterations * recipe.batch_size, "wall_seconds": round(seconds, 1),
+        "recipe": asdict(recipe),
+        "images_seen": recipe.iterations * recipe.batch_size,
+        "wall_seconds": round(seconds, 1),
         "parameters": {name: sum(p.numel() for p in module.parameters()) for name, module in ema.items()},
-        "device": "cpu", "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, **evaluation,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        **evaluation,
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     log(f"[{recipe.name}] done in {seconds / 60:.1f} min: {json.dumps(evaluation)}")
@@ -411,11 +452,19 @@ def run_track(names: tuple[str, ...], work: str, threads: int) -> list[dict]:
 def assemble(work: Path, out: Path) -> None:
     """Lay the finished models out as the shipped presets + evaluator, with training.json."""
     layout = {
-        "toy-latent": {"vae": "vae/final/vae", "unet": "latent/final/unet", "text_encoder": "latent/final/text_encoder",
-                       "tokenizer": "latent/final/tokenizer", "scheduler": "latent/final/scheduler"},
-        "toy-cascaded/stage_1": {name: f"base/final/{name}" for name in ("unet", "text_encoder", "tokenizer", "scheduler")},
-        "toy-cascaded/stage_2": {name: f"super_resolution/final/{name}"
-                                 for name in ("unet", "scheduler", "image_noising_scheduler")},
+        "toy-latent": {
+            "vae": "vae/final/vae",
+            "unet": "latent/final/unet",
+            "text_encoder": "latent/final/text_encoder",
+            "tokenizer": "latent/final/tokenizer",
+            "scheduler": "latent/final/scheduler",
+        },
+        "toy-cascaded/stage_1": {
+            name: f"base/final/{name}" for name in ("unet", "text_encoder", "tokenizer", "scheduler")
+        },
+        "toy-cascaded/stage_2": {
+            name: f"super_resolution/final/{name}" for name in ("unet", "scheduler", "image_noising_scheduler")
+        },
         "toy-clip": {"": "clip/final"},
     }
     staging = out.with_name(out.name + ".tmp")
@@ -432,8 +481,8 @@ def assemble(work: Path, out: Path) -> None:
 
 def train_toy(work: Path, out: Path, jobs: int = 2) -> None:
     """Run every recipe (tracks in parallel when ``jobs`` > 1), then assemble the shipped folder."""
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     work.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1

@@ -29,7 +29,9 @@ def _one_step(pipeline, stage_index: int, low_res=None):
     if stage.conditioning is not None:
         conditioning = torch.randn(len(PROMPTS), 3, *size)
         labels = torch.full((len(PROMPTS),), 250)
-    denoiser = GuidedUNet(stage.unet, cache.lookup(PROMPTS), cache.lookup([""] * len(PROMPTS)), 7.5, conditioning, labels)
+    denoiser = GuidedUNet(
+        stage.unet, cache.lookup(PROMPTS), cache.lookup([""] * len(PROMPTS)), 7.5, conditioning, labels
+    )
     scheduler = make_scheduler("ddim", stage.scheduler_config)
     scheduler.set_timesteps(20)
     timestep = scheduler.timesteps[0]
@@ -64,7 +66,9 @@ def test_one_whole_image(benchmark, backend, latent_pipeline, cascade_pipeline):
     if backend == "cascaded":
         pipeline.stages = pipeline.stages[:2]
     pipeline.encode(PROMPTS[:1], PROMPTS[:1], CLOCK)
-    settings = [StageSettings("dpm-solver++", 20, 7.5)] + [StageSettings("dpm-solver++", 20, 4.0, 250)] * (len(pipeline.stages) - 1)
+    settings = [StageSettings("dpm-solver++", 20, 7.5)] + [StageSettings("dpm-solver++", 20, 4.0, 250)] * (
+        len(pipeline.stages) - 1
+    )
     benchmark.group = "one whole image"
 
     def image():

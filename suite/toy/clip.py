@@ -23,7 +23,14 @@ PAD, START, END = 0, len(WORDS) + 1, len(WORDS) + 2
 VOCABULARY = {word: index + 1 for index, word in enumerate(WORDS)}
 MODEL_CONFIG = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8, "mlp_ratio": 4.0},
+    "vision_cfg": {
+        "image_size": IMAGE_SIZE,
+        "layers": 4,
+        "width": 128,
+        "head_width": 32,
+        "patch_size": 8,
+        "mlp_ratio": 4.0,
+    },
     "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": END + 1, "width": 128, "heads": 4, "layers": 2},
 }
 
@@ -40,16 +47,13 @@ def tokenize(prompts: list[str]) -> tuple[torch.Tensor, int]:
     return torch.tensor(rows, dtype=torch.long), truncated
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] NCHW images to the tower's input range [-1, 1]."""
-    return images * 2 - 1
-
-
 def build() -> torch.nn.Module:
     """A randomly initialised toy CLIP (open_clip's CLIP class from MODEL_CONFIG)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    return CLIP(MODEL_CONFIG["embed_dim"], CLIPVisionCfg(**MODEL_CONFIG["vision_cfg"]), CLIPTextCfg(**MODEL_CONFIG["text_cfg"]))
+    return CLIP(
+        MODEL_CONFIG["embed_dim"], CLIPVisionCfg(**MODEL_CONFIG["vision_cfg"]), CLIPTextCfg(**MODEL_CONFIG["text_cfg"])
+    )
 
 
 def save(model: torch.nn.Module, folder: Path) -> None:
