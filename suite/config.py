@@ -17,10 +17,19 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from suite.errors import UserError
 from suite.metrics import DISTRIBUTION_METRICS, METRICS
@@ -28,6 +37,9 @@ from suite.presets import PRESETS
 from suite.prompts import PROMPT_SETS, read_prompt_file
 from suite.registry import Registry
 from suite.samplers import SAMPLERS
+
+# A number in YAML: an int or a float, never a bool or a string (``true`` is not a guidance scale).
+Number = Annotated[StrictFloat | StrictInt, Field(union_mode="left_to_right")]
 
 
 class Frozen(BaseModel):
@@ -40,9 +52,9 @@ class StageOverride(Frozen):
     """Fixed values for one stage of a preset, replacing what the grid or preset would give it."""
 
     sampler: str | None = None
-    num_inference_steps: int | None = Field(default=None, ge=1, alias="steps")
-    guidance_scale: float | None = Field(default=None, ge=0, alias="guidance")
-    noise_level: int | None = Field(default=None, ge=0, le=999)
+    num_inference_steps: int | None = Field(default=None, ge=1, alias="steps", strict=True)
+    guidance_scale: Number | None = Field(default=None, ge=0, alias="guidance")
+    noise_level: int | None = Field(default=None, ge=0, le=999, strict=True)
     strength: float | None = Field(default=None, gt=0, le=1)  # pixel SR: start partway from the upsampled image
 
     @field_validator("sampler")
@@ -64,7 +76,7 @@ class PromptSpec(Frozen):
     set: str | None = None
     file: str | None = None
     list: tuple[str, ...] | None = None
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, strict=True)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptSpec:
@@ -83,8 +95,8 @@ class ReferenceSpec(Frozen):
     builtin: str | None = None
     folder: str | None = None
     statistics: str | None = None
-    count: int = Field(default=2048, ge=2)  # images drawn from a built-in generator
-    seed: int = Field(default=0, ge=0)
+    count: int = Field(default=2048, ge=2, strict=True)  # images drawn from a built-in generator
+    seed: int = Field(default=0, ge=0, strict=True)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ReferenceSpec:
@@ -123,13 +135,13 @@ class Sweep(Frozen):
     """A sweep as written in YAML; ``resolve`` turns it into a ResolvedSweep."""
 
     name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, strict=True)
     presets: tuple[str, ...] = Field(min_length=1)
     samplers: tuple[str, ...] = Field(min_length=1)
-    num_inference_steps: tuple[int, ...] = Field(min_length=1, alias="steps")
-    guidance_scale: tuple[float, ...] = Field(min_length=1, alias="guidance")
-    seeds_per_prompt: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    num_inference_steps: tuple[StrictInt, ...] = Field(min_length=1, alias="steps")
+    guidance_scale: tuple[Number, ...] = Field(min_length=1, alias="guidance")
+    seeds_per_prompt: int = Field(default=1, ge=1, strict=True)
+    batch_size: int = Field(default=8, ge=1, strict=True)
     prompts: PromptSpec
     stages: dict[str, dict[str, StageOverride]] = Field(default_factory=dict)
     metrics: tuple[str, ...] = ()
@@ -175,6 +187,14 @@ class Sweep(Frozen):
             values = getattr(self, axis)
             if len(set(values)) != len(values):
                 raise ValueError(f"{key}: values repeat: {list(values)}")
+        folders = {}
+        for value in self.guidance_scale:  # image folders are named steps<N>_guidance<G> with G as "{:g}"
+            if f"{value:g}" in folders:
+                raise ValueError(
+                    f"guidance: {folders[f'{value:g}']} and {value} name the same image folder "
+                    f"(guidance{value:g}); use values that differ in 6 significant digits"
+                )
+            folders[f"{value:g}"] = value
         for preset_name, overrides in self.stages.items():
             if preset_name not in self.presets:
                 raise ValueError(f"stage overrides for {preset_name!r}, which is not in presets {list(self.presets)}")
@@ -201,8 +221,13 @@ class ResolvedSweep(Frozen):
         return data
 
     def config_hash(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return content_hash(self.to_dict())
+
+
+def content_hash(data: Any) -> str:
+    """A stable short hash of JSON-like data: the same content gives the same hash on any machine."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _known(registry: Registry, name: str) -> str:
@@ -213,9 +238,9 @@ def _known(registry: Registry, name: str) -> str:
 
 def _first_error_line(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "sweep"
+    parts = [str(part) for part in first["loc"] if part not in ("float", "int")]  # drop the Number union's branches
     message = first["msg"].removeprefix("Value error, ")
-    return f"{source}: {where}: {message}"
+    return f"{source}: {'.'.join(parts)}: {message}" if parts else f"{source}: {message}"
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
@@ -225,6 +250,8 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
         return Sweep.model_validate(data)
     except ValidationError as error:
         raise UserError(_first_error_line(source, error)) from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a sweep") from None
 
 
 def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSweep:
@@ -241,7 +268,24 @@ def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSwee
         prompts = prompts[: spec.limit]
     if not prompts:
         raise UserError(f"{source}: prompts: the prompt set is empty")
-    return ResolvedSweep(sweep=sweep, prompt_texts=tuple(prompts))
+    return ResolvedSweep(sweep=_absolute_reference(sweep, base_dir), prompt_texts=tuple(prompts))
+
+
+def _absolute_reference(sweep: Sweep, base_dir: Path) -> Sweep:
+    """A reference folder or statistics file given relative to the sweep file, made absolute (as prompt files are
+    read relative to it), so a run folder's config names the same files wherever it is evaluated from."""
+    reference = sweep.evaluation.reference
+    if reference is None:
+        return sweep
+    paths = {}
+    for key in ("folder", "statistics"):
+        value = getattr(reference, key)
+        if value is not None and not Path(value).is_absolute():
+            paths[key] = str((base_dir / value).resolve())
+    if not paths:
+        return sweep
+    evaluation = sweep.evaluation.model_copy(update={"reference": reference.model_copy(update=paths)})
+    return sweep.model_copy(update={"evaluation": evaluation})
 
 
 def load_sweep(path: Path) -> ResolvedSweep:
@@ -249,10 +293,16 @@ def load_sweep(path: Path) -> ResolvedSweep:
     if not path.is_file():
         raise UserError(f"sweep file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save the sweep file as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply to be a sweep") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key != "config_hash"}  # a run's config.yaml is a sweep
     sweep = parse_sweep(data, str(path))
     return resolve(sweep, path.parent, str(path))

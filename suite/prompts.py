@@ -43,19 +43,31 @@ PROMPT_SETS.register(
 )
 
 
+def _csv_prompts(path: Path, text: str) -> list[str]:
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is not None and "prompt" not in reader.fieldnames:
+        raise UserError(f"{path}: a CSV prompt file needs a 'prompt' column, found {reader.fieldnames}")
+    prompts = []
+    for row in reader:
+        if row.get("prompt") is None:
+            raise UserError(f"{path}:{reader.line_num}: the row has no 'prompt' field")
+        prompts.append(row["prompt"].strip())
+    return prompts
+
+
 def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line (.txt), a 'prompt' column (.csv), or a 'prompt' field per line (.jsonl)."""
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save the prompt file as UTF-8") from None
     if suffix == ".txt":
         prompts = [line.strip() for line in text.splitlines()]
     elif suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        if rows and "prompt" not in rows[0]:
-            raise UserError(f"{path}: a CSV prompt file needs a 'prompt' column")
-        prompts = [row["prompt"].strip() for row in rows]
+        prompts = _csv_prompts(path, text)
     elif suffix == ".jsonl":
         prompts = []
         for number, line in enumerate(text.splitlines(), start=1):

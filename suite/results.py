@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-import yaml
 
 from suite.errors import UserError
 
@@ -78,17 +77,49 @@ def stage_record(number: int, settings: StageSettings, timing: StageTiming) -> d
     return {stage_column(number, field): values[field] for field in (*STAGE_SETTINGS, *STAGE_TIMINGS)}
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under this process's umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over the target."""
+    """Write to a temporary file in the same folder, flush it to disk, then rename over the target.
+
+    The temporary file gets the mode the umask gives ordinary files (mkstemp's are private), and
+    the folder is synced after the rename, so a crash leaves the old file or the new one, whole.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -109,7 +140,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def ensure_writable(folder: Path) -> None:
-    """Fail with one line, before anything is written, if ``folder`` cannot be created or written."""
+    """Fail with one line, before anything is written, if ``folder`` cannot be created or written.
+
+    Permission bits are not enough (root may write anywhere, /proc and /sys refuse new files), so a
+    temporary file is created and removed in the nearest existing folder.
+    """
     probe = folder
     while not probe.exists():
         if probe.parent == probe:
@@ -117,22 +152,11 @@ def ensure_writable(folder: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"output folder {folder} is not writable: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {folder} is not writable: no write permission on {probe}")
-
-
-def write_config(run: Path, config: dict[str, Any], config_hash: str) -> None:
-    """Write config.yaml, or check that a resumed run folder holds the same sweep."""
-    path = run / "config.yaml"
-    if path.exists():
-        existing = yaml.safe_load(path.read_text()) or {}
-        if existing.get("config_hash") != config_hash:
-            raise UserError(
-                f"{run} holds a different sweep (config hash {existing.get('config_hash')} != {config_hash}); "
-                "choose another --out"
-            )
-        return
-    atomic_write_text(path, yaml.safe_dump({"config_hash": config_hash, **config}, sort_keys=False))
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise UserError(f"output folder {folder} is not writable: {error.strerror or error} in {probe}") from None
 
 
 def _git_state() -> dict[str, Any]:
@@ -188,17 +212,16 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_manifest(
-    run: Path, device: torch.device, dtypes: dict[str, Any], models: dict[str, Any], seeds: dict[str, Any]
-) -> None:
+def write_manifest(run: Path, device: torch.device, environment: Any, seeds: dict[str, Any], fresh: bool) -> None:
     """manifest.json: versions, git commit + dirty flag, hardware, dtypes, model sources, seeds.
 
-    A resumed run keeps the manifest of its first process and records later invocations.
+    ``fresh``: a new run's manifest; otherwise the first process's manifest is kept and this
+    invocation is appended to ``resumed_by``.
     """
     path = run / "manifest.json"
-    invocation = {"argv": sys.argv, "device": str(device), "dtypes": dtypes}
-    if path.exists():
+    if not fresh and path.is_file():
         manifest = json.loads(path.read_text())
+        invocation = {"argv": sys.argv, "device": str(device), "dtypes": dict(environment.dtypes)}
         manifest.setdefault("resumed_by", []).append(invocation)
     else:
         manifest = {
@@ -207,8 +230,8 @@ def write_manifest(
             "git": _git_state(),
             "versions": _versions(),
             "hardware": _hardware(device),
-            "dtypes": dtypes,
-            "models": models,
+            "dtypes": dict(environment.dtypes),
+            "models": dict(environment.models),
             "seeds": seeds,
         }
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -266,8 +289,9 @@ def _table(run: Path, name: str) -> pd.DataFrame | None:
 
 
 def read_run(run: Path) -> RunFolder:
-    """Read a finished run folder; one clear line if it is not one."""
+    """Read a finished run folder; one clear line if it is not one, or if its config.yaml was edited."""
     from suite.config import parse_sweep, resolve
+    from suite.resume import HASH_KEY, read_config
 
     config_path = run / "config.yaml"
     if not config_path.is_file():
@@ -275,8 +299,8 @@ def read_run(run: Path) -> RunFolder:
     samples = _table(run, SAMPLES)
     if samples is None:
         raise UserError(f"{run} is not finished (no {SAMPLES}.parquet); re-run its sweep to complete it")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    sweep = parse_sweep({key: value for key, value in config.items() if key != "config_hash"}, str(config_path))
+    config = read_config(run)
+    sweep = parse_sweep({key: value for key, value in config.items() if key != HASH_KEY}, str(config_path))
     manifest_path = run / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return RunFolder(

@@ -16,24 +16,22 @@ from tqdm.auto import tqdm
 
 from suite.backends import BACKENDS
 from suite.config import ResolvedSweep
-from suite.devices import load_options, resolve_device
-from suite.errors import UserError
+from suite.devices import load_options
 from suite.grid import WorkItem, expand, shard
-from suite.loading import check_available, describe_location
+from suite.loading import describe_location
 from suite.pipeline import TextToImagePipeline
-from suite.presets import PRESETS, Preset, materialise
+from suite.preflight import check_generation
+from suite.presets import Preset
 from suite.results import (
     SAMPLES,
     atomic_write_bytes,
     atomic_write_table,
     collect_samples,
-    ensure_writable,
     item_path,
     sha256_bytes,
     stage_record,
-    write_config,
-    write_manifest,
 )
+from suite.resume import Environment, claim, open_run, release, verify_items
 from suite.text import NEGATIVE_PROMPT
 from suite.timing import Clock, peak_memory, reset_peak_memory
 
@@ -57,29 +55,22 @@ class RunSummary:
     items_generated: int
     images_generated: int
     complete: bool
+    repaired: dict[str, str] = field(default_factory=dict)  # item id -> why its files could not be trusted
+    items_held_elsewhere: int = 0  # claimed by another live process on this run folder
 
 
-def prepare_presets(resolved: ResolvedSweep, model_dirs: dict[str, Path]) -> dict[str, Preset]:
-    """Each preset of the sweep, pointed at its local folder if given, checked to be loadable."""
-    unknown = sorted(set(model_dirs) - set(resolved.sweep.presets))
-    if unknown:
-        raise UserError(
-            f"--model-dir names {unknown[0]!r}, which is not a preset of this sweep: "
-            f"{', '.join(resolved.sweep.presets)}"
-        )
-    presets = {}
-    for name in resolved.sweep.presets:
-        preset = PRESETS.get(name)
-        if name in model_dirs:
-            preset = replace(preset, local_dir=Path(model_dirs[name]))
-        preset = materialise(preset)
-        check_available(preset)
-        presets[name] = preset
-    return presets
+SEED_RULE = {
+    "rule": "sha256(f'{sweep_seed}/{prompt_index}/{seed_index}')[:8] & (2**63-1)",
+    "generator": "torch.Generator('cpu'), one per image",
+}
 
 
 def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -> RunSummary:
     """Generate every image of this shard's work items that the run folder does not hold yet.
+
+    Everything the run depends on is checked first (``preflight``); the folder is then opened or
+    resumed (``resume.open_run``), finished items are verified against their recorded hashes and
+    damaged ones regenerated, and each item is claimed before it is generated.
 
     Args:
         resolved: the validated sweep with its prompts.
@@ -90,49 +81,43 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     Example:
         >>> run_sweep(load_sweep(Path("experiments/tiny.yaml")), RunOptions(Path("results/tiny")))
     """
-    device = resolve_device(options.device)
-    ensure_writable(options.out)
-    presets = prepare_presets(resolved, options.model_dirs)
+    device, presets = check_generation(resolved, options)
     items = expand(resolved)
     mine = shard(items, options.rank, options.world_size)
 
     run = options.out
-    run.mkdir(parents=True, exist_ok=True)
-    write_config(run, resolved.to_dict(), resolved.config_hash())
-    write_manifest(
-        run,
-        device,
-        _dtypes(presets, device, options.dtype),
-        _model_sources(presets),
-        {
-            "sweep_seed": resolved.sweep.seed,
-            "rule": "sha256(f'{sweep_seed}/{prompt_index}/{seed_index}')[:8] & (2**63-1)",
-            "generator": "torch.Generator('cpu'), one per image",
-        },
-    )
+    environment = Environment(device.type, _dtypes(presets, device, options.dtype), _model_sources(presets))
+    open_run(run, resolved, device, environment, {"sweep_seed": resolved.sweep.seed, **SEED_RULE})
+    finished, damaged = verify_items(run, mine)
+    for item_id in damaged:
+        item_path(run, item_id).unlink(missing_ok=True)
 
-    todo = [item for item in mine if not item_path(run, item.id).exists()]
-    done_images = sum(len(item.images) for item in mine) - sum(len(item.images) for item in todo)
+    todo = [item for item in mine if item.id not in finished]
     progress = tqdm(
         total=sum(len(item.images) for item in mine),
-        initial=done_images,
+        initial=sum(len(item.images) for item in mine if item.id in finished),
         unit="img",
         disable=not options.progress,
         desc=resolved.sweep.name,
     )
-    images_generated = 0
-    for preset_name, group in itertools.groupby(todo, key=lambda item: item.preset):
-        group = list(group)
-        preset = presets[preset_name]
-        pipeline = BACKENDS.get(preset.backend).load(preset, load_options(preset, device, options.dtype))
-        clock = Clock(device)
-        _warm_up(pipeline, group[0], clock)
-        needed = sorted({image.prompt for item in group for image in item.images})
-        pipeline.encode(needed, list(resolved.prompt_texts), clock)
+    generated, held_elsewhere = [], 0
+    for preset_name, members in itertools.groupby(todo, key=lambda item: item.preset):
+        group, pipeline, clock = list(members), None, Clock(device)
         for item in group:
-            rows = generate_item(pipeline, item, run, clock, hooks)
-            atomic_write_table(pd.DataFrame(rows), item_path(run, item.id).with_suffix(""), csv=False)
-            images_generated += len(rows)
+            if not claim(run, item.id):
+                held_elsewhere += 1
+                continue
+            if item_path(run, item.id).exists():  # finished by another process since the list was made
+                release(run, item.id)
+                continue
+            try:
+                if pipeline is None:
+                    pipeline = _load(presets[preset_name], device, options.dtype, group, resolved, clock)
+                rows = generate_item(pipeline, item, run, clock, hooks)
+                atomic_write_table(pd.DataFrame(rows), item_path(run, item.id).with_suffix(""), csv=False)
+            finally:
+                release(run, item.id)
+            generated.append(len(rows))
             progress.update(len(rows))
         del pipeline
     progress.close()
@@ -140,7 +125,20 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     samples = collect_samples(run, [item.id for item in items], max(len(item.stages) for item in items))
     if samples is not None:
         atomic_write_table(samples, run / SAMPLES)
-    return RunSummary(run, len(items), len(mine), len(todo), images_generated, samples is not None)
+    return RunSummary(
+        run, len(items), len(mine), len(generated), sum(generated), samples is not None, damaged, held_elsewhere
+    )
+
+
+def _load(
+    preset: Preset, device: torch.device, dtype: str, group: list[WorkItem], resolved: ResolvedSweep, clock: Clock
+) -> TextToImagePipeline:
+    """Load a preset, warm it up at the batch shape, and encode every prompt its items need, once."""
+    pipeline = BACKENDS.get(preset.backend).load(preset, load_options(preset, device, dtype))
+    _warm_up(pipeline, group[0], clock)
+    needed = sorted({image.prompt for item in group for image in item.images})
+    pipeline.encode(needed, list(resolved.prompt_texts), clock)
+    return pipeline
 
 
 def _dtypes(presets: dict[str, Preset], device: torch.device, dtype: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ preset, on the meta device, and kept in ``costs`` for the report.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from suite.config import Sweep
+from suite.errors import UserError
 from suite.flops import PipelineCost
 from suite.metrics import distribution
 from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, FeatureNetwork, NetworkContext
@@ -37,6 +38,7 @@ from suite.results import (
     RunFolder,
     atomic_write_table,
     read_run,
+    sha256_bytes,
     stage_column,
     stage_columns,
 )
@@ -118,8 +120,19 @@ class Evaluator:
         return {"metrics": list(self.sweep.metrics), "evaluation": evaluation.model_dump(mode="json")}
 
 
-def load_images(run: Path, paths: list[str]) -> list[np.ndarray]:
-    return [np.asarray(Image.open(run / path).convert("RGB")) for path in paths]
+def load_images(run: Path, paths: list[str], hashes: list[str]) -> list[np.ndarray]:
+    """The images as H x W x 3 uint8, each checked against the sha256 generation recorded for it."""
+    images = []
+    for path, recorded in zip(paths, hashes):
+        file = run / path
+        data = file.read_bytes() if file.is_file() else None
+        if data is None or sha256_bytes(data) != recorded:
+            state = "is missing" if data is None else "does not match its recorded sha256"
+            raise UserError(
+                f"{file} {state}; run the sweep again to regenerate it (`suite check {run}` lists every problem)"
+            )
+        images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    return images
 
 
 def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> dict[str, Any]:
@@ -231,7 +244,7 @@ def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict
     first = group.iloc[0]
     settings = evaluator.run.stage_settings(*(first[column] for column in GRID_COLUMNS))
     row = {column: first[column] for column in GRID_COLUMNS} | timing_columns(group, settings)
-    images = load_images(evaluator.run.path, list(group["image_path"]))
+    images = load_images(evaluator.run.path, list(group["image_path"]), list(group["sha256"]))
     prompts = list(group["prompt"])
     per_image = group[[*IMAGE_KEY, "prompt_index", "seed_index"]].reset_index(drop=True)
     if "flops" in metrics:
@@ -268,23 +281,6 @@ def _grid_key(evaluator: Evaluator, group: pd.DataFrame) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def check_evaluation_available(sweep: Sweep, options: EvaluateOptions) -> None:
-    """Fail before generating anything if a metric's local weights are missing (Inception, the toy CLIP)."""
-    from suite.metrics.networks import inception_weights_path
-
-    evaluation, metrics = sweep.evaluation, set(sweep.metrics)
-    networks = set()
-    if metrics & {"fid", "kid"}:
-        networks.add(evaluation.features)
-    if "cmmd" in metrics:
-        networks.add(evaluation.cmmd_features)
-    context = NetworkContext(torch.device("cpu"), options.inception_weights)
-    if "inception" in networks:
-        inception_weights_path(context)
-    if "toy-clip" in networks or ("clip_score" in metrics and evaluation.clip_model == "toy-clip"):
-        CLIP_MODELS.get("toy-clip")(context)
-
-
 def _ordered(table: pd.DataFrame, stage_count: int) -> pd.DataFrame:
     """Grid and timing columns first, then each stage's columns in stage order, then the metrics."""
     stages = [column for column in stage_columns(stage_count, STAGE_METRIC_FIELDS) if column in table]
@@ -299,7 +295,10 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     Example:
         >>> evaluate_run(Path("results/toy"))[["preset", "sampler", "fid", "clip_score_mean"]]
     """
+    from suite.preflight import check_evaluation
+
     run = read_run(run_path)
+    check_evaluation(run.resolved.sweep, options, run.path)
     evaluator = Evaluator(run, options)
     groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
     rows, per_image, stage_count, evaluated = [], [], 0, 0

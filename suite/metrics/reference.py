@@ -55,11 +55,7 @@ def _builtin_images(spec) -> tuple[dict[str, Any], list[np.ndarray]]:
 
 
 def _folder_images(folder: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
-    if not folder.is_dir():
-        raise UserError(f"reference folder not found: {folder}")
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 2:
-        raise UserError(f"reference folder {folder} holds {len(files)} images; need at least 2")
+    files = _image_files(folder)
     listing = hashlib.sha256("\n".join(f"{path.relative_to(folder)}:{path.stat().st_size}" for path in files).encode())
     images = [np.asarray(Image.open(path).convert("RGB")) for path in files]
     sizes = {image.shape[:2] for image in images}
@@ -81,15 +77,36 @@ def extract(network: FeatureNetwork, images: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([network(batch).numpy() for batch in _uint8_batches(images)])
 
 
+def _reference_path(value: str, base_dir: Path) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else base_dir / path
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"reference folder not found: {folder}")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise UserError(f"reference folder {folder} holds {len(files)} images; need at least 2")
+    return files
+
+
+def check_reference(spec, base_dir: Path) -> None:
+    """Fail with one line, before anything is generated, if a reference folder or statistics file is unusable."""
+    if spec.statistics is not None:
+        _statistics(_reference_path(spec.statistics, base_dir))
+    elif spec.folder is not None:
+        _image_files(_reference_path(spec.folder, base_dir))
+
+
 def load_reference(spec, network: FeatureNetwork, base_dir: Path, cache_dir: Path) -> ReferenceFeatures:
     """The reference set's features for ``network``: from the cache, else computed and cached."""
     if spec.statistics is not None:
-        return _statistics(Path(spec.statistics) if Path(spec.statistics).is_absolute() else base_dir / spec.statistics)
+        return _statistics(_reference_path(spec.statistics, base_dir))
     if spec.builtin is not None:
         description, images = _builtin_images(spec)
     else:
-        folder = Path(spec.folder)
-        description, images = _folder_images(folder if folder.is_absolute() else base_dir / folder)
+        description, images = _folder_images(_reference_path(spec.folder, base_dir))
     description = {**description, **network.describe()}
     key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir / "reference" / f"{key}.npz"
@@ -106,9 +123,17 @@ def _statistics(path: Path) -> ReferenceFeatures:
     """Precomputed FID statistics: an .npz with ``mu`` and ``sigma`` (and optionally the count ``n``)."""
     if not path.is_file():
         raise UserError(f"reference statistics file not found: {path}")
-    data = np.load(path)
-    if "mu" not in data or "sigma" not in data:
+    try:
+        data = np.load(path)
+    except Exception:
+        raise UserError(f"{path}: not a readable .npz of FID statistics") from None
+    if not hasattr(data, "files") or "mu" not in data or "sigma" not in data:
         raise UserError(f"{path}: FID statistics need arrays 'mu' and 'sigma'")
+    mean, covariance = data["mu"], data["sigma"]
+    if mean.ndim != 1 or covariance.shape != (len(mean), len(mean)):
+        raise UserError(
+            f"{path}: 'mu' must be a vector and 'sigma' its square covariance, got {mean.shape} and {covariance.shape}"
+        )
     count = int(data["n"]) if "n" in data else 50_000
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
     description = {"statistics": str(path.resolve()), "sha256": digest, "count": count}

@@ -41,6 +41,14 @@ class Section:
     blocks: list = field(default_factory=list)
 
 
+def markdown_inline(text: str) -> str:
+    """User text (a prompt) as one line of inert markdown: whitespace runs collapsed, HTML and link syntax escaped."""
+    text = html.escape(" ".join(text.split()), quote=False)
+    for character in "\\[]*_`":
+        text = text.replace(character, "\\" + character)
+    return text
+
+
 def to_markdown(title: str, sections: list[Section]) -> str:
     parts = [f"# {title}\n"]
     for section in sections:
@@ -51,7 +59,8 @@ def to_markdown(title: str, sections: list[Section]) -> str:
             elif isinstance(block, Table):
                 parts.append(markdown_table(block.frame, block.formats))
             else:
-                parts.append(f"![{block.caption}]({block.path.as_posix()})\n\n*{block.caption}*\n")
+                caption = markdown_inline(block.caption)
+                parts.append(f"![{caption}]({block.path.as_posix()})\n\n*{caption}*\n")
     return "\n".join(parts)
 
 

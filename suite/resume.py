@@ -1,0 +1,281 @@
+"""Resuming a run folder: whether it may be resumed, which work items are really finished, who makes the rest.
+
+- ``open_run`` is the one place that decides whether an existing folder may be resumed: the same
+  images-determining sweep (its generation hash), an unedited config.yaml, and the same dtypes,
+  device type and model sources as the run that started it. A folder with no finished or claimed
+  item is not a run yet, so a failed first attempt leaves nothing stale behind.
+- ``verify_items`` is the one reader that checks finished items against what they recorded: the
+  item table must be readable and every image must exist with its recorded sha256. The runner
+  regenerates what fails; ``suite check`` reports it.
+- ``claim`` / ``release``: an item being generated holds ``items/<id>.claim`` (created with O_EXCL),
+  so two processes on one run folder never make the same item; a claim whose process has died
+  on this host is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import yaml
+
+from suite.errors import UserError
+from suite.results import (
+    ITEMS_DIR,
+    SAMPLES,
+    atomic_write_text,
+    item_path,
+    sha256_bytes,
+    write_manifest,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from suite.config import ResolvedSweep
+    from suite.grid import WorkItem
+
+CONFIG = "config.yaml"
+HASH_KEY = "config_hash"
+EVALUATION_KEYS = ("metrics", "evaluation")  # change what is measured, never an image
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What decides a run's images besides its sweep: the device type, each preset's dtypes and model sources."""
+
+    device_type: str
+    dtypes: Mapping[str, Mapping[str, Any]]  # preset -> {"denoiser": "torch.float16", "text_encoder": ..., ...}
+    models: Mapping[str, Any]  # preset -> backend, stages, local folder and sources, as the manifest records them
+
+    def differences(self, recorded: Environment) -> list[str]:
+        """What differs from the ``recorded`` environment, one phrase each."""
+        found = []
+        if self.device_type != recorded.device_type:
+            found.append(f"device type {recorded.device_type} (now {self.device_type})")
+        for preset, dtypes in self.dtypes.items():
+            for part in ("denoiser", "text_encoder"):
+                before = recorded.dtypes.get(preset, {}).get(part)
+                if before != dtypes.get(part):
+                    found.append(f"{preset} {part} dtype {before} (now {dtypes.get(part)})")
+        for preset, models in self.models.items():
+            if recorded.models.get(preset) != models:
+                found.append(f"{preset} model sources {_sources(recorded.models.get(preset))} (now {_sources(models)})")
+        return found
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> Environment:
+        device = str(manifest.get("hardware", {}).get("device", "?"))
+        return cls(device.split(":")[0], manifest.get("dtypes", {}), manifest.get("models", {}))
+
+
+def _sources(models: Mapping[str, Any] | None) -> str:
+    if not models:
+        return "none"
+    return models.get("local_dir") or ", ".join(str(value) for value in models.get("sources", {}).values())
+
+
+def generation_part(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved sweep that determines its images: all but the metrics and how they are computed."""
+    return {key: value for key, value in config.items() if key not in (*EVALUATION_KEYS, HASH_KEY)}
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """RUN/config.yaml, checked against its stored hash: a hand-edited config is refused with one line."""
+    from suite.config import content_hash
+
+    path = run / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
+        raise UserError(f"{path} is damaged (not readable YAML); restore it or choose another --out") from None
+    stored = config.get(HASH_KEY) if isinstance(config, dict) else None
+    body = {key: value for key, value in config.items() if key != HASH_KEY} if isinstance(config, dict) else {}
+    if stored is None or stored != content_hash(body):
+        raise UserError(
+            f"{path} was edited (its content no longer matches its config_hash {stored}); "
+            "restore it, or change the sweep file and run it into another --out"
+        )
+    return config
+
+
+def has_started(run: Path) -> bool:
+    """Whether any work item of the folder is finished or being generated."""
+    items = run / ITEMS_DIR
+    return items.is_dir() and any(path.suffix in (".parquet", ".claim") for path in items.iterdir())
+
+
+def open_run(
+    run: Path, resolved: ResolvedSweep, device: torch.device, environment: Environment, seeds: Mapping[str, Any]
+) -> None:
+    """Write config.yaml and manifest.json for a new run, or decide that ``run`` may be resumed by this sweep.
+
+    Refused with one line: a different sweep (generation hash), an edited config.yaml, or a different
+    device type, dtype or model source than the run was started with. A changed ``metrics`` or
+    ``evaluation`` block is accepted: config.yaml is rewritten with it, and evaluation is keyed by it.
+    """
+    from suite.config import content_hash
+
+    config = resolved.to_dict()
+    config_hash = resolved.config_hash()
+    if (run / CONFIG).is_file() and has_started(run):
+        stored = read_config(run)
+        if content_hash(generation_part(stored)) != content_hash(generation_part(config)):
+            raise UserError(
+                f"{run} holds a different sweep (config hash {stored.get(HASH_KEY)}, this sweep {config_hash}); "
+                "choose another --out"
+            )
+        manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+        differences = environment.differences(Environment.from_manifest(manifest))
+        if differences:
+            raise UserError(
+                f"{run} was generated with {'; '.join(differences)}; resume it with the same --device, --dtype and "
+                "--model-dir, or choose another --out"
+            )
+        if stored.get(HASH_KEY) != config_hash:
+            atomic_write_text(run / CONFIG, yaml.safe_dump({HASH_KEY: config_hash, **config}, sort_keys=False))
+        write_manifest(run, device, environment, dict(seeds), fresh=False)
+        return
+    atomic_write_text(run / CONFIG, yaml.safe_dump({HASH_KEY: config_hash, **config}, sort_keys=False))
+    write_manifest(run, device, environment, dict(seeds), fresh=True)
+
+
+def item_problem(run: Path, item: WorkItem) -> str | None:
+    """Why a finished item cannot be trusted (unreadable table, missing or changed image), or None."""
+    try:
+        rows = pd.read_parquet(item_path(run, item.id))
+    except Exception:
+        return "its item table is unreadable (truncated or empty)"
+    if len(rows) != len(item.images) or not {"image_path", "sha256"} <= set(rows.columns):
+        return f"its item table has {len(rows)} rows for {len(item.images)} images"
+    for image_path, recorded in zip(rows["image_path"], rows["sha256"]):
+        path = run / image_path
+        if not path.is_file():
+            return f"{image_path} is missing"
+        if sha256_bytes(path.read_bytes()) != recorded:
+            return f"{image_path} does not match its recorded sha256"
+    return None
+
+
+def verify_items(run: Path, items: Iterable[WorkItem]) -> tuple[set[str], dict[str, str]]:
+    """Ids of the items whose files are all present and intact, and a problem per damaged item."""
+    finished, damaged = set(), {}
+    for item in items:
+        if not item_path(run, item.id).is_file():
+            continue
+        problem = item_problem(run, item)
+        if problem is None:
+            finished.add(item.id)
+        else:
+            damaged[item.id] = problem
+    return finished, damaged
+
+
+def _claim_path(run: Path, item_id: str) -> Path:
+    return run / ITEMS_DIR / f"{item_id}.claim"
+
+
+def _owner_alive(owner: Mapping[str, Any]) -> bool:
+    """Whether a claim's process still runs; a claim from another host is assumed alive."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def claim(run: Path, item_id: str) -> bool:
+    """Take the item for this process; False if a live process holds it."""
+    path = _claim_path(run, item_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            if owner and _owner_alive(owner):
+                return False
+            path.unlink(missing_ok=True)  # its process died: take the item over
+            continue
+        with os.fdopen(descriptor, "w") as file:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, file)
+        return True
+    return False
+
+
+def release(run: Path, item_id: str) -> None:
+    _claim_path(run, item_id).unlink(missing_ok=True)
+
+
+def check_run(run: Path) -> tuple[int, list[str]]:
+    """``suite check``: every item, image and table of a run folder against what was recorded.
+
+    Returns the number of images verified and one line per problem (missing, damaged or mismatched).
+    """
+    from suite.config import parse_sweep, resolve
+    from suite.grid import expand
+
+    if not (run / CONFIG).is_file():
+        raise UserError(f"{run} is not a run folder (no {CONFIG})")
+    config = read_config(run)
+    sweep = parse_sweep({key: value for key, value in config.items() if key != HASH_KEY}, str(run / CONFIG))
+    items = expand(resolve(sweep, run, str(run / CONFIG)))
+    finished, damaged = verify_items(run, items)
+    problems = [f"item {item_id}: {problem}" for item_id, problem in damaged.items()]
+    missing = [item for item in items if item.id not in finished and item.id not in damaged]
+    problems += [
+        f"item {item.id}: not generated ({item.preset} {item.sampler} steps {item.num_inference_steps} "
+        f"guidance {item.guidance_scale:g})"
+        for item in missing
+    ]
+    problems += [
+        f"{path.relative_to(run)}: claimed by a process that no longer runs"
+        for path in sorted((run / ITEMS_DIR).glob("*.claim"))
+        if not _owner_alive(_read_owner(path))
+    ]
+    problems += _samples_problems(run, items, complete=not missing and not damaged)
+    verified = sum(len(item.images) for item in items if item.id in finished)
+    return verified, problems
+
+
+def _read_owner(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _samples_problems(run: Path, items: list[WorkItem], complete: bool) -> list[str]:
+    path = run / f"{SAMPLES}.parquet"
+    if not path.is_file():
+        return ["samples.parquet: missing (re-run the sweep to write it)"] if complete else []
+    try:
+        samples = pd.read_parquet(path)
+    except Exception:
+        return ["samples.parquet: unreadable (re-run the sweep to rewrite it)"]
+    expected = sum(len(item.images) for item in items)
+    if len(samples) != expected:
+        return [f"samples.parquet: {len(samples)} rows for {expected} images (re-run the sweep to rewrite it)"]
+    recorded = {}
+    for item in items:
+        if item_path(run, item.id).is_file():
+            try:
+                rows = pd.read_parquet(item_path(run, item.id))
+            except Exception:
+                continue
+            recorded |= dict(zip(rows["image_path"], rows["sha256"]))
+    stale = [image for image, sha in zip(samples["image_path"], samples["sha256"]) if recorded.get(image, sha) != sha]
+    return [f"samples.parquet: {len(stale)} rows disagree with their item tables"] if stale else []
