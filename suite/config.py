@@ -24,7 +24,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictFloat,
     StrictInt,
     ValidationError,
     field_validator,
@@ -32,14 +31,14 @@ from pydantic import (
 )
 
 from suite.errors import UserError
-from suite.metrics import DISTRIBUTION_METRICS, METRICS
+from suite.metrics import METRICS, needing_reference
 from suite.presets import PRESETS
 from suite.prompts import PROMPT_SETS, read_prompt_file
 from suite.registry import Registry
 from suite.samplers import SAMPLERS
 
 # A number in YAML: an int or a float, never a bool or a string (``true`` is not a guidance scale).
-Number = Annotated[StrictFloat | StrictInt, Field(union_mode="left_to_right")]
+Number = Annotated[float, Field(strict=True)]
 
 
 class Frozen(BaseModel):
@@ -108,6 +107,14 @@ class ReferenceSpec(Frozen):
         return self
 
 
+class BaselineSpec(Frozen):
+    """The grid point every other point of a preset is compared with (``suite compare``)."""
+
+    sampler: str
+    num_inference_steps: StrictInt = Field(ge=1, alias="steps")
+    guidance_scale: Number = Field(ge=0, alias="guidance")
+
+
 class Evaluation(Frozen):
     """Which networks the metrics use; real runs keep the defaults, the toy world names its own CLIP."""
 
@@ -115,6 +122,9 @@ class Evaluation(Frozen):
     cmmd_features: str = "clip"  # CMMD's CLIP image embeddings
     clip_model: str = "openai-vit-l-14"  # CLIP score
     reference: ReferenceSpec | None = None
+    set_resamples: int = Field(default=200, ge=0, strict=True)  # bootstrap of FID / KID / CMMD; 0: no interval
+    fid_inf: bool = Field(default=True, strict=True)  # FID extrapolated to infinitely many images
+    baseline: BaselineSpec | None = None  # suite compare's within-preset baseline; default: the most expensive point
 
     @field_validator("features", "cmmd_features")
     @classmethod
@@ -169,11 +179,25 @@ class Sweep(Frozen):
 
     @model_validator(mode="after")
     def _distribution_metrics_have_a_reference(self) -> Sweep:
-        needing = [name for name in self.metrics if name in DISTRIBUTION_METRICS]
+        needing = needing_reference(self.metrics)
         if needing and self.evaluation.reference is None:
             raise ValueError(f"metrics {needing} compare against real images: set evaluation.reference")
         if self.evaluation.reference and self.evaluation.reference.statistics and {"kid", "cmmd"} & set(needing):
             raise ValueError("kid and cmmd need reference images or features; FID statistics alone serve only fid")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_is_a_grid_point(self) -> Sweep:
+        baseline = self.evaluation.baseline
+        if baseline is None:
+            return self
+        for key, value, axis in (
+            ("sampler", baseline.sampler, self.samplers),
+            ("steps", baseline.num_inference_steps, self.num_inference_steps),
+            ("guidance", baseline.guidance_scale, self.guidance_scale),
+        ):
+            if value not in axis:
+                raise ValueError(f"evaluation.baseline.{key}: {value} is not one of the sweep's {key} {list(axis)}")
         return self
 
     @model_validator(mode="after")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 SAMPLES = "samples"  # one row per image, written by generation
 SCORES = "scores"  # one row per image, written by evaluation: per-image metric values
-METRICS = "metrics"  # one row per grid point, written by evaluation
+METRICS_TABLE = "metrics"  # one row per grid point, written by evaluation
 COSTS = "costs"  # one row per preset and stage: FLOPs per model evaluation, counted once by evaluation
 ITEMS_DIR = "items"
 GRID_COLUMNS = ("preset", "sampler", "num_inference_steps", "guidance_scale")  # what makes a grid point
@@ -310,6 +310,6 @@ def read_run(run: Path) -> RunFolder:
         manifest,
         samples,
         _table(run, SCORES),
-        _table(run, METRICS),
+        _table(run, METRICS_TABLE),
         _table(run, COSTS),
     )

@@ -55,6 +55,18 @@ def cascade_pipeline(cascade_folder):
 @pytest.fixture
 def test_networks(monkeypatch):
     """A randomly initialised toy CLIP registered as CLIP model 'test-clip' and feature network 'test-net'."""
+    register_test_networks(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_test_networks():
+    """``test_networks`` for a whole test module (for fixtures that build one run and share it)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        register_test_networks(monkeypatch)
+        yield
+
+
+def register_test_networks(monkeypatch) -> None:
     from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, resize_and_normalise
     from suite.toy import clip as toy_clip
 

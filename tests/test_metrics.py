@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from suite.metrics import distribution
-from suite.metrics.evaluate import clip_scores, mean_and_ci95
+from suite.metrics.clip_score import clip_scores
 from suite.metrics.networks import ClipModel, resize_and_normalise
 from suite.toy import clip as toy_clip
 
@@ -163,8 +163,25 @@ def test_long_prompts_are_truncated_and_counted(tiny_clip):
     assert truncated == 1
 
 
-def test_confidence_interval_of_the_mean():
-    values = np.array([1.0, 2.0, 3.0, 4.0])
-    mean, low, high = mean_and_ci95(values)
-    half = 1.959963984540054 * np.std(values, ddof=1) / 2
-    assert (mean, low, high) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
+def test_fast_fid_core_agrees_with_torchmetrics_with_more_or_fewer_images_than_features():
+    rng = np.random.default_rng(7)
+    reference = rng.standard_normal((300, 24)) + 0.2
+    for count in (16, 200):  # fewer images than features uses the n x n Gram matrix
+        x = rng.standard_normal((count, 24)) * 1.3
+        fast = distribution.FrechetToReference.of(reference)(x)
+        assert fast == pytest.approx(distribution.fid(x, reference), rel=1e-6)
+
+
+def test_kernel_cores_agree_with_kid_and_cmmd_on_the_whole_sets():
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((150, 12)), rng.standard_normal((220, 12)) + 0.3
+    every = np.arange(len(x))
+    cmmd = distribution.KernelToReference(
+        distribution.normalised(x), distribution.normalised(y), distribution.gaussian_kernel, False, 1000.0
+    )
+    assert cmmd(every) == pytest.approx(distribution.cmmd(x, y), rel=1e-9)
+    kid = distribution.KernelToReference(x, y, distribution.polynomial_kernel, True)(every)
+    kxx, kyy, kxy = (distribution.polynomial_kernel(a, b) for a, b in ((x, x), (y, y), (x, y)))
+    unbiased = (kxx.sum() - np.trace(kxx)) / (150 * 149) + (kyy.sum() - np.trace(kyy)) / (220 * 219) - 2 * kxy.mean()
+    assert kid == pytest.approx(unbiased, rel=1e-9)
+    assert kid == pytest.approx(distribution.kid(x, y)[0], abs=3 * distribution.kid(x, y)[1])

@@ -1,17 +1,25 @@
-"""Metrics per grid point: FID, KID, CLIP score, CMMD, FLOPs, and the toy world's compositional score.
+"""Metrics per grid point, as plug-ins: one module and one class each, registered here.
 
-This module only names them (for config validation and ``suite list``); ``evaluate`` computes them.
+Evaluation, sweep validation, ``suite compare``, the report and ``suite list`` iterate over
+``METRICS``; adding a metric is one module with a ``Metric`` subclass and one line below.
 """
 
 from __future__ import annotations
 
+from suite.metrics.base import Metric
+from suite.metrics.clip_score import ClipScore
+from suite.metrics.cmmd import Cmmd
+from suite.metrics.composition import Composition
+from suite.metrics.fid import Fid
+from suite.metrics.flops import Flops
+from suite.metrics.kid import Kid
 from suite.registry import Registry
 
-METRICS: Registry[str] = Registry("metric")
-METRICS.register("fid", "Frechet distance of feature statistics to the reference set (torchmetrics)")
-METRICS.register("kid", "kernel inception distance to the reference set, mean and std over subsets (torchmetrics)")
-METRICS.register("clip_score", "100 * max(cos(image, prompt), 0) per image; mean and 95% CI per grid point")
-METRICS.register("cmmd", "MMD with a Gaussian RBF kernel over CLIP image embeddings (Jayasumana et al. 2024)")
-METRICS.register("flops", "FLOPs per image: text encoding, every model evaluation of every stage, decoding")
-METRICS.register("composition", "toy world only: exact object count / colour / shape / binding / relation accuracy")
-DISTRIBUTION_METRICS = ("fid", "kid", "cmmd")
+METRICS: Registry[Metric] = Registry("metric")
+for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition()):
+    METRICS.register(_metric.name, _metric)
+
+
+def needing_reference(names) -> list[str]:
+    """The metrics among ``names`` that compare against real images."""
+    return [name for name in names if METRICS.get(name).needs_reference]

@@ -1,5 +1,8 @@
 """Evaluate a finished run folder: one row per grid point in ``metrics``, one row per image in ``scores``.
 
+Each metric of the sweep is a plug-in from ``suite.metrics.METRICS``; this module only loads the
+images (checked against their hashes), calls each metric, and keeps what comparisons need.
+
 Works from the run folder alone (config.yaml, manifest.json, samples.parquet, images/), so
 ``suite evaluate RUN`` reproduces what ``suite sweep`` wrote. Each grid point's results are
 written atomically under ``evaluation/<key>/`` keyed by everything they depend on, so a killed
@@ -12,30 +15,31 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from suite import stats
 from suite.errors import UserError
 from suite.flops import PipelineCost
-from suite.metrics import distribution
+from suite.metrics import METRICS
+from suite.metrics.base import GridPoint
 from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS, ClipModel, FeatureNetwork, NetworkContext
-from suite.metrics.reference import ReferenceFeatures, extract, load_reference
+from suite.metrics.reference import ReferenceFeatures, load_reference
 from suite.presets import cache_root
 from suite.results import (
     COSTS,
     GRID_COLUMNS,
     IMAGE_KEY,
-    METRICS,
+    METRICS_TABLE,
     SCORES,
     RunFolder,
+    atomic_write_bytes,
     atomic_write_table,
     read_run,
     sha256_bytes,
@@ -43,12 +47,10 @@ from suite.results import (
     stage_columns,
 )
 from suite.stages import StageSettings
-from suite.toy.score import QUESTIONS
 
 EVALUATION_DIR = "evaluation"
-EVALUATION_VERSION = 2  # part of each grid point's cache key: bump when a row's columns change
+EVALUATION_VERSION = 3  # part of each grid point's cache key: bump when a row's columns change
 STAGE_METRIC_FIELDS = ("name", "num_inference_steps", "guidance_scale", "model_evaluations", "step_s_median")
-Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -161,116 +163,42 @@ def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> 
     return row
 
 
-def _distribution(evaluator: Evaluator, metrics: tuple[str, ...], images: list[np.ndarray]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    evaluation = evaluator.sweep.evaluation
-    features: dict[str, np.ndarray] = {}  # one pass per network, shared by FID / KID and CMMD
-
-    def features_of(name: str) -> np.ndarray:
-        if name not in features:
-            features[name] = extract(evaluator.network(name), images)
-        return features[name]
-
-    if "fid" in metrics or "kid" in metrics:
-        network = evaluator.network(evaluation.features)
-        reference = evaluator.reference(evaluation.features)
-        row |= {
-            "features": network.name,
-            "features_resize": network.resize,
-            "reference": reference.key,
-            "reference_count": reference.count,
-        }
-        if "fid" in metrics:
-            row["fid"] = distribution.fid(features_of(evaluation.features), reference.features, reference.statistics)
-        if "kid" in metrics:
-            row["kid_mean"], row["kid_std"] = distribution.kid(features_of(evaluation.features), reference.features)
-    if "cmmd" in metrics:
-        network = evaluator.network(evaluation.cmmd_features)
-        reference = evaluator.reference(evaluation.cmmd_features)
-        row |= {
-            "cmmd": distribution.cmmd(features_of(evaluation.cmmd_features), reference.features),
-            "cmmd_features": network.name,
-            "cmmd_resize": network.resize,
-        }
-    return row
+def seconds_interval(group: pd.DataFrame) -> dict[str, Any]:
+    """A percentile bootstrap interval of the median seconds per image, resampling work items (batches)."""
+    per_item = group.groupby("item_id", sort=False)["seconds_per_image"].median().to_numpy()
+    interval = stats.bootstrap_interval(lambda rows: float(np.median(per_item[rows])), len(per_item))
+    return {
+        "seconds_per_image_ci95_low": interval.low,
+        "seconds_per_image_ci95_high": interval.high,
+        "seconds_per_image_interval": interval.method.replace("generated images", "work items"),
+    }
 
 
-def clip_scores(clip: ClipModel, images: list[np.ndarray], prompts: list[str]) -> tuple[np.ndarray, int]:
-    """Per image ``100 * max(cos(image, prompt), 0)``, and how many prompts the text tower truncated."""
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    image_embeddings = torch.nn.functional.normalize(clip.image_embeddings(batch), dim=-1)
-    unique = list(dict.fromkeys(prompts))
-    text, truncated = clip.text_embeddings(unique)
-    text = torch.nn.functional.normalize(text, dim=-1)
-    index = torch.tensor([unique.index(prompt) for prompt in prompts])
-    cosine = (image_embeddings * text[index]).sum(dim=-1).double()
-    return (100 * cosine.clamp(min=0)).numpy(), truncated
-
-
-def mean_and_ci95(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and the normal-approximation 95% confidence interval of the mean."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = Z_95 * float(values.std(ddof=1)) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
-def _composition(images: list[np.ndarray], prompts: list[str]) -> pd.DataFrame:
-    from suite.toy.score import score_prompt_image
-    from suite.toy.world import prompt_category
-
-    rows = [
-        {f"toy_{key}": value for key, value in score_prompt_image(image, prompt).items()}
-        | {"toy_category": prompt_category(prompt)}
-        for image, prompt in zip(images, prompts)
-    ]
-    return pd.DataFrame(rows)
-
-
-def _composition_summary(scores: pd.DataFrame) -> dict[str, float]:
-    """Accuracies per question, and exact-match accuracy per prompt category (GenEval-style)."""
-    row = {f"toy_{question}": float(scores[f"toy_{question}"].mean()) for question in QUESTIONS}
-    for category, column in (("single", "single"), ("pair", "pair"), ("held-out pair", "held_out_pair")):
-        chosen = scores[scores["toy_category"] == category]
-        row[f"toy_correct_{column}"] = float(chosen["toy_correct"].mean()) if len(chosen) else math.nan
-    return row
-
-
-def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One grid point's metrics row, and its per-image scores (keyed by item and image)."""
-    metrics = evaluator.sweep.metrics
+def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, GridPoint]:
+    """One grid point's metrics row, its per-image scores (keyed by item and image) and its extracted features."""
     first = group.iloc[0]
     settings = evaluator.run.stage_settings(*(first[column] for column in GRID_COLUMNS))
     row = {column: first[column] for column in GRID_COLUMNS} | timing_columns(group, settings)
+    row |= seconds_interval(group)
     images = load_images(evaluator.run.path, list(group["image_path"]), list(group["sha256"]))
-    prompts = list(group["prompt"])
-    per_image = group[[*IMAGE_KEY, "prompt_index", "seed_index"]].reset_index(drop=True)
-    if "flops" in metrics:
-        row["gflops_per_image"] = evaluator.cost(first["preset"]).flops_per_image(settings) / 1e9
-    row |= _distribution(evaluator, metrics, images)
-    if "clip_score" in metrics:
-        clip = evaluator.clip()
-        scores, truncated = clip_scores(clip, images, prompts)
-        per_image["clip_score"] = scores
-        mean, low, high = mean_and_ci95(scores)
-        row |= {
-            "clip_score_mean": mean,
-            "clip_score_ci95_low": low,
-            "clip_score_ci95_high": high,
-            "clip_model": clip.model_id,
-            "clip_resize": clip.resize,
-            "clip_prompts_truncated": truncated,
-        }
-    if "composition" in metrics:
-        scores = _composition(images, prompts)
-        per_image = pd.concat([per_image, scores], axis=1)
-        row |= _composition_summary(scores)
-    return row, per_image
+    point = GridPoint(evaluator, group.reset_index(drop=True), images, settings)
+    per_image = [group[[*IMAGE_KEY, "prompt_index", "seed_index"]].reset_index(drop=True)]
+    for name in evaluator.sweep.metrics:
+        metric_row, scores = METRICS.get(name).evaluate(point)
+        row |= metric_row
+        if scores is not None:
+            per_image.append(scores.reset_index(drop=True))
+    return row, pd.concat(per_image, axis=1), point
 
 
-def _grid_key(evaluator: Evaluator, group: pd.DataFrame) -> str:
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def grid_key(evaluator: Evaluator, group: pd.DataFrame) -> str:
+    """The cache key of one grid point's evaluation: its grid values, the evaluation settings and its images."""
     first = group.iloc[0]
     content = {
         "grid": [str(first[column]) for column in GRID_COLUMNS],
@@ -303,20 +231,22 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
     rows, per_image, stage_count, evaluated = [], [], 0, 0
     for group in tqdm(groups, desc="evaluate", unit="grid point", disable=not options.progress):
-        folder = run.path / EVALUATION_DIR / _grid_key(evaluator, group)
+        folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
         row_path, scores_path = folder / "row.parquet", folder / "scores.parquet"
         if row_path.is_file() and scores_path.is_file() and not options.recompute:
             row, scores = pd.read_parquet(row_path), pd.read_parquet(scores_path)
         else:
-            row, scores = evaluate_grid_point(evaluator, group)
+            row, scores, point = evaluate_grid_point(evaluator, group)
             row, evaluated = pd.DataFrame([row]), evaluated + 1
+            for network, features in point.features_by_network.items():  # kept for paired comparisons
+                atomic_write_bytes(folder / f"features-{network}.npy", _npy(features))
             atomic_write_table(scores, scores_path.with_suffix(""), csv=False)
             atomic_write_table(row, row_path.with_suffix(""), csv=False)
         rows.append(row)
         per_image.append(scores)
         stage_count = max(stage_count, len(run.stage_settings(*(group.iloc[0][column] for column in GRID_COLUMNS))))
     table = _ordered(pd.concat(rows, ignore_index=True), stage_count)
-    atomic_write_table(table, run.path / METRICS)
+    atomic_write_table(table, run.path / METRICS_TABLE)
     atomic_write_table(pd.concat(per_image, ignore_index=True), run.path / SCORES)
     if "flops" in run.resolved.sweep.metrics and (run.costs is None or evaluated):
         atomic_write_table(evaluator.cost_table(), run.path / COSTS)

@@ -32,9 +32,66 @@ FORMATS = {
     "seconds_per_image_median": ".4f",
     "gflops_per_image": ",.2f",
     "guidance_scale": "g",
-    "best": ".4g",
     "budget_s_per_image": "g",
 }
+
+
+METRICS_NOTE = (
+    "Each number is shown with its 95% interval in brackets; the method of each interval is in metrics.csv "
+    "(`*_interval`): BCa bootstrap over images for per-image means (CLIP score, toy accuracies, which also get "
+    "Wilson intervals), bootstrap over the generated images with the reference fixed for FID, KID and CMMD "
+    "(percentiles shifted by the bootstrap's bias estimate). fid_inf is FID extrapolated to infinitely many images (Chong & Forsyth 2020). † marks FID computed "
+    "from no more images than feature dimensions: its covariance is singular and the number is biased upward."
+)
+BUDGETS_NOTE = (
+    "Budgets are quantiles of the measured median seconds per image. Within a budget, every point not "
+    "significantly worse than the best (paired test of the quality metric, Holm-corrected within the budget) "
+    "is listed: those are ties, not losers."
+)
+STAGE_FORMATS = {"seconds_per_image": ".4f", "ci95_low": ".4f", "ci95_high": ".4f"}
+SHOWN_COMPARISONS = 120
+
+
+def _budget_test(run: RunFolder):
+    """The paired test of one grid point against another on a quality column, from what evaluation kept."""
+    from suite.compare import load_records, point_key
+    from suite.metrics import METRICS
+    from suite.metrics.evaluate import EvaluateOptions
+
+    records = {}
+
+    def test(best: pd.Series, other: pd.Series, column: str) -> float:
+        if not records:
+            records.update(load_records(run, EvaluateOptions(device="cpu", progress=False)))
+        metric = next(metric for _, metric in METRICS.items() if metric.headline == column)
+        rows = metric.compare(records[point_key(best)], records[point_key(other)])
+        return next(row["p_value"] for row in rows if row["metric"] == column)
+
+    return test
+
+
+def _comparisons_section(run: RunFolder) -> Section:
+    from suite.compare import COMPARISONS
+
+    path = run.path / f"{COMPARISONS}.parquet"
+    if not path.is_file():
+        return Section("What is significant", [Text("Not compared yet: run `suite compare RUN`.")])
+    comparisons = pd.read_parquet(path)
+    if comparisons.empty:
+        return Section("What is significant", [Text("No pairs of grid points to compare.")])
+    blocks = [Text(paragraph) for paragraph in tables.significance_paragraphs(comparisons)]
+    shown = comparisons[(comparisons["kind"] == "across presets") | (comparisons["p_holm"] < 0.05)]
+    note = (
+        f"Paired tests (b - a) from comparisons.csv ({len(comparisons)} rows; shown: every cross-preset row and "
+        f"every significant one, at most {SHOWN_COMPARISONS}). Per-image scores: paired permutation test; "
+        "exact match: exact McNemar; FID / KID / CMMD: paired bootstrap resampling prompts for both points. "
+        "p_holm is Holm-Bonferroni adjusted across the whole table."
+    )
+    blocks += [
+        Text(note),
+        Table(tables.comparisons_table(shown.head(SHOWN_COMPARISONS)), {"p": ".3g", "p_holm": ".3g"}),
+    ]
+    return Section("What is significant", blocks)
 
 
 def _reproducibility(run: RunFolder) -> Section:
@@ -107,21 +164,29 @@ def build_sections(run: Path, folder: Path) -> list[Section]:
     figures = []
     if metrics is not None:
         summary = tables.metrics_summary(metrics)
-        budgets = tables.best_at_budgets(metrics)
+        budgets = tables.best_at_budgets(metrics, _budget_test(run_folder))
         _write_csv(summary, folder / "tables" / "metrics.csv")
         _write_csv(budgets, folder / "tables" / "best_at_budgets.csv")
-        sections.append(Section("Metrics per grid point", [Table(summary, FORMATS)]))
+        sections.append(Section("Metrics per grid point", [Text(METRICS_NOTE), Table(summary, FORMATS)]))
+        sections.append(_comparisons_section(run_folder))
         if not budgets.empty:
             sections.append(
                 Section(
-                    "Best configuration per preset within a time budget",
-                    [Text("Budgets are quantiles of the measured median seconds per image."), Table(budgets, FORMATS)],
+                    "Best configuration per preset within a time budget", [Text(BUDGETS_NOTE), Table(budgets, FORMATS)]
                 )
             )
         figures += plots.quality_vs_clip(metrics, plot_folder) + plots.quality_vs_steps(metrics, plot_folder)
         figures += plots.seconds_vs_steps(metrics, plot_folder)
     _write_csv(stage_times, folder / "tables" / "time_per_stage.csv")
-    sections.append(Section("Time per stage", [Table(stage_times, {"seconds_per_image": ".4f"})]))
+    sections.append(
+        Section(
+            "Time per stage",
+            [
+                Text("Median seconds per image; 95% percentile bootstrap over work items."),
+                Table(stage_times, STAGE_FORMATS),
+            ],
+        )
+    )
     figures += plots.time_per_stage_bars(stage_times, plot_folder)
     sections.append(
         Section(

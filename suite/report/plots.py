@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from suite.report.tables import quality_column
+from suite.report.tables import interval_of, quality_column
 
 matplotlib.rcParams["svg.hashsalt"] = "diffusion-suite"
 
@@ -36,19 +36,35 @@ def reference_guidance(metrics: pd.DataFrame) -> float:
     return usable[-1] if usable else values[0]
 
 
+def _error(frame: pd.DataFrame, column: str):
+    """Error bar lengths (below, above) from a column's 95% interval; None where the run has none."""
+    low, high = interval_of(column)
+    if low not in frame or high not in frame:
+        return None
+    return [(frame[column] - frame[low]).clip(lower=0).fillna(0), (frame[high] - frame[column]).clip(lower=0).fillna(0)]
+
+
 def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
-    """Imagen's trade-off figure: quality against CLIP score over guidance, one curve per preset x sampler."""
+    """Imagen's trade-off figure: quality against CLIP score over guidance, one curve per preset x sampler,
+    with 95% intervals on both axes."""
     chosen = quality_column(metrics)
     if chosen is None or "clip_score_mean" not in metrics or chosen[0] == "clip_score_mean":
         return []
     column = chosen[0]
     steps = metrics["num_inference_steps"].max()
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for (preset, sampler), group in metrics[metrics["num_inference_steps"] == steps].groupby(
-        ["preset", "sampler"], sort=False
-    ):
+    at_steps = metrics[metrics["num_inference_steps"] == steps]
+    for (preset, sampler), group in at_steps.groupby(["preset", "sampler"], sort=False):
         group = group.sort_values("guidance_scale")
-        axes.plot(group["clip_score_mean"], group[column], marker="o", label=f"{preset} / {sampler}")
+        axes.errorbar(
+            group["clip_score_mean"],
+            group[column],
+            xerr=_error(group, "clip_score_mean"),
+            yerr=_error(group, column),
+            marker="o",
+            capsize=2,
+            label=f"{preset} / {sampler}",
+        )
         for row in group.itertuples():
             axes.annotate(
                 f"{row.guidance_scale:g}",
@@ -58,7 +74,9 @@ def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
                 xytext=(3, 3),
             )
     axes.set(
-        xlabel="CLIP score (mean)", ylabel=column, title=f"{column} against CLIP score over guidance ({steps} steps)"
+        xlabel="CLIP score (mean, 95% CI)",
+        ylabel=f"{column} (95% CI)",
+        title=f"{column} against CLIP score over guidance ({steps} steps)",
     )
     axes.legend(fontsize=7)
     return _save(figure, folder, "quality_vs_clip_score")
@@ -72,8 +90,15 @@ def _per_preset_lines(metrics: pd.DataFrame, column: str, ylabel: str, title: st
     for axis, preset in zip(axes[0], presets):
         for sampler, group in chosen[chosen["preset"] == preset].groupby("sampler", sort=False):
             group = group.sort_values("num_inference_steps")
-            axis.plot(group["num_inference_steps"], group[column], marker="o", label=sampler)
-        axis.set(xlabel="steps", ylabel=ylabel, title=f"{preset} (guidance {guidance:g})")
+            axis.errorbar(
+                group["num_inference_steps"],
+                group[column],
+                yerr=_error(group, column),
+                marker="o",
+                capsize=2,
+                label=sampler,
+            )
+        axis.set(xlabel="steps", ylabel=f"{ylabel} (95% CI)", title=f"{preset} (guidance {guidance:g})")
         axis.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     return figure
@@ -101,10 +126,13 @@ def time_per_stage_bars(stage_times: pd.DataFrame, folder: Path) -> list[Path]:
     wide = wide.loc[list(dict.fromkeys(parts["preset"]))]
     order = list(dict.fromkeys(parts["part"]))
     figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    low = parts.pivot_table(index="preset", columns="part", values="ci95_low", sort=False).fillna(0.0).loc[wide.index]
+    high = parts.pivot_table(index="preset", columns="part", values="ci95_high", sort=False).fillna(0.0).loc[wide.index]
     bottom = pd.Series(0.0, index=wide.index)
     for part in order:
-        axes.bar(wide.index, wide[part], bottom=bottom, label=part)
+        error = [(wide[part] - low[part]).clip(lower=0), (high[part] - wide[part]).clip(lower=0)]
+        axes.bar(wide.index, wide[part], bottom=bottom, label=part, yerr=error, capsize=3)
         bottom = bottom + wide[part]
-    axes.set(ylabel="seconds per image (median)", title="where the time goes, per preset")
+    axes.set(ylabel="seconds per image (median, 95% CI)", title="where the time goes, per preset")
     axes.legend(fontsize=7)
     return _save(figure, folder, "time_per_stage")

@@ -1,0 +1,138 @@
+"""The metric plug-in interface: what a metric computes for a grid point, how it is compared between two.
+
+A metric is one class in one module, registered in ``suite.metrics.METRICS``. Evaluation calls
+``evaluate`` once per grid point; ``suite compare`` calls ``compare`` on pairs of grid points that
+share prompts and seeds. Everything a metric needs comes through a ``GridPoint`` (images, prompts,
+features of any network, the run's networks and reference sets) or a ``PointRecord`` (what
+evaluation kept of a point: its row, its per-image scores, its features).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from suite import stats
+
+if TYPE_CHECKING:
+    from suite.config import Evaluation
+    from suite.metrics.evaluate import Evaluator
+    from suite.stages import StageSettings
+
+
+@dataclass
+class GridPoint:
+    """One grid point being evaluated: its sample rows (in order), images, stage settings and features."""
+
+    evaluator: Evaluator
+    rows: pd.DataFrame
+    images: list[np.ndarray]
+    settings: tuple[StageSettings, ...]
+    features_by_network: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.rows["prompt"])
+
+    @property
+    def evaluation(self) -> Evaluation:
+        return self.evaluator.sweep.evaluation
+
+    def features(self, network: str) -> np.ndarray:
+        """This point's image features from ``network``, extracted once and shared by every metric."""
+        if network not in self.features_by_network:
+            from suite.metrics.reference import extract
+
+            self.features_by_network[network] = extract(self.evaluator.network(network), self.images)
+        return self.features_by_network[network]
+
+
+@dataclass
+class PointRecord:
+    """What evaluation kept of one grid point, for paired comparisons."""
+
+    row: pd.Series  # its metrics row
+    scores: pd.DataFrame  # per image, in the order of its features: prompt_index, seed_index, per-image values
+    features: Callable[[str], np.ndarray]  # network name -> features, one row per image of ``scores``
+    reference: Callable[[str], Any]  # network name -> the run's ReferenceFeatures
+
+
+class Metric(ABC):
+    """One metric: its columns, its direction, how it is computed per grid point and compared between two."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    headline: ClassVar[str]  # the metrics-table column of its main number
+    higher_is_better: ClassVar[bool | None]  # None: a cost, not a quality
+    display: ClassVar[str] = ".4g"  # format of its numbers in reports
+    needs_reference: ClassVar[bool] = False
+
+    def networks(self, evaluation: Evaluation) -> set[str]:
+        """Feature networks this metric extracts with (checked before generation, features stored for comparisons)."""
+        return set()
+
+    @abstractmethod
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame | None]:
+        """Its columns of the point's metrics row, and its per-image scores (one row per image, or None)."""
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        """Paired tests of b against a: one row per compared number (``comparison_row``)."""
+        return []
+
+
+def interval_columns(prefix: str, interval: stats.Interval) -> dict[str, Any]:
+    """``<prefix>_ci95_low``, ``_ci95_high`` and ``_interval`` (the method) of one number."""
+    return {
+        f"{prefix}_ci95_low": interval.low,
+        f"{prefix}_ci95_high": interval.high,
+        f"{prefix}_interval": interval.method,
+    }
+
+
+def comparison_row(metric: str, a: float, b: float, test: stats.PairedTest, higher_is_better: bool | None) -> dict:
+    return {
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "value_a": a,
+        "value_b": b,
+        "difference": test.difference,
+        "ci95_low": test.low,
+        "ci95_high": test.high,
+        "p_value": test.p_value,
+        "n_pairs": test.n_pairs,
+        "test": test.test,
+    }
+
+
+def paired_rows(a: PointRecord, b: PointRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of the images a and b share, paired by (prompt, seed), in the same order."""
+    keys = ["prompt_index", "seed_index"]
+    left = a.scores[keys].reset_index(drop=True).reset_index(names="row_a")
+    right = b.scores[keys].reset_index(drop=True).reset_index(names="row_b")
+    paired = left.merge(right, on=keys, how="inner", validate="one_to_one")
+    return paired["row_a"].to_numpy(), paired["row_b"].to_numpy()
+
+
+def paired_set_test(
+    a: PointRecord, b: PointRecord, network: str, statistic: Callable[[np.ndarray], Callable[[np.ndarray], float]]
+) -> stats.PairedTest:
+    """A set statistic of b against a, resampling prompts jointly for both points (every seed of a prompt together).
+
+    ``statistic(features)`` returns a function of row indices into ``features``.
+    """
+    rows_a, rows_b = paired_rows(a, b)
+    prompts = a.scores["prompt_index"].to_numpy()[rows_a]
+    unique, inverse = np.unique(prompts, return_inverse=True)
+    members = [np.flatnonzero(inverse == unit) for unit in range(len(unique))]
+    of_a, of_b = statistic(a.features(network)), statistic(b.features(network))
+
+    def both(chosen_a: np.ndarray, chosen_b: np.ndarray) -> tuple[float, float]:
+        picked = np.concatenate([members[unit] for unit in chosen_a])
+        return of_a(rows_a[picked]), of_b(rows_b[picked])
+
+    return stats.paired_bootstrap(both, len(unique))

@@ -1,0 +1,51 @@
+"""CMMD (Jayasumana et al., CVPR 2024): MMD with a Gaussian RBF kernel over CLIP embeddings, bootstrap interval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suite import stats
+from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+
+
+def kernel_to(reference, features):
+    from suite.metrics.distribution import CMMD_SCALE, KernelToReference, gaussian_kernel, normalised
+
+    return KernelToReference(
+        normalised(features), normalised(reference.features), gaussian_kernel, unbiased=False, scale=CMMD_SCALE
+    )
+
+
+class Cmmd(Metric):
+    name = "cmmd"
+    description = (
+        "MMD with a Gaussian RBF kernel over CLIP image embeddings (Jayasumana et al. 2024), bootstrap interval"
+    )
+    headline = "cmmd"
+    higher_is_better = False
+    display = ".4f"
+    needs_reference = True
+
+    def networks(self, evaluation) -> set[str]:
+        return {evaluation.cmmd_features}
+
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
+        from suite.metrics.distribution import cmmd
+
+        evaluation = point.evaluation
+        network = point.evaluator.network(evaluation.cmmd_features)
+        reference = point.evaluator.reference(evaluation.cmmd_features)
+        features = point.features(evaluation.cmmd_features)
+        row = {"cmmd": cmmd(features, reference.features), "cmmd_features": network.name, "cmmd_resize": network.resize}
+        if evaluation.set_resamples:
+            statistic = kernel_to(reference, features)
+            row |= interval_columns(
+                "cmmd", stats.bootstrap_interval(statistic, len(features), evaluation.set_resamples)
+            )
+        return row, None
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        network = a.row["cmmd_features"]
+        reference = a.reference(network)
+        test = paired_set_test(a, b, network, lambda features: kernel_to(reference, features))
+        return [comparison_row("cmmd", a.row["cmmd"], b.row["cmmd"], test, self.higher_is_better)]

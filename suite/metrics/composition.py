@@ -1,0 +1,76 @@
+"""The toy world's exact compositional score: per image 0/1 answers, accuracies with BCa and Wilson intervals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from suite import stats
+from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+from suite.toy.score import QUESTIONS
+
+CATEGORIES = (("single", "single"), ("pair", "pair"), ("held-out pair", "held_out_pair"))
+
+
+def accuracy_columns(column: str, values: np.ndarray) -> dict[str, Any]:
+    """Mean of 0/1 answers (NaN: not asked) with its BCa interval and its Wilson interval."""
+    asked = values[~np.isnan(values)]
+    if len(asked) == 0:
+        return {column: np.nan}
+    wilson = stats.wilson_interval(int(asked.sum()), len(asked))
+    return (
+        {column: float(asked.mean()), f"{column}_n": len(asked)}
+        | interval_columns(column, stats.mean_interval(asked))
+        | {f"{column}_wilson_low": wilson.low, f"{column}_wilson_high": wilson.high}
+    )
+
+
+def exact_match_subsets(scores: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Exact-match answers overall and per prompt category (NaN outside the category)."""
+    correct = scores["toy_correct"].to_numpy(dtype=np.float64)
+    subsets = {"toy_correct": correct}
+    for category, suffix in CATEGORIES:
+        subsets[f"toy_correct_{suffix}"] = np.where(scores["toy_category"] == category, correct, np.nan)
+    return subsets
+
+
+class Composition(Metric):
+    name = "composition"
+    description = "toy world only: exact object count / colour / shape / binding / relation accuracy, per category"
+    headline = "toy_correct"
+    higher_is_better = True
+    display = ".3f"
+
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
+        from suite.toy.score import score_prompt_image
+        from suite.toy.world import prompt_category
+
+        scores = pd.DataFrame(
+            [
+                {f"toy_{key}": value for key, value in score_prompt_image(image, prompt).items()}
+                | {"toy_category": prompt_category(prompt)}
+                for image, prompt in zip(point.images, point.prompts)
+            ]
+        )
+        row: dict[str, Any] = {}
+        for question in QUESTIONS:
+            row |= accuracy_columns(f"toy_{question}", scores[f"toy_{question}"].to_numpy(dtype=np.float64))
+        for column, values in exact_match_subsets(scores).items():
+            if column != "toy_correct":
+                row |= accuracy_columns(column, values)
+        return row, scores
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        rows_a, rows_b = paired_rows(a, b)
+        subsets_a = exact_match_subsets(a.scores.iloc[rows_a].reset_index(drop=True))
+        subsets_b = exact_match_subsets(b.scores.iloc[rows_b].reset_index(drop=True))
+        rows = []
+        for column, values_a in subsets_a.items():
+            values_b = subsets_b[column]
+            if np.all(np.isnan(values_a)):
+                continue
+            test = stats.mcnemar_exact(values_a, values_b)
+            rows.append(comparison_row(column, np.nanmean(values_a), np.nanmean(values_b), test, self.higher_is_better))
+        return rows

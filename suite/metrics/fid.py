@@ -1,0 +1,78 @@
+"""FID (Heusel et al. 2017) through torchmetrics, with a bootstrap interval and FID_inf (Chong & Forsyth 2020)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suite import stats
+from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+
+
+def frechet_to(reference):
+    """A fast FID function of feature sets against the reference's features or its (mu, sigma) statistics."""
+    from suite.metrics.distribution import FrechetToReference
+
+    if reference.features is not None:
+        return FrechetToReference.of(reference.features)
+    mean, covariance, _ = reference.statistics
+    return FrechetToReference(mean, covariance)
+
+
+class Fid(Metric):
+    name = "fid"
+    description = "Frechet distance to the reference set (torchmetrics), bootstrap interval, FID_inf extrapolation"
+    headline = "fid"
+    higher_is_better = False
+    display = ".3f"
+    needs_reference = True
+
+    def networks(self, evaluation) -> set[str]:
+        return {evaluation.features}
+
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
+        from suite.metrics.distribution import fid
+
+        evaluation = point.evaluation
+        network, reference = (
+            point.evaluator.network(evaluation.features),
+            point.evaluator.reference(evaluation.features),
+        )
+        features = point.features(evaluation.features)
+        distance = frechet_to(reference)
+        count, dimension = features.shape
+        row = {
+            "features": network.name,
+            "features_resize": network.resize,
+            "reference": reference.key,
+            "reference_count": reference.count,
+            "fid": fid(features, reference.features, reference.statistics),
+            "fid_n": count,
+            "fid_feature_dim": dimension,
+            "fid_rank_deficient": bool(count <= dimension),  # the generated covariance is singular: FID is biased
+        }
+        interval = None
+        if evaluation.set_resamples:
+            interval = stats.bootstrap_interval(lambda rows: distance(features[rows]), count, evaluation.set_resamples)
+            row |= interval_columns("fid", interval)
+        if evaluation.fid_inf and count >= 8:
+            extrapolated = stats.fid_infinity(lambda rows: distance(features[rows]), count)
+            row |= {
+                "fid_inf": extrapolated.value,
+                "fid_inf_slope": extrapolated.slope,
+                "fid_inf_r2": extrapolated.r_squared,
+                "fid_inf_sizes": " ".join(str(size) for size in extrapolated.sizes),
+            }
+            if interval is not None:  # FID_inf is FID minus a fitted bias: it varies with the sample as FID does
+                spread = stats.Interval(
+                    extrapolated.value - (row["fid"] - interval.low),
+                    extrapolated.value + (interval.high - row["fid"]),
+                    f"FID's interval moved to FID_inf ({interval.method})",
+                )
+                row |= interval_columns("fid_inf", spread)
+        return row, None
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        network = a.row["features"]
+        distance = frechet_to(a.reference(network))
+        test = paired_set_test(a, b, network, lambda features: lambda rows: distance(features[rows]))
+        return [comparison_row("fid", a.row["fid"], b.row["fid"], test, self.higher_is_better)]

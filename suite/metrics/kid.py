@@ -1,0 +1,45 @@
+"""KID (Binkowski et al. 2018) through torchmetrics, with a bootstrap interval over the generated set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suite import stats
+from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+
+
+def kernel_to(reference, features):
+    from suite.metrics.distribution import KernelToReference, polynomial_kernel
+
+    return KernelToReference(features, reference.features, polynomial_kernel, unbiased=True)
+
+
+class Kid(Metric):
+    name = "kid"
+    description = "kernel inception distance (torchmetrics, mean and std over subsets), bootstrap interval"
+    headline = "kid_mean"
+    higher_is_better = False
+    display = ".4f"
+    needs_reference = True
+
+    def networks(self, evaluation) -> set[str]:
+        return {evaluation.features}
+
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
+        from suite.metrics.distribution import kid
+
+        evaluation = point.evaluation
+        reference = point.evaluator.reference(evaluation.features)
+        features = point.features(evaluation.features)
+        mean, std = kid(features, reference.features)
+        row = {"kid_mean": mean, "kid_std": std}
+        if evaluation.set_resamples:
+            statistic = kernel_to(reference, features)
+            row |= interval_columns("kid", stats.bootstrap_interval(statistic, len(features), evaluation.set_resamples))
+        return row, None
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        network = a.row["features"]
+        reference = a.reference(network)
+        test = paired_set_test(a, b, network, lambda features: kernel_to(reference, features))
+        return [comparison_row("kid_mean", a.row["kid_mean"], b.row["kid_mean"], test, self.higher_is_better)]

@@ -1,0 +1,109 @@
+"""suite compare: one row per pair of grid points and compared number, Holm-adjusted p, self-comparison null."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from suite.cli import main
+from suite.compare import compare_points, load_records, pairs
+from suite.metrics.evaluate import EvaluateOptions
+from suite.results import read_run
+
+PROMPTS = [
+    "a red circle",
+    "a blue square",
+    "a green triangle above a yellow circle",
+    "a red square left of a blue circle",
+]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, module_test_networks) -> tuple:
+    tmp_path = tmp_path_factory.mktemp("compare")
+    with pytest.MonkeyPatch.context() as monkeypatch:  # the cache the function-scoped autouse fixture would set
+        monkeypatch.setenv("SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "suite-cache"))
+        return _compared(tmp_path)
+
+
+def _compared(tmp_path) -> tuple:
+    sweep = {
+        "name": "compare-check",
+        "presets": ["tiny-latent", "tiny-cascaded"],
+        "samplers": ["ddim"],
+        "steps": [2],
+        "guidance": [1.0, 3.0],
+        "seeds_per_prompt": 3,
+        "batch_size": 6,
+        "prompts": {"list": PROMPTS},
+        "metrics": ["fid", "kid", "clip_score", "cmmd", "flops", "composition"],
+        "evaluation": {
+            "features": "test-net",
+            "cmmd_features": "test-net",
+            "clip_model": "test-clip",
+            "reference": {"builtin": "toy", "count": 24},
+            "set_resamples": 50,
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    run = tmp_path / "run"
+    assert main(["sweep", str(path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+    return run, pd.read_csv(run / "comparisons.csv")
+
+
+def test_every_pair_of_points_and_number_is_one_row_with_holm_p_at_least_raw_p(compared):
+    run, table = compared
+    identity = ["kind", "a_preset", "a_guidance_scale", "b_preset", "b_guidance_scale", "metric"]
+    assert not table.duplicated(identity).any()
+    # within each preset: the other guidance against the baseline (the most expensive point, guidance 3);
+    # across presets: tiny-cascaded against tiny-latent at guidance 1 and 3
+    pairs_seen = table.drop_duplicates(identity[:-1])[identity[:-1]].values.tolist()
+    assert pairs_seen == [
+        ["within preset", "tiny-latent", 3.0, "tiny-latent", 1.0],
+        ["within preset", "tiny-cascaded", 3.0, "tiny-cascaded", 1.0],
+        ["across presets", "tiny-latent", 1.0, "tiny-cascaded", 1.0],
+        ["across presets", "tiny-latent", 3.0, "tiny-cascaded", 3.0],
+    ]
+    assert set(table["metric"]) >= {"fid", "kid_mean", "cmmd", "clip_score_mean", "toy_correct", "toy_correct_single"}
+    assert (table["p_holm"] >= table["p_value"] - 1e-12).all() and table["p_holm"].le(1).all()
+    assert (table["ci95_low"] <= table["difference"] + 1e-9).all() and (
+        table["difference"] <= table["ci95_high"] + 1e-9
+    ).all()
+    metrics = pd.read_csv(run / "metrics.csv").set_index(["preset", "guidance_scale"])
+    fid = table[(table.metric == "fid") & (table.kind == "across presets") & (table.a_guidance_scale == 1.0)].iloc[0]
+    assert fid["value_a"] == pytest.approx(metrics.loc[("tiny-latent", 1.0), "fid"])
+    assert fid["difference"] == pytest.approx(metrics.loc[("tiny-cascaded", 1.0), "fid"] - fid["value_a"], rel=1e-6)
+
+
+def test_a_point_compared_with_itself_differs_by_zero_with_p_one(compared):
+    run, _ = compared
+    folder = read_run(run)
+    records = load_records(folder, EvaluateOptions(device="cpu", progress=False))
+    record = next(iter(records.values()))
+    rows = compare_points(record, record, list(folder.resolved.sweep.metrics))
+    assert rows and all(row["difference"] == 0 and row["p_value"] == 1 for row in rows)
+    assert len(pairs(folder)) == 4
+
+
+def test_the_report_shows_significance_and_intervals(compared):
+    run, _ = compared
+    markdown = (run / "report" / "report.md").read_text()
+    assert "## What is significant" in markdown and "**tiny-latent** against its baseline" in markdown
+    assert "fid (95% CI)" in markdown and "not significantly worse" in markdown
+    metrics = pd.read_csv(run / "metrics.csv")
+    for column in (
+        "fid",
+        "kid",
+        "cmmd",
+        "clip_score",
+        "toy_correct",
+        "toy_count",
+        "gflops_per_image",
+        "seconds_per_image",
+    ):
+        assert metrics[f"{column}_ci95_low"].notna().all() and metrics[f"{column}_interval"].notna().all(), column
+    assert metrics["toy_correct_wilson_low"].notna().all() and metrics["fid_rank_deficient"].all()
+    assert np.all(metrics["fid_ci95_low"] <= metrics["fid_ci95_high"])
