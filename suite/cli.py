@@ -222,6 +222,16 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that reads a run folder and may evaluate it: RUN, --device, --inception-weights, --quiet."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("run", help="run folder")
+    command.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    command.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -248,19 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
     sweep.set_defaults(handler=command_sweep)
 
-    evaluate = commands.add_parser("evaluate", help="(re)compute a finished run's metrics from its folder alone")
-    evaluate.add_argument("run", help="run folder")
-    evaluate.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    evaluate.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
+    evaluate = _evaluation_command(commands, "evaluate", "(re)compute a finished run's metrics from its folder alone")
     evaluate.add_argument("--recompute", action="store_true", help="ignore grid points already evaluated")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=command_evaluate)
-
-    compare = commands.add_parser("compare", help="paired tests between grid points (evaluates first if needed)")
-    compare.add_argument("run", help="run folder")
-    compare.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    compare.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
-    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare = _evaluation_command(commands, "compare", "paired tests between grid points (evaluates first if needed)")
     compare.set_defaults(handler=command_compare)
 
     check = commands.add_parser("check", help="verify a run folder's items, images and tables against their hashes")
