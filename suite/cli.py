@@ -117,6 +117,7 @@ def _compare(run: Path, args: argparse.Namespace) -> None:
 
 
 def command_compare(args: argparse.Namespace) -> int:
+    _evaluate(Path(args.run), args)  # resumes: finished grid points are read back
     _compare(Path(args.run), args)
     return 0
 

@@ -28,7 +28,6 @@ from suite.results import GRID_COLUMNS, RunFolder, atomic_write_table, read_run
 
 COMPARISONS = "comparisons"
 ALPHA = 0.05
-POINT_FIELDS = ("preset", "sampler", "num_inference_steps", "guidance_scale")
 
 
 def point_key(row: pd.Series | dict) -> tuple:
@@ -111,17 +110,19 @@ def compare_run(run_path: Path, options=None) -> pd.DataFrame:
     Example:
         >>> compare_run(Path("results/toy"))[["kind", "metric", "difference", "ci95_low", "ci95_high", "p_holm"]]
     """
-    from suite.metrics.evaluate import EvaluateOptions, evaluate_run
+    from suite.errors import UserError
+    from suite.metrics.evaluate import EvaluateOptions
 
     options = options or EvaluateOptions(progress=False)
-    evaluate_run(run_path, options)  # resumes: reads back what is evaluated already
     run = read_run(run_path)
+    if run.metrics is None:
+        raise UserError(f"{run_path} is not evaluated yet; run `suite evaluate {run_path}` (or `suite compare`) first")
     records = load_records(run, options)
     metrics = list(run.resolved.sweep.metrics)
     rows = []
     for kind, a, b in pairs(run):
-        identity = {"kind": kind} | {f"a_{field}": value for field, value in zip(POINT_FIELDS, a)}
-        identity |= {f"b_{field}": value for field, value in zip(POINT_FIELDS, b)}
+        identity = {"kind": kind} | {f"a_{field}": value for field, value in zip(GRID_COLUMNS, a)}
+        identity |= {f"b_{field}": value for field, value in zip(GRID_COLUMNS, b)}
         rows += [identity | row for row in compare_points(records[a], records[b], metrics)]
     table = pd.DataFrame(rows)
     if not table.empty:

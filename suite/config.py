@@ -262,7 +262,7 @@ def _known(registry: Registry, name: str) -> str:
 
 def _first_error_line(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    parts = [str(part) for part in first["loc"] if part not in ("float", "int")]  # drop the Number union's branches
+    parts = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
     return f"{source}: {'.'.join(parts)}: {message}" if parts else f"{source}: {message}"
 

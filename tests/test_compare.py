@@ -107,3 +107,10 @@ def test_the_report_shows_significance_and_intervals(compared):
         assert metrics[f"{column}_ci95_low"].notna().all() and metrics[f"{column}_interval"].notna().all(), column
     assert metrics["toy_correct_wilson_low"].notna().all() and metrics["fid_rank_deficient"].all()
     assert np.all(metrics["fid_ci95_low"] <= metrics["fid_ci95_high"])
+
+
+def test_suite_compare_reproduces_the_table_from_the_folder_alone(compared):
+    run, _ = compared
+    before = (run / "comparisons.csv").read_bytes()
+    assert main(["compare", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert (run / "comparisons.csv").read_bytes() == before

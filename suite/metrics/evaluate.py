@@ -226,7 +226,6 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     from suite.preflight import check_evaluation
 
     run = read_run(run_path)
-    check_evaluation(run.resolved.sweep, options, run.path)
     evaluator = Evaluator(run, options)
     groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
     rows, per_image, stage_count, evaluated = [], [], 0, 0
@@ -236,6 +235,8 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
         if row_path.is_file() and scores_path.is_file() and not options.recompute:
             row, scores = pd.read_parquet(row_path), pd.read_parquet(scores_path)
         else:
+            if not evaluated:  # inputs are checked (one line on a problem) before the first point is computed
+                check_evaluation(run.resolved.sweep, options, run.path)
             row, scores, point = evaluate_grid_point(evaluator, group)
             row, evaluated = pd.DataFrame([row]), evaluated + 1
             for network, features in point.features_by_network.items():  # kept for paired comparisons
