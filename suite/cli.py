@@ -72,7 +72,15 @@ def command_sweep(args: argparse.Namespace) -> int:
         check_evaluation(resolved.sweep, _evaluate_options(args))
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
     options = RunOptions(
-        out, args.device, args.dtype, rank, world_size, _model_dirs(args.model_dir), progress=not args.quiet
+        out,
+        args.device,
+        args.dtype,
+        rank,
+        world_size,
+        _model_dirs(args.model_dir),
+        progress=not args.quiet,
+        compile=args.compile,
+        channels_last=args.channels_last,
     )
     summary = run_sweep(resolved, options)
     for item_id, problem in summary.repaired.items():
@@ -177,6 +185,58 @@ def command_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from suite.bench import ATTENTION, BenchSettings, bench_presets, write_bench
+    from suite.devices import resolve_device
+    from suite.presets import PRESETS, materialise
+    from suite.samplers import SAMPLERS
+
+    names = args.presets or ["sd15", "sd21-base", "if-xl"]
+    for name in names:
+        materialise(PRESETS.get(name)).architecture_only()
+    SAMPLERS.get(args.sampler)
+    for option, value, least in (
+        ("--steps", args.steps, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--repeats", args.repeats, 1),
+    ):
+        if value < least:
+            raise UserError(f"{option} must be at least {least}, got {value}")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise UserError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.attention not in ATTENTION:
+        raise UserError(f"--attention must be one of {', '.join(ATTENTION)}, got {args.attention!r}")
+    resolve_device(args.device)
+    settings = BenchSettings(
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        sampler=args.sampler,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        attention=args.attention,
+        repeats=args.repeats,
+        baseline=not args.no_baseline,
+    )
+    table = bench_presets(names, settings)
+    folder = write_bench(table, Path(args.out), settings)
+    for _, row in table.iterrows():
+        if row["stage"] == "pipeline":
+            ratio = row.get("ratio_to_diffusers")
+            ratio_text = f", {ratio:.3f}x diffusers' pipelines" if ratio == ratio and ratio is not None else ""
+            print(f"{row['preset']}: {row['images_per_s']:.4g} images/s on {row['device_name']}{ratio_text}")
+        elif "step_ms_median" in row and row["step_ms_median"] == row["step_ms_median"]:
+            print(
+                f"  {row['stage']}: {row['step_ms_median']:.1f} ms/step [IQR {row['step_ms_q1']:.1f}-{row['step_ms_q3']:.1f}], "
+                f"{row['tflops_achieved']:.2f} TFLOP/s ({100 * row['utilisation']:.0f}% of {row['peak_tflops']:.1f}), "
+                f"ratio to diffusers {row.get('ratio_to_diffusers', float('nan')):.3f}"
+            )
+    print(f"tables: {folder}/bench.{{csv,parquet,md}}")
+    return 0
+
+
 def command_train(args: argparse.Namespace) -> int:
     from suite.presets import cache_root
     from suite.toy import WEIGHTS
@@ -256,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="load PRESET from a local folder instead of the hub (repeatable)",
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--compile", action="store_true", help="torch.compile each UNet (compile time recorded apart, in compile_s)"
+    )
+    sweep.add_argument("--channels-last", action="store_true", help="channels-last memory format for UNets and VAEs")
     sweep.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
     sweep.set_defaults(handler=command_sweep)
 
@@ -288,6 +352,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="read PRESET's configs from a local folder (repeatable)",
     )
     profile.set_defaults(handler=command_profile)
+
+    bench = commands.add_parser(
+        "bench", help="time real architectures with random weights, against diffusers' pipelines"
+    )
+    bench.add_argument("presets", nargs="*", help="presets to time (default: sd15 sd21-base if-xl)")
+    bench.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    bench.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto: each preset's dtypes; fp32 on CPU",
+    )
+    bench.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
+    bench.add_argument("--steps", type=int, default=20, help="timed denoising steps per stage (default: 20)")
+    bench.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
+    bench.add_argument("--sampler", default="ddim", help="sampler (default: ddim)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile each UNet (compile time reported apart)")
+    bench.add_argument("--channels-last", action="store_true", help="channels-last memory format for UNets and VAEs")
+    bench.add_argument("--attention", default="sdpa", help="sdpa (fused kernels, default) or math (reference kernel)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per stage, alternating with diffusers")
+    bench.add_argument("--no-baseline", action="store_true", help="skip diffusers' pipelines")
+    bench.add_argument("--out", default="results/bench", help="tables go to OUT/<device>/ (default: results/bench)")
+    bench.set_defaults(handler=command_bench)
 
     train = commands.add_parser("train", help="rebuild the toy world's models (resumable)")
     train.add_argument("world", choices=["toy"], help="what to train: the toy world's models")

@@ -26,11 +26,17 @@ class LoadOptions:
     denoiser_dtype: torch.dtype
     text_encoder_dtype: torch.dtype
     offload: bool = False
+    random_weights: bool = False  # build from configs with random weights on ``device``: for timing (`suite bench`)
 
     @property
     def on_meta(self) -> bool:
         """Build the architecture only (no weights): for counting parameters and FLOPs."""
         return self.device.type == "meta"
+
+    def loader(self, preset: str, key: str, location: Path | Source | ReferenceConfigs) -> ComponentLoader:
+        """The loader of one source under these options: checkpoint weights, meta (no weights) or random weights."""
+        random_on = self.device if self.random_weights else None
+        return ComponentLoader(preset, key, location, meta=self.on_meta, random_on=random_on)
 
 
 @dataclass(frozen=True)
@@ -38,13 +44,16 @@ class ComponentLoader:
     """Loads the subfolders (unet/, vae/, text_encoder/ ...) of one repository-shaped location.
 
     With ``meta=True`` models are built from their configs alone on the meta device (no weights,
-    no memory, no tokenizer): the architecture for counting parameters and FLOPs.
+    no memory, no tokenizer): the architecture for counting parameters and FLOPs. With
+    ``random_on`` set they are built from their configs with random weights, directly on that
+    device (no tokenizer): the architecture for timing, since speed does not depend on weight values.
     """
 
     preset: str
     key: str
     location: Path | Source | ReferenceConfigs
     meta: bool = False
+    random_on: torch.device | None = None
 
     def _arguments(self, dtype: torch.dtype | None) -> tuple[str, dict[str, Any]]:
         if isinstance(self.location, Path):
@@ -74,7 +83,9 @@ class ComponentLoader:
     def model(self, cls: type, subfolder: str, dtype: torch.dtype) -> Any:
         """A diffusers or transformers model in ``dtype``, from safetensors weights only."""
         if self.meta:
-            return self._meta_model(cls, subfolder, dtype)
+            return model_on_meta(cls, self._config(cls, subfolder), dtype)
+        if self.random_on is not None:
+            return model_with_random_weights(cls, self._config(cls, subfolder), self.random_on, dtype)
         name, kwargs = self._arguments(dtype)
         dtype_key = "torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"
         try:
@@ -96,14 +107,11 @@ class ComponentLoader:
         except (OSError, ValueError) as error:
             raise self._failure(subfolder, error) from error
 
-    def _meta_model(self, cls: type, subfolder: str, dtype: torch.dtype) -> Any:
-        return model_on_meta(cls, self._config(cls, subfolder), dtype)
-
     def tokenizer(self, subfolder: str = "tokenizer") -> Any:
         from transformers import AutoTokenizer
 
-        if self.meta:
-            return None  # a meta-device model is only counted, never fed text
+        if self.meta or self.random_on is not None:
+            return None  # models built from configs alone are counted or timed, never fed text
         name, kwargs = self._arguments(None)
         kwargs.pop("variant", None)
         try:
@@ -120,18 +128,36 @@ class ComponentLoader:
         return scheduler_class.from_config(config)
 
 
+def _from_config(cls: type, config: Any, device: torch.device | str) -> torch.nn.Module:
+    """A diffusers or transformers model of class ``cls`` built from ``config`` (a dict or config object) on ``device``."""
+    with torch.device(device):
+        if cls.__module__.startswith("diffusers"):
+            return cls.from_config(config)
+        return cls(config if isinstance(config, cls.config_class) else cls.config_class.from_dict(config))
+
+
 def model_on_meta(cls: type, config: Any, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A diffusers or transformers model of class ``cls`` built from ``config`` on the meta device: no weights.
 
     ``config`` is a dict or the model's own config object. Not accelerate's ``init_empty_weights``:
     it unties T5's shared embedding.
     """
-    with torch.device("meta"):
-        if cls.__module__.startswith("diffusers"):
-            model = cls.from_config(config)
-        else:
-            model = cls(config if isinstance(config, cls.config_class) else cls.config_class.from_dict(config))
+    model = _from_config(cls, config, "meta")
     if dtype is not None:
+        model = model.to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def model_with_random_weights(cls: type, config: Any, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``cls`` built from ``config`` with its own random initialisation, directly on ``device``, then cast to ``dtype``.
+
+    Initialised in float32 (some initialisers are not defined for half types), one model at a time,
+    so the float32 copy of the largest model is the peak. Nothing is read but the config.
+    """
+    from suite.stages import quiet_casts
+
+    model = _from_config(cls, config, device)
+    with quiet_casts():
         model = model.to(dtype)
     return model.eval().requires_grad_(False)
 

@@ -25,6 +25,7 @@ class TextToImagePipeline:
     options: LoadOptions
     caches: dict[str, EmbeddingCache] = field(init=False)
     _offload_hooks: list = field(init=False, default_factory=list)
+    warmup_compile_seconds: float = field(init=False, default=0.0)  # torch.compile time not yet recorded on an item
 
     def __post_init__(self) -> None:
         self.caches = {name: EmbeddingCache(encoder) for name, encoder in self.text_encoders.items()}

@@ -39,7 +39,7 @@ ITEMS_DIR = "items"
 GRID_COLUMNS = ("preset", "sampler", "num_inference_steps", "guidance_scale")  # what makes a grid point
 IMAGE_KEY = ("item_id", "image_path")  # what identifies an image across samples and scores
 STAGE_SETTINGS = ("name", "sampler", "num_inference_steps", "guidance_scale", "noise_level", "strength")
-STAGE_TIMINGS = ("loop_s", "step_median_s", "model_evaluations")
+STAGE_TIMINGS = ("loop_s", "step_median_s", "model_evaluations", "decode_fp32_fallback")
 
 
 def stage_column(number: int, field: str) -> str:
@@ -73,6 +73,7 @@ def stage_record(number: int, settings: StageSettings, timing: StageTiming) -> d
         "loop_s": timing.loop_seconds,
         "step_median_s": timing.step_seconds_median,
         "model_evaluations": timing.model_evaluations,
+        "decode_fp32_fallback": timing.decode_fp32_fallback,
     }
     return {stage_column(number, field): values[field] for field in (*STAGE_SETTINGS, *STAGE_TIMINGS)}
 
@@ -176,7 +177,7 @@ def _git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     packages = [
         "diffusion-suite",
         "torch",
@@ -228,7 +229,7 @@ def write_manifest(run: Path, device: torch.device, environment: Any, seeds: dic
             "suite": "diffusion-suite",
             "command": " ".join(sys.argv),
             "git": _git_state(),
-            "versions": _versions(),
+            "versions": versions(),
             "hardware": _hardware(device),
             "dtypes": dict(environment.dtypes),
             "models": dict(environment.models),

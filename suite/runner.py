@@ -32,6 +32,7 @@ from suite.results import (
     stage_record,
 )
 from suite.resume import Environment, claim, open_run, release, verify_items
+from suite.stages import apply_speed_options, compile_seconds
 from suite.text import NEGATIVE_PROMPT
 from suite.timing import Clock, peak_memory, reset_peak_memory
 
@@ -45,6 +46,8 @@ class RunOptions:
     world_size: int = 1
     model_dirs: dict[str, Path] = field(default_factory=dict)
     progress: bool = True
+    compile: bool = False  # torch.compile each UNet; compile time is recorded apart from generation time
+    channels_last: bool = False  # channels-last memory layout for UNets and VAEs
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     mine = shard(items, options.rank, options.world_size)
 
     run = options.out
-    environment = Environment(device.type, _dtypes(presets, device, options.dtype), _model_sources(presets))
+    environment = Environment(device.type, _dtypes(presets, device, options), _model_sources(presets))
     open_run(run, resolved, device, environment, {"sweep_seed": resolved.sweep.seed, **SEED_RULE})
     finished, damaged = verify_items(run, mine)
     for item_id in damaged:
@@ -112,7 +115,7 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
                 continue
             try:
                 if pipeline is None:
-                    pipeline = _load(presets[preset_name], device, options.dtype, group, resolved, clock)
+                    pipeline = _load(presets[preset_name], device, options, group, resolved, clock)
                 rows = generate_item(pipeline, item, run, clock, hooks)
                 atomic_write_table(pd.DataFrame(rows), item_path(run, item.id).with_suffix(""), csv=False)
             finally:
@@ -131,24 +134,36 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
 
 
 def _load(
-    preset: Preset, device: torch.device, dtype: str, group: list[WorkItem], resolved: ResolvedSweep, clock: Clock
+    preset: Preset,
+    device: torch.device,
+    options: RunOptions,
+    group: list[WorkItem],
+    resolved: ResolvedSweep,
+    clock: Clock,
 ) -> TextToImagePipeline:
     """Load a preset, warm it up at the batch shape, and encode every prompt its items need, once."""
-    pipeline = BACKENDS.get(preset.backend).load(preset, load_options(preset, device, dtype))
+    pipeline = BACKENDS.get(preset.backend).load(preset, load_options(preset, device, options.dtype))
+    for stage in pipeline.stages:
+        apply_speed_options(stage, options.compile, options.channels_last)
+    compiled = compile_seconds()
     _warm_up(pipeline, group[0], clock)
+    pipeline.warmup_compile_seconds = compile_seconds() - compiled
     needed = sorted({image.prompt for item in group for image in item.images})
     pipeline.encode(needed, list(resolved.prompt_texts), clock)
     return pipeline
 
 
-def _dtypes(presets: dict[str, Preset], device: torch.device, dtype: str) -> dict[str, Any]:
+def _dtypes(presets: dict[str, Preset], device: torch.device, run_options: RunOptions) -> dict[str, Any]:
+    """Each preset's dtypes and offload, and the speed options (recorded; they do not block a resume)."""
     dtypes = {}
     for name, preset in presets.items():
-        options = load_options(preset, device, dtype)
+        options = load_options(preset, device, run_options.dtype)
         dtypes[name] = {
             "denoiser": str(options.denoiser_dtype),
             "text_encoder": str(options.text_encoder_dtype),
             "offload": options.offload,
+            "compile": run_options.compile,
+            "channels_last": run_options.channels_last,
         }
     return dtypes
 
@@ -196,9 +211,13 @@ def generate_item(
     prompts = [image.prompt for image in item.images]
     generators = [torch.Generator().manual_seed(image.seed) for image in item.images]
     reset_peak_memory(device)
+    compiled = compile_seconds()
     began = clock()
     images, timings = pipeline.generate(prompts, item.stages, generators, clock, hooks)
-    generate_seconds = clock() - began
+    compile_s = compile_seconds() - compiled  # a new batch shape compiles again: kept out of the timings
+    generate_seconds = clock() - began - compile_s
+    compile_s += pipeline.warmup_compile_seconds  # the first item after loading carries the warm-up's compile
+    pipeline.warmup_compile_seconds = 0.0
     memory, memory_kind = peak_memory(device)
     batch = len(item.images)
 
@@ -212,6 +231,7 @@ def generate_item(
         "batch_size": batch,
         "generate_s": generate_seconds,
         "decode_s": sum(t.decode_seconds for t in timings),
+        "compile_s": compile_s,
         "peak_memory_bytes": memory,
         "peak_memory_kind": memory_kind,
         "device": str(device),

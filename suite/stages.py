@@ -7,6 +7,7 @@ low-res image conditions the UNet (and is upsampled first) and whether a VAE dec
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,62 @@ class StageTiming:
     step_seconds_median: float
     model_evaluations: int
     decode_seconds: float
+    step_seconds: tuple[float, ...] = ()
+    decode_fp32_fallback: bool = False  # the half-precision decode was not finite and ran again in float32
+
+
+def apply_speed_options(stage: Stage, compile: bool = False, channels_last: bool = False) -> None:
+    """Channels-last memory layout for the stage's convolutions (UNet and VAE), and/or torch.compile of its UNet.
+
+    Neither changes the computation: images match eager, contiguous ones within float rounding.
+    """
+    if channels_last:
+        stage.unet.to(memory_format=torch.channels_last)
+        if stage.vae is not None:
+            stage.vae.to(memory_format=torch.channels_last)
+    if compile:
+        stage.unet = torch.compile(stage.unet, dynamic=False)
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far (torch._dynamo's outermost compile timer)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+
+
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """VAE-decode ``latents``; if a half-precision decode gives non-finite pixels, decode again in float32.
+
+    Returns the image and whether the float32 fallback ran. The VAE is cast back afterwards
+    (half -> float32 -> half is exact), so the next batch tries half precision again.
+    """
+    scaled = latents / vae.config.scaling_factor
+    image = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+    if vae.dtype not in (torch.float16, torch.bfloat16) or torch.isfinite(image).all():
+        return image, False
+    half = vae.dtype
+    try:
+        with quiet_casts():
+            vae.to(torch.float32)
+        image = vae.decode(scaled.float(), return_dict=False)[0]
+    finally:
+        with quiet_casts():
+            vae.to(half)
+    return image, True
+
+
+@contextlib.contextmanager
+def quiet_casts():
+    """Silence diffusers' advice on casting a model with ``.to(dtype)``: here the casts are deliberate."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def augment_low_res(
@@ -167,11 +224,13 @@ def run_stage(
     timer.start()
     sample = denoise(denoiser, scheduler, sample, generators, stage.name, [timer, *hooks], begin_index=begin)
 
-    decode_seconds = 0.0
+    decode_seconds, fallback = 0.0, False
     if stage.vae is not None:
         began = clock()
-        vae = stage.vae
-        sample = vae.decode(sample.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        sample, fallback = decode_latents(stage.vae, sample)
         decode_seconds = clock() - began
-    timing = StageTiming(stage.name, timer.total, timer.median, len(timer.step_seconds), decode_seconds)
+    steps = tuple(timer.step_seconds)
+    timing = StageTiming(
+        stage.name, sum(steps), timer.median, len(steps), decode_seconds, steps, decode_fp32_fallback=fallback
+    )
     return sample, timing

@@ -246,3 +246,52 @@ def test_model_offload_gives_the_same_images_and_leaves_models_on_cpu(latent_fol
         # with offload, accelerate's hooks move every model, in pipeline order
         assert all(hasattr(module, "_hf_hook") == offload for module in pipeline._modules())
     assert torch.equal(images[0], images[1])
+
+
+SPEED_SWEEP = """
+name: speed
+seed: 3
+presets: [toy-latent, toy-cascaded]
+samplers: [dpm-solver++]
+steps: [4]
+guidance: [3.0]
+seeds_per_prompt: 1
+batch_size: 3
+prompts: {set: toy, limit: 5}
+"""
+
+
+def _pixels(out: Path) -> dict[tuple, np.ndarray]:
+    samples = pd.read_parquet(out / "samples.parquet").set_index(IDENTITY).sort_index()
+    return {key: np.asarray(Image.open(out / path), dtype=int) for key, path in samples["image_path"].items()}
+
+
+def _speed_run(tmp_path: Path, name: str, **options) -> Path:
+    path = tmp_path / "speed.yaml"
+    path.write_text(SPEED_SWEEP)
+    run(path, tmp_path / name, **options)
+    return tmp_path / name
+
+
+def _assert_same_images(first: Path, second: Path) -> None:
+    eager, other = _pixels(first), _pixels(second)
+    assert eager.keys() == other.keys() and len(eager) == 10
+    assert max(np.abs(eager[key] - other[key]).max() for key in eager) <= 1  # within 1/255
+
+
+def test_channels_last_gives_the_eager_images(tmp_path):
+    _assert_same_images(_speed_run(tmp_path, "eager"), _speed_run(tmp_path, "channels-last", channels_last=True))
+    manifest = json.loads((tmp_path / "channels-last" / "manifest.json").read_text())
+    assert manifest["dtypes"]["toy-latent"]["channels_last"] is True
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_images_and_keeps_compile_time_apart(tmp_path):
+    """torch.compile on CPU builds C++ kernels: minutes on two cores."""
+    eager = _speed_run(tmp_path, "eager")
+    compiled = _speed_run(tmp_path, "compiled", compile=True, channels_last=True)
+    _assert_same_images(eager, compiled)
+    samples = pd.read_parquet(compiled / "samples.parquet")
+    per_item = samples.groupby("item_id")[["compile_s", "generate_s"]].first()
+    assert per_item["compile_s"].sum() > 5  # the UNets were compiled ...
+    assert (per_item["generate_s"] < per_item["compile_s"].max()).all()  # ... and no item's time includes it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from suite.backends.components import STAGE_KINDS, clip_text_encoder, t5_text_encoder
 from suite.errors import UserError
-from suite.loading import ComponentLoader, LoadOptions
+from suite.loading import LoadOptions
 from suite.pipeline import TextToImagePipeline
 from suite.presets import Preset
 
@@ -22,10 +22,7 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
         raise UserError(
             f"preset {preset.name!r}: a cascade is one 'pixel-base' stage then 'pixel-sr'/'latent-sr' stages"
         )
-    loaders = {
-        key: ComponentLoader(preset.name, key, location, meta=options.on_meta)
-        for key, location in preset.source_paths().items()
-    }
+    loaders = {key: options.loader(preset.name, key, location) for key, location in preset.source_paths().items()}
     base_loader = loaders[preset.stages[0].source]
     encoders = {"t5": t5_text_encoder(base_loader, "t5", options.text_encoder_dtype)}
     stages = []

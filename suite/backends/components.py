@@ -28,10 +28,9 @@ def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> T
 
 
 def _vae(loader: ComponentLoader, options: LoadOptions) -> AutoencoderKL:
-    vae = loader.model(AutoencoderKL, "vae", options.denoiser_dtype)
-    if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
-        vae = vae.to(torch.float32)  # fp16 VAEs overflow; diffusers upcasts them the same way
-    return vae
+    """The VAE in the denoiser's dtype: half precision on accelerators. Where a half-precision decode
+    overflows (the known SD fp16 VAE case), ``run_stage`` decodes that batch again in float32 and records it."""
+    return loader.model(AutoencoderKL, "vae", options.denoiser_dtype)
 
 
 def _unet(loader: ComponentLoader, options: LoadOptions) -> UNet2DConditionModel:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from suite.backends.components import STAGE_KINDS, clip_text_encoder
 from suite.errors import UserError
-from suite.loading import ComponentLoader, LoadOptions
+from suite.loading import LoadOptions
 from suite.pipeline import TextToImagePipeline
 from suite.presets import Preset
 
@@ -17,7 +17,7 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     if len(locations) != 1 or len(preset.stages) != 1 or preset.stages[0].kind != "latent":
         raise UserError(f"preset {preset.name!r}: the latent backend takes one source and one 'latent' stage")
     ((key, location),) = locations.items()
-    loader = ComponentLoader(preset.name, key, location, meta=options.on_meta)
+    loader = options.loader(preset.name, key, location)
     encoder = clip_text_encoder(loader, "clip", options.text_encoder_dtype)
     stage = STAGE_KINDS.get("latent")(preset.stages[0], loader, options, encoder.name)
     return TextToImagePipeline(preset.name, "latent", {encoder.name: encoder}, [stage], options)
