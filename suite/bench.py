@@ -262,8 +262,10 @@ def diffusers_stage(
             "generator": generators,
             "output_type": "pt",
         }
-        if kind in ("pixel-sr", "latent-sr"):
+        if kind == "pixel-sr":
             kwargs |= {"image": low_res, "noise_level": settings.noise_level}
+        elif kind == "latent-sr":  # the x4 upscaler pipeline takes images in [0, 1] and normalises them itself
+            kwargs |= {"image": low_res / 2 + 0.5, "noise_level": settings.noise_level}
         return pipe(**kwargs).images
 
     return run

@@ -7,16 +7,15 @@
 - ``verify_items`` is the one reader that checks finished items against what they recorded: the
   item table must be readable and every image must exist with its recorded sha256. The runner
   regenerates what fails; ``suite check`` reports it.
-- ``claim`` / ``release``: an item being generated holds ``items/<id>.claim`` (created with O_EXCL),
+- ``claim`` / ``release``: an item being generated holds ``items/<id>.claim`` (``suite.claims``),
   so two processes on one run folder never make the same item; a claim whose process has died
-  on this host is taken over.
+  (on this host), or that no heartbeat has touched for a while (from another host), is taken over.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from suite import claims
 from suite.errors import UserError
 from suite.results import (
     ITEMS_DIR,
@@ -181,43 +181,64 @@ def _claim_path(run: Path, item_id: str) -> Path:
     return run / ITEMS_DIR / f"{item_id}.claim"
 
 
-def _owner_alive(owner: Mapping[str, Any]) -> bool:
-    """Whether a claim's process still runs; a claim from another host is assumed alive."""
-    if owner.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(owner.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
+_OWNER: dict[str, Any] = {}
+
+
+def process_owner() -> dict[str, Any]:
+    """This process as its claims name it: host, pid, a random token, and its rank if a launcher set one."""
+    if not _OWNER:
+        _OWNER.update(claims.owner_record(rank=os.environ.get("RANK")))
+    return _OWNER
 
 
 def claim(run: Path, item_id: str) -> bool:
-    """Take the item for this process; False if a live process holds it."""
-    path = _claim_path(run, item_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            if owner and _owner_alive(owner):
-                return False
-            path.unlink(missing_ok=True)  # its process died: take the item over
-            continue
-        with os.fdopen(descriptor, "w") as file:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, file)
-        return True
-    return False
+    """Take the item for this process; False if a live process holds it (a dead one's claim is taken over)."""
+    return claims.acquire(_claim_path(run, item_id), process_owner()) is None
 
 
 def release(run: Path, item_id: str) -> None:
-    _claim_path(run, item_id).unlink(missing_ok=True)
+    claims.release(_claim_path(run, item_id), process_owner())
+
+
+EVALUATION_CLAIM = "evaluation.claim"  # held by the one process that evaluates, compares and reports
+EVALUATION_DONE = "evaluation.done"  # what was evaluated (samples and config), by whom
+
+
+def evaluation_key(run: Path) -> str:
+    """What an evaluation covers: the samples table and the config (metrics included), byte for byte."""
+    return sha256_bytes((run / f"{SAMPLES}.parquet").read_bytes() + (run / CONFIG).read_bytes())
+
+
+def _done(run: Path) -> dict[str, Any]:
+    return claims.read_owner(run / EVALUATION_DONE) or {}
+
+
+def elect_evaluator(run: Path, again: bool = False) -> tuple[str, dict[str, Any]]:
+    """Decide whether this process evaluates a finished run: exactly one process does.
+
+    Returns ``("elected", {})`` (this process holds ``evaluation.claim``; call
+    ``evaluation_finished``), ``("elsewhere", owner)`` (a live process evaluates now) or
+    ``("done", record)`` (these samples and this config were evaluated already; ``again`` ignores that).
+    A claim whose process died is taken over, so a later ``suite sweep`` or ``suite evaluate`` finishes.
+    """
+    key = evaluation_key(run)
+    if not again and _done(run).get("key") == key:
+        return "done", _done(run)
+    holder = claims.acquire(run / EVALUATION_CLAIM, process_owner())
+    if holder is not None:
+        return "elsewhere", holder
+    if not again and _done(run).get("key") == key:  # finished by another process just before we won
+        claims.release(run / EVALUATION_CLAIM, process_owner())
+        return "done", _done(run)
+    return "elected", {}
+
+
+def evaluation_finished(run: Path, completed: bool) -> None:
+    """Record a finished evaluation (if ``completed``) and give up ``evaluation.claim``."""
+    if completed:
+        record = {**process_owner(), "key": evaluation_key(run)}
+        atomic_write_text(run / EVALUATION_DONE, json.dumps(record))
+    claims.release(run / EVALUATION_CLAIM, process_owner())
 
 
 def check_run(run: Path) -> tuple[int, list[str]]:
@@ -244,18 +265,11 @@ def check_run(run: Path) -> tuple[int, list[str]]:
     problems += [
         f"{path.relative_to(run)}: claimed by a process that no longer runs"
         for path in sorted((run / ITEMS_DIR).glob("*.claim"))
-        if not _owner_alive(_read_owner(path))
+        if claims.is_stale(path, claims.read_owner(path) or {})
     ]
     problems += _samples_problems(run, items, complete=not missing and not damaged)
     verified = sum(len(item.images) for item in items if item.id in finished)
     return verified, problems
-
-
-def _read_owner(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _samples_problems(run: Path, items: list[WorkItem], complete: bool) -> list[str]:

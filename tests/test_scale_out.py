@@ -1,0 +1,219 @@
+"""Many processes on one run folder: topology from launchers, one evaluation, claims taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from suite import claims
+from suite.errors import UserError
+from suite.topology import Topology, device_for, topology
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, Topology()),
+        ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, Topology(3, 8, 1, "torchrun/accelerate")),
+        (
+            {"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+            Topology(2, 4, 0, "Open MPI"),
+        ),
+        ({"PMI_RANK": "1", "PMI_SIZE": "2"}, Topology(1, 2, 0, "MPI (PMI)")),
+        # srun tasks are read inside a job step only, not in the batch script
+        (
+            {"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"},
+            Topology(1, 4, 1, "srun"),
+        ),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, Topology()),
+        # a job array: elements 10..13, this one the third
+        (
+            {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_COUNT": "4"},
+            Topology(2, 4, 0, "Slurm array"),
+        ),
+        # an array of 3 elements, each a 2-process torchrun: 6 shards
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "RANK": "1",
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": "1",
+            },
+            Topology(5, 6, 1, "Slurm array x torchrun/accelerate"),
+        ),
+    ],
+)
+def test_topology_from_the_launcher(environ, expected):
+    assert topology(None, environ) == expected
+
+
+def test_shard_option_overrides_the_launcher_and_keeps_the_local_rank():
+    assert topology("1/3", {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Topology(1, 3, 1, "--shard")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SLURM_ARRAY_TASK_ID": "1"}, "without SLURM_ARRAY_TASK_COUNT"),
+        ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4"}, "contiguous array"),
+        ({"OMPI_COMM_WORLD_RANK": "x", "OMPI_COMM_WORLD_SIZE": "2"}, "whole numbers"),
+    ],
+)
+def test_bad_launcher_variables_are_user_errors(environ, message):
+    with pytest.raises(UserError, match=message):
+        topology(None, environ)
+
+
+def test_each_local_rank_takes_its_own_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [device_for("auto", Topology(rank, 16, rank % 8)) for rank in range(8)] == [
+        "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1", "cuda:2", "cuda:3"
+    ]  # fmt: skip
+    assert device_for("cuda:2", Topology(0, 2, 1)) == "cuda:2"  # an explicit GPU is kept
+    assert device_for("cpu", Topology(0, 2, 1)) == "cpu"
+
+
+# -- claims ---------------------------------------------------------------------------------
+
+
+def test_a_claim_is_exclusive_and_released_only_by_its_owner(tmp_path):
+    path = tmp_path / "x.claim"
+    first, second = claims.owner_record(rank=0), claims.owner_record(rank=1)
+    assert claims.acquire(path, first) is None
+    assert claims.acquire(path, second) == first  # a live process on this host holds it
+    claims.release(path, second)
+    assert path.exists()
+    claims.release(path, first)
+    assert not path.exists()
+
+
+def test_a_dead_processs_claim_is_taken_over(tmp_path):
+    path = tmp_path / "x.claim"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "old"}))
+    mine = claims.owner_record()
+    assert claims.acquire(path, mine) is None
+    assert claims.read_owner(path) == mine
+
+
+def test_a_claim_from_another_host_is_stale_once_its_heartbeat_stops(tmp_path, monkeypatch):
+    path = tmp_path / "x.claim"
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "far"}))
+    assert claims.acquire(path, claims.owner_record()) is not None  # fresh: its owner may be working
+    monkeypatch.setenv("SUITE_CLAIM_STALE_S", "60")
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert claims.acquire(path, claims.owner_record()) is None
+
+
+# -- several processes on one run folder -----------------------------------------------------
+
+SWEEP = """
+name: scale
+seed: 5
+presets: [toy-latent, toy-cascaded]
+samplers: [dpm-solver++]
+steps: [3]
+guidance: [3.0]
+seeds_per_prompt: 1
+batch_size: 2
+prompts: {set: toy, limit: 8}
+stages:
+  toy-cascaded:
+    super_resolution_1: {steps: 2, guidance: 1.0, noise_level: 250, strength: 0.5}
+metrics: [clip_score, composition]
+evaluation: {clip_model: toy-clip}
+"""
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    environ = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    path = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    return environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path} | extra
+
+
+def _sweep(path: Path, out: Path, **environ: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "suite", "sweep", str(path), "--out", str(out), "--quiet", "--device", "cpu"]
+    return subprocess.Popen(
+        command, env=_environment(**environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _hashes(out: Path) -> pd.Series:
+    samples = pd.read_parquet(out / "samples.parquet")
+    return samples.set_index(["preset", "prompt_index", "seed_index"])["sha256"].sort_index()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("scale")
+    path = folder / "scale.yaml"
+    path.write_text(textwrap.dedent(SWEEP))
+    process = _sweep(path, folder / "single")
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return path, folder / "single"
+
+
+def _evaluations(outputs: list[str]) -> int:
+    return sum("metrics for" in output for output in outputs)
+
+
+def test_two_rank_torchrun_sweep_equals_one_process_and_evaluates_once(reference, tmp_path):
+    path, single = reference
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "suite", "sweep"]
+    command += [str(path), "--out", str(out), "--quiet", "--device", "cpu"]
+    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _hashes(out).equals(_hashes(single))
+    assert _evaluations([result.stdout]) == 1
+    assert "shard 0/2 (torchrun/accelerate)" in result.stdout and "shard 1/2 (torchrun/accelerate)" in result.stdout
+    assert json.loads((out / "evaluation.done").read_text())["key"]
+    assert not (out / "evaluation.claim").exists()
+
+
+def test_concurrent_sweeps_into_one_folder_generate_each_item_once(reference, tmp_path):
+    path, single = reference
+    out = tmp_path / "together"
+    processes = [_sweep(path, out) for _ in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert _hashes(out).equals(_hashes(single))
+    generated = [int(output.split(" images generated")[0].split()[-1]) for output in outputs]
+    assert sum(generated) == len(_hashes(single))  # no image was made twice
+    assert _evaluations(outputs) <= 1 and (out / "evaluation.done").is_file()
+
+
+def test_a_killed_rank_is_finished_by_rerunning_that_rank(reference, tmp_path):
+    path, single = reference
+    out = tmp_path / "killed"
+    victim = _sweep(path, out, RANK="1", WORLD_SIZE="2")
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "items").glob("*.claim")):
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)  # mid-item: its claim stays behind
+    victim.wait()
+    survivor = _sweep(path, out, RANK="0", WORLD_SIZE="2")
+    output, _ = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0 and "run waiting for other shards" in output, output
+    rerun = _sweep(path, out, RANK="1", WORLD_SIZE="2")
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0 and "run complete" in output and _evaluations([output]) == 1, output
+    assert _hashes(out).equals(_hashes(single))
