@@ -210,7 +210,7 @@ def diffusers_stage(
     if kind == "latent":
         pipe = diffusers.StableDiffusionPipeline(
             vae=stage.vae,
-            text_encoder=encoder_model,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
             tokenizer=None,
             unet=stage.unet,
             scheduler=scheduler,
@@ -220,7 +220,7 @@ def diffusers_stage(
     elif kind == "pixel-base":
         pipe = diffusers.IFPipeline(
             tokenizer=None,
-            text_encoder=encoder_model,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
             unet=stage.unet,
             scheduler=scheduler,
             watermarker=None,
@@ -230,7 +230,7 @@ def diffusers_stage(
     elif kind == "pixel-sr":
         pipe = diffusers.IFSuperResolutionPipeline(
             tokenizer=None,
-            text_encoder=encoder_model,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
             unet=stage.unet,
             scheduler=scheduler,
             image_noising_scheduler=stage.conditioning.noising_scheduler,
@@ -241,7 +241,7 @@ def diffusers_stage(
     elif kind == "latent-sr":
         pipe = diffusers.StableDiffusionUpscalePipeline(
             vae=stage.vae,
-            text_encoder=encoder_model,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
             tokenizer=None,
             unet=stage.unet,
             low_res_scheduler=stage.conditioning.noising_scheduler,

@@ -244,6 +244,27 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_diff(args: argparse.Namespace) -> int:
+    from suite.crossrun import diff_runs
+    from suite.results import atomic_write_table, ensure_writable
+    from suite.tables import markdown_table
+
+    first, second = Path(args.a), Path(args.b)
+    for run in (first, second):
+        if not (run / "config.yaml").is_file():
+            raise UserError(f"{run} is not a run folder (no config.yaml)")
+    if args.out:
+        ensure_writable(Path(args.out).parent)
+    table = diff_runs(first, second)
+    shown = [*table.columns[:4], "images", "sha256_match", "max_pixel_difference", "mean_pixel_difference"]
+    shown += [column for column in table.columns if column.endswith("_difference") and column.startswith("toy_correct")]
+    print(markdown_table(table[shown], {"sha256_match": ".3f", "mean_pixel_difference": ".3f"}))
+    if args.out:
+        atomic_write_table(table, Path(args.out))
+        print(f"tables: {args.out}.{{csv,parquet}}")
+    return 0
+
+
 def command_train(args: argparse.Namespace) -> int:
     from suite.presets import cache_root
     from suite.toy import WEIGHTS
@@ -382,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-baseline", action="store_true", help="skip diffusers' pipelines")
     bench.add_argument("--out", default="results/bench", help="tables go to OUT/<device>/ (default: results/bench)")
     bench.set_defaults(handler=command_bench)
+
+    diff = commands.add_parser("diff", help="two runs of one sweep (other device or dtype): same images? same scores?")
+    diff.add_argument("a", help="run folder A (e.g. the CPU run)")
+    diff.add_argument("b", help="run folder B (e.g. the CUDA run)")
+    diff.add_argument("--out", help="write the full table to OUT.csv and OUT.parquet")
+    diff.set_defaults(handler=command_diff)
 
     train = commands.add_parser("train", help="rebuild the toy world's models (resumable)")
     train.add_argument("world", choices=["toy"], help="what to train: the toy world's models")

@@ -188,6 +188,13 @@ def test_two_rank_torchrun_sweep_equals_one_process_and_evaluates_once(reference
     assert json.loads((out / "evaluation.done").read_text())["key"]
     assert not (out / "evaluation.claim").exists()
 
+    from suite.crossrun import diff_runs
+
+    table = diff_runs(single, out)  # `suite diff`: the same images, the same scores
+    assert (table["sha256_match"] == 1.0).all() and (table["max_pixel_difference"] == 0).all()
+    assert (table["toy_correct_difference"] == 0).all() and (table["clip_score_difference"] == 0).all()
+    assert (table["images"] == 8).all()
+
 
 def test_concurrent_sweeps_into_one_folder_generate_each_item_once(reference, tmp_path):
     path, single = reference
