@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,31 @@ class TextToImagePipeline:
         """With model offload, return every model to the CPU (diffusers' ``maybe_free_model_hooks``)."""
         for hook in self._offload_hooks:
             hook.offload()
+
+    @contextlib.contextmanager
+    def in_float32(self) -> Iterator[None]:
+        """Every UNet and VAE in float32 for the duration (the regeneration of a non-finite image)."""
+        from suite.stages import quiet_casts
+
+        models = [module for stage in self.stages for module in (stage.unet, stage.vae) if module is not None]
+        dtypes = [next(module.parameters()).dtype for module in models]
+        with quiet_casts():
+            for module in models:
+                module.to(torch.float32)
+        try:
+            yield
+        finally:
+            with quiet_casts():
+                for module, dtype in zip(models, dtypes):
+                    module.to(dtype)
+
+    def free_memory(self) -> None:
+        """Give cached accelerator memory back after an out-of-memory error, before a smaller retry."""
+        import gc
+
+        gc.collect()
+        if self.options.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _modules(self) -> Iterator[torch.nn.Module]:
         for encoder in self.text_encoders.values():

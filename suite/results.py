@@ -267,6 +267,7 @@ class RunFolder:
     scores: pd.DataFrame | None
     metrics: pd.DataFrame | None
     costs: pd.DataFrame | None
+    unusable: pd.DataFrame | None = None  # rows recorded without an image (status non_finite): never measured
 
     def images(self) -> pd.DataFrame:
         """One row per image: the samples table joined with the per-image scores, if evaluated."""
@@ -304,6 +305,10 @@ def read_run(run: Path) -> RunFolder:
     sweep = parse_sweep({key: value for key, value in config.items() if key != HASH_KEY}, str(config_path))
     manifest_path = run / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    unusable = None
+    if "status" in samples:  # images that stayed non-finite have a row but no PNG: metrics leave them out
+        missing = samples["status"] == "non_finite"
+        samples, unusable = samples[~missing].reset_index(drop=True), samples[missing].reset_index(drop=True)
     return RunFolder(
         run,
         config,
@@ -313,4 +318,5 @@ def read_run(run: Path) -> RunFolder:
         _table(run, SCORES),
         _table(run, METRICS_TABLE),
         _table(run, COSTS),
+        unusable,
     )

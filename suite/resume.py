@@ -154,7 +154,10 @@ def item_problem(run: Path, item: WorkItem) -> str | None:
         return "its item table is unreadable (truncated or empty)"
     if len(rows) != len(item.images) or not {"image_path", "sha256"} <= set(rows.columns):
         return f"its item table has {len(rows)} rows for {len(item.images)} images"
-    for image_path, recorded in zip(rows["image_path"], rows["sha256"]):
+    statuses = rows["status"] if "status" in rows else ["ok"] * len(rows)
+    for image_path, recorded, status in zip(rows["image_path"], rows["sha256"], statuses):
+        if status == "non_finite":  # recorded without an image on purpose
+            continue
         path = run / image_path
         if not path.is_file():
             return f"{image_path} is missing"
@@ -268,8 +271,13 @@ def check_run(run: Path) -> tuple[int, list[str]]:
         if claims.is_stale(path, claims.read_owner(path) or {})
     ]
     problems += _samples_problems(run, items, complete=not missing and not damaged)
-    verified = sum(len(item.images) for item in items if item.id in finished)
+    verified = sum(_images_with_png(run, item) for item in items if item.id in finished)
     return verified, problems
+
+
+def _images_with_png(run: Path, item: WorkItem) -> int:
+    rows = pd.read_parquet(item_path(run, item.id))
+    return int((rows["status"] != "non_finite").sum()) if "status" in rows else len(rows)
 
 
 def _samples_problems(run: Path, items: list[WorkItem], complete: bool) -> list[str]:
@@ -291,5 +299,9 @@ def _samples_problems(run: Path, items: list[WorkItem], complete: bool) -> list[
             except Exception:
                 continue
             recorded |= dict(zip(rows["image_path"], rows["sha256"]))
-    stale = [image for image, sha in zip(samples["image_path"], samples["sha256"]) if recorded.get(image, sha) != sha]
+    stale = [
+        image
+        for image, sha in zip(samples["image_path"], samples["sha256"])
+        if recorded.get(image, sha) != sha and not (pd.isna(sha) and pd.isna(recorded.get(image)))  # no PNG in both
+    ]
     return [f"samples.parquet: {len(stale)} rows disagree with their item tables"] if stale else []

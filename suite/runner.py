@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from suite.results import (
     stage_record,
 )
 from suite.resume import Environment, claim, open_run, release, verify_items
-from suite.stages import apply_speed_options, compile_seconds
+from suite.stages import StageTiming, apply_speed_options, compile_seconds
 from suite.text import NEGATIVE_PROMPT
 from suite.timing import Clock, peak_memory, reset_peak_memory
 
@@ -203,17 +204,101 @@ def to_png(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+OUT_OF_MEMORY = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is a subclass
+
+
+@dataclass
+class Generated:
+    """One item's images and how they were made: the batch that fitted, retries, and per-image status."""
+
+    images: torch.Tensor
+    timings: list[StageTiming]
+    batch_size_used: int
+    oom_retries: int
+    status: list[str]  # per image: "ok", "fp32_retry" (regenerated in float32) or "non_finite" (no PNG)
+
+
+def _seeded(item: WorkItem, indices: list[int]) -> list[torch.Generator]:
+    """Fresh per-image generators: an image's noise depends on its seed alone, never on a failed attempt."""
+    return [torch.Generator().manual_seed(item.images[index].seed) for index in indices]
+
+
+def _merge_timings(parts: list[list[StageTiming]]) -> list[StageTiming]:
+    """Stage timings of sub-batches as one: times add up, steps are pooled for the median."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = []
+    for stage_parts in zip(*parts):
+        steps = tuple(step for timing in stage_parts for step in timing.step_seconds)
+        merged.append(
+            StageTiming(
+                stage_parts[0].stage,
+                sum(timing.loop_seconds for timing in stage_parts),
+                statistics.median(steps) if steps else float("nan"),
+                stage_parts[0].model_evaluations,
+                sum(timing.decode_seconds for timing in stage_parts),
+                steps,
+                any(timing.decode_fp32_fallback for timing in stage_parts),
+            )
+        )
+    return merged
+
+
+def _generate_in_batches(
+    pipeline: TextToImagePipeline, item: WorkItem, indices: list[int], clock: Clock, hooks: tuple
+) -> tuple[torch.Tensor, list[StageTiming], int, int]:
+    """Generate the images ``indices`` of ``item``; on out-of-memory halve the batch and start over, down to 1."""
+    chunk, retries = len(indices), 0
+    while True:
+        try:
+            images, timings = [], []
+            for start in range(0, len(indices), chunk):
+                part = indices[start : start + chunk]
+                prompts = [item.images[index].prompt for index in part]
+                batch_images, batch_timings = pipeline.generate(prompts, item.stages, _seeded(item, part), clock, hooks)
+                images.append(batch_images)
+                timings.append(batch_timings)
+            return torch.cat(images), _merge_timings(timings), chunk, retries
+        except OUT_OF_MEMORY:  # noqa: PERF203 (a retry loop: the exception is the point)
+            if chunk == 1:
+                raise
+            chunk, retries = max(1, chunk // 2), retries + 1
+            pipeline.free_memory()
+
+
+def generate_resilient(pipeline: TextToImagePipeline, item: WorkItem, clock: Clock, hooks: tuple = ()) -> Generated:
+    """Generate an item, surviving out-of-memory (smaller batches) and non-finite images (once more in float32).
+
+    Per-image generators make both retries exact: an image is the same whatever batch it is made in.
+    An image still non-finite in float32 is reported as ``non_finite``: it gets no PNG and no metric.
+    """
+    everything = list(range(len(item.images)))
+    images, timings, batch_used, retries = _generate_in_batches(pipeline, item, everything, clock, hooks)
+    status = ["ok"] * len(everything)
+    bad = [index for index in everything if not torch.isfinite(images[index]).all()]
+    if bad and pipeline.options.denoiser_dtype != torch.float32:
+        with pipeline.in_float32():
+            again, _, _, more = _generate_in_batches(pipeline, item, bad, clock, hooks)
+        retries += more
+        for position, index in enumerate(bad):
+            images[index] = again[position]
+            status[index] = "fp32_retry"
+    for index in everything:
+        if not torch.isfinite(images[index]).all():
+            status[index] = "non_finite"
+    return Generated(images, timings, batch_used, retries, status)
+
+
 def generate_item(
     pipeline: TextToImagePipeline, item: WorkItem, run: Path, clock: Clock, hooks: tuple = ()
 ) -> list[dict[str, Any]]:
     """Generate one work item's images, write them as PNG, and return one row per image."""
     device = pipeline.options.device
-    prompts = [image.prompt for image in item.images]
-    generators = [torch.Generator().manual_seed(image.seed) for image in item.images]
     reset_peak_memory(device)
     compiled = compile_seconds()
     began = clock()
-    images, timings = pipeline.generate(prompts, item.stages, generators, clock, hooks)
+    generated = generate_resilient(pipeline, item, clock, hooks)
+    images, timings = generated.images, generated.timings
     compile_s = compile_seconds() - compiled  # a new batch shape compiles again: kept out of the timings
     generate_seconds = clock() - began - compile_s
     compile_s += pipeline.warmup_compile_seconds  # the first item after loading carries the warm-up's compile
@@ -229,6 +314,8 @@ def generate_item(
         "num_inference_steps": item.num_inference_steps,
         "guidance_scale": item.guidance_scale,
         "batch_size": batch,
+        "batch_size_used": generated.batch_size_used,  # smaller than batch_size after out-of-memory retries
+        "oom_retries": generated.oom_retries,
         "generate_s": generate_seconds,
         "decode_s": sum(t.decode_seconds for t in timings),
         "compile_s": compile_s,
@@ -241,10 +328,13 @@ def generate_item(
         shared |= stage_record(number, settings, timing)
 
     rows = []
-    for spec, image in zip(item.images, images):
-        png = to_png(image)
+    for spec, image, status in zip(item.images, images, generated.status):
         relative = image_relative_path(item, spec.prompt_index, spec.seed_index)
-        atomic_write_bytes(run / relative, png)
+        digest = None
+        if status != "non_finite":  # no black PNG for an image that could not be made
+            png = to_png(image)
+            atomic_write_bytes(run / relative, png)
+            digest = sha256_bytes(png)
         text_seconds = pipeline.text_encode_seconds(spec.prompt)
         rows.append(
             {
@@ -254,7 +344,8 @@ def generate_item(
                 "prompt": spec.prompt,
                 "seed": spec.seed,
                 "image_path": relative.as_posix(),
-                "sha256": sha256_bytes(png),
+                "sha256": digest,
+                "status": status,
                 "height": image.shape[1],
                 "width": image.shape[2],
                 "text_encode_s": text_seconds,

@@ -184,3 +184,18 @@ def test_tiny_bench_on_cuda_uses_events_and_fused_attention(tmp_path):
     assert latent["peak_memory_kind"] == "cuda_max_allocated" and latent["dtype"] == "fp32"
     assert "scaled_dot_product" in latent["attention_ops"]
     assert latent["peak_tflops"] > 10
+
+
+def test_diffusers_baseline_takes_the_unets_dtype_not_the_text_encoders():
+    """On CUDA, if-xl's bf16 T5 made diffusers' IF pipeline run an fp16 UNet on bf16 inputs; CPU stand-in."""
+    from suite.bench import diffusers_stage, random_embeddings
+
+    pipeline = build_random(PRESETS.get("tiny-cascaded"), torch.device("cpu"), "fp32")
+    encoder = pipeline.text_encoders["t5"]
+    encoder.model.to(torch.bfloat16)  # the text encoder in another dtype than the UNet, as if-xl on a GPU
+    embeds, negative = random_embeddings(pipeline, 1, seed=1)["t5"], random_embeddings(pipeline, 1, seed=2)["t5"]
+    assert embeds.dtype == torch.bfloat16 and pipeline.stages[0].unet.dtype == torch.float32
+    settings = preset_stage_settings(PRESETS.get("tiny-cascaded"), "ddim", 2, 7.5)[0]
+    run = diffusers_stage(pipeline.stages[0], "pixel-base", settings, encoder.model)
+    image = run(embeds, negative, [torch.Generator().manual_seed(0)], None, 2)
+    assert image.shape[0] == 1 and torch.isfinite(image).all()

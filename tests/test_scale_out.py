@@ -224,3 +224,112 @@ def test_a_killed_rank_is_finished_by_rerunning_that_rank(reference, tmp_path):
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0 and "run complete" in output and _evaluations([output]) == 1, output
     assert _hashes(out).equals(_hashes(single))
+
+
+# -- faults survived and recorded ----------------------------------------------------------------
+
+
+def _run_in_process(path: Path, out: Path, monkeypatch, wrap=None, dtype: str = "auto"):
+    """run_sweep in this process; ``wrap(unet)`` replaces each UNet's forward after loading and warm-up."""
+    import suite.runner as runner
+    from suite.config import load_sweep
+    from suite.runner import RunOptions, run_sweep
+
+    if wrap is not None:
+        original = runner._load
+
+        def load(*args, **kwargs):
+            pipeline = original(*args, **kwargs)
+            for stage in pipeline.stages:
+                stage.unet.forward = wrap(stage.unet, stage.unet.forward)
+            return pipeline
+
+        monkeypatch.setattr(runner, "_load", load)
+    summary = run_sweep(load_sweep(path), RunOptions(out, device="cpu", dtype=dtype, progress=False))
+    monkeypatch.undo()
+    return summary
+
+
+@pytest.fixture
+def sweep_path(tmp_path) -> Path:
+    path = tmp_path / "faults.yaml"
+    path.write_text(textwrap.dedent(SWEEP).replace("batch_size: 2", "batch_size: 4"))
+    return path
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_image(sweep_path, tmp_path, monkeypatch):
+    import torch
+
+    _run_in_process(sweep_path, tmp_path / "plain", monkeypatch)
+
+    def at_most_one_image(unet, forward):  # a UNet that "runs out of memory" above one guided image
+        def limited(sample, *args, **kwargs):
+            if sample.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return forward(sample, *args, **kwargs)
+
+        return limited
+
+    summary = _run_in_process(sweep_path, tmp_path / "oom", monkeypatch, at_most_one_image)
+    assert summary.complete
+    from suite.crossrun import diff_runs
+
+    # the same noise per image; batched float kernels may round differently, so within one level
+    assert (diff_runs(tmp_path / "plain", tmp_path / "oom")["max_pixel_difference"] <= 1).all()
+    samples = pd.read_parquet(tmp_path / "oom" / "samples.parquet")
+    assert (samples["batch_size"] == 4).all() and (samples["batch_size_used"] == 1).all()
+    assert (samples["oom_retries"] == 2).all()  # 4 -> 2 -> 1
+    assert (samples["status"] == "ok").all()
+
+
+def _nan_in_first_image(unet, forward):
+    """A UNet whose output for the first image of every batch (both guidance halves) is NaN."""
+
+    def poisoned(sample, *args, **kwargs):
+        output = forward(sample, *args, **kwargs)
+        tensor = output[0] if isinstance(output, tuple) else output.sample
+        half = sample.shape[0] // 2 if sample.shape[0] > 1 else 0
+        tensor[0] = float("nan")
+        tensor[half] = float("nan")
+        return output
+
+    return poisoned
+
+
+def test_an_image_that_stays_non_finite_gets_a_status_no_png_and_no_metric(sweep_path, tmp_path, monkeypatch):
+    from suite.cli import main
+
+    out = tmp_path / "nan"
+    summary = _run_in_process(sweep_path, out, monkeypatch, _nan_in_first_image)
+    assert summary.complete
+    samples = pd.read_parquet(out / "samples.parquet")
+    bad = samples[samples["status"] == "non_finite"]
+    assert set(bad["item_id"]) == set(samples["item_id"])  # at least the first image of each item
+    assert len(bad) < len(samples)
+    assert bad["sha256"].isna().all() and not any((out / path).exists() for path in bad["image_path"])
+    assert (samples.loc[samples["status"] != "non_finite", "status"] == "ok").all()  # fp32 already: no retry
+    assert main(["check", str(out)]) == 0
+    assert main(["evaluate", str(out), "--quiet", "--device", "cpu"]) == 0
+    metrics = pd.read_parquet(out / "metrics.parquet").set_index("preset")
+    per_point = samples.groupby("preset")["status"].agg(lambda status: int((status == "non_finite").sum()))
+    assert metrics["n_non_finite"].sort_index().tolist() == per_point.sort_index().tolist()
+    totals = (metrics["n_images"] + metrics["n_non_finite"]).sort_index().tolist()
+    assert totals == samples.groupby("preset").size().sort_index().tolist()
+
+
+def test_a_half_precision_nan_is_regenerated_in_float32(sweep_path, tmp_path, monkeypatch):
+    import torch
+
+    def nan_in_half_precision(unet, forward):
+        poisoned = _nan_in_first_image(unet, forward)
+        return lambda sample, *args, **kwargs: (poisoned if unet.dtype != torch.float32 else forward)(
+            sample, *args, **kwargs
+        )
+
+    out = tmp_path / "half"
+    assert _run_in_process(sweep_path, out, monkeypatch, nan_in_half_precision, dtype="bf16").complete
+    samples = pd.read_parquet(out / "samples.parquet")
+    retried = samples[samples["status"] == "fp32_retry"]
+    assert set(retried["item_id"]) == set(samples["item_id"])
+    assert all((out / path).is_file() for path in retried["image_path"])
+    assert (samples["status"] != "non_finite").all()

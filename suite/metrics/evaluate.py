@@ -142,7 +142,7 @@ def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> 
     first = group.iloc[0]
     row = {
         "backend": first["backend"],
-        "n_images": len(group),
+        "n_images": len(group),  # images with a PNG; non-finite ones are counted in n_non_finite
         "batch_size": int(first["batch_size"]),
         "device": first["device"],
         "dtype": first["dtype"],
@@ -174,11 +174,22 @@ def seconds_interval(group: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _non_finite(unusable: pd.DataFrame | None, point: pd.Series) -> int:
+    """Images of this grid point that stayed non-finite (recorded without a PNG, left out of every metric)."""
+    if unusable is None or unusable.empty:
+        return 0
+    same = np.ones(len(unusable), dtype=bool)
+    for column in GRID_COLUMNS:
+        same &= (unusable[column] == point[column]).to_numpy()
+    return int(same.sum())
+
+
 def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, GridPoint]:
     """One grid point's metrics row, its per-image scores (keyed by item and image) and its extracted features."""
     first = group.iloc[0]
     settings = evaluator.run.stage_settings(*(first[column] for column in GRID_COLUMNS))
     row = {column: first[column] for column in GRID_COLUMNS} | timing_columns(group, settings)
+    row["n_non_finite"] = _non_finite(evaluator.run.unusable, first)
     row |= seconds_interval(group)
     images = load_images(evaluator.run.path, list(group["image_path"]), list(group["sha256"]))
     point = GridPoint(evaluator, group.reset_index(drop=True), images, settings)
