@@ -107,7 +107,8 @@ def _evaluate(run: Path, args: argparse.Namespace) -> None:
     from suite.metrics.evaluate import evaluate_run
 
     table = evaluate_run(run, _evaluate_options(args))
-    print(f"{run}: metrics for {len(table)} grid points in {run / 'metrics.csv'}")
+    here = table.attrs.get("computed_here", 0)
+    print(f"{run}: metrics for {len(table)} grid points in {run / 'metrics.csv'} ({here} computed by this process)")
 
 
 def _compare(run: Path, args: argparse.Namespace) -> None:
@@ -145,8 +146,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if (run / "samples.parquet").is_file() and (run / "config.yaml").is_file():
         state, owner = elect_evaluator(run, again=True)
-        if state == "elsewhere":
-            raise UserError(f"{run}: {describe(owner)} is evaluating this run now; wait for it to finish")
+        if state == "elsewhere":  # e.g. the other ranks of `torchrun ... suite evaluate`: share the grid points
+            from suite.metrics.evaluate import evaluate_share
+
+            computed = evaluate_share(run, _evaluate_options(args))
+            print(f"{run}: {computed} grid points computed by this process; {describe(owner)} writes the tables")
+            return 0
         try:
             _evaluate(run, args)
         finally:

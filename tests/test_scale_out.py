@@ -333,3 +333,26 @@ def test_a_half_precision_nan_is_regenerated_in_float32(sweep_path, tmp_path, mo
     assert set(retried["item_id"]) == set(samples["item_id"])
     assert all((out / path).is_file() for path in retried["image_path"])
     assert (samples["status"] != "non_finite").all()
+
+
+def test_two_evaluate_processes_split_the_grid_points(reference, tmp_path):
+    import re
+    import shutil
+
+    _, single = reference
+    run = tmp_path / "run"
+    shutil.copytree(single, run, ignore=shutil.ignore_patterns("evaluation*", "metrics.*", "scores.*", "report"))
+    command = [sys.executable, "-m", "suite", "evaluate", str(run), "--quiet", "--device", "cpu"]
+    processes = [
+        subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    counts = [int(re.search(r"(\d+) (?:grid points )?computed by this process", output).group(1)) for output in outputs]
+    assert sum(counts) == 2  # each grid point once, whoever computed it
+    assert sum("metrics for" in output for output in outputs) == 1  # one process wrote the tables
+    columns = ["preset", "n_images", "clip_score_mean", "toy_correct"]
+    expected = pd.read_parquet(single / "metrics.parquet")[columns].sort_values("preset").reset_index(drop=True)
+    actual = pd.read_parquet(run / "metrics.parquet")[columns].sort_values("preset").reset_index(drop=True)
+    pd.testing.assert_frame_equal(actual, expected)

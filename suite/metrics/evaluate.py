@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from suite import stats
+from suite import claims, stats
 from suite.errors import UserError
 from suite.flops import PipelineCost
 from suite.metrics import METRICS
@@ -50,6 +51,7 @@ from suite.stages import StageSettings
 
 EVALUATION_DIR = "evaluation"
 EVALUATION_VERSION = 3  # part of each grid point's cache key: bump when a row's columns change
+POLL_SECONDS = 2.0  # how often the assembling process looks at grid points other processes compute
 STAGE_METRIC_FIELDS = ("name", "num_inference_steps", "guidance_scale", "model_evaluations", "step_s_median")
 
 
@@ -228,38 +230,81 @@ def _ordered(table: pd.DataFrame, stage_count: int) -> pd.DataFrame:
     return table[rest[:timing_end] + stages + rest[timing_end:]]
 
 
+def _finished(folder: Path) -> bool:
+    return (folder / "row.parquet").is_file() and (folder / "scores.parquet").is_file()
+
+
+def _evaluate_points(
+    run: RunFolder, evaluator: Evaluator, groups: list[pd.DataFrame], options: EvaluateOptions
+) -> tuple[int, list[pd.DataFrame]]:
+    """Compute the grid points not yet under ``evaluation/``; return how many, and those another process holds.
+
+    Each point is claimed (``evaluation/<key>.claim``) while it is computed, so several processes
+    evaluating one run (``torchrun ... suite evaluate``) split the grid points between them.
+    """
+    from suite.preflight import check_evaluation
+    from suite.resume import process_owner
+
+    computed, elsewhere = 0, []
+    for group in tqdm(groups, desc="evaluate", unit="grid point", disable=not options.progress):
+        folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
+        if _finished(folder) and not options.recompute:
+            continue
+        claim = folder.with_name(folder.name + ".claim")
+        if claims.acquire(claim, process_owner()) is not None:
+            elsewhere.append(group)
+            continue
+        try:
+            if _finished(folder) and not options.recompute:  # finished by another process meanwhile
+                continue
+            if not computed:  # inputs are checked (one line on a problem) before the first point is computed
+                check_evaluation(run.resolved.sweep, options, run.path)
+            row, scores, point = evaluate_grid_point(evaluator, group)
+            for network, features in point.features_by_network.items():  # kept for paired comparisons
+                atomic_write_bytes(folder / f"features-{network}.npy", _npy(features))
+            atomic_write_table(scores, folder / "scores", csv=False)
+            atomic_write_table(pd.DataFrame([row]), folder / "row", csv=False)
+            computed += 1
+        finally:
+            claims.release(claim, process_owner())
+    return computed, elsewhere
+
+
+def evaluate_share(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -> int:
+    """Help another process evaluate a run: compute the grid points nobody holds; return how many."""
+    run = read_run(run_path)
+    evaluator = Evaluator(run, options)
+    groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
+    return _evaluate_points(run, evaluator, groups, options)[0]
+
+
 def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -> pd.DataFrame:
     """Compute every metric the run's sweep names, per grid point; write metrics.*, scores.* and costs.*.
+
+    Grid points that another process is computing are waited for (and taken over if it dies).
+    ``table.attrs["computed_here"]`` says how many points this process computed.
 
     Example:
         >>> evaluate_run(Path("results/toy"))[["preset", "sampler", "fid", "clip_score_mean"]]
     """
-    from suite.preflight import check_evaluation
-
     run = read_run(run_path)
     evaluator = Evaluator(run, options)
     groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
-    rows, per_image, stage_count, evaluated = [], [], 0, 0
-    for group in tqdm(groups, desc="evaluate", unit="grid point", disable=not options.progress):
+    computed, elsewhere = _evaluate_points(run, evaluator, groups, options)
+    while elsewhere:
+        time.sleep(POLL_SECONDS)
+        more, elsewhere = _evaluate_points(run, evaluator, elsewhere, replace(options, recompute=False, progress=False))
+        computed += more
+    rows, per_image, stage_count = [], [], 0
+    for group in groups:
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
-        row_path, scores_path = folder / "row.parquet", folder / "scores.parquet"
-        if row_path.is_file() and scores_path.is_file() and not options.recompute:
-            row, scores = pd.read_parquet(row_path), pd.read_parquet(scores_path)
-        else:
-            if not evaluated:  # inputs are checked (one line on a problem) before the first point is computed
-                check_evaluation(run.resolved.sweep, options, run.path)
-            row, scores, point = evaluate_grid_point(evaluator, group)
-            row, evaluated = pd.DataFrame([row]), evaluated + 1
-            for network, features in point.features_by_network.items():  # kept for paired comparisons
-                atomic_write_bytes(folder / f"features-{network}.npy", _npy(features))
-            atomic_write_table(scores, scores_path.with_suffix(""), csv=False)
-            atomic_write_table(row, row_path.with_suffix(""), csv=False)
-        rows.append(row)
-        per_image.append(scores)
+        rows.append(pd.read_parquet(folder / "row.parquet"))
+        per_image.append(pd.read_parquet(folder / "scores.parquet"))
         stage_count = max(stage_count, len(run.stage_settings(*(group.iloc[0][column] for column in GRID_COLUMNS))))
     table = _ordered(pd.concat(rows, ignore_index=True), stage_count)
     atomic_write_table(table, run.path / METRICS_TABLE)
     atomic_write_table(pd.concat(per_image, ignore_index=True), run.path / SCORES)
-    if "flops" in run.resolved.sweep.metrics and (run.costs is None or evaluated):
+    if "flops" in run.resolved.sweep.metrics and (run.costs is None or computed):
         atomic_write_table(evaluator.cost_table(), run.path / COSTS)
+    table.attrs["computed_here"] = computed
     return table
