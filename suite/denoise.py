@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -14,12 +14,51 @@ from suite.samplers import consumes_learned_variance, step_kwargs
 
 @dataclass(frozen=True)
 class StepEvent:
-    """What a per-step hook sees after each scheduler step."""
+    """What a per-step hook sees after each scheduler step.
+
+    ``predicted_x0`` is the model's prediction of the clean sample at this step (before any
+    clipping or thresholding), in the sample's space: latents for latent stages, pixels for pixel
+    stages. The same formula serves every solver (see ``predicted_x0``).
+    """
 
     stage: str
     index: int
     timestep: torch.Tensor
     sample: torch.Tensor
+    predicted_x0: torch.Tensor | None = None
+
+
+def predicted_x0(
+    scheduler: SchedulerMixin, model_input: torch.Tensor, output: torch.Tensor, timestep: torch.Tensor
+) -> torch.Tensor:
+    """The clean sample implied by the model's output at ``timestep``: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t).
+
+    ``model_input`` is the solver's scaled input, which is the variance-preserving x_t for every
+    diffusers solver (Karras-style solvers divide their sample by sqrt(sigma^2 + 1) to make it),
+    so one formula covers DDPM, DDIM, DPM-Solver, UniPC and Euler alike. v-prediction and
+    sample-prediction models are converted by their own identities.
+    """
+    alphas = scheduler.alphas_cumprod.to(device=model_input.device, dtype=torch.float32)
+    step = int(torch.as_tensor(timestep).float().round().clamp(0, len(alphas) - 1))
+    alpha, sigma = alphas[step].sqrt(), (1 - alphas[step]).sqrt()
+    x_t, prediction = model_input.float(), output.float()
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "v_prediction":
+        return alpha * x_t - sigma * prediction
+    if kind == "sample":
+        return prediction
+    return (x_t - sigma * prediction) / alpha
+
+
+@dataclass
+class KeepPredictions:
+    """A step hook that keeps every step's x0 prediction (on the CPU), per stage: for decoding and scoring."""
+
+    predictions: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    wants_x0 = True  # tells the loop to compute predicted_x0 (it costs a device sync per step)
+
+    def __call__(self, event: StepEvent) -> None:
+        self.predictions.setdefault(event.stage, []).append(event.predicted_x0.detach().cpu())
 
 
 StepHook = Callable[[StepEvent], None]
@@ -97,6 +136,7 @@ def denoise(
     first- and second-order, deterministic and ancestral, learned or fixed variance.
     """
     extra = step_kwargs(scheduler, generators)
+    wants_x0 = any(getattr(hook, "wants_x0", False) for hook in hooks)
     keep_variance = consumes_learned_variance(scheduler)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
@@ -107,8 +147,9 @@ def denoise(
         output = denoiser(model_input, timestep)
         if not keep_variance:
             output = output[:, : sample.shape[1]]
+        x0 = predicted_x0(scheduler, model_input, output[:, : sample.shape[1]], timestep) if wants_x0 else None
         # 3. Take the solver's step to the next noise level.
         sample = scheduler.step(output, timestep, sample, **extra, return_dict=False)[0]
         for hook in hooks:
-            hook(StepEvent(stage, index, timestep, sample))
+            hook(StepEvent(stage, index, timestep, sample, x0))
     return sample

@@ -111,12 +111,28 @@ def consumes_learned_variance(scheduler: SchedulerMixin) -> bool:
     return accepts and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
 
 
+def clips_x0(scheduler: SchedulerMixin) -> bool:
+    """Whether the scheduler clips or dynamically thresholds its x0 prediction (IF's configs threshold)."""
+    return bool(scheduler.config.get("thresholding") or scheduler.config.get("clip_sample"))
+
+
 def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict[str, Any]:
-    """Extra ``step`` arguments the scheduler accepts: per-image generators and eta=0."""
+    """Extra ``step`` arguments the scheduler accepts: per-image generators, eta=0, and a consistent DDIM update.
+
+    DDIM clips (or dynamically thresholds) its x0 prediction but, by default, steps along the
+    model's raw noise prediction: ``x_prev = sqrt(a_prev) * clip(x0) + sqrt(1 - a_prev) * eps``.
+    Under classifier-free guidance that eps is far outside the clipped range, and the mismatch
+    accumulates into saturated colour fields (the toy cascade's DDIM at guidance >= 3 loses every
+    composition, while DDPM and DPM-Solver++, whose updates use only the clipped x0, do not). So
+    eps is re-derived from the clipped x0, as GLIDE and Imagen do (``use_clipped_model_output``).
+    Diffusers' pipelines leave it off; with no clipping the two are the same.
+    """
     parameters = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
     if "generator" in parameters:
         kwargs["generator"] = generators
     if "eta" in parameters:
         kwargs["eta"] = 0.0
+    if "use_clipped_model_output" in parameters and clips_x0(scheduler):
+        kwargs["use_clipped_model_output"] = True
     return kwargs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from suite.denoise import GuidedUNet, classifier_free_guidance
@@ -46,3 +47,39 @@ def test_guided_unet_batches_uncond_then_cond_and_skips_uncond_at_scale_one():
     unguided = GuidedUNet(unet, prompt, negative, 1.0)
     assert torch.allclose(unguided(sample, torch.tensor(10)), torch.ones(1, 2, 5, 5))
     assert unet.calls[-1][0] == (1, 2, 5, 5)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++", "euler"])
+def test_the_last_x0_prediction_is_the_final_sample(sampler):
+    """The step hook's x0 prediction converges to what the loop returns (toy latent model, no clipping)."""
+    from suite.backends import BACKENDS
+    from suite.denoise import KeepPredictions
+    from suite.loading import LoadOptions
+    from suite.presets import PRESETS
+    from suite.stages import StageSettings, run_stage
+    from suite.timing import Clock
+
+    pipeline = BACKENDS.get("latent").load(
+        PRESETS.get("toy-latent"), LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
+    )
+    clock = Clock(torch.device("cpu"))
+    prompts = ["a red circle above a blue square"]
+    pipeline.encode(prompts, prompts, clock)
+    stage = pipeline.stages[0]
+    stage.vae = None  # keep the final latent
+    cache = pipeline.caches["clip"]
+    keep = KeepPredictions()
+    final, _ = run_stage(
+        stage,
+        StageSettings(sampler, 20, 3.0),
+        cache.lookup(prompts),
+        cache.lookup([""]),
+        [torch.Generator().manual_seed(0)],
+        clock,
+        hooks=[keep],
+    )
+    predictions = keep.predictions["latent"]
+    assert len(predictions) == 20
+    first, last = predictions[0], predictions[-1]
+    assert (last - final).abs().max() < 0.05 * final.abs().max()
+    assert (last - final).abs().mean() < (first - final).abs().mean() / 5  # it settles towards the image

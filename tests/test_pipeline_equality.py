@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from diffusers import IFPipeline, IFSuperResolutionPipeline, StableDiffusionPipeline
 
-from suite.samplers import consumes_learned_variance, make_scheduler
+from suite.samplers import clips_x0, consumes_learned_variance, make_scheduler
 from suite.stages import StageSettings
 from suite.timing import Clock
 
@@ -91,6 +93,8 @@ def _if_reference(
         watermarker=None,
         requires_safety_checker=False,
     )
+    for pipe in (stage_1, stage_2):
+        _step_along_the_clipped_x0(pipe.scheduler)
     if sampler == "euler":
         # IFSuperResolutionPipeline scales [sample, low-res image] together with the sample's
         # sigma; the suite scales only the noisy sample (as the SD x4 upscaler pipeline does).
@@ -116,6 +120,14 @@ def _if_reference(
         output_type="np",
         clean_caption=False,
     ).images
+
+
+def _step_along_the_clipped_x0(scheduler) -> None:
+    """The suite's one deliberate DDIM difference: eps re-derived from the thresholded x0 (see samplers.step_kwargs)."""
+    if "use_clipped_model_output" not in inspect.signature(scheduler.step).parameters or not clips_x0(scheduler):
+        return
+    original = scheduler.step
+    scheduler.step = lambda *args, **kwargs: original(*args, **{**kwargs, "use_clipped_model_output": True})
 
 
 def _scale_only_the_sample(scheduler, channels: int) -> None:
@@ -158,3 +170,29 @@ def test_if_pipeline_with_ddim_and_learned_variance_needs_the_suite_fix(cascade_
     naive.set_progress_bar_config(disable=True)
     with pytest.raises(RuntimeError):
         naive(PROMPTS[:1], num_inference_steps=2, generator=generators()[:1], output_type="pt", clean_caption=False)
+
+
+def test_ddim_on_a_thresholding_model_steps_along_the_clipped_x0(cascade_pipeline):
+    """Without the suite's choice, diffusers' DDIM mixes the clipped x0 with the raw eps: different images."""
+    base = cascade_pipeline.stages[0]
+    encoder = cascade_pipeline.text_encoders["t5"]
+    naive = IFPipeline(
+        tokenizer=encoder.tokenizer,
+        text_encoder=encoder.model,
+        unet=base.unet,
+        scheduler=reference_scheduler("ddim", base.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
+    naive.set_progress_bar_config(disable=True)
+    arguments = {"num_inference_steps": 5, "guidance_scale": 7.0, "output_type": "pt", "clean_caption": False}
+    plain = naive(PROMPTS, generator=generators(), **arguments).images
+    _step_along_the_clipped_x0(naive.scheduler)
+    consistent = naive(PROMPTS, generator=generators(), **arguments).images
+    cascade_pipeline.stages = cascade_pipeline.stages[:1]
+    cascade_pipeline.encode(PROMPTS, PROMPTS, CLOCK)
+    images, _ = cascade_pipeline.generate(PROMPTS, [StageSettings("ddim", 5, 7.0)], generators(), CLOCK)
+    assert torch.allclose(images, (consistent / 2 + 0.5).clamp(0, 1), atol=1e-4)
+    assert not torch.allclose(plain, consistent, atol=1e-3)
