@@ -28,16 +28,27 @@ class Sampler:
     scheduler_class: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    clipped_eps: bool = True  # DDIM: re-derive eps from the clipped x0 (see step_kwargs); False: diffusers' default
 
     def build(self, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
         """Build the scheduler from the model's own scheduler config plus this sampler's overrides."""
         scheduler_class = getattr(diffusers, self.scheduler_class)
-        return scheduler_class.from_config(dict(model_scheduler_config), **dict(self.overrides))
+        scheduler = scheduler_class.from_config(dict(model_scheduler_config), **dict(self.overrides))
+        scheduler.suite_clipped_eps = self.clipped_eps  # read by step_kwargs
+        return scheduler
 
 
 SAMPLERS: Registry[Sampler] = Registry("sampler")
 SAMPLERS.register("ddpm", Sampler("DDPMScheduler", description="ancestral DDPM (Ho et al. 2020)"))
 SAMPLERS.register("ddim", Sampler("DDIMScheduler", description="deterministic DDIM, eta=0 (Song et al. 2021)"))
+SAMPLERS.register(
+    "ddim-raw-eps",
+    Sampler(
+        "DDIMScheduler",
+        description="DDIM as diffusers' pipelines run it: clipped x0 with the raw eps (collapses on thresholding models)",
+        clipped_eps=False,
+    ),
+)
 SAMPLERS.register(
     "pndm", Sampler("PNDMScheduler", {"skip_prk_steps": True}, "pseudo linear multistep (Liu et al. 2022)")
 )
@@ -133,6 +144,10 @@ def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict[str, Any]:
         kwargs["generator"] = generators
     if "eta" in parameters:
         kwargs["eta"] = 0.0
-    if "use_clipped_model_output" in parameters and clips_x0(scheduler):
+    if (
+        "use_clipped_model_output" in parameters
+        and clips_x0(scheduler)
+        and getattr(scheduler, "suite_clipped_eps", True)
+    ):
         kwargs["use_clipped_model_output"] = True
     return kwargs
