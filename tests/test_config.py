@@ -34,7 +34,7 @@ def run_cli(args, capsys):
     "replace, expected",
     [
         (("presets: [tiny-latent]", "presets: [sd99]"), "unknown preset 'sd99'; valid: if-l, if-m, if-xl, sd15"),
-        (("samplers: [ddim]", "samplers: [ddim, dpm++]"), "unknown sampler 'dpm++'; valid: ddim, ddpm"),
+        (("samplers: [ddim]", "samplers: [ddim, dpm++]"), "unknown sampler 'dpm++'; valid: ddim, ddim-raw-eps, ddpm"),
         (("name: check", "name: check\nmetrics: [frechet]"), "unknown metric 'frechet'"),
         (("name: check", "name: check\nbatchsize: 4"), "batchsize: Extra inputs are not permitted"),
         (("steps: [2]", "steps: [0]"), "steps"),
