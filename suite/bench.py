@@ -565,15 +565,9 @@ def write_bench(table: pd.DataFrame, out: Path, bench: BenchSettings) -> Path:
     return folder
 
 
-def _cell(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def bench_markdown(table: pd.DataFrame) -> str:
     """One table per preset: per stage ms/step (median [IQR]), images/s, TFLOP/s, utilisation, memory, ratio."""
-    from suite.tables import markdown_table
+    from suite.tables import format_cell, markdown_table
 
     lines = [f"# Bench: {table['device_name'].iloc[0]}", ""]
     lines.append(
@@ -595,26 +589,24 @@ def bench_markdown(table: pd.DataFrame) -> str:
         body = []
         for _, row in group.iterrows():
             if row["stage"].startswith("text_encoder"):
-                timing = (
-                    f"{_cell(row['call_ms_median'])} [{_cell(row['call_ms_q1'])}, {_cell(row['call_ms_q3'])}] per call"
-                )
+                timing = f"{format_cell(row['call_ms_median'])} [{format_cell(row['call_ms_q1'])}, {format_cell(row['call_ms_q3'])}] per call"
             elif row["stage"] == "pipeline":
                 timing = ""
             else:
-                timing = f"{_cell(row['step_ms_median'])} [{_cell(row['step_ms_q1'])}, {_cell(row['step_ms_q3'])}]"
-            ratio = _cell(row.get("ratio_to_diffusers"), 3)
+                timing = f"{format_cell(row['step_ms_median'])} [{format_cell(row['step_ms_q1'])}, {format_cell(row['step_ms_q3'])}]"
+            ratio = format_cell(row.get("ratio_to_diffusers"), ".3f")
             if ratio and row.get("ratio_low") == row.get("ratio_low"):
-                ratio += f" [{_cell(row['ratio_low'], 3)}, {_cell(row['ratio_high'], 3)}]"
+                ratio += f" [{format_cell(row['ratio_low'], '.3f')}, {format_cell(row['ratio_high'], '.3f')}]"
             body.append(
                 [
                     row["stage"],
                     timing,
-                    _cell(row.get("decode_ms")),
-                    _cell(row.get("images_per_s"), 3),
-                    _cell(row.get("tflops_achieved")),
-                    _cell(100 * row["utilisation"] if row.get("utilisation") == row.get("utilisation") else None),
-                    _cell(row.get("peak_memory_gb"), 2),
-                    _cell(row.get("compile_s")),
+                    format_cell(row.get("decode_ms")),
+                    format_cell(row.get("images_per_s"), ".3f"),
+                    format_cell(row.get("tflops_achieved")),
+                    format_cell(100 * row["utilisation"] if row.get("utilisation") == row.get("utilisation") else None),
+                    format_cell(row.get("peak_memory_gb"), ".2f"),
+                    format_cell(row.get("compile_s")),
                     ratio,
                 ]
             )

@@ -326,6 +326,19 @@ def _evaluation_command(commands, name: str, help_text: str) -> argparse.Argumen
     return command
 
 
+def _device_and_dtype(command: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as generation (sweep) and timing (bench) take them."""
+    from suite.devices import DTYPES
+
+    command.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    command.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES.names()],
+        help="auto: each preset's dtypes on accelerators, fp32 on CPU",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -334,13 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", nargs="?", help="sweep YAML file")
     sweep.add_argument("--out", help="run folder (default: results/<sweep name>)")
     sweep.add_argument("--shard", help="i/n: run every n-th work item starting at i (default: RANK/WORLD_SIZE or 0/1)")
-    sweep.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    sweep.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="auto: each preset's dtypes on accelerators, fp32 on CPU",
-    )
+    _device_and_dtype(sweep)
     sweep.add_argument(
         "--model-dir",
         action="append",
@@ -390,13 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time real architectures with random weights, against diffusers' pipelines"
     )
     bench.add_argument("presets", nargs="*", help="presets to time (default: sd15 sd21-base if-xl)")
-    bench.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    bench.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="auto: each preset's dtypes; fp32 on CPU",
-    )
+    _device_and_dtype(bench)
     bench.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
     bench.add_argument("--steps", type=int, default=20, help="timed denoising steps per stage (default: 20)")
     bench.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")

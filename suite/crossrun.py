@@ -21,9 +21,10 @@ from PIL import Image
 from suite.errors import UserError
 from suite.results import GRID_COLUMNS, read_run
 from suite.stats import mcnemar_exact, paired_permutation, wilson_interval
+from suite.toy.score import QUESTIONS
 
 PAIR_COLUMNS = [*GRID_COLUMNS, "prompt_index", "seed_index"]
-BINARY_SCORES = ("toy_count", "toy_colour", "toy_shape", "toy_binding", "toy_relation", "toy_correct")
+BINARY_SCORES = tuple(f"toy_{question}" for question in QUESTIONS)  # 0/1 answers: McNemar, not a mean test
 
 
 def _images(run: Path) -> pd.DataFrame:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -224,24 +223,19 @@ def _seeded(item: WorkItem, indices: list[int]) -> list[torch.Generator]:
 
 
 def _merge_timings(parts: list[list[StageTiming]]) -> list[StageTiming]:
-    """Stage timings of sub-batches as one: times add up, steps are pooled for the median."""
+    """Stage timings of sub-batches as one: steps are pooled (times add up), decodes add up."""
     if len(parts) == 1:
         return parts[0]
-    merged = []
-    for stage_parts in zip(*parts):
-        steps = tuple(step for timing in stage_parts for step in timing.step_seconds)
-        merged.append(
-            StageTiming(
-                stage_parts[0].stage,
-                sum(timing.loop_seconds for timing in stage_parts),
-                statistics.median(steps) if steps else float("nan"),
-                stage_parts[0].model_evaluations,
-                sum(timing.decode_seconds for timing in stage_parts),
-                steps,
-                any(timing.decode_fp32_fallback for timing in stage_parts),
-            )
+    return [
+        StageTiming(
+            stage_parts[0].stage,
+            stage_parts[0].model_evaluations,
+            sum(timing.decode_seconds for timing in stage_parts),
+            tuple(step for timing in stage_parts for step in timing.step_seconds),
+            any(timing.decode_fp32_fallback for timing in stage_parts),
         )
-    return merged
+        for stage_parts in zip(*parts)
+    ]
 
 
 def _generate_in_batches(

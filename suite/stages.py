@@ -8,6 +8,7 @@ low-res image conditions the UNet (and is upsampled first) and whether a VAE dec
 from __future__ import annotations
 
 import contextlib
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,13 +82,21 @@ class Stage:
 
 @dataclass(frozen=True)
 class StageTiming:
+    """One stage's measured times for a batch: each loop iteration, and the VAE decode."""
+
     stage: str
-    loop_seconds: float
-    step_seconds_median: float
-    model_evaluations: int
+    model_evaluations: int  # per image: what one run of the loop calls the model
     decode_seconds: float
-    step_seconds: tuple[float, ...] = ()
+    step_seconds: tuple[float, ...]
     decode_fp32_fallback: bool = False  # the half-precision decode was not finite and ran again in float32
+
+    @property
+    def loop_seconds(self) -> float:
+        return sum(self.step_seconds)
+
+    @property
+    def step_seconds_median(self) -> float:
+        return statistics.median(self.step_seconds) if self.step_seconds else float("nan")
 
 
 def apply_speed_options(stage: Stage, compile: bool = False, channels_last: bool = False) -> None:
@@ -230,7 +239,4 @@ def run_stage(
         sample, fallback = decode_latents(stage.vae, sample)
         decode_seconds = clock() - began
     steps = tuple(timer.step_seconds)
-    timing = StageTiming(
-        stage.name, sum(steps), timer.median, len(steps), decode_seconds, steps, decode_fp32_fallback=fallback
-    )
-    return sample, timing
+    return sample, StageTiming(stage.name, len(steps), decode_seconds, steps, decode_fp32_fallback=fallback)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import resource
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,15 +68,6 @@ class StepTimer:
                 marks[-1].synchronize()
             return [begin.elapsed_time(end) / 1000 for begin, end in itertools.pairwise(marks)]
         return [end - begin for begin, end in itertools.pairwise(marks)]
-
-    @property
-    def total(self) -> float:
-        return sum(self.step_seconds)
-
-    @property
-    def median(self) -> float:
-        steps = self.step_seconds
-        return statistics.median(steps) if steps else float("nan")
 
 
 def reset_peak_memory(device: torch.device) -> None:
