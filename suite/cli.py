@@ -284,6 +284,23 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_claims(args: argparse.Namespace) -> int:
+    from suite.verdicts import ClaimsOptions, run_claims
+    from suite.verdicts.config import load_claims
+    from suite.verdicts.report import build_claims_report
+
+    options = ClaimsOptions(Path(args.claims_dir), Path(args.out), args.device, tuple(args.only), not args.quiet)
+    load_claims(options.claims_dir, list(options.names) or None)  # every claim file checked before anything runs
+    if args.report_only:
+        if not (options.out / "report" / "data").is_dir():
+            raise UserError(f"no measured claims in {options.out / 'report' / 'data'}: run `suite claims` first")
+        folder = build_claims_report(options.out / "report")
+    else:
+        folder = run_claims(options)
+    print(f"claims report: {folder / 'report.md'} and {folder / 'index.html'}")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     from suite.backends import BACKENDS
     from suite.metrics import METRICS
@@ -422,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="where the assembled models go (default: the package's suite/toy/weights)")
     train.add_argument("--jobs", type=int, default=2, help="parallel training tracks (default 2: one per core pair)")
     train.set_defaults(handler=command_train)
+
+    claims = commands.add_parser(
+        "claims", help="the background article's claims as experiments with verdicts (experiments/claims/)"
+    )
+    claims.add_argument("--only", nargs="+", default=[], metavar="CLAIM", help="claim files by name, e.g. 03-steps")
+    claims.add_argument("--claims-dir", default="experiments/claims")
+    claims.add_argument("--out", default="results/claims", help="runs/ (large, not committed) and report/ go here")
+    claims.add_argument("--device", default="auto")
+    claims.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
+    claims.add_argument("--quiet", action="store_true")
+    claims.set_defaults(handler=command_claims)
 
     listing = commands.add_parser("list", help="backends, presets, samplers, prompt sets, metrics")
     listing.set_defaults(handler=command_list)

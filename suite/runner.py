@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,23 @@ def _load(
     return pipeline
 
 
+def load_pipelines(
+    resolved: ResolvedSweep, options: RunOptions
+) -> Iterator[tuple[TextToImagePipeline, list[WorkItem]]]:
+    """Each preset of a sweep loaded, warmed up and with its prompts encoded, with its work items, one at a time.
+
+    For experiments that sample a sweep's grid with their own step hooks (x0 predictions, attention maps)
+    rather than through ``run_sweep``: ``pipeline.generate(prompts, item.stages, image_generators(item, ...))``
+    makes exactly the images the sweep would.
+    """
+    device, presets = check_generation(resolved, options)
+    for preset_name, members in itertools.groupby(expand(resolved), key=lambda item: item.preset):
+        group = list(members)
+        pipeline = _load(presets[preset_name], device, options, group, resolved, Clock(device))
+        yield pipeline, group
+        del pipeline
+
+
 def _dtypes(presets: dict[str, Preset], device: torch.device, run_options: RunOptions) -> dict[str, Any]:
     """Each preset's dtypes and offload, and the speed options (recorded; they do not block a resume)."""
     dtypes = {}
@@ -217,7 +235,7 @@ class Generated:
     status: list[str]  # per image: "ok", "fp32_retry" (regenerated in float32) or "non_finite" (no PNG)
 
 
-def _seeded(item: WorkItem, indices: list[int]) -> list[torch.Generator]:
+def image_generators(item: WorkItem, indices: list[int]) -> list[torch.Generator]:
     """Fresh per-image generators: an image's noise depends on its seed alone, never on a failed attempt."""
     return [torch.Generator().manual_seed(item.images[index].seed) for index in indices]
 
@@ -249,7 +267,9 @@ def _generate_in_batches(
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
                 prompts = [item.images[index].prompt for index in part]
-                batch_images, batch_timings = pipeline.generate(prompts, item.stages, _seeded(item, part), clock, hooks)
+                batch_images, batch_timings = pipeline.generate(
+                    prompts, item.stages, image_generators(item, part), clock, hooks
+                )
                 images.append(batch_images)
                 timings.append(batch_timings)
             return torch.cat(images), _merge_timings(timings), chunk, retries

@@ -96,6 +96,12 @@ def set_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, strength:
     """
     total = math.ceil(num_inference_steps / strength - 1e-9)
     scheduler.set_timesteps(total, device=device)
+    if len(scheduler.timesteps) and int(scheduler.timesteps.max()) >= scheduler.config.num_train_timesteps:
+        # `leading` spacing with steps_offset=1 (Stable Diffusion's config) lays out t = 1000 for 1000 steps, past
+        # the training range (diffusers' own pipelines fail there). Every training timestep is then run, 999..0:
+        # that is what `trailing` spacing gives.
+        scheduler.register_to_config(timestep_spacing="trailing")
+        scheduler.set_timesteps(total, device=device)
     return (total - num_inference_steps) * getattr(scheduler, "order", 1)
 
 

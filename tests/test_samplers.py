@@ -95,3 +95,17 @@ def test_truncated_start_runs_the_requested_steps_from_partway_down(cascade_pipe
     config = pipeline.stages[1].scheduler_config
     assert len(sr_events) == timings[1].model_evaluations == model_evaluations(sampler, 4, config, strength=0.5)
     assert int(sr_events[0].timestep) < 600 and torch.isfinite(image).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_as_many_steps_as_training_timesteps_runs_every_timestep_once(sampler):
+    """SD's `leading` spacing with steps_offset=1 would lay out t = 1000 for 1000 steps (past the training range)."""
+    from suite.architectures import latent_scheduler
+    from suite.samplers import make_scheduler, set_timesteps
+
+    scheduler = make_scheduler(sampler, latent_scheduler().config)
+    set_timesteps(scheduler, 1000)
+    assert scheduler.timesteps.tolist() == list(range(999, -1, -1))
+    scheduler = make_scheduler(sampler, latent_scheduler().config)
+    set_timesteps(scheduler, 50)  # fewer steps keep the published spacing
+    assert scheduler.config.timestep_spacing == "leading" and int(scheduler.timesteps[0]) == 981

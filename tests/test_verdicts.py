@@ -1,0 +1,192 @@
+"""The article's claims: the measures behind the verdicts give known answers, and the report rebuilds byte for byte."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from suite.cli import main
+from suite.errors import UserError
+from suite.toy import models
+from suite.toy.world import BACKGROUND, COLOURS
+from suite.verdicts.attention import AttentionRecorder, bleed, cross_attention_layers, downsample, token_positions
+from suite.verdicts.config import load_claim, load_claims
+from suite.verdicts.experiments import matched_points, settled_step
+from suite.verdicts.report import _indistinguishable_from, build_claims_report
+from suite.verdicts.saturation import clipped_fraction, mean_saturation, palette_distance
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+COMMITTED = REPOSITORY / "results" / "claims" / "report"
+
+
+# -- saturation: known answers on synthetic images ---------------------------------------------------------
+
+
+def _flat(colour, size=8) -> np.ndarray:
+    return np.full((size, size, 3), colour, dtype=np.uint8)
+
+
+def test_saturation_of_flat_colours():
+    assert mean_saturation(_flat((255, 0, 0))) == 1.0
+    assert mean_saturation(_flat((128, 128, 128))) == 0.0
+    assert mean_saturation(_flat((0, 0, 0))) == 0.0  # black: saturation defined as 0, not NaN
+    assert mean_saturation(_flat((200, 100, 50))) == pytest.approx(150 / 200)
+    half = np.concatenate([_flat((255, 0, 0)), _flat((128, 128, 128))])
+    assert mean_saturation(half) == pytest.approx(0.5)
+
+
+def test_clipped_fraction_counts_pixels_with_a_channel_at_either_end():
+    image = _flat((100, 100, 100))
+    image[0, :4] = (255, 100, 100)  # 4 pixels clipped high
+    image[1, :4] = (100, 0, 100)  # 4 clipped low
+    assert clipped_fraction(image) == pytest.approx(8 / 64)
+    assert clipped_fraction(_flat((1, 254, 128))) == 0.0
+
+
+def test_palette_distance_is_zero_in_the_palette_and_exact_off_it():
+    image = np.concatenate([_flat(BACKGROUND), _flat(COLOURS["red"]), _flat(COLOURS["blue"])])
+    assert palette_distance(image) == 0.0
+    # pure white: nearest palette colour is the background (236, 236, 230)
+    assert palette_distance(_flat((255, 255, 255))) == pytest.approx(math.sqrt(19**2 + 19**2 + 25**2))
+
+
+# -- attention maps ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [models.latent_unet, models.base_unet], ids=["sd-style", "if-style"])
+def test_attention_maps_are_probabilities_over_tokens(build):
+    torch.manual_seed(0)
+    unet = build().eval()
+    images, tokens = 2, 9
+    sample = torch.randn(images, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    context = torch.randn(2 * images, tokens, 64)
+    processors = {name: type(module.processor) for name, (module, _) in cross_attention_layers(unet).items()}
+    with AttentionRecorder(unet, images) as recorder, torch.no_grad():
+        for timestep in (900, 500):  # guided: [unconditional; conditional], two steps
+            unet(torch.cat([sample, sample]), torch.tensor(timestep), encoder_hidden_states=context)
+    maps, mass = recorder.maps(), recorder.text_mass()
+    assert len(maps) >= 2  # cross-attention at several resolutions
+    for side, side_maps in maps.items():
+        assert side_maps.shape == (images, side, side, tokens)
+        assert (side_maps >= 0).all()
+        sums = side_maps.sum(axis=-1).reshape(images, -1)
+        np.testing.assert_allclose(sums, mass[side], atol=1e-6)  # text share of each position's distribution
+        if build is models.latent_unet:
+            np.testing.assert_allclose(sums, 1.0, atol=1e-5)  # SD-style: keys are the prompt's tokens only
+        else:
+            assert ((sums > 0) & (sums < 1)).all()  # IF-style: the rest of each row is on image positions
+    restored = {name: type(module.processor) for name, (module, _) in cross_attention_layers(unet).items()}
+    assert restored == processors and not any("get_attention_scores" in vars(module) for module in unet.modules())
+
+
+def test_token_positions_find_the_colour_words_in_both_tokenizers():
+    prompt = "a red circle above a blue square"
+    assert token_positions(models.clip_tokenizer(), prompt, ["red", "blue"]) == {"red": [2], "blue": [6]}
+    assert token_positions(models.t5_tokenizer(), prompt, ["red", "blue"], lowercase=True) == {"red": [1], "blue": [5]}
+    # the toy CLIP tokenizer spells "green" in four pieces: <bos> a g re e n</w> square ...
+    found = token_positions(models.clip_tokenizer(), "a green square left of a red circle", ["green", "red"])
+    assert found == {"green": [2, 3, 4, 5], "red": [10]}
+
+
+def test_bleed_known_answers():
+    own, other = np.zeros((4, 4)), np.zeros((4, 4))
+    own[:2], other[2:] = 1, 1
+    on_own = own / own.sum()
+    assert bleed(on_own, own, other) == 0.0
+    assert bleed(other / other.sum(), own, other) == 1.0
+    assert bleed(np.ones((4, 4)), own, other) == 0.5  # uniform attention: chance
+    assert math.isnan(bleed(np.ones((4, 4)), np.zeros((4, 4)), np.zeros((4, 4))))
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:16, :32] = True
+    np.testing.assert_allclose(downsample(mask, 4)[0], [1, 1, 0, 0])
+
+
+# -- the rules behind verdicts -----------------------------------------------------------------------------
+
+
+def test_settled_step_is_the_first_step_from_which_the_share_stays_high():
+    agree = np.array(
+        [
+            [0, 0, 1, 1, 1],
+            [0, 1, 1, 0, 1],  # agrees at steps 1-2, loses it at step 3: counted per step, not per image
+            [0, 0, 0, 1, 1],
+            [1, 1, 1, 1, 1],
+        ]
+    )
+    # shares per step: 0.25, 0.5, 0.75, 0.75, 1.0
+    assert settled_step(agree, 0.75) == 2.0
+    assert settled_step(agree, 0.5) == 1.0
+    assert settled_step(agree, 1.0) == 4.0
+    assert settled_step(np.ones((3, 4)), 0.9) == 0.0
+
+
+def test_indistinguishable_from_the_first_step_count_after_the_last_significant_difference():
+    rows = pd.DataFrame(
+        {
+            "num_inference_steps": [5, 10, 20, 50],
+            "exact_p_holm": [0.001, 0.2, 0.01, 0.5],
+            "clip_p_holm": [0.5, 0.5, 0.5, 0.9],
+        }
+    )
+    assert _indistinguishable_from(rows) == 50.0
+    rows.loc[2, "exact_p_holm"] = 0.3
+    assert _indistinguishable_from(rows) == 10.0
+    rows.loc[3, "clip_p_holm"] = 0.001
+    assert math.isnan(_indistinguishable_from(rows))
+
+
+def test_matched_points_pair_each_familys_cheapest_point_at_the_weaker_familys_best():
+    points = pd.DataFrame(
+        [
+            # family, accuracy, interval, seconds
+            ("latent", 0.50, 0.40, 0.60, 0.10),
+            ("latent", 0.30, 0.20, 0.38, 0.05),  # cheapest, but its interval misses [0.40, 0.60]
+            ("latent", 0.45, 0.35, 0.55, 0.20),
+            ("cascaded", 0.80, 0.70, 0.90, 2.00),
+            ("cascaded", 0.58, 0.48, 0.68, 0.80),
+            ("cascaded", 0.20, 0.10, 0.30, 0.30),
+        ],
+        columns=["family", "toy_correct", "toy_correct_ci95_low", "toy_correct_ci95_high", "seconds_per_image_median"],
+    )
+    target, latent, cascaded = matched_points(points)
+    assert (target.family, target.toy_correct) == ("latent", 0.50)
+    assert latent.seconds_per_image_median == 0.10
+    assert cascaded.toy_correct == 0.58  # cheapest cascaded point overlapping [0.40, 0.60]
+
+
+# -- claim files and the report ----------------------------------------------------------------------------
+
+
+def test_every_shipped_claim_file_validates_and_the_eight_claims_are_there():
+    configs = load_claims(REPOSITORY / "experiments" / "claims")
+    assert [config.claim for config in configs] == list(range(1, 9))
+
+
+def test_a_bad_claim_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "01-bad.yaml"
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nmeasure: nonsense\n")
+    with pytest.raises(UserError, match="unknown claim experiment 'nonsense'"):
+        load_claim(path)
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nmeasure: steps\nsweeps: {a: {presets: [nope]}}\n")
+    with pytest.raises(UserError, match=r"01-bad: sweeps\.a"):
+        load_claim(path)
+    assert main(["claims", "--claims-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed claims report")
+def test_the_committed_claims_report_rebuilds_byte_identically(tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(COMMITTED / "data", report / "data")
+    build_claims_report(report)
+    first = {path.relative_to(report): path.read_bytes() for path in sorted(report.rglob("*")) if path.is_file()}
+    build_claims_report(report)
+    second = {path.relative_to(report): path.read_bytes() for path in sorted(report.rglob("*")) if path.is_file()}
+    assert first == second
+    assert (report / "report.md").read_bytes() == (COMMITTED / "report.md").read_bytes()
