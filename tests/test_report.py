@@ -89,3 +89,23 @@ def test_tables_hold_one_row_per_grid_point_and_the_stage_times(finished_run):
 def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_side_by_side_headline_is_the_point_whose_worse_family_is_best():
+    from suite.report.grids import headline_point
+
+    samples = pd.DataFrame({"sampler": ["ddim", "ddpm"], "num_inference_steps": [10, 50]})
+    metrics = pd.DataFrame(
+        {
+            "preset": ["latent", "cascaded"] * 3,
+            "sampler": ["ddim", "ddim", "ddpm", "ddpm", "euler", "euler"],
+            "num_inference_steps": [10] * 6,
+            "guidance_scale": [7.5] * 6,
+            # ddim: the cascade collapses (FID 190) though the latent model is best; euler is best for both at worst
+            "fid": [10.0, 190.0, 30.0, 35.0, 20.0, 25.0],
+        }
+    )
+    assert headline_point(samples, metrics, 7.5) == ("euler", 10)
+    assert headline_point(samples, None, 7.5) == ("ddim", 50)  # no metrics: first sampler, most steps
+    toy = metrics.drop(columns="fid").assign(toy_correct=[0.9, 0.1, 0.5, 0.6, 0.4, 0.4])
+    assert headline_point(samples, toy, 7.5) == ("ddpm", 10)  # higher is better

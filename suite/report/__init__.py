@@ -199,7 +199,7 @@ def build_sections(run: Path, folder: Path) -> list[Section]:
         )
     )
     guidance = plots.reference_guidance(metrics if metrics is not None else samples)
-    image_grids = grids.write_grids(run, samples, folder / "grids", guidance)
+    image_grids = grids.write_grids(run, samples, folder / "grids", guidance, metrics=metrics)
     sections.append(Section("Image grids", [Figure(grid.path.relative_to(folder), grid.title) for grid in image_grids]))
     sections.append(_cost_section(run_folder))
     sections.append(_reproducibility(run_folder))

@@ -89,7 +89,34 @@ def families_side_by_side(
     return _labelled(cells, [f"prompt {index}" for index in prompt_indices], presets)
 
 
-def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float, prompts: int = 1) -> list[Grid]:
+def headline_point(samples: pd.DataFrame, metrics: pd.DataFrame | None, guidance: float) -> tuple[str, int]:
+    """The (sampler, steps) the side-by-side grid shows: at ``guidance``, the point whose worse family is best
+    by the run's first quality metric, so a configuration where one family fails is never the headline.
+    Without metrics: the first sampler at the most steps."""
+    from suite.report.tables import quality_column
+
+    fallback = (samples["sampler"].iloc[0], int(samples["num_inference_steps"].max()))
+    chosen = quality_column(metrics) if metrics is not None else None
+    if chosen is None:
+        return fallback
+    column, lower_is_better = chosen
+    at = metrics[metrics["guidance_scale"] == guidance].dropna(subset=[column])
+    if at.empty:
+        return fallback
+    signed = -at[column] if lower_is_better else at[column]
+    worst = signed.groupby([at["sampler"], at["num_inference_steps"]]).min()
+    sampler, steps = max(worst.index, key=lambda key: (worst[key], key[1], key[0]))
+    return sampler, int(steps)
+
+
+def write_grids(
+    run: Path,
+    samples: pd.DataFrame,
+    folder: Path,
+    guidance: float,
+    prompts: int = 1,
+    metrics: pd.DataFrame | None = None,
+) -> list[Grid]:
     """Every grid of the report as PNG under ``folder``; titles name the prompt."""
     folder.mkdir(parents=True, exist_ok=True)
     prompt_indices = sorted(samples["prompt_index"].unique())[:prompts]
@@ -101,8 +128,7 @@ def write_grids(run: Path, samples: pd.DataFrame, folder: Path, guidance: float,
                 path = folder / f"{preset}_{sampler}_p{index:04d}.png"
                 guidance_by_steps(run, samples, preset, sampler, index).save(path, optimize=True)
                 grids.append(Grid(f"{preset} / {sampler} / prompt {index}: {texts[index]}", path))
-    sampler = samples["sampler"].iloc[0]
-    steps = int(samples["num_inference_steps"].max())
+    sampler, steps = headline_point(samples, metrics, guidance)
     path = folder / "families_side_by_side.png"
     families_side_by_side(run, samples, sampler, steps, guidance, prompt_indices).save(path, optimize=True)
     captions = "; ".join(f"prompt {index}: {texts[index]}" for index in prompt_indices)
