@@ -105,6 +105,13 @@ def mean_row(prefix: str, values: np.ndarray) -> dict[str, float]:
     return interval_row(prefix, stats.mean_interval(values), float(np.nanmean(values)))
 
 
+def median_row(prefix: str, values) -> dict[str, float]:
+    """Median with a (bias-shifted percentile) bootstrap interval: for timings, whose outliers are the machine's."""
+    values = np.asarray(values, dtype=np.float64)
+    interval = stats.bootstrap_interval(lambda chosen: float(np.median(values[chosen])), len(values), stats.RESAMPLES)
+    return interval_row(prefix, interval, float(np.median(values)))
+
+
 def ratio_of_medians(numerator: np.ndarray, denominator: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
     """Median(numerator) / median(denominator) with a percentile bootstrap interval, each side resampled on its own."""
     numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
@@ -185,7 +192,7 @@ def point_quality(run_path: Path, keys: list[str]) -> tuple[pd.DataFrame, pd.Dat
         "fid",
         "fid_ci95_low",
         "fid_ci95_high",
-        "tflops_per_image",
+        "gflops_per_image",
         "seconds_per_image_median",
     ]
     return images, metrics[[column for column in columns if column in metrics.columns]]
@@ -233,9 +240,7 @@ def measure_values(config: ClaimConfig, runs: dict, options) -> dict[str, pd.Dat
             "values_per_image": values[(preset, stage)],
             "batch": batch,
             "steps_timed": len(seconds),
-            **interval_row(
-                "ms_per_step", stats.mean_interval(np.asarray(seconds) * 1000), float(np.median(seconds) * 1000)
-            ),
+            **median_row("ms_per_step", np.asarray(seconds) * 1000),
             "device": device,
         }
         for (preset, stage), seconds in steps.items()
@@ -612,7 +617,7 @@ def measure_attention(config: ClaimConfig, runs: dict, options) -> dict[str, pd.
                 coverage = {colour: downsample(masks[colour], side) for colour in colours}
                 bleeds, chances = [], []
                 for own, other in (colours, colours[::-1]):
-                    attention = side_maps[index, :, :, positions[own]].sum(axis=-1)  # a word's pieces
+                    attention = side_maps[index][..., positions[own]].sum(axis=-1)  # a word's pieces
                     bleeds.append(bleed(attention, coverage[own], coverage[other]))
                     chances.append(bleed(np.ones_like(attention), coverage[own], coverage[other]))
                 per_image.append(
@@ -631,7 +636,7 @@ def measure_attention(config: ClaimConfig, runs: dict, options) -> dict[str, pd.
                 Image.fromarray(image).save(data / f"attention-example-{family}.png")
                 for side, side_maps in maps.items():
                     for colour in colours:
-                        for (y, x), value in np.ndenumerate(side_maps[index, :, :, positions[colour]].sum(axis=-1)):
+                        for (y, x), value in np.ndenumerate(side_maps[index][..., positions[colour]].sum(axis=-1)):
                             example_maps.append(
                                 {"family": family, "side": side, "word": colour, "y": y, "x": x, "attention": value}
                             )
@@ -673,7 +678,11 @@ def measure_attention(config: ClaimConfig, runs: dict, options) -> dict[str, pd.
                 "bleed_errors_minus_correct_p": float(test.pvalue),
             }
         summary.append(row)
-    return {"per_image": per_image, "summary": pd.DataFrame(summary), "example_maps": pd.DataFrame(example_maps)}
+    return {
+        "per_image": per_image,
+        "summary": pd.DataFrame(summary),
+        "example_maps": pd.DataFrame(example_maps, columns=["family", "side", "word", "y", "x", "attention"]),
+    }
 
 
 # -- claim 7: cost at matched quality ---------------------------------------------------------------
@@ -752,12 +761,8 @@ def measure_cost(config: ClaimConfig, runs: dict, options) -> dict[str, pd.DataF
             "toy_correct": point.toy_correct,
             "toy_correct_low": point.toy_correct_ci95_low,
             "toy_correct_high": point.toy_correct_ci95_high,
-            "tflops_per_image": point.tflops_per_image,
-            **interval_row(
-                "seconds_per_image",
-                stats.mean_interval(seconds[point.family]),
-                float(np.median(seconds[point.family])),
-            ),
+            "gflops_per_image": point.gflops_per_image,
+            **median_row("seconds_per_image", seconds[point.family]),
             "timing_repeats": repeats,
             "timing_batch": batch,
             "device": device,
@@ -773,9 +778,9 @@ def measure_cost(config: ClaimConfig, runs: dict, options) -> dict[str, pd.DataF
         },
         {
             "measure": "FLOPs per image, toy (counted)",
-            "ratio": cascaded.tflops_per_image / latent.tflops_per_image,
-            "ratio_low": cascaded.tflops_per_image / latent.tflops_per_image,
-            "ratio_high": cascaded.tflops_per_image / latent.tflops_per_image,
+            "ratio": cascaded.gflops_per_image / latent.gflops_per_image,
+            "ratio_low": cascaded.gflops_per_image / latent.gflops_per_image,
+            "ratio_high": cascaded.gflops_per_image / latent.gflops_per_image,
             "note": "exact count: no interval",
         },
     ]

@@ -94,7 +94,7 @@ def judge_values(claim: dict, tables: dict, folder: Path, data: Path) -> Judgeme
             Table(profile, {"tflops_per_step": ".4g"}),
             Text(
                 f"Measured on the toy models ({times.device.iloc[0]}), batch {int(times.batch.iloc[0])}, guidance 1 "
-                "(one model evaluation per step), median ms per step with the BCa interval of the mean step:"
+                "(one model evaluation per step), median ms per step with its bootstrap interval:"
             ),
             Table(
                 times.assign(ms_per_step=[ci(row, "ms_per_step", ".1f") for _, row in times.iterrows()])[
@@ -496,7 +496,7 @@ def judge_attention(claim: dict, tables: dict, folder: Path, data: Path) -> Judg
     blocks = [
         Text(
             "Bleed of a colour word: the share of its on-object attention that falls on the other object (0: all on "
-            "its own object; chance is what uniform attention would give, about 0.5). Objects are the final image's "
+            "its own object; chance is what uniform attention would give: 0.5 when averaged over the two colour words). Objects are the final image's "
             "pixels of each colour. Maps are averaged over heads, layers of one resolution and the 20 steps, for the "
             "conditional half of the guided batch. text_mass: share of attention on text tokens (1 for SD-style "
             "cross-attention; IF's layers attend to text and image tokens together). Bleed vs chance: paired "
@@ -556,7 +556,7 @@ def judge_cost(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement
             "guidance_scale",
             "exact_match",
             "seconds_per_image",
-            "tflops_per_image",
+            "gflops_per_image",
             "timing_repeats",
             "timing_batch",
             "device",
@@ -568,7 +568,7 @@ def judge_cost(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement
             "contributes its cheapest point whose 95% interval overlaps that level. The two points are re-timed here, "
             "alternating, and seconds per image compared as a ratio of medians (bootstrap interval over repeats)."
         ),
-        Table(matched_table, {"tflops_per_image": ".4g"}),
+        Table(matched_table, {"gflops_per_image": ".4g"}),
         Table(
             ratios.assign(ratio=[ci(row, "ratio", ".2f") for _, row in ratios.iterrows()])[["measure", "ratio", "note"]]
         ),
