@@ -190,3 +190,34 @@ def test_the_committed_claims_report_rebuilds_byte_identically(tmp_path):
     second = {path.relative_to(report): path.read_bytes() for path in sorted(report.rglob("*")) if path.is_file()}
     assert first == second
     assert (report / "report.md").read_bytes() == (COMMITTED / "report.md").read_bytes()
+
+
+def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
+    from PIL import Image
+
+    from suite.config import parse_sweep, resolve
+    from suite.denoise import KeepPredictions
+    from suite.runner import RunOptions, run_sweep
+    from suite.verdicts import ClaimsOptions
+    from suite.verdicts.experiments import hooked_samples
+
+    sweep = {
+        "name": "hooked",
+        "presets": ["tiny-latent", "tiny-cascaded"],
+        "samplers": ["ddpm"],
+        "steps": [3],
+        "guidance": [3.0],
+        "batch_size": 2,
+        "prompts": {"list": ["a red circle", "a blue square above a red circle"]},
+    }
+    resolved = resolve(parse_sweep(sweep), tmp_path)
+    run = run_sweep(resolved, RunOptions(tmp_path / "run", "cpu", progress=False)).run
+    options = ClaimsOptions(out=tmp_path / "claims", device="cpu", progress=False)
+    seen = 0
+    for pipeline, item, images, (keep,) in hooked_samples(resolved, options, lambda item, p: [KeepPredictions()]):
+        assert len(keep.predictions[pipeline.stages[0].name]) == 3  # one x0 per step
+        for spec, image in zip(item.images, images):
+            path = run / "images" / item.preset / "ddpm" / "steps3_guidance3" / f"p{spec.prompt_index:04d}_s00.png"
+            np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), image)
+            seen += 1
+    assert seen == 4

@@ -74,16 +74,13 @@ def hooked_samples(resolved, options, make_hooks: Callable) -> Iterator[tuple[An
             hooks = make_hooks(item, pipeline)
             indices = list(range(len(item.images)))
             prompts = [spec.prompt for spec in item.images]
-            with contextlib.ExitStack() as active:  # recorders that are context managers are active while sampling
-                step_hooks = [
-                    hook if not hasattr(hook, "__enter__") else active.enter_context(hook) and None for hook in hooks
-                ]
+            recorders = [hook for hook in hooks if hasattr(hook, "__enter__")]  # active around the whole sampling
+            step_hooks = [hook for hook in hooks if not hasattr(hook, "__enter__")]  # called after every step
+            with contextlib.ExitStack() as active:
+                for recorder in recorders:
+                    active.enter_context(recorder)
                 images, _ = pipeline.generate(
-                    prompts,
-                    item.stages,
-                    image_generators(item, indices),
-                    Clock(pipeline.options.device),
-                    [hook for hook in step_hooks if hook is not None],
+                    prompts, item.stages, image_generators(item, indices), Clock(pipeline.options.device), step_hooks
                 )
             yield pipeline, item, to_uint8(images), hooks
 

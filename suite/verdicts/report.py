@@ -676,6 +676,18 @@ def build_claims_report(report: Path) -> Path:
             ],
         ),
         *(judgement.section for _, judgement in judged),
+        Section(
+            "Also: the DDIM collapse on the toy cascade",
+            [
+                Text(
+                    "DDIM on a model that thresholds its x0 prediction (IF, the toy cascade) must step along the "
+                    "thresholded x0 (`use_clipped_model_output`); diffusers' pipelines do not, and at guidance >= 3 "
+                    "the toy cascade then collapsed to colour fields. Cause, per-step evidence and paired tests: "
+                    "results/claims/ddim-collapse.md. Every DDIM number above uses the fixed step (the sampler "
+                    "`ddim`); `ddim-raw-eps` keeps diffusers' step for comparison."
+                )
+            ],
+        ),
     ]
     title = "The article's claims, measured"
     atomic_write_text(report / "report.md", to_markdown(title, sections))
