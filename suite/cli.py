@@ -305,7 +305,7 @@ def command_list(args: argparse.Namespace) -> int:
     from suite.backends import BACKENDS
     from suite.metrics import METRICS
     from suite.presets import PRESETS
-    from suite.prompts import PROMPT_SETS
+    from suite.prompts import FILTERS, PROMPT_SETS
     from suite.samplers import SAMPLERS
 
     print("backends:")
@@ -320,7 +320,8 @@ def command_list(args: argparse.Namespace) -> int:
         print(f"  {name:22} {sampler.scheduler_class} {dict(sampler.overrides) or ''} {sampler.description}")
     print("prompt sets:")
     for name, prompts in PROMPT_SETS.items():
-        print(f"  {name:22} {len(prompts)} prompts")
+        filters = f"; filter by {', '.join(FILTERS[name])}" if name in FILTERS else ""
+        print(f"  {name:22} {len(prompts)} prompts{filters}")
     from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
 
     print("metrics:")

@@ -33,7 +33,7 @@ from pydantic import (
 from suite.errors import UserError
 from suite.metrics import METRICS, needing_reference
 from suite.presets import PRESETS
-from suite.prompts import PROMPT_SETS, read_prompt_file
+from suite.prompts import PROMPT_SETS, filtered_prompts, read_prompt_file
 from suite.registry import Registry
 from suite.samplers import SAMPLERS
 
@@ -76,6 +76,15 @@ class PromptSpec(Frozen):
     file: str | None = None
     list: tuple[str, ...] | None = None
     limit: int | None = Field(default=None, ge=1, strict=True)
+    # filters on a set's metadata, one value or a list (any of them): parti's category / challenge, geneval's tag
+    category: tuple[str, ...] | None = None
+    challenge: tuple[str, ...] | None = None
+    tag: tuple[str, ...] | None = None
+
+    @field_validator("category", "challenge", "tag", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return (value,) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptSpec:
@@ -84,7 +93,19 @@ class PromptSpec(Frozen):
             raise ValueError("give exactly one of 'set', 'file' or 'list'")
         if self.set is not None:
             _known(PROMPT_SETS, self.set)
+            from suite.prompts import check_filters
+
+            try:
+                check_filters(self.set, self.filters)
+            except UserError as error:
+                raise ValueError(str(error)) from None
+        elif self.filters:
+            raise ValueError(f"filters {sorted(self.filters)} apply to a built-in set ('set'), not to a file or list")
         return self
+
+    @property
+    def filters(self) -> dict[str, tuple[str, ...]]:
+        return {name: getattr(self, name) for name in ("category", "challenge", "tag") if getattr(self, name)}
 
 
 class ReferenceSpec(Frozen):
@@ -282,7 +303,7 @@ def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSwee
     """Read the prompt set; an empty prompt set is an error."""
     spec = sweep.prompts
     if spec.set is not None:
-        prompts = list(PROMPT_SETS.get(spec.set))
+        prompts = filtered_prompts(spec.set, spec.filters)
     elif spec.file is not None:
         path = Path(spec.file)
         prompts = read_prompt_file(path if path.is_absolute() else base_dir / path)

@@ -43,6 +43,66 @@ PROMPT_SETS.register(
 )
 
 
+DATA = Path(__file__).parent / "prompt_data"
+
+
+def parti_records() -> list[dict[str, str]]:
+    """PartiPrompts (Yu et al. 2022; Apache-2.0, prompt_data/parti/LICENSE): 1,632 prompts with Category and Challenge."""
+    text = (DATA / "parti" / "PartiPrompts.tsv").read_text(encoding="utf-8")
+    rows = csv.DictReader(text.splitlines(), delimiter="\t")
+    return [
+        {"prompt": row["Prompt"].strip(), "category": row["Category"], "challenge": row["Challenge"]} for row in rows
+    ]
+
+
+def geneval_records() -> list[dict]:
+    """GenEval's prompts (Ghosh et al. 2023; MIT, prompt_data/geneval/LICENSE): 553 prompts in six tasks (``tag``),
+    each with the objects (class, count, colour, position) the image must and must not show."""
+    text = (DATA / "geneval" / "evaluation_metadata.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+PROMPT_RECORDS = {"parti": parti_records, "geneval": geneval_records}  # sets whose prompts carry metadata
+FILTERS = {"parti": ("category", "challenge"), "geneval": ("tag",)}  # metadata fields a sweep can filter on
+
+PROMPT_SETS.register("parti", tuple(record["prompt"] for record in parti_records()))
+PROMPT_SETS.register("geneval", tuple(record["prompt"] for record in geneval_records()))
+
+
+def prompt_records(set_name: str) -> dict[str, dict]:
+    """A set's metadata by prompt text (empty for sets without metadata)."""
+    loader = PROMPT_RECORDS.get(set_name)
+    return {} if loader is None else {record["prompt"]: record for record in loader()}
+
+
+def check_filters(set_name: str, filters: dict[str, tuple[str, ...]]) -> None:
+    """Each filter must be a field of the set, and each value one the set has; one-line UserError otherwise."""
+    if not filters:
+        return
+    fields = FILTERS.get(set_name, ())
+    records = PROMPT_RECORDS[set_name]() if fields else []
+    for field_name, values in filters.items():
+        if field_name not in fields:
+            valid = ", ".join(f"{name} ({', '.join(keys)})" for name, keys in FILTERS.items())
+            raise UserError(f"prompt set {set_name!r} cannot be filtered by {field_name!r}; filters: {valid}")
+        known = sorted({record[field_name] for record in records})
+        for value in values:
+            if value not in known:
+                raise UserError(f"prompt set {set_name!r} has no {field_name} {value!r}; valid: {', '.join(known)}")
+
+
+def filtered_prompts(set_name: str, filters: dict[str, tuple[str, ...]]) -> list[str]:
+    """The set's prompts, in order, whose metadata matches every filter (any of a filter's values)."""
+    check_filters(set_name, filters)
+    if not filters:
+        return list(PROMPT_SETS.get(set_name))
+    return [
+        record["prompt"]
+        for record in PROMPT_RECORDS[set_name]()
+        if all(record[field_name] in values for field_name, values in filters.items())
+    ]
+
+
 def _csv_prompts(path: Path, text: str) -> list[str]:
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is not None and "prompt" not in reader.fieldnames:
