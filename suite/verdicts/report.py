@@ -132,7 +132,18 @@ def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> J
         latest = rows.sort_values("settled_step").iloc[-1]
         lines.append(f"{family} {sampler}: {latest.attribute} by step {ci(latest, 'settled_step', '.0f')}")
     verdict = overall(verdicts)
-    wide = settled.pivot_table(index=["family", "sampler"], columns="attribute", values="settled_step").reset_index()
+    by = settings["structure_by_step"]
+    similarity = per_step[per_step.step.isin([5, by, 2 * by])].assign(
+        cosine=lambda frame: [ci(row, "clip_to_final") for _, row in frame.iterrows()]
+    )
+    similarity = similarity.pivot_table(index=["family", "sampler"], columns="step", values="cosine", aggfunc="first")
+    similarity.columns = [f"step {step}" for step in similarity.columns]
+    at_by = per_step[per_step.step == by]
+    for family, rows in at_by.groupby("family", sort=True):
+        lines.append(
+            f"{family}: toy-CLIP cosine of step {by}'s x0 to the final image "
+            f"{rows.clip_to_final.min():.2f}-{rows.clip_to_final.max():.2f} across samplers"
+        )
     table = settled.assign(settled=[ci(row, "settled_step", ".1f") for _, row in settled.iterrows()])
     table = table.pivot_table(index=["family", "sampler"], columns="attribute", values="settled", aggfunc="first")
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
@@ -155,6 +166,12 @@ def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> J
             "shape is reported but not required (it needs sharp edges, which come late)."
         ),
         Table(table.reset_index()),
+        Text(
+            "A softer reading of 'recognisable': the toy-CLIP cosine similarity of each step's decoded x0 to the final "
+            "image (1 at the last step), mean over images with its BCa interval. It is reported, not judged: the "
+            "rule above was fixed before measuring."
+        ),
+        Table(similarity.reset_index()),
         Figure(
             save_figure(figure, folder, "claim2-settling"),
             "Share of images whose decoded x0 already shows its final colours (band: Wilson 95%), and exact match to the prompt, per step",
@@ -164,7 +181,6 @@ def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> J
         label = path.stem.removeprefix("x0-strip-")
         steps = ", ".join(str(step) for step in settings["strip_steps"])
         blocks.append(Figure(copy_image(path, folder, f"claim2-{path.name}"), f"{label}: decoded x0 at steps {steps}"))
-    del wide
     return Judgement(verdict, "; ".join(lines), Section(f"Claim {claim['claim']}: {claim['title']}", blocks))
 
 
