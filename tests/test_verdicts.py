@@ -18,7 +18,7 @@ from suite.toy.world import BACKGROUND, COLOURS
 from suite.verdicts.attention import AttentionRecorder, bleed, cross_attention_layers, downsample, token_positions
 from suite.verdicts.config import load_claim, load_claims
 from suite.verdicts.experiments import matched_points, settled_step
-from suite.verdicts.report import _indistinguishable_from, build_claims_report
+from suite.verdicts.report import _equivalent_from, build_claims_report
 from suite.verdicts.saturation import clipped_fraction, mean_saturation, palette_distance
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -126,19 +126,17 @@ def test_settled_step_is_the_first_step_from_which_the_share_stays_high():
     assert settled_step(np.ones((3, 4)), 0.9) == 0.0
 
 
-def test_indistinguishable_from_the_first_step_count_after_the_last_significant_difference():
+def test_equivalent_from_the_first_step_count_after_which_every_count_is_equivalent():
     rows = pd.DataFrame(
-        {
-            "num_inference_steps": [5, 10, 20, 50],
-            "exact_p_holm": [0.001, 0.2, 0.01, 0.5],
-            "clip_p_holm": [0.5, 0.5, 0.5, 0.9],
-        }
+        {"num_inference_steps": [5, 10, 20, 50], "relation": ["different", "equivalent", "unresolved", "equivalent"]}
     )
-    assert _indistinguishable_from(rows) == 50.0
-    rows.loc[2, "exact_p_holm"] = 0.3
-    assert _indistinguishable_from(rows) == 10.0
-    rows.loc[3, "clip_p_holm"] = 0.001
-    assert math.isnan(_indistinguishable_from(rows))
+    assert _equivalent_from(rows) == 50.0
+    rows.loc[2, "relation"] = "equivalent"
+    assert _equivalent_from(rows) == 10.0
+    rows["relation"] = "equivalent"
+    assert _equivalent_from(rows) == 5.0
+    rows.loc[3, "relation"] = "unresolved"
+    assert math.isnan(_equivalent_from(rows))
 
 
 def test_matched_points_pair_each_familys_cheapest_point_at_the_weaker_familys_best():
@@ -221,3 +219,31 @@ def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
             np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), image)
             seen += 1
     assert seen == 4
+
+
+def test_sub_claims_combine_into_one_verdict():
+    from suite.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+    from suite.verdicts.report import PARTLY, overall
+
+    assert overall([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert overall([SUPPORTED, NOT_SUPPORTED]) == PARTLY
+    assert overall([SUPPORTED, INCONCLUSIVE]) == PARTLY
+    assert overall([NOT_SUPPORTED, INCONCLUSIVE]) == NOT_SUPPORTED
+    assert overall([INCONCLUSIVE, INCONCLUSIVE]) == INCONCLUSIVE
+
+
+def test_a_comparison_is_equivalent_different_or_unresolved():
+    from suite.verdicts.report import relation
+
+    margins = {"exact": 0.1, "clip": 5.0}
+    row = {
+        "exact_difference_low": -0.05,
+        "exact_difference_high": 0.05,
+        "clip_difference_low": 0.5,
+        "clip_difference_high": 2.0,
+        "exact_p_holm": 1.0,
+        "clip_p_holm": 0.001,  # detectable, but inside the margin: still equivalent
+    }
+    assert relation(row, margins) == "equivalent"
+    assert relation({**row, "clip_difference_high": 6.0}, margins) == "different"
+    assert relation({**row, "clip_difference_high": 6.0, "clip_p_holm": 0.2}, margins) == "unresolved"

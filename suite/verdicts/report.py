@@ -44,13 +44,13 @@ def ci(row, column: str, spec: str = ".3f") -> str:
 
 
 def overall(verdicts: list[str]) -> str:
-    if all(verdict == SUPPORTED for verdict in verdicts):
-        return SUPPORTED
-    if all(verdict == NOT_SUPPORTED for verdict in verdicts):
-        return NOT_SUPPORTED
-    if (SUPPORTED in verdicts and NOT_SUPPORTED in verdicts) or PARTLY in verdicts:
+    """A claim's verdict from its sub-claims': all alike gives that; some supported gives partly supported (the
+    others do not hold, or cannot be told); none supported but some not gives not supported; else inconclusive."""
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    if SUPPORTED in verdicts or PARTLY in verdicts:
         return PARTLY
-    return INCONCLUSIVE
+    return NOT_SUPPORTED if NOT_SUPPORTED in verdicts else INCONCLUSIVE
 
 
 def save_figure(figure, folder: Path, name: str) -> Path:
@@ -187,43 +187,66 @@ def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> J
 # -- claim 3 ------------------------------------------------------------------------------------------
 
 
-def _indistinguishable_from(rows: pd.DataFrame) -> float:
-    """Smallest step count from which no larger step count differs significantly (Holm) from the reference."""
+EQUIVALENT, DIFFERENT, UNRESOLVED = "equivalent", "different", "unresolved"
+
+
+def relation(row, margins: dict) -> str:
+    """A paired comparison's reading: ``equivalent`` if both differences' 95% intervals lie inside the equivalence
+    margins (a conservative two one-sided tests: a difference can be detectable and still too small to matter);
+    else ``different`` if a Holm-adjusted test rejects at 5%; else ``unresolved`` (too few images to tell)."""
+    inside = all(
+        -margin <= row[f"{name}_difference_low"] and row[f"{name}_difference_high"] <= margin
+        for name, margin in (("exact", margins["exact"]), ("clip", margins["clip"]))
+    )
+    if inside:
+        return EQUIVALENT
+    return DIFFERENT if row["exact_p_holm"] < ALPHA or row["clip_p_holm"] < ALPHA else UNRESOLVED
+
+
+def _equivalent_from(rows: pd.DataFrame) -> float:
+    """Smallest step count from which every larger count is equivalent to the reference (NaN if none)."""
     rows = rows.sort_values("num_inference_steps")
-    different = (rows.exact_p_holm < ALPHA) | (rows.clip_p_holm < ALPHA)
-    if different.iloc[-1]:
+    equivalent = (rows.relation == EQUIVALENT).to_numpy()
+    if not equivalent[-1]:
         return math.nan
-    last_different = rows.num_inference_steps[different]
-    later = rows[rows.num_inference_steps > (last_different.max() if len(last_different) else -1)]
-    return float(later.num_inference_steps.min())
+    first = len(equivalent) - int(np.argmin(equivalent[::-1])) if not equivalent.all() else 0
+    return float(rows.num_inference_steps.iloc[first])
+
+
+def _sub_verdict(found: str, supports: str) -> str:
+    if found == UNRESOLVED:
+        return INCONCLUSIVE
+    return SUPPORTED if found == supports else NOT_SUPPORTED
 
 
 def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    """Sub-claims per family: (a) 20 vs 50 steps not significantly different for DDIM and DPM-Solver++;
-    (b) DPM-Solver++ indistinguishable from DDPM-1000 by 20 steps; (c) DDIM by 50; (d) DDPM needs more than
-    250 (its 250-step point differs significantly from 1000). Indistinguishable: no Holm-adjusted paired test
-    (exact match, CLIP score) rejects at 5% at that step count or any larger one."""
+    """Sub-claims per family, each from paired comparisons read by ``relation``: (a) 20 and 50 steps are
+    equivalent for each solver; (b) DPM-Solver++ at 20 steps is equivalent to the reference (DDPM, 1000 steps);
+    (c) DDIM at 50 is; (d) DDPM needs ~1000: its 250-step point differs from the reference (supported) or is
+    equivalent to it (not supported)."""
     points, versus, short_long = tables["points"], tables["versus_reference"], tables["short_vs_long"]
-    reference = claim["settings"]["reference"]
+    reference, margins = claim["settings"]["reference"], claim["settings"]["equivalence_margins"]
+    versus = versus.assign(relation=[relation(row, margins) for _, row in versus.iterrows()])
+    short_long = short_long.assign(relation=[relation(row, margins) for _, row in short_long.iterrows()])
     verdicts, lines, onset_rows = [], [], []
     for family, rows in versus.groupby("family", sort=True):
-        onsets = {sampler: _indistinguishable_from(group) for sampler, group in rows.groupby("sampler", sort=True)}
-        for sampler, onset in onsets.items():
-            onset_rows.append({"family": family, "sampler": sampler, "indistinguishable_from_steps": onset})
+        for sampler, group in rows.groupby("sampler", sort=True):
+            onset_rows.append({"family": family, "sampler": sampler, "equivalent_from_steps": _equivalent_from(group)})
+
+        def at(sampler: str, steps: int, rows=rows) -> str:
+            found = rows[(rows.sampler == sampler) & (rows.num_inference_steps == steps)].relation
+            return found.iloc[0] if len(found) else UNRESOLVED
+
         pairs = short_long[short_long.family == family]
-        same_20_50 = bool(((pairs.exact_p_holm >= ALPHA) & (pairs.clip_p_holm >= ALPHA)).all())
         checks = {
-            "20 ~ 50": same_20_50,
-            "DPM-Solver++ by 20": onsets.get("dpm-solver++", math.nan) <= 20,
-            "DDIM by ~50": onsets.get("ddim", math.nan) <= 50,
+            "20 ~ 50 steps": overall([_sub_verdict(found, EQUIVALENT) for found in pairs.relation]),
+            "DPM-Solver++ by 20": _sub_verdict(at("dpm-solver++", 20), EQUIVALENT),
+            "DDIM by 50": _sub_verdict(at("ddim", 50), EQUIVALENT),
+            "DDPM needs > 250": _sub_verdict(at("ddpm", 250), DIFFERENT),
         }
-        ddpm = rows[(rows.sampler == "ddpm") & (rows.num_inference_steps == 250)]
-        checks["DDPM needs > 250"] = bool(
-            len(ddpm) and ((ddpm.exact_p_holm < ALPHA) | (ddpm.clip_p_holm < ALPHA)).iloc[0]
-        )
-        for name, holds in checks.items():
-            verdicts.append(SUPPORTED if holds else NOT_SUPPORTED)
-            lines.append(f"{family}: {name} {'yes' if holds else 'no'}")
+        for name, found in checks.items():
+            verdicts.append(found)
+            lines.append(f"{family}: {name}: {found}")
     verdict = overall(verdicts)
     shown = points.assign(
         exact_match=[
@@ -248,12 +271,24 @@ def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgemen
             "exact_p_holm",
             "clip_difference",
             "clip_p_holm",
+            "relation",
         ]
     ]
     pair_table = short_long.assign(
         exact_difference=[ci(row, "exact_difference") for _, row in short_long.iterrows()],
         clip_difference=[ci(row, "clip_difference") for _, row in short_long.iterrows()],
-    )[["family", "versus", "num_inference_steps", "exact_difference", "exact_p_holm", "clip_difference", "clip_p_holm"]]
+    )[
+        [
+            "family",
+            "versus",
+            "num_inference_steps",
+            "exact_difference",
+            "exact_p_holm",
+            "clip_difference",
+            "clip_p_holm",
+            "relation",
+        ]
+    ]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     for axis, (family, rows) in zip(axes, points.groupby("family", sort=True)):
         for sampler, line in rows.groupby("sampler", sort=True):
@@ -276,15 +311,15 @@ def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgemen
             f"Reference: {reference['sampler']} at {reference['steps']} steps. Every point holds the same "
             f"{int(points.n_images.iloc[0])} prompts and seeds, so each is compared with the reference image by image: "
             "exact McNemar on exact match, sign-flip permutation on CLIP score, Holm-adjusted within a family. "
-            "'Indistinguishable' means no test rejects at 5%; with this many images, differences inside the "
-            "intervals below cannot be ruled out. FID uses toy-CLIP features and has a large small-sample bias at "
-            "this size: compare FIDs with each other, not with other tables."
+            f"Each comparison reads as: equivalent (both differences' 95% intervals inside the margins: exact "
+            f"match +-{margins['exact']:g}, CLIP score +-{margins['clip']:g}), else different (a Holm-adjusted test "
+            "rejects at 5%), else unresolved (too few images to tell either way; more seeds per prompt resolve it). "
+            "FID uses toy-CLIP features "
+            "and has a large small-sample bias at this size: compare FIDs with each other, not with other tables."
         ),
         Table(shown),
-        Text(
-            "Indistinguishable from the reference from this many steps on (blank: differs even at the largest count):"
-        ),
-        Table(pd.DataFrame(onset_rows), {"indistinguishable_from_steps": ".0f"}),
+        Text("Equivalent to the reference from this many steps on (blank: not at the largest count):"),
+        Table(pd.DataFrame(onset_rows), {"equivalent_from_steps": ".0f"}),
         Text("Each point against the reference (difference = point - reference):"),
         Table(tests, {"exact_p_holm": ".3g", "clip_p_holm": ".3g"}),
         Text("20 steps against 50 steps, per sampler (difference = 20 - 50):"),
@@ -683,7 +718,8 @@ def build_claims_report(report: Path) -> Path:
             [
                 Text(
                     "Each claim of the background article, measured on the toy world (CPU) unless said otherwise. "
-                    "Verdicts: supported, partly supported (some sub-claims hold, some do not), not supported, "
+                    "Verdicts: supported, partly supported (some sub-claims hold; the others do not, or cannot be told "
+                    "yet), not supported, "
                     "inconclusive (the tests cannot tell), not run here (needs hardware this build did not have). "
                     "Every number carries its 95% interval; rules are stated in each section. Rebuild with "
                     "`suite claims --report-only`; remeasure with `suite claims` after deleting a claim's data folder."
