@@ -136,6 +136,17 @@ class BaselineSpec(Frozen):
     guidance_scale: Number = Field(ge=0, alias="guidance")
 
 
+class GenevalSpec(Frozen):
+    """GenEval's detector (a local transformers Mask2Former folder) and the reference evaluator's options."""
+
+    detector: str
+    threshold: float = Field(default=0.3, ge=0, le=1)
+    counting_threshold: float = Field(default=0.9, ge=0, le=1)
+    max_objects: int = Field(default=16, ge=1, strict=True)
+    max_overlap: float = Field(default=1.0, gt=0, le=1)
+    position_margin: float = Field(default=0.1, ge=0)
+
+
 class Evaluation(Frozen):
     """Which networks the metrics use; real runs keep the defaults, the toy world names its own CLIP."""
 
@@ -146,6 +157,7 @@ class Evaluation(Frozen):
     set_resamples: int = Field(default=200, ge=0, strict=True)  # bootstrap of FID / KID / CMMD; 0: no interval
     fid_inf: bool = Field(default=True, strict=True)  # FID extrapolated to infinitely many images
     baseline: BaselineSpec | None = None  # suite compare's within-preset baseline; default: the most expensive point
+    geneval: GenevalSpec | None = None  # the geneval metric's detector; colours use clip_model, as GenEval does
 
     @field_validator("features", "cmmd_features")
     @classmethod
@@ -197,6 +209,14 @@ class Sweep(Frozen):
         if any(not math.isfinite(value) or value < 0 for value in values):
             raise ValueError("every guidance scale must be a finite number >= 0")
         return values
+
+    @model_validator(mode="after")
+    def _geneval_has_a_detector(self) -> Sweep:
+        if "geneval" in self.metrics and self.evaluation.geneval is None:
+            from suite.metrics.detector import LAYOUT
+
+            raise ValueError(f"metric geneval needs evaluation.geneval.detector: {LAYOUT}")
+        return self
 
     @model_validator(mode="after")
     def _distribution_metrics_have_a_reference(self) -> Sweep:
@@ -254,6 +274,9 @@ class Sweep(Frozen):
         return self
 
 
+ADDED_EVALUATION_KEYS = ("geneval",)
+
+
 class ResolvedSweep(Frozen):
     """A sweep with its prompts read in: everything that determines its images."""
 
@@ -263,6 +286,9 @@ class ResolvedSweep(Frozen):
     def to_dict(self) -> dict[str, Any]:
         data = self.sweep.model_dump(mode="json")
         data["prompts"] = {"list": list(self.prompt_texts)}
+        for key in ADDED_EVALUATION_KEYS:  # unset, a later key leaves the hash of earlier run folders as it was
+            if data["evaluation"].get(key) is None:
+                data["evaluation"].pop(key, None)
         return data
 
     def config_hash(self) -> str:
@@ -313,7 +339,18 @@ def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSwee
         prompts = prompts[: spec.limit]
     if not prompts:
         raise UserError(f"{source}: prompts: the prompt set is empty")
-    return ResolvedSweep(sweep=_absolute_reference(sweep, base_dir), prompt_texts=tuple(prompts))
+    sweep = _absolute_detector(_absolute_reference(sweep, base_dir), base_dir)
+    return ResolvedSweep(sweep=sweep, prompt_texts=tuple(prompts))
+
+
+def _absolute_detector(sweep: Sweep, base_dir: Path) -> Sweep:
+    """GenEval's detector folder given relative to the sweep file, made absolute (as reference folders are)."""
+    geneval = sweep.evaluation.geneval
+    if geneval is None or Path(geneval.detector).is_absolute():
+        return sweep
+    detector = str((base_dir / geneval.detector).resolve())
+    evaluation = sweep.evaluation.model_copy(update={"geneval": geneval.model_copy(update={"detector": detector})})
+    return sweep.model_copy(update={"evaluation": evaluation})
 
 
 def _absolute_reference(sweep: Sweep, base_dir: Path) -> Sweep:

@@ -112,5 +112,9 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
     if "inception" in networks:
         check_inception_weights(inception_weights_path(context))
-    if "toy-clip" in networks or ("clip_score" in metrics and evaluation.clip_model == "toy-clip"):
+    if "geneval" in metrics:
+        from suite.metrics.detector import check_detector_folder
+
+        check_detector_folder(Path(evaluation.geneval.detector))
+    if "toy-clip" in networks or (metrics & {"clip_score", "geneval"} and evaluation.clip_model == "toy-clip"):
         CLIP_MODELS.get("toy-clip")(context)

@@ -109,3 +109,12 @@ def test_the_side_by_side_headline_is_the_point_whose_worse_family_is_best():
     assert headline_point(samples, None, 7.5) == ("ddim", 50)  # no metrics: first sampler, most steps
     toy = metrics.drop(columns="fid").assign(toy_correct=[0.9, 0.1, 0.5, 0.6, 0.4, 0.4])
     assert headline_point(samples, toy, 7.5) == ("ddpm", 10)  # higher is better
+
+
+def test_the_comparisons_table_of_nothing_shown_is_empty_not_an_error():
+    from suite.report.tables import comparisons_table
+
+    columns = ["kind", "a_preset", "b_preset", "metric", "difference", "ci95_low", "ci95_high", "p_value", "p_holm"]
+    sides = [f"{side}_{field}" for side in "ab" for field in ("sampler", "num_inference_steps", "guidance_scale")]
+    empty = pd.DataFrame(columns=[*columns, *sides, "verdict"])
+    assert comparisons_table(empty).empty  # one preset, nothing significant: no rows to show

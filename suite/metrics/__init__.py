@@ -12,11 +12,12 @@ from suite.metrics.cmmd import Cmmd
 from suite.metrics.composition import Composition
 from suite.metrics.fid import Fid
 from suite.metrics.flops import Flops
+from suite.metrics.geneval import Geneval
 from suite.metrics.kid import Kid
 from suite.registry import Registry
 
 METRICS: Registry[Metric] = Registry("metric")
-for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition()):
+for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Geneval()):
     METRICS.register(_metric.name, _metric)
 
 

@@ -76,6 +76,7 @@ class Evaluator:
         self._clip: ClipModel | None = None
         self._pipelines: dict[str, Any] = {}
         self._costs: dict[str, PipelineCost] = {}
+        self._detectors: dict[str, Any] = {}
 
     def network(self, name: str) -> FeatureNetwork:
         if name not in self._networks:
@@ -92,6 +93,14 @@ class Evaluator:
         if self._clip is None:
             self._clip = CLIP_MODELS.get(self.sweep.evaluation.clip_model)(self.context)
         return self._clip
+
+    def detector(self, folder: str):
+        """GenEval's instance-segmentation model from a local folder, loaded once."""
+        if folder not in self._detectors:
+            from suite.metrics.detector import Mask2FormerDetector
+
+            self._detectors[folder] = Mask2FormerDetector(folder, self.context.device)
+        return self._detectors[folder]
 
     def cost(self, preset_name: str) -> PipelineCost:
         """The preset's FLOP counts, from its configs on the meta device (the run's local folder if it had one)."""
@@ -120,8 +129,13 @@ class Evaluator:
 
     def describe(self) -> dict[str, Any]:
         """Everything about the evaluation that changes its numbers (part of each grid point's cache key)."""
-        evaluation = self.sweep.evaluation
-        return {"metrics": list(self.sweep.metrics), "evaluation": evaluation.model_dump(mode="json")}
+        from suite.config import ADDED_EVALUATION_KEYS
+
+        evaluation = self.sweep.evaluation.model_dump(mode="json")
+        for key in ADDED_EVALUATION_KEYS:  # unset, a later key leaves earlier grid points' cache keys as they were
+            if evaluation.get(key) is None:
+                evaluation.pop(key, None)
+        return {"metrics": list(self.sweep.metrics), "evaluation": evaluation}
 
 
 def load_images(run: Path, paths: list[str], hashes: list[str]) -> list[np.ndarray]:

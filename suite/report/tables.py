@@ -167,8 +167,8 @@ def comparisons_table(comparisons: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame(
         {
             "kind": comparisons["kind"],
-            "a": comparisons["a_preset"] + " / " + comparisons.apply(lambda row: _label(_side(row, "a")), axis=1),
-            "b": comparisons["b_preset"] + " / " + comparisons.apply(lambda row: _label(_side(row, "b")), axis=1),
+            "a": [f"{row['a_preset']} / {_label(_side(row, 'a'))}" for _, row in comparisons.iterrows()],
+            "b": [f"{row['b_preset']} / {_label(_side(row, 'b'))}" for _, row in comparisons.iterrows()],
             "metric": comparisons["metric"],
             "b - a (95% CI)": [
                 with_interval(row["difference"], row["ci95_low"], row["ci95_high"], "+.3g")
