@@ -114,11 +114,12 @@ def device_slug(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{device.type}-{_processor_name()}"
+        name = f"{device.type}-{processor_name()}"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _processor_name() -> str:
+def processor_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module knows."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

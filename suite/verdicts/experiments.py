@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import subprocess
 import sys
 import time
@@ -132,7 +131,9 @@ def family_of(preset: str) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    from suite.bench import processor_name
+
+    return f"{processor_name()}, {torch.get_num_threads()} threads"
 
 
 def paired_rows(images: pd.DataFrame, reference: tuple, candidates: list[tuple], keys: list[str]) -> pd.DataFrame:
@@ -415,10 +416,14 @@ def measure_guidance(config: ClaimConfig, runs: dict, options) -> dict[str, pd.D
     from suite.verdicts.saturation import MEASURES, saturation_scores
 
     keys = ["family", "guidance_scale"]
-    (run,) = runs.values()
-    images, points = point_quality(run, [*keys, "preset"])
+    images, points = [], []
+    for run in runs.values():  # the guidance scales, and guidance 0 (the unconditional model) as a baseline
+        run_images, run_points = point_quality(run, [*keys, "preset"])
+        images.append(run_images.assign(image_file=[str(run / path) for path in run_images["image_path"]]))
+        points.append(run_points)
+    images, points = pd.concat(images, ignore_index=True), pd.concat(points, ignore_index=True)
     saturation = pd.DataFrame(
-        [saturation_scores(np.asarray(Image.open(run / path).convert("RGB"))) for path in images["image_path"]],
+        [saturation_scores(np.asarray(Image.open(path).convert("RGB"))) for path in images["image_file"]],
         index=images.index,
     )
     images = pd.concat([images, saturation], axis=1)
@@ -433,25 +438,34 @@ def measure_guidance(config: ClaimConfig, runs: dict, options) -> dict[str, pd.D
     reference = float(config.settings.get("reference_guidance", 7.5))
     indexed = images.set_index([*keys, "prompt_index", "seed_index"]).sort_index()
     tests = []
+
+    def prompt_following(name: str, base: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
+        other = other.reindex(base.index)
+        exact = stats.mcnemar_exact(base["toy_correct"], other["toy_correct"])
+        clip = stats.paired_permutation(base["clip_score"], other["clip_score"])
+        return {
+            f"exact_vs_{name}": exact.difference,
+            f"exact_vs_{name}_low": exact.low,
+            f"exact_vs_{name}_high": exact.high,
+            f"exact_vs_{name}_p": exact.p_value,
+            f"clip_vs_{name}": clip.difference,
+            f"clip_vs_{name}_low": clip.low,
+            f"clip_vs_{name}_high": clip.high,
+            f"clip_vs_{name}_p": clip.p_value,
+        }
+
     for family, rows in points.groupby("family", sort=True):
-        best = rows.sort_values(["toy_correct", "clip_score_mean"], ascending=False).iloc[0]["guidance_scale"]
+        scales = rows[rows["guidance_scale"] >= 1]  # guidance 0 is the unconditional baseline, not a candidate
+        best = scales.sort_values(["toy_correct", "clip_score_mean"], ascending=False).iloc[0]["guidance_scale"]
         base_best = indexed.loc[(family, best)]
         base_reference = indexed.loc[(family, reference)]
+        unconditional = indexed.loc[(family, 0.0)] if (rows["guidance_scale"] == 0).any() else None
         for guidance in sorted(rows["guidance_scale"]):
             other = indexed.loc[(family, guidance)]
             row = {"family": family, "guidance_scale": guidance, "best_guidance": best}
-            exact = stats.mcnemar_exact(base_best["toy_correct"], other.reindex(base_best.index)["toy_correct"])
-            clip = stats.paired_permutation(base_best["clip_score"], other.reindex(base_best.index)["clip_score"])
-            row |= {
-                "exact_vs_best": exact.difference,
-                "exact_vs_best_low": exact.low,
-                "exact_vs_best_high": exact.high,
-                "exact_vs_best_p": exact.p_value,
-                "clip_vs_best": clip.difference,
-                "clip_vs_best_low": clip.low,
-                "clip_vs_best_high": clip.high,
-                "clip_vs_best_p": clip.p_value,
-            }
+            row |= prompt_following("best", base_best, other)
+            if unconditional is not None and guidance == 1.0:
+                row |= prompt_following("unconditional", unconditional, other)
             for measure_name in MEASURES:
                 test = stats.paired_permutation(
                     base_reference[measure_name], other.reindex(base_reference.index)[measure_name]
@@ -465,8 +479,11 @@ def measure_guidance(config: ClaimConfig, runs: dict, options) -> dict[str, pd.D
             tests.append(row)
     tests = pd.DataFrame(tests)
     p_columns = [column for column in tests.columns if column.endswith("_p")]
-    for _, rows in tests.groupby("family"):  # Holm across every test of a family
-        adjusted = stats.holm(rows[p_columns].to_numpy().ravel()).reshape(len(rows), len(p_columns))
+    for _, rows in tests.groupby("family"):  # Holm across every test of a family (untested cells stay NaN)
+        values = rows[p_columns].to_numpy(dtype=float).ravel()
+        adjusted = np.full(values.shape, np.nan)
+        adjusted[~np.isnan(values)] = stats.holm(values[~np.isnan(values)])
+        adjusted = adjusted.reshape(len(rows), len(p_columns))
         for position, column in enumerate(p_columns):
             tests.loc[rows.index, f"{column}_holm"] = adjusted[:, position]
     examples = images[images["prompt_index"] == int(config.settings.get("example_prompt", 0))]
@@ -475,7 +492,7 @@ def measure_guidance(config: ClaimConfig, runs: dict, options) -> dict[str, pd.D
     for family, rows in examples.groupby("family"):
         strip = np.concatenate(
             [
-                np.asarray(Image.open(run / row.image_path).convert("RGB"))
+                np.asarray(Image.open(row.image_file).convert("RGB"))
                 for row in rows.sort_values("guidance_scale").itertuples()
             ],
             axis=1,

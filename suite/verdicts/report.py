@@ -336,16 +336,29 @@ def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgemen
 
 
 def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    """Per family: (a) guidance 1 is significantly below the best scale in exact match; (b) the scales not
-    significantly below the best (Holm) include part of 7-12; (c) at 15 and above, some saturation measure is
-    significantly above its level at the reference scale (Holm)."""
+    """Per family, Holm-adjusted within the family: (a) "1 ignores the prompt": guidance 1 follows the prompt no
+    better than guidance 0 (the model without its prompt) in exact match and CLIP score; not supported if it is
+    significantly better in either; (b) "7-12 follows the prompt": some scale in 7-12.5 is not significantly below
+    the best scale in either measure; (c) "above ~15 oversaturate": at 15 or more, some saturation measure is
+    significantly above its level at the reference scale."""
     points, tests, world = tables["points"], tables["tests"], tables["world_level"]
     verdicts, lines = [], []
     for family, rows in tests.groupby("family", sort=True):
         rows = rows.sort_values("guidance_scale")
         at_one = rows[rows.guidance_scale == 1.0].iloc[0]
-        ignores = at_one.exact_vs_best_p_holm < ALPHA and at_one.exact_vs_best < 0
-        good = rows[(rows.exact_vs_best_p_holm >= ALPHA) | (rows.exact_vs_best >= 0)].guidance_scale
+        if "exact_vs_unconditional_p_holm" in rows and not pd.isna(at_one.exact_vs_unconditional_p_holm):
+            better = (at_one.exact_vs_unconditional_p_holm < ALPHA and at_one.exact_vs_unconditional > 0) or (
+                at_one.clip_vs_unconditional_p_holm < ALPHA and at_one.clip_vs_unconditional > 0
+            )
+            ignores = NOT_SUPPORTED if better else SUPPORTED
+            ignore_text = f"1 vs 0: exact {ci(at_one, 'exact_vs_unconditional')}, CLIP {ci(at_one, 'clip_vs_unconditional', '.2f')}"
+        else:
+            ignores, ignore_text = INCONCLUSIVE, "no guidance-0 baseline"
+        scales = rows[rows.guidance_scale >= 1]
+        worse = ((scales.exact_vs_best_p_holm < ALPHA) & (scales.exact_vs_best < 0)) | (
+            (scales.clip_vs_best_p_holm < ALPHA) & (scales.clip_vs_best < 0)
+        )
+        good = scales[~worse].guidance_scale
         follows = bool(((good >= 7) & (good <= 12.5)).any())
         high = rows[rows.guidance_scale >= 15]
         saturates = bool(
@@ -355,12 +368,11 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
                 | ((high.palette_distance_vs_reference_p_holm < ALPHA) & (high.palette_distance_vs_reference > 0))
             ).any()
         )
-        verdicts.extend(SUPPORTED if holds else NOT_SUPPORTED for holds in (ignores, follows, saturates))
+        verdicts += [ignores, *(SUPPORTED if holds else NOT_SUPPORTED for holds in (follows, saturates))]
         best = rows.best_guidance.iloc[0]
         lines.append(
-            f"{family}: best {best:g}, not worse than best at {', '.join(f'{g:g}' for g in good)}; "
-            f"1 worse than best: {'yes' if ignores else 'no'} ({ci(at_one, 'exact_vs_best')}); "
-            f"oversaturated at >= 15: {'yes' if saturates else 'no'}"
+            f"{family}: best scale {best:g}; not significantly below it: {', '.join(f'{g:g}' for g in good)}; "
+            f"1 ignores the prompt: {ignores} ({ignore_text}); oversaturated at >= 15: {'yes' if saturates else 'no'}"
         )
     verdict = overall(verdicts)
     shown = points.sort_values(["family", "guidance_scale"]).assign(
@@ -380,6 +392,7 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
     )[["family", "guidance_scale", "exact_match", "clip_score", "saturation", "clipped", "palette_distance"]]
     test_table = tests.assign(
         exact_vs_best=[ci(row, "exact_vs_best") for _, row in tests.iterrows()],
+        clip_vs_best=[ci(row, "clip_vs_best", ".2f") for _, row in tests.iterrows()],
         saturation_vs_ref=[ci(row, "mean_saturation_vs_reference", ".4f") for _, row in tests.iterrows()],
         clipped_vs_ref=[ci(row, "clipped_fraction_vs_reference", ".4f") for _, row in tests.iterrows()],
         palette_vs_ref=[ci(row, "palette_distance_vs_reference", ".2f") for _, row in tests.iterrows()],
@@ -389,6 +402,8 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
             "guidance_scale",
             "exact_vs_best",
             "exact_vs_best_p_holm",
+            "clip_vs_best",
+            "clip_vs_best_p_holm",
             "saturation_vs_ref",
             "mean_saturation_vs_reference_p_holm",
             "clipped_vs_ref",
@@ -440,7 +455,9 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
             "channel at 0 or 255, mean RGB distance to the nearest palette colour. The toy world's own images: "
             + ", ".join(f"{name} {value:.4g}" for name, value in world_levels.items())
             + f". Saturation is compared with guidance {claim['settings']['reference_guidance']:g} image by image "
-            "(paired permutation), exact match with each family's best scale (exact McNemar); Holm within a family."
+            "(paired permutation), prompt following with each family's best scale (exact McNemar on exact match, "
+            "paired permutation on CLIP score); Holm within a family. Guidance 0 is the model without its prompt "
+            "(for the cascade: its base stage, which lays out the image; the x4 stage keeps its text)."
         ),
         Table(shown),
         Table(test_table, {column: ".3g" for column in test_table.columns if column.endswith("_holm")}),
