@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from suite import stats
 from suite.report.render import Figure, Section, Table, Text, to_html, to_markdown
 from suite.report.tables import with_interval
 from suite.results import atomic_write_text
@@ -519,20 +520,36 @@ def judge_determinism(claim: dict, tables: dict, folder: Path, data: Path) -> Ju
 
 
 def judge_attention(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    """(a) Several resolutions: at two or more UNet resolutions per family, colour words' attention lands on
-    their own object more than uniform attention would (bleed significantly below chance). (b) Bleed: images
-    with binding errors have significantly more bleed than correct ones, at some resolution of some family."""
+    """(a) "Works at several resolutions": per family, at two or more UNet resolutions the colour words' attention
+    lands on their own object more than uniform attention would (bleed significantly below chance, Holm across
+    the table). (b) "Attributes can bleed": pair images with a colour on the wrong object (binding errors) occur,
+    the binding accuracy's Wilson interval staying below 1. Whether attention bleed is higher in those images
+    (Holm) is reported as the mechanism, not judged."""
     summary, maps = tables["summary"], tables["example_maps"]
+    summary = summary.assign(bleed_minus_chance_p_holm=stats.holm(summary.bleed_minus_chance_p.to_numpy()))
+    if "bleed_errors_minus_correct_p" in summary:
+        tested = summary.bleed_errors_minus_correct_p.notna().to_numpy()
+        adjusted = np.full(len(summary), np.nan)
+        adjusted[tested] = stats.holm(summary.bleed_errors_minus_correct_p.to_numpy()[tested])
+        summary = summary.assign(bleed_errors_minus_correct_p_holm=adjusted)
     verdicts, lines = [], []
     for family, rows in summary.groupby("family", sort=True):
-        localised = rows[(rows.bleed_minus_chance_p < ALPHA) & (rows.bleed_minus_chance < 0)]
+        localised = rows[(rows.bleed_minus_chance_p_holm < ALPHA) & (rows.bleed_minus_chance < 0)]
         verdicts.append(SUPPORTED if len(localised) >= 2 else NOT_SUPPORTED)
         lines.append(f"{family}: localised at {', '.join(f'{s}x{s}' for s in localised.side) or 'no resolution'}")
-    if "bleed_errors_minus_correct_p" in summary:
-        related = summary[(summary.bleed_errors_minus_correct_p < ALPHA) & (summary.bleed_errors_minus_correct > 0)]
-        verdicts.append(SUPPORTED if len(related) else INCONCLUSIVE)
+    binding = summary.drop_duplicates("family")
+    bleeds = bool((binding.binding_high < 1).all())
+    verdicts.append(SUPPORTED if bleeds else NOT_SUPPORTED)
+    lines.append(
+        "binding accuracy on pair prompts "
+        + ", ".join(f"{row.family} {ci(row, 'binding')}" for row in binding.itertuples())
+    )
+    if "bleed_errors_minus_correct_p_holm" in summary:
+        related = summary[
+            (summary.bleed_errors_minus_correct_p_holm < ALPHA) & (summary.bleed_errors_minus_correct > 0)
+        ]
         lines.append(
-            "more bleed in binding errors at "
+            "more attention bleed in binding errors (Holm) at "
             + (", ".join(f"{r.family} {r.side}x{r.side}" for r in related.itertuples()) or "no resolution")
         )
     verdict = overall(verdicts)
@@ -553,14 +570,14 @@ def judge_attention(claim: dict, tables: dict, folder: Path, data: Path) -> Judg
         "images",
         "bleed",
         "bleed_minus_chance",
-        "bleed_minus_chance_p",
+        "bleed_minus_chance_p_holm",
         "text_mass",
         "binding",
         "binding_errors",
         "errors_minus_correct",
     ]
-    if "bleed_errors_minus_correct_p" in shown:
-        columns.append("bleed_errors_minus_correct_p")
+    if "bleed_errors_minus_correct_p_holm" in shown:
+        columns.append("bleed_errors_minus_correct_p_holm")
     blocks = [
         Text(
             "Bleed of a colour word: the share of its on-object attention that falls on the other object (0: all on "
@@ -571,7 +588,8 @@ def judge_attention(claim: dict, tables: dict, folder: Path, data: Path) -> Judg
             "permutation; errors vs correct: two-sample permutation, bootstrap interval."
         ),
         Table(
-            shown[columns], {"bleed_minus_chance_p": ".3g", "bleed_errors_minus_correct_p": ".3g", "text_mass": ".3f"}
+            shown[columns],
+            {"bleed_minus_chance_p_holm": ".3g", "bleed_errors_minus_correct_p_holm": ".3g", "text_mass": ".3f"},
         ),
     ]
     for family, rows in maps.groupby("family", sort=True):
