@@ -158,6 +158,7 @@ class Evaluation(Frozen):
     fid_inf: bool = Field(default=True, strict=True)  # FID extrapolated to infinitely many images
     baseline: BaselineSpec | None = None  # suite compare's within-preset baseline; default: the most expensive point
     geneval: GenevalSpec | None = None  # the geneval metric's detector; colours use clip_model, as GenEval does
+    pickscore: str | None = None  # the pickscore metric's local CLIPModel + processor folder
 
     @field_validator("features", "cmmd_features")
     @classmethod
@@ -209,6 +210,14 @@ class Sweep(Frozen):
         if any(not math.isfinite(value) or value < 0 for value in values):
             raise ValueError("every guidance scale must be a finite number >= 0")
         return values
+
+    @model_validator(mode="after")
+    def _pickscore_has_a_model(self) -> Sweep:
+        if "pickscore" in self.metrics and self.evaluation.pickscore is None:
+            from suite.metrics.pickscore import LAYOUT
+
+            raise ValueError(f"metric pickscore needs evaluation.pickscore: {LAYOUT}")
+        return self
 
     @model_validator(mode="after")
     def _geneval_has_a_detector(self) -> Sweep:
@@ -274,7 +283,7 @@ class Sweep(Frozen):
         return self
 
 
-ADDED_EVALUATION_KEYS = ("geneval",)
+ADDED_EVALUATION_KEYS = ("geneval", "pickscore")
 
 
 class ResolvedSweep(Frozen):
@@ -344,12 +353,15 @@ def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSwee
 
 
 def _absolute_detector(sweep: Sweep, base_dir: Path) -> Sweep:
-    """GenEval's detector folder given relative to the sweep file, made absolute (as reference folders are)."""
-    geneval = sweep.evaluation.geneval
-    if geneval is None or Path(geneval.detector).is_absolute():
-        return sweep
-    detector = str((base_dir / geneval.detector).resolve())
-    evaluation = sweep.evaluation.model_copy(update={"geneval": geneval.model_copy(update={"detector": detector})})
+    """GenEval's detector and PickScore's model folders given relative to the sweep file, made absolute (as
+    reference folders are)."""
+    evaluation = sweep.evaluation
+    geneval = evaluation.geneval
+    if geneval is not None and not Path(geneval.detector).is_absolute():
+        detector = str((base_dir / geneval.detector).resolve())
+        evaluation = evaluation.model_copy(update={"geneval": geneval.model_copy(update={"detector": detector})})
+    if evaluation.pickscore is not None and not Path(evaluation.pickscore).is_absolute():
+        evaluation = evaluation.model_copy(update={"pickscore": str((base_dir / evaluation.pickscore).resolve())})
     return sweep.model_copy(update={"evaluation": evaluation})
 
 

@@ -112,6 +112,10 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
     if "inception" in networks:
         check_inception_weights(inception_weights_path(context))
+    if "pickscore" in metrics:
+        from suite.metrics.pickscore import check_pickscore_folder
+
+        check_pickscore_folder(Path(evaluation.pickscore))
     if "geneval" in metrics:
         from suite.metrics.detector import check_detector_folder
 

@@ -14,10 +14,11 @@ from suite.metrics.fid import Fid
 from suite.metrics.flops import Flops
 from suite.metrics.geneval import Geneval
 from suite.metrics.kid import Kid
+from suite.metrics.pickscore import PickScore
 from suite.registry import Registry
 
 METRICS: Registry[Metric] = Registry("metric")
-for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Geneval()):
+for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Geneval(), PickScore()):
     METRICS.register(_metric.name, _metric)
 
 

@@ -76,7 +76,7 @@ class Evaluator:
         self._clip: ClipModel | None = None
         self._pipelines: dict[str, Any] = {}
         self._costs: dict[str, PipelineCost] = {}
-        self._detectors: dict[str, Any] = {}
+        self._detectors: dict[str, Any] = {}  # GenEval detectors and preference models, by folder
 
     def network(self, name: str) -> FeatureNetwork:
         if name not in self._networks:
@@ -100,6 +100,14 @@ class Evaluator:
             from suite.metrics.detector import Mask2FormerDetector
 
             self._detectors[folder] = Mask2FormerDetector(folder, self.context.device)
+        return self._detectors[folder]
+
+    def preference_model(self, folder: str):
+        """PickScore's CLIPModel from a local folder, loaded once."""
+        if folder not in self._detectors:
+            from suite.metrics.pickscore import PickScoreModel
+
+            self._detectors[folder] = PickScoreModel(folder, self.context.device)
         return self._detectors[folder]
 
     def cost(self, preset_name: str) -> PipelineCost:
