@@ -69,12 +69,22 @@ class StageOverride(Frozen):
         return value
 
 
+class CocoSpec(Frozen):
+    """COCO captions drawn with a fixed seed (``suite.coco``); paths relative to the sweep file."""
+
+    captions: str  # captions_val2014.json
+    images: str  # the folder of val2014 images
+    count: int = Field(default=30000, ge=1, strict=True)  # the literature's FID-30k
+    seed: int = Field(default=0, ge=0, strict=True)
+
+
 class PromptSpec(Frozen):
-    """Exactly one of: a built-in set, a file (relative to the sweep file), or an inline list."""
+    """Exactly one of: a built-in set, a file (relative to the sweep file), an inline list, or COCO captions."""
 
     set: str | None = None
     file: str | None = None
     list: tuple[str, ...] | None = None
+    coco: CocoSpec | None = None
     limit: int | None = Field(default=None, ge=1, strict=True)
     # filters on a set's metadata, one value or a list (any of them): parti's category / challenge, geneval's tag
     category: tuple[str, ...] | None = None
@@ -88,9 +98,9 @@ class PromptSpec(Frozen):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptSpec:
-        given = [name for name in ("set", "file", "list") if getattr(self, name) is not None]
+        given = [name for name in ("set", "file", "list", "coco") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'set', 'file' or 'list'")
+            raise ValueError("give exactly one of 'set', 'file', 'list' or 'coco'")
         if self.set is not None:
             _known(PROMPT_SETS, self.set)
             from suite.prompts import check_filters
@@ -115,14 +125,17 @@ class ReferenceSpec(Frozen):
     builtin: str | None = None
     folder: str | None = None
     statistics: str | None = None
+    coco: bool | None = None  # true: the real images of the sampled COCO captions (prompts: {coco: ...})
+    files: tuple[str, ...] | None = None  # image files; what coco: true resolves to (one per prompt)
     count: int = Field(default=2048, ge=2, strict=True)  # images drawn from a built-in generator
     seed: int = Field(default=0, ge=0, strict=True)
+    resolution: int | None = Field(default=None, ge=8, strict=True)  # files: centred square resized to this (256)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ReferenceSpec:
-        given = [name for name in ("builtin", "folder", "statistics") if getattr(self, name) is not None]
+        given = [name for name in ("builtin", "folder", "statistics", "coco", "files") if getattr(self, name)]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'builtin', 'folder' or 'statistics'")
+            raise ValueError("give exactly one of 'builtin', 'folder', 'statistics', 'files' or 'coco: true'")
         if self.builtin is not None and self.builtin != "toy":
             raise ValueError(f"unknown built-in reference set {self.builtin!r}; valid: toy")
         return self
@@ -212,6 +225,13 @@ class Sweep(Frozen):
         return values
 
     @model_validator(mode="after")
+    def _coco_reference_has_coco_prompts(self) -> Sweep:
+        reference = self.evaluation.reference
+        if reference is not None and reference.coco and self.prompts.coco is None:
+            raise ValueError("evaluation.reference.coco pairs with COCO prompts: set prompts: {coco: ...}")
+        return self
+
+    @model_validator(mode="after")
     def _pickscore_has_a_model(self) -> Sweep:
         if "pickscore" in self.metrics and self.evaluation.pickscore is None:
             from suite.metrics.pickscore import LAYOUT
@@ -284,6 +304,21 @@ class Sweep(Frozen):
 
 
 ADDED_EVALUATION_KEYS = ("geneval", "pickscore")
+ADDED_REFERENCE_KEYS = ("coco", "files", "resolution")
+
+
+def without_unset_added_keys(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation as dumped, less the keys added after run folders existed, where unset: hashes and cache keys
+    of earlier runs stay as they were."""
+    evaluation = {
+        key: value for key, value in evaluation.items() if key not in ADDED_EVALUATION_KEYS or value is not None
+    }
+    reference = evaluation.get("reference")
+    if isinstance(reference, dict):
+        evaluation["reference"] = {
+            key: value for key, value in reference.items() if key not in ADDED_REFERENCE_KEYS or value is not None
+        }
+    return evaluation
 
 
 class ResolvedSweep(Frozen):
@@ -295,9 +330,7 @@ class ResolvedSweep(Frozen):
     def to_dict(self) -> dict[str, Any]:
         data = self.sweep.model_dump(mode="json")
         data["prompts"] = {"list": list(self.prompt_texts)}
-        for key in ADDED_EVALUATION_KEYS:  # unset, a later key leaves the hash of earlier run folders as it was
-            if data["evaluation"].get(key) is None:
-                data["evaluation"].pop(key, None)
+        data["evaluation"] = without_unset_added_keys(data["evaluation"])
         return data
 
     def config_hash(self) -> str:
@@ -337,7 +370,27 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
 def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSweep:
     """Read the prompt set; an empty prompt set is an error."""
     spec = sweep.prompts
-    if spec.set is not None:
+    if spec.coco is not None:
+        from suite.coco import sample_coco
+
+        spec = spec.model_copy(
+            update={
+                "coco": spec.coco.model_copy(
+                    update={key: str((base_dir / getattr(spec.coco, key)).resolve()) for key in ("captions", "images")}
+                )
+            }
+        )
+        sweep = sweep.model_copy(update={"prompts": spec})
+        sample = sample_coco(spec.coco.captions, spec.coco.images, spec.coco.count, spec.coco.seed)
+        prompts = list(sample.prompts[: spec.limit])
+        reference = sweep.evaluation.reference
+        if reference is not None and reference.coco:  # the drawn real images, one per prompt, named in config.yaml
+            files = tuple(str(path) for path in sample.files[: spec.limit])
+            reference = reference.model_copy(update={"coco": None, "files": files})
+            sweep = sweep.model_copy(
+                update={"evaluation": sweep.evaluation.model_copy(update={"reference": reference})}
+            )
+    elif spec.set is not None:
         prompts = filtered_prompts(spec.set, spec.filters)
     elif spec.file is not None:
         path = Path(spec.file)

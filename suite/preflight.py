@@ -110,7 +110,7 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
     if "cmmd" in metrics:
         networks.add(evaluation.cmmd_features)
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
-    if "inception" in networks:
+    if networks & {"inception", "inception-clean"}:
         check_inception_weights(inception_weights_path(context))
     if "pickscore" in metrics:
         from suite.metrics.pickscore import check_pickscore_folder

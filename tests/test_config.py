@@ -161,3 +161,17 @@ def test_resolved_config_hash_is_stable_and_sensitive(tmp_path):
     again = load_sweep(write(tmp_path, VALID, "b.yaml"))
     other = load_sweep(write(tmp_path, VALID.replace("steps: [2]", "steps: [3]"), "c.yaml"))
     assert first.config_hash() == again.config_hash() != other.config_hash()
+
+
+def test_every_shipped_sweep_file_validates():
+    """experiments/*.yaml parse as sweeps (resolving them needs their data: COCO, real checkpoints)."""
+    from pathlib import Path
+
+    import yaml
+
+    from suite.config import parse_sweep
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        parse_sweep(yaml.safe_load(path.read_text()), str(path))

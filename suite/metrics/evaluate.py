@@ -137,12 +137,9 @@ class Evaluator:
 
     def describe(self) -> dict[str, Any]:
         """Everything about the evaluation that changes its numbers (part of each grid point's cache key)."""
-        from suite.config import ADDED_EVALUATION_KEYS
+        from suite.config import without_unset_added_keys
 
-        evaluation = self.sweep.evaluation.model_dump(mode="json")
-        for key in ADDED_EVALUATION_KEYS:  # unset, a later key leaves earlier grid points' cache keys as they were
-            if evaluation.get(key) is None:
-                evaluation.pop(key, None)
+        evaluation = without_unset_added_keys(self.sweep.evaluation.model_dump(mode="json"))
         return {"metrics": list(self.sweep.metrics), "evaluation": evaluation}
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -188,6 +189,34 @@ def _inception(context: NetworkContext) -> FeatureNetwork:
     )
 
 
+def clean_resize(images: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """clean-fid's "clean" resize (Parmar et al. 2022): PIL bicubic per channel on float values, here rounded back to
+    uint8 so the Inception network's own input path is unchanged (at 299 its bilinear resize is the identity)."""
+    from PIL import Image
+
+    resized = []
+    for image in images.permute(0, 2, 3, 1).numpy():
+        channels = [
+            np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize((size, size), Image.BICUBIC))
+            for c in range(3)
+        ]
+        resized.append(np.stack(channels, axis=-1))
+    clipped = np.clip(np.round(np.stack(resized)), 0, 255).astype(np.uint8)
+    return torch.from_numpy(clipped).permute(0, 3, 1, 2).contiguous()
+
+
+def _inception_clean(context: NetworkContext) -> FeatureNetwork:
+    """torch-fidelity's InceptionV3 with clean-fid's resize (PIL bicubic to 299), for FIDs comparable to clean-fid's."""
+    inception = _inception(context)
+
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        return inception.extract(clean_resize(images))
+
+    return FeatureNetwork(
+        "inception-clean", inception.model_id, "clean-fid pil-bicubic-299 (rounded to uint8)", 2048, extract
+    )
+
+
 def _clip_features(context: NetworkContext) -> FeatureNetwork:
     """open_clip ViT-L-14 (openai) image embeddings, 768 features, bicubic to 224 (CMMD's network)."""
     return _openai_vit_l_14(context).feature_network("clip")
@@ -200,5 +229,6 @@ def _toy_clip_features(context: NetworkContext) -> FeatureNetwork:
 
 FEATURE_NETWORKS: Registry[Callable[[NetworkContext], FeatureNetwork]] = Registry("feature network")
 FEATURE_NETWORKS.register("inception", _inception)
+FEATURE_NETWORKS.register("inception-clean", _inception_clean)
 FEATURE_NETWORKS.register("clip", _clip_features)
 FEATURE_NETWORKS.register("toy-clip", _toy_clip_features)

@@ -25,6 +25,7 @@ from suite.results import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BATCH = 256
+DEFAULT_RESOLUTION = 256  # listed images of mixed sizes (COCO): the FID-30k protocol's 256 px
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ def _folder_images(folder: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     return description, images
 
 
+def _listed_images(files: tuple[str, ...], resolution: int) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Listed real images (COCO's, for instance), each cropped to its centred square and resized to one size."""
+    from suite.coco import centre_square
+
+    paths = [Path(file) for file in files]
+    listing = hashlib.sha256("\n".join(f"{path}:{path.stat().st_size}" for path in paths).encode())
+    description = {"files": len(paths), "listing_sha256": listing.hexdigest()[:16], "resolution": resolution}
+    return description, [centre_square(path, resolution) for path in paths]
+
+
 def extract(network: FeatureNetwork, images: list[np.ndarray]) -> np.ndarray:
     """Features of H x W x 3 uint8 images, in batches."""
     return np.concatenate([network(batch).numpy() for batch in _uint8_batches(images)])
@@ -97,6 +108,12 @@ def check_reference(spec, base_dir: Path) -> None:
         _statistics(_reference_path(spec.statistics, base_dir))
     elif spec.folder is not None:
         _image_files(_reference_path(spec.folder, base_dir))
+    elif spec.files:
+        missing = [file for file in spec.files if not Path(file).is_file()]
+        if missing:
+            raise UserError(
+                f"reference: {len(missing)} of {len(spec.files)} listed images are missing, e.g. {missing[0]}"
+            )
 
 
 def load_reference(spec, network: FeatureNetwork, base_dir: Path, cache_dir: Path) -> ReferenceFeatures:
@@ -105,6 +122,8 @@ def load_reference(spec, network: FeatureNetwork, base_dir: Path, cache_dir: Pat
         return _statistics(_reference_path(spec.statistics, base_dir))
     if spec.builtin is not None:
         description, images = _builtin_images(spec)
+    elif spec.files:
+        description, images = _listed_images(spec.files, spec.resolution or DEFAULT_RESOLUTION)
     else:
         description, images = _folder_images(_reference_path(spec.folder, base_dir))
     description = {**description, **network.describe()}
