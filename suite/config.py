@@ -160,6 +160,16 @@ class GenevalSpec(Frozen):
     position_margin: float = Field(default=0.1, ge=0)
 
 
+class HpsSpec(Frozen):
+    """HPS v2's checkpoint and open_clip architecture (paths relative to the sweep file)."""
+
+    checkpoint: str
+    architecture: str = "ViT-H-14"
+    architecture_config: str | None = (
+        None  # an open_clip model-config JSON, for an architecture open_clip does not ship
+    )
+
+
 class Evaluation(Frozen):
     """Which networks the metrics use; real runs keep the defaults, the toy world names its own CLIP."""
 
@@ -172,6 +182,7 @@ class Evaluation(Frozen):
     baseline: BaselineSpec | None = None  # suite compare's within-preset baseline; default: the most expensive point
     geneval: GenevalSpec | None = None  # the geneval metric's detector; colours use clip_model, as GenEval does
     pickscore: str | None = None  # the pickscore metric's local CLIPModel + processor folder
+    hpsv2: HpsSpec | None = None  # the hpsv2 metric's checkpoint and architecture
 
     @field_validator("features", "cmmd_features")
     @classmethod
@@ -229,6 +240,14 @@ class Sweep(Frozen):
         reference = self.evaluation.reference
         if reference is not None and reference.coco and self.prompts.coco is None:
             raise ValueError("evaluation.reference.coco pairs with COCO prompts: set prompts: {coco: ...}")
+        return self
+
+    @model_validator(mode="after")
+    def _hpsv2_has_a_checkpoint(self) -> Sweep:
+        if "hpsv2" in self.metrics and self.evaluation.hpsv2 is None:
+            from suite.metrics.hpsv2 import LAYOUT
+
+            raise ValueError(f"metric hpsv2 needs evaluation.hpsv2.checkpoint: {LAYOUT}")
         return self
 
     @model_validator(mode="after")
@@ -303,7 +322,7 @@ class Sweep(Frozen):
         return self
 
 
-ADDED_EVALUATION_KEYS = ("geneval", "pickscore")
+ADDED_EVALUATION_KEYS = ("geneval", "pickscore", "hpsv2")
 ADDED_REFERENCE_KEYS = ("coco", "files", "resolution")
 
 
@@ -415,6 +434,13 @@ def _absolute_detector(sweep: Sweep, base_dir: Path) -> Sweep:
         evaluation = evaluation.model_copy(update={"geneval": geneval.model_copy(update={"detector": detector})})
     if evaluation.pickscore is not None and not Path(evaluation.pickscore).is_absolute():
         evaluation = evaluation.model_copy(update={"pickscore": str((base_dir / evaluation.pickscore).resolve())})
+    if evaluation.hpsv2 is not None:
+        paths = {
+            key: str((base_dir / value).resolve())
+            for key in ("checkpoint", "architecture_config")
+            if (value := getattr(evaluation.hpsv2, key)) is not None and not Path(value).is_absolute()
+        }
+        evaluation = evaluation.model_copy(update={"hpsv2": evaluation.hpsv2.model_copy(update=paths)})
     return sweep.model_copy(update={"evaluation": evaluation})
 
 

@@ -112,6 +112,10 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
     if networks & {"inception", "inception-clean"}:
         check_inception_weights(inception_weights_path(context))
+    if "hpsv2" in metrics:
+        from suite.metrics.hpsv2 import check_hpsv2
+
+        check_hpsv2(evaluation.hpsv2)
     if "pickscore" in metrics:
         from suite.metrics.pickscore import check_pickscore_folder
 

@@ -13,12 +13,13 @@ from suite.metrics.composition import Composition
 from suite.metrics.fid import Fid
 from suite.metrics.flops import Flops
 from suite.metrics.geneval import Geneval
+from suite.metrics.hpsv2 import HpsV2
 from suite.metrics.kid import Kid
 from suite.metrics.pickscore import PickScore
 from suite.registry import Registry
 
 METRICS: Registry[Metric] = Registry("metric")
-for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Geneval(), PickScore()):
+for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Geneval(), PickScore(), HpsV2()):
     METRICS.register(_metric.name, _metric)
 
 

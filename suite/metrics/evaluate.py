@@ -110,6 +110,15 @@ class Evaluator:
             self._detectors[folder] = PickScoreModel(folder, self.context.device)
         return self._detectors[folder]
 
+    def hps_model(self, spec):
+        """HPS v2's open_clip model from its local checkpoint, loaded once."""
+        key = f"hpsv2:{spec.checkpoint}:{spec.architecture}"
+        if key not in self._detectors:
+            from suite.metrics.hpsv2 import HpsModel
+
+            self._detectors[key] = HpsModel(spec, self.context.device)
+        return self._detectors[key]
+
     def cost(self, preset_name: str) -> PipelineCost:
         """The preset's FLOP counts, from its configs on the meta device (the run's local folder if it had one)."""
         if preset_name not in self._costs:

@@ -1,0 +1,79 @@
+"""HPS v2 (Wu et al. 2023, Human Preference Score v2): an open_clip ViT-H-14 fine-tuned on human preferences.
+
+Loaded from local files (``evaluation.hpsv2``): the open_clip architecture (``ViT-H-14``, or any open_clip
+model config given as a JSON file) and the HPS checkpoint (HPS_v2_compressed.pt or HPS_v2.1_compressed.pt,
+a ``state_dict``), through ``open_clip.create_model`` as HPS's own scorer does. Per image, HPS's score: the
+cosine of the image and prompt embeddings; per grid point the mean with a BCa interval, compared between points
+with a paired permutation test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from suite import stats
+from suite.errors import UserError
+from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+
+LAYOUT = (
+    "the HPS v2 checkpoint file (e.g. HPS_v2.1_compressed.pt, a state_dict) and an open_clip architecture (ViT-H-14)"
+)
+
+
+def check_hpsv2(spec, setting: str = "evaluation.hpsv2") -> None:
+    if not Path(spec.checkpoint).is_file():
+        raise UserError(f"{setting}.checkpoint: no file at {spec.checkpoint}; expected {LAYOUT}")
+    if spec.architecture_config is not None and not Path(spec.architecture_config).is_file():
+        raise UserError(f"{setting}.architecture_config: no open_clip model config at {spec.architecture_config}")
+
+
+class HpsModel:
+    def __init__(self, spec, device: torch.device):
+        import open_clip
+
+        check_hpsv2(spec)
+        if spec.architecture_config is not None:
+            open_clip.add_model_config(spec.architecture_config)
+        self.device = device
+        self.model = open_clip.create_model(spec.architecture, pretrained=spec.checkpoint, device=device).eval()
+        self.preprocess = open_clip.image_transform(self.model.visual.image_size, is_train=False)
+        self.tokenizer = open_clip.get_tokenizer(spec.architecture)
+
+    @torch.no_grad()
+    def __call__(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+        scores = []
+        for start in range(0, len(images), 32):
+            batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images[start : start + 32]])
+            text = self.tokenizer(prompts[start : start + 32]).to(self.device)
+            image_embeds = torch.nn.functional.normalize(self.model.encode_image(batch.to(self.device)), dim=-1)
+            text_embeds = torch.nn.functional.normalize(self.model.encode_text(text), dim=-1)
+            scores.append((image_embeds * text_embeds).sum(dim=-1).double().cpu().numpy())
+        return np.concatenate(scores)
+
+
+class HpsV2(Metric):
+    name = "hpsv2"
+    description = "HPS v2: human-preference open_clip ViT-H-14 (local checkpoint), cosine per image; BCa interval"
+    headline = "hpsv2_mean"
+    higher_is_better = True
+    display = ".4f"
+
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
+        spec = point.evaluation.hpsv2
+        scores = point.evaluator.hps_model(spec)(point.images, point.prompts)
+        row = {"hpsv2_mean": float(scores.mean())} | interval_columns("hpsv2", stats.mean_interval(scores))
+        row |= {"hpsv2_checkpoint": spec.checkpoint, "hpsv2_architecture": spec.architecture}
+        return row, pd.DataFrame({"hpsv2": scores})
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        rows_a, rows_b = paired_rows(a, b)
+        values_a = a.scores["hpsv2"].to_numpy()[rows_a]
+        values_b = b.scores["hpsv2"].to_numpy()[rows_b]
+        test = stats.paired_permutation(values_a, values_b)
+        return [comparison_row("hpsv2_mean", values_a.mean(), values_b.mean(), test, self.higher_is_better)]
