@@ -88,7 +88,11 @@ def test_a_coco_sweep_pairs_prompts_with_their_real_images(tmp_path, mini_coco, 
 
 @pytest.mark.parametrize(
     ("coco", "message"),
-    [({"count": 11}, "11 images asked"), ({"captions": "nope.json"}, "prompts.coco.captions: file not found")],
+    [
+        ({"count": 11}, "11 images asked"),
+        ({"captions": "nope.json"}, "prompts.coco.captions: file not found"),
+        ({"images": "nowhere"}, "prompts.coco.images: folder not found"),
+    ],
 )
 def test_bad_coco_settings_are_one_line(tmp_path, mini_coco, test_networks, coco, message):
     _sweep(tmp_path, mini_coco, **coco)

@@ -50,8 +50,11 @@ class ColourClassifier:
         for detection in objects:
             masked = np.where(detection.mask[..., None], image, np.array(CROP_BACKGROUND, dtype=np.uint8))
             x0, y0, x1, y1 = (round(value) for value in detection.box)
-            crop = Image.fromarray(masked[y0 : y1 + 1, x0 : x1 + 1]).resize((image.shape[1], image.shape[0]))
-            crops.append(np.asarray(crop))
+            crop = Image.fromarray(masked[y0 : y1 + 1, x0 : x1 + 1])
+            side = min(crop.size)  # CLIP's own transform: shortest side resized, centre cropped
+            left, top = (crop.width - side) // 2, (crop.height - side) // 2
+            square = crop.crop((left, top, left + side, top + side)).resize((image.shape[0], image.shape[0]))
+            crops.append(np.asarray(square, dtype=np.uint8))
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
         embedded = torch.nn.functional.normalize(self.clip.image_embeddings(batch).float(), dim=-1)
         return [COLOURS[index] for index in (embedded @ self.weights(classname).T).argmax(dim=1).tolist()]
