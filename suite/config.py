@@ -243,27 +243,11 @@ class Sweep(Frozen):
         return self
 
     @model_validator(mode="after")
-    def _hpsv2_has_a_checkpoint(self) -> Sweep:
-        if "hpsv2" in self.metrics and self.evaluation.hpsv2 is None:
-            from suite.metrics.hpsv2 import LAYOUT
-
-            raise ValueError(f"metric hpsv2 needs evaluation.hpsv2.checkpoint: {LAYOUT}")
-        return self
-
-    @model_validator(mode="after")
-    def _pickscore_has_a_model(self) -> Sweep:
-        if "pickscore" in self.metrics and self.evaluation.pickscore is None:
-            from suite.metrics.pickscore import LAYOUT
-
-            raise ValueError(f"metric pickscore needs evaluation.pickscore: {LAYOUT}")
-        return self
-
-    @model_validator(mode="after")
-    def _geneval_has_a_detector(self) -> Sweep:
-        if "geneval" in self.metrics and self.evaluation.geneval is None:
-            from suite.metrics.detector import LAYOUT
-
-            raise ValueError(f"metric geneval needs evaluation.geneval.detector: {LAYOUT}")
+    def _metrics_have_their_settings(self) -> Sweep:
+        for name in self.metrics:
+            metric = METRICS.get(name)
+            if metric.needs_setting and getattr(self.evaluation, metric.needs_setting) is None:
+                raise ValueError(f"metric {name} needs evaluation.{metric.needs_setting}: {metric.setting_layout}")
         return self
 
     @model_validator(mode="after")

@@ -112,17 +112,9 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
     if networks & {"inception", "inception-clean"}:
         check_inception_weights(inception_weights_path(context))
-    if "hpsv2" in metrics:
-        from suite.metrics.hpsv2 import check_hpsv2
+    from suite.metrics import METRICS
 
-        check_hpsv2(evaluation.hpsv2)
-    if "pickscore" in metrics:
-        from suite.metrics.pickscore import check_pickscore_folder
-
-        check_pickscore_folder(Path(evaluation.pickscore))
-    if "geneval" in metrics:
-        from suite.metrics.detector import check_detector_folder
-
-        check_detector_folder(Path(evaluation.geneval.detector))
+    for name in sorted(metrics):
+        METRICS.get(name).check(evaluation)
     if "toy-clip" in networks or (metrics & {"clip_score", "geneval"} and evaluation.clip_model == "toy-clip"):
         CLIP_MODELS.get("toy-clip")(context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -46,6 +47,7 @@ PROMPT_SETS.register(
 DATA = Path(__file__).parent / "prompt_data"
 
 
+@functools.cache
 def parti_records() -> list[dict[str, str]]:
     """PartiPrompts (Yu et al. 2022; Apache-2.0, prompt_data/parti/LICENSE): 1,632 prompts with Category and Challenge."""
     text = (DATA / "parti" / "PartiPrompts.tsv").read_text(encoding="utf-8")
@@ -55,6 +57,7 @@ def parti_records() -> list[dict[str, str]]:
     ]
 
 
+@functools.cache
 def geneval_records() -> list[dict]:
     """GenEval's prompts (Ghosh et al. 2023; MIT, prompt_data/geneval/LICENSE): 553 prompts in six tasks (``tag``),
     each with the objects (class, count, colour, position) the image must and must not show."""
@@ -70,7 +73,8 @@ PROMPT_SETS.register("geneval", tuple(record["prompt"] for record in geneval_rec
 
 
 def prompt_records(set_name: str) -> dict[str, dict]:
-    """A set's metadata by prompt text (empty for sets without metadata)."""
+    """A set's metadata by prompt text (empty for sets without metadata). Records are read once per process and
+    shared: treat them as read-only."""
     loader = PROMPT_RECORDS.get(set_name)
     return {} if loader is None else {record["prompt"]: record for record in loader()}
 

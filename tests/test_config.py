@@ -175,3 +175,14 @@ def test_every_shipped_sweep_file_validates():
     assert len(files) >= 6
     for path in files:
         parse_sweep(yaml.safe_load(path.read_text()), str(path))
+
+
+@pytest.mark.parametrize(("metric", "setting"), [("geneval", "geneval"), ("pickscore", "pickscore"), ("hpsv2", "hpsv2")])
+def test_a_metric_without_its_model_setting_is_one_line(metric, setting):
+    from suite.config import parse_sweep
+    from suite.errors import UserError
+
+    sweep = {"presets": ["tiny-latent"], "samplers": ["ddim"], "steps": [2], "guidance": [1.0]}
+    with pytest.raises(UserError, match=f"metric {metric} needs evaluation.{setting}: ") as error:
+        parse_sweep({**sweep, "prompts": {"set": "tiny"}, "metrics": [metric]})
+    assert "\n" not in str(error.value)

@@ -71,10 +71,15 @@ class Metric(ABC):
     higher_is_better: ClassVar[bool | None]  # None: a cost, not a quality
     display: ClassVar[str] = ".4g"  # format of its numbers in reports
     needs_reference: ClassVar[bool] = False
+    needs_setting: ClassVar[str | None] = None  # an ``evaluation`` key the sweep must set (a local model's location)
+    setting_layout: ClassVar[str] = ""  # what that setting must point at, for the one-line error
 
     def networks(self, evaluation: Evaluation) -> set[str]:
         """Feature networks this metric extracts with (checked before generation, features stored for comparisons)."""
         return set()
+
+    def check(self, evaluation: Evaluation) -> None:  # noqa: B027 (optional: most metrics load nothing of their own)
+        """Before generation: raise a one-line UserError if what this metric loads is missing."""
 
     @abstractmethod
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame | None]:
@@ -136,3 +141,26 @@ def paired_set_test(
         return of_a(rows_a[picked]), of_b(rows_b[picked])
 
     return stats.paired_bootstrap(both, len(unique))
+
+
+class PerImageScore(Metric):
+    """A metric that scores each image against its prompt on its own (CLIP score, preference models): per grid point
+    the mean with a BCa interval; points compared by a paired permutation test on the shared images."""
+
+    column: ClassVar[str]  # the per-image score's column in scores.parquet; the interval's prefix
+
+    @abstractmethod
+    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
+        """Per-image scores, and the row's other columns (which model made them)."""
+
+    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
+        scores, described = self.score(point)
+        row = {self.headline: float(scores.mean())} | interval_columns(self.column, stats.mean_interval(scores))
+        return row | described, pd.DataFrame({self.column: scores})
+
+    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
+        rows_a, rows_b = paired_rows(a, b)
+        values_a = a.scores[self.column].to_numpy()[rows_a]
+        values_b = b.scores[self.column].to_numpy()[rows_b]
+        test = stats.paired_permutation(values_a, values_b)
+        return [comparison_row(self.headline, values_a.mean(), values_b.mean(), test, self.higher_is_better)]

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from suite import stats
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+from suite.metrics.base import GridPoint, PerImageScore
 
 
 def clip_scores(clip, images: list[np.ndarray], prompts: list[str]) -> tuple[np.ndarray, int]:
@@ -24,23 +22,15 @@ def clip_scores(clip, images: list[np.ndarray], prompts: list[str]) -> tuple[np.
     return (100 * cosine.clamp(min=0)).numpy(), truncated
 
 
-class ClipScore(Metric):
+class ClipScore(PerImageScore):
     name = "clip_score"
     description = "100 * max(cos(image, prompt), 0) per image; mean with a BCa bootstrap interval"
     headline = "clip_score_mean"
+    column = "clip_score"
     higher_is_better = True
     display = ".2f"
 
-    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
+    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
         clip = point.evaluator.clip()
         scores, truncated = clip_scores(clip, point.images, point.prompts)
-        row = {"clip_score_mean": float(scores.mean())} | interval_columns("clip_score", stats.mean_interval(scores))
-        row |= {"clip_model": clip.model_id, "clip_resize": clip.resize, "clip_prompts_truncated": truncated}
-        return row, pd.DataFrame({"clip_score": scores})
-
-    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
-        rows_a, rows_b = paired_rows(a, b)
-        values_a = a.scores["clip_score"].to_numpy()[rows_a]
-        values_b = b.scores["clip_score"].to_numpy()[rows_b]
-        test = stats.paired_permutation(values_a, values_b)
-        return [comparison_row("clip_score_mean", values_a.mean(), values_b.mean(), test, self.higher_is_better)]
+        return scores, {"clip_model": clip.model_id, "clip_resize": clip.resize, "clip_prompts_truncated": truncated}

@@ -16,12 +16,14 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -76,7 +78,7 @@ class Evaluator:
         self._clip: ClipModel | None = None
         self._pipelines: dict[str, Any] = {}
         self._costs: dict[str, PipelineCost] = {}
-        self._detectors: dict[str, Any] = {}  # GenEval detectors and preference models, by folder
+        self._models: dict[tuple, Any] = {}  # metrics' own models (Evaluator.model)
 
     def network(self, name: str) -> FeatureNetwork:
         if name not in self._networks:
@@ -94,30 +96,11 @@ class Evaluator:
             self._clip = CLIP_MODELS.get(self.sweep.evaluation.clip_model)(self.context)
         return self._clip
 
-    def detector(self, folder: str):
-        """GenEval's instance-segmentation model from a local folder, loaded once."""
-        if folder not in self._detectors:
-            from suite.metrics.detector import Mask2FormerDetector
-
-            self._detectors[folder] = Mask2FormerDetector(folder, self.context.device)
-        return self._detectors[folder]
-
-    def preference_model(self, folder: str):
-        """PickScore's CLIPModel from a local folder, loaded once."""
-        if folder not in self._detectors:
-            from suite.metrics.pickscore import PickScoreModel
-
-            self._detectors[folder] = PickScoreModel(folder, self.context.device)
-        return self._detectors[folder]
-
-    def hps_model(self, spec):
-        """HPS v2's open_clip model from its local checkpoint, loaded once."""
-        key = f"hpsv2:{spec.checkpoint}:{spec.architecture}"
-        if key not in self._detectors:
-            from suite.metrics.hpsv2 import HpsModel
-
-            self._detectors[key] = HpsModel(spec, self.context.device)
-        return self._detectors[key]
+    def model(self, key: tuple, load: Callable[[torch.device], Any]) -> Any:
+        """A metric's own model (GenEval's detector, a preference model, ...), loaded once per key on the device."""
+        if key not in self._models:
+            self._models[key] = load(self.context.device)
+        return self._models[key]
 
     def cost(self, preset_name: str) -> PipelineCost:
         """The preset's FLOP counts, from its configs on the meta device (the run's local folder if it had one)."""

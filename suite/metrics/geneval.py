@@ -23,6 +23,7 @@ from PIL import Image
 from suite import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
 from suite.metrics.composition import accuracy_columns
+from suite.metrics.detector import LAYOUT, Mask2FormerDetector, check_detector_folder
 from suite.metrics.geneval_rules import COLOUR_TEMPLATES, COLOURS, TASKS, Detection, GenevalSettings, judge, select
 
 CROP_BACKGROUND = (153, 153, 153)  # GenEval's "#999" behind an object's mask
@@ -86,6 +87,11 @@ class Geneval(Metric):
     headline = "geneval_overall"
     higher_is_better = True
     display = ".3f"
+    needs_setting = "geneval"
+    setting_layout = f"detector: {LAYOUT}"
+
+    def check(self, evaluation) -> None:
+        check_detector_folder(evaluation.geneval.detector)
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
         from suite.prompts import prompt_records
@@ -93,8 +99,10 @@ class Geneval(Metric):
         spec = point.evaluation.geneval
         settings = settings_of(spec)
         records = prompt_records("geneval")
-        detector = point.evaluator.detector(spec.detector)
-        colours = ColourClassifier(point.evaluator.clip())
+        detector = point.evaluator.model(
+            ("geneval", spec.detector), lambda device: Mask2FormerDetector(spec.detector, device)
+        )
+        colours = point.evaluator.model(("geneval-colours",), lambda device: ColourClassifier(point.evaluator.clip()))
         rows = []
         asked = [index for index, prompt in enumerate(point.prompts) if prompt in records]
         detections = detector([point.images[index] for index in asked]) if asked else []

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
-from suite import stats
 from suite.errors import UserError
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+from suite.metrics.base import GridPoint, PerImageScore
 
 LAYOUT = (
     "the HPS v2 checkpoint file (e.g. HPS_v2.1_compressed.pt, a state_dict) and an open_clip architecture (ViT-H-14)"
@@ -57,23 +55,25 @@ class HpsModel:
         return np.concatenate(scores)
 
 
-class HpsV2(Metric):
+class HpsV2(PerImageScore):
     name = "hpsv2"
     description = "HPS v2: human-preference open_clip ViT-H-14 (local checkpoint), cosine per image; BCa interval"
     headline = "hpsv2_mean"
+    column = "hpsv2"
     higher_is_better = True
     display = ".4f"
+    needs_setting = "hpsv2"
+    setting_layout = LAYOUT
 
-    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
+    def check(self, evaluation) -> None:
+        check_hpsv2(evaluation.hpsv2)
+
+    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
         spec = point.evaluation.hpsv2
-        scores = point.evaluator.hps_model(spec)(point.images, point.prompts)
-        row = {"hpsv2_mean": float(scores.mean())} | interval_columns("hpsv2", stats.mean_interval(scores))
-        row |= {"hpsv2_checkpoint": spec.checkpoint, "hpsv2_architecture": spec.architecture}
-        return row, pd.DataFrame({"hpsv2": scores})
-
-    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
-        rows_a, rows_b = paired_rows(a, b)
-        values_a = a.scores["hpsv2"].to_numpy()[rows_a]
-        values_b = b.scores["hpsv2"].to_numpy()[rows_b]
-        test = stats.paired_permutation(values_a, values_b)
-        return [comparison_row("hpsv2_mean", values_a.mean(), values_b.mean(), test, self.higher_is_better)]
+        model = point.evaluator.model(
+            ("hpsv2", spec.checkpoint, spec.architecture), lambda device: HpsModel(spec, device)
+        )
+        return model(point.images, point.prompts), {
+            "hpsv2_checkpoint": spec.checkpoint,
+            "hpsv2_architecture": spec.architecture,
+        }

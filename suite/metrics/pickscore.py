@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from suite import stats
 from suite.errors import UserError
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+from suite.metrics.base import GridPoint, PerImageScore
 
 LAYOUT = (
     "a transformers CLIPModel folder with its processor (config.json, model.safetensors, "
@@ -70,23 +68,20 @@ class PickScoreModel:
         return np.concatenate(scores)
 
 
-class PickScore(Metric):
+class PickScore(PerImageScore):
     name = "pickscore"
     description = "PickScore: human-preference CLIP (local folder), logit_scale * cos per image; mean with BCa interval"
     headline = "pickscore_mean"
+    column = "pickscore"
     higher_is_better = True
     display = ".3f"
+    needs_setting = "pickscore"
+    setting_layout = LAYOUT
 
-    def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
+    def check(self, evaluation) -> None:
+        check_pickscore_folder(evaluation.pickscore)
+
+    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
         folder = point.evaluation.pickscore
-        scores = point.evaluator.preference_model(folder)(point.images, point.prompts)
-        row = {"pickscore_mean": float(scores.mean())} | interval_columns("pickscore", stats.mean_interval(scores))
-        row |= {"pickscore_model": folder}
-        return row, pd.DataFrame({"pickscore": scores})
-
-    def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
-        rows_a, rows_b = paired_rows(a, b)
-        values_a = a.scores["pickscore"].to_numpy()[rows_a]
-        values_b = b.scores["pickscore"].to_numpy()[rows_b]
-        test = stats.paired_permutation(values_a, values_b)
-        return [comparison_row("pickscore_mean", values_a.mean(), values_b.mean(), test, self.higher_is_better)]
+        model = point.evaluator.model(("pickscore", folder), lambda device: PickScoreModel(folder, device))
+        return model(point.images, point.prompts), {"pickscore_model": folder}

@@ -63,7 +63,8 @@ def run_claim_sweeps(config: ClaimConfig, options: ClaimsOptions) -> dict[str, P
 
 
 def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
-    """Measure one claim unless its tables exist; the tables are written last, atomically, as one folder."""
+    """Measure one claim unless its tables exist. Each table is written atomically, and the claim file last: a
+    folder without it (an interrupted measurement) is measured again."""
     from suite.results import atomic_write_bytes
     from suite.verdicts.experiments import EXPERIMENTS
 

@@ -220,6 +220,16 @@ def _sub_verdict(found: str, supports: str) -> str:
     return SUPPORTED if found == supports else NOT_SUPPORTED
 
 
+def _paired_table(comparisons: pd.DataFrame, against: str) -> pd.DataFrame:
+    """Paired comparisons as shown: differences with their intervals, Holm p, and their reading."""
+    shown = comparisons.assign(
+        exact_difference=[ci(row, "exact_difference") for _, row in comparisons.iterrows()],
+        clip_difference=[ci(row, "clip_difference") for _, row in comparisons.iterrows()],
+    )
+    columns = ["exact_difference", "exact_p_holm", "clip_difference", "clip_p_holm", "relation"]
+    return shown[["family", against, "num_inference_steps", *columns]]
+
+
 def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Sub-claims per family, each from paired comparisons read by ``relation``: (a) 20 and 50 steps are
     equivalent for each solver; (b) DPM-Solver++ at 20 steps is equivalent to the reference (DDPM, 1000 steps);
@@ -260,36 +270,7 @@ def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgemen
         ],
         fid_toy_clip=[with_interval(r.fid, r.fid_ci95_low, r.fid_ci95_high, ".1f") for r in points.itertuples()],
     )[["family", "sampler", "num_inference_steps", "n_images", "exact_match", "clip_score", "fid_toy_clip"]]
-    tests = versus.assign(
-        exact_difference=[ci(row, "exact_difference") for _, row in versus.iterrows()],
-        clip_difference=[ci(row, "clip_difference") for _, row in versus.iterrows()],
-    )[
-        [
-            "family",
-            "sampler",
-            "num_inference_steps",
-            "exact_difference",
-            "exact_p_holm",
-            "clip_difference",
-            "clip_p_holm",
-            "relation",
-        ]
-    ]
-    pair_table = short_long.assign(
-        exact_difference=[ci(row, "exact_difference") for _, row in short_long.iterrows()],
-        clip_difference=[ci(row, "clip_difference") for _, row in short_long.iterrows()],
-    )[
-        [
-            "family",
-            "versus",
-            "num_inference_steps",
-            "exact_difference",
-            "exact_p_holm",
-            "clip_difference",
-            "clip_p_holm",
-            "relation",
-        ]
-    ]
+    tests, pair_table = _paired_table(versus, "sampler"), _paired_table(short_long, "versus")
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     for axis, (family, rows) in zip(axes, points.groupby("family", sort=True)):
         for sampler, line in rows.groupby("sampler", sort=True):
@@ -709,12 +690,6 @@ JUDGES: dict[str, Callable[..., Judgement]] = {
     "cost": judge_cost,
     "step-time": judge_step_time,
 }
-
-
-def anchor(title: str) -> str:
-    """GitHub's heading anchor for ``## title``."""
-    kept = "".join(character for character in title.lower() if character.isalnum() or character in " -_")
-    return kept.replace(" ", "-")
 
 
 def read_claim(folder: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
