@@ -177,7 +177,9 @@ def test_every_shipped_sweep_file_validates():
         parse_sweep(yaml.safe_load(path.read_text()), str(path))
 
 
-@pytest.mark.parametrize(("metric", "setting"), [("geneval", "geneval"), ("pickscore", "pickscore"), ("hpsv2", "hpsv2")])
+@pytest.mark.parametrize(
+    ("metric", "setting"), [("geneval", "geneval"), ("pickscore", "pickscore"), ("hpsv2", "hpsv2")]
+)
 def test_a_metric_without_its_model_setting_is_one_line(metric, setting):
     from suite.config import parse_sweep
     from suite.errors import UserError
