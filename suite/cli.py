@@ -323,7 +323,11 @@ def command_list(args: argparse.Namespace) -> int:
         filters = f"; filter by {', '.join(FILTERS[name])}" if name in FILTERS else ""
         print(f"  {name:22} {len(prompts)} prompts{filters}")
     from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
+    from suite.verdicts.experiments import EXPERIMENTS
 
+    print("claim experiments (experiments/claims/, suite claims):")
+    for name, experiment in EXPERIMENTS.items():
+        print(f"  {name:22} {experiment.description}")
     print("metrics:")
     for name, metric in METRICS.items():
         print(f"  {name:22} {metric.description}")

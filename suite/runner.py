@@ -213,11 +213,15 @@ def image_relative_path(item: WorkItem, prompt_index: int, seed_index: int) -> P
     return Path("images") / item.preset / item.sampler / point / f"p{prompt_index:04d}_s{seed_index:02d}.png"
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[0,1] NCHW float (CPU) -> N x H x W x 3 uint8, quantised by rounding as diffusers' numpy_to_pil does."""
+    return (images.float().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
 def to_png(image: torch.Tensor) -> bytes:
-    """[0,1] CHW float -> PNG bytes, quantised by rounding as diffusers' numpy_to_pil does."""
-    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    """[0,1] CHW float -> PNG bytes (``to_uint8``)."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(to_uint8(image[None])[0]).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -23,6 +23,7 @@ import torch
 
 from suite import stats
 from suite.registry import Registry
+from suite.runner import to_uint8
 from suite.verdicts.config import ClaimConfig
 
 
@@ -52,11 +53,6 @@ def grid_of(config: ClaimConfig, options, key: str = "grid"):
 
     data = {"name": f"{config.name}-{key}", **config.settings[key]}
     return resolve(parse_sweep(data, f"{config.name}: settings.{key}"), options.claims_dir, config.name)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[0, 1] NCHW floats -> N x H x W x 3 uint8, rounded as PNGs are written (``runner.to_png``)."""
-    return (images.float().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def hooked_samples(resolved, options, make_hooks: Callable) -> Iterator[tuple[Any, Any, np.ndarray, list]]:
@@ -136,7 +132,7 @@ def device_name(device: torch.device) -> str:
     return f"{processor_name()}, {torch.get_num_threads()} threads"
 
 
-def paired_rows(images: pd.DataFrame, reference: tuple, candidates: list[tuple], keys: list[str]) -> pd.DataFrame:
+def paired_tests(images: pd.DataFrame, reference: tuple, candidates: list[tuple], keys: list[str]) -> pd.DataFrame:
     """Paired tests of each candidate grid point against ``reference`` on exact match and CLIP score, Holm-adjusted.
 
     ``images`` holds per-image rows with columns ``keys`` + prompt_index, seed_index, toy_correct, clip_score.
@@ -391,12 +387,12 @@ def measure_steps(config: ClaimConfig, runs: dict, options) -> dict[str, pd.Data
             if (row.sampler, row.num_inference_steps) != (reference["sampler"], reference["steps"])
         ]
         versus_reference.append(
-            paired_rows(images, (family, reference["sampler"], reference["steps"]), candidates, keys)
+            paired_tests(images, (family, reference["sampler"], reference["steps"]), candidates, keys)
         )
         for sampler in sorted(rows["sampler"].unique()):
             available = set(rows.loc[rows["sampler"] == sampler, "num_inference_steps"])
             if {short, long} <= available:
-                table = paired_rows(images, (family, sampler, long), [(family, sampler, short)], keys)
+                table = paired_tests(images, (family, sampler, long), [(family, sampler, short)], keys)
                 short_long.append(table.assign(versus=f"{sampler} {long} steps"))
     return {
         "points": points,
