@@ -15,22 +15,33 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def word_level_clip_tokenizer(words: list[str]) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer whose merges rebuild each known word; unknown words fall back to letters."""
+    """A CLIP BPE tokenizer whose merges rebuild each known word; unknown words fall back to letters.
+
+    BPE applies the lowest-ranked merge anywhere in a word, so one word's merge (r, e from "red")
+    can pre-empt another's ("green" would become g / re / e / n). Words whose merges are pre-empted
+    get their chains moved to the front until every known word is a single token.
+    """
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    merges: list[tuple[str, str]] = []
     for letter in LETTERS:
         vocab.setdefault(letter, len(vocab))
         vocab.setdefault(letter + "</w>", len(vocab))
-    for word in words:
-        pieces = [*list(word[:-1]), word[-1] + "</w>"]
+    chains: dict[str, list[tuple[str, str]]] = {}
+    for word in dict.fromkeys(words):
+        pieces, chain = [*list(word[:-1]), word[-1] + "</w>"], []
         while len(pieces) > 1:
-            pair = (pieces[0], pieces[1])
-            merged = pair[0] + pair[1]
-            if pair not in merges:
-                merges.append(pair)
-            vocab.setdefault(merged, len(vocab))
-            pieces = [merged, *pieces[2:]]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+            chain.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+        chains[word] = chain
+    order = list(chains)
+    for _ in range(len(order) + 1):
+        merges = list(dict.fromkeys(pair for word in order for pair in chains[word]))
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+        split = [word for word in order if len(tokenizer.tokenize(word)) != 1]
+        if not split:
+            return tokenizer
+        order = split + [word for word in order if word not in split]
+    raise ValueError(f"no merge order makes these words single tokens: {split}")
 
 
 def word_level_t5_tokenizer(words: list[str]) -> T5Tokenizer:

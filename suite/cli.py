@@ -273,13 +273,17 @@ def command_diff(args: argparse.Namespace) -> int:
 def command_train(args: argparse.Namespace) -> int:
     from suite.presets import cache_root
     from suite.toy import WEIGHTS
-    from suite.toy.train import train_toy
+    from suite.toy.train import train_ablation, train_toy
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     work = Path(args.work) if args.work else cache_root() / "train" / "toy"
-    out = Path(args.out) if args.out else WEIGHTS
-    train_toy(work, out, args.jobs)
+    if args.ablation:
+        out = Path(args.out) if args.out else WEIGHTS / "ablation"
+        train_ablation(work, out, args.jobs)
+    else:
+        out = Path(args.out) if args.out else WEIGHTS
+        train_toy(work, out, args.jobs)
     print(f"toy models written to {out} (training state in {work})")
     return 0
 
@@ -298,6 +302,22 @@ def command_claims(args: argparse.Namespace) -> int:
     else:
         folder = run_claims(options)
     print(f"claims report: {folder / 'report.md'} and {folder / 'index.html'}")
+    return 0
+
+
+def command_ablation(args: argparse.Namespace) -> int:
+    from suite.ablation import load_ablation, run_ablation
+    from suite.ablation_report import build_ablation_report
+
+    path, out = Path(args.file), Path(args.out)
+    load_ablation(path)  # the file is checked before anything runs
+    if args.report_only:
+        if not (out / "report" / "data" / "ablation.yaml").is_file():
+            raise UserError(f"no measured ablation in {out / 'report' / 'data'}: run `suite ablation` first")
+        folder = build_ablation_report(out / "report")
+    else:
+        folder = run_ablation(path, out, args.device, not args.quiet)
+    print(f"ablation report: {folder / 'report.md'} and {folder / 'index.html'}")
     return 0
 
 
@@ -443,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--work", help="checkpoints and finished models (default: $SUITE_CACHE/train/toy)")
     train.add_argument("--out", help="where the assembled models go (default: the package's suite/toy/weights)")
     train.add_argument("--jobs", type=int, default=2, help="parallel training tracks (default 2: one per core pair)")
+    train.add_argument(
+        "--ablation",
+        action="store_true",
+        help="train the 2x2 ablation {latent, pixel} x {CLIP-style, T5-style} at one matched budget "
+        "(default --out: the package's suite/toy/weights/ablation)",
+    )
     train.set_defaults(handler=command_train)
 
     claims = commands.add_parser(
@@ -455,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     claims.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
     claims.add_argument("--quiet", action="store_true")
     claims.set_defaults(handler=command_claims)
+
+    ablation = commands.add_parser(
+        "ablation",
+        help="a 2x2 ablation at one training budget: main effects and interaction (experiments/ablation.yaml)",
+    )
+    ablation.add_argument("file", nargs="?", default="experiments/ablation.yaml", help="the ablation file")
+    ablation.add_argument("--out", default="results/ablation", help="run/ (large, not committed) and report/ go here")
+    ablation.add_argument("--device", default="auto")
+    ablation.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
+    ablation.add_argument("--quiet", action="store_true")
+    ablation.set_defaults(handler=command_ablation)
 
     listing = commands.add_parser("list", help="backends, presets, samplers, prompt sets, metrics")
     listing.set_defaults(handler=command_list)

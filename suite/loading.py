@@ -107,6 +107,20 @@ class ComponentLoader:
         except (OSError, ValueError) as error:
             raise self._failure(subfolder, error) from error
 
+    def model_type(self, subfolder: str) -> str:
+        """The ``model_type`` in a transformers model's config ("t5", "clip_text_model", ...); "" if it has none."""
+        from transformers import PretrainedConfig
+
+        if isinstance(self.location, ReferenceConfigs):
+            return self.location.read(subfolder).get("model_type", "")
+        name, kwargs = self._arguments(None)
+        kwargs.pop("variant", None)
+        try:
+            config, _ = PretrainedConfig.get_config_dict(name, subfolder=subfolder, **kwargs)
+        except (OSError, ValueError) as error:
+            raise self._failure(subfolder, error) from error
+        return config.get("model_type", "")
+
     def tokenizer(self, subfolder: str = "tokenizer") -> Any:
         from transformers import AutoTokenizer
 

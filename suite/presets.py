@@ -43,21 +43,22 @@ class StageSpec:
     guidance_scale: float | None = None  # None: the sweep's guidance value
     noise_level: int | None = None  # super-resolution stages only
     strength: float = 1.0  # pixel super-resolution only: < 1 starts from the noised upsampled image
+    text_source: str | None = None  # a source whose text_encoder/ this stage reads (default: the backend's choice)
 
 
 @dataclass(frozen=True)
 class Preset:
     """A named, loadable configuration of one backend.
 
-    ``sources`` maps keys to hub repositories. ``local_dir`` replaces the hub: a single-source
-    preset reads the folder itself, a multi-source preset reads ``local_dir/<key>``.
+    ``sources`` maps keys to hub repositories or local folders. ``local_dir`` replaces them: a
+    single-source preset reads the folder itself, a multi-source preset reads ``local_dir/<key>``.
     ``build`` makes built-in presets: it writes the folders with ``save_pretrained``.
     """
 
     name: str
     backend: str
     stages: tuple[StageSpec, ...]
-    sources: Mapping[str, Source | ReferenceConfigs] = field(default_factory=dict)
+    sources: Mapping[str, Source | ReferenceConfigs | Path] = field(default_factory=dict)
     denoiser_dtype: str = "fp16"  # on accelerators; CPU runs in fp32
     text_encoder_dtype: str = "fp16"
     offload: str = "none"  # "none": everything resident; "model": each model moved to the device while used
@@ -77,7 +78,7 @@ class Preset:
 
     def architecture_only(self) -> Preset:
         """This preset with configs readable without weights: its local folder, else the public configs."""
-        if self.local_dir is not None:
+        if self.local_dir is not None or all(isinstance(source, Path) for source in self.sources.values()):
             return self
         if not self.reference_configs:
             raise UserError(
@@ -250,6 +251,11 @@ def _toy_weights(name: str) -> Path:
 
 
 # The toy world's models, trained by `suite train toy` and shipped inside the package.
+# Truncated start: the short-trained SR stage denoises from its noised upsampled input halfway
+# down the schedule (from pure noise it leaves specks and tinted backgrounds).
+_TOY_SUPER_RESOLUTION = StageSpec(
+    "super_resolution_1", "pixel-sr", "stage_2", guidance_scale=1.0, noise_level=250, strength=0.5
+)
 PRESETS.register(
     "toy-latent",
     Preset(
@@ -268,12 +274,7 @@ PRESETS.register(
     Preset(
         name="toy-cascaded",
         backend="cascaded",
-        stages=(
-            StageSpec("base", "pixel-base", "stage_1"),
-            # Truncated start: the short-trained SR stage denoises from its noised upsampled input
-            # halfway down the schedule (from pure noise it leaves specks and tinted backgrounds).
-            StageSpec("super_resolution_1", "pixel-sr", "stage_2", guidance_scale=1.0, noise_level=250, strength=0.5),
-        ),
+        stages=(StageSpec("base", "pixel-base", "stage_1"), _TOY_SUPER_RESOLUTION),
         sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
         denoiser_dtype="fp32",
         text_encoder_dtype="fp32",
@@ -281,6 +282,43 @@ PRESETS.register(
         local_dir=_toy_weights("toy-cascaded"),
     ),
 )
+
+
+# The 2x2 ablation {latent, pixel} x {CLIP-style, T5-style}, trained by `suite train toy --ablation`
+# to one budget. The latent cells share toy-latent's VAE; the pixel cells share toy-cascaded's x4 SR
+# stage, which reads the T5-style encoder it was trained with (so both pixel cells upsample alike).
+_ABLATION_TEXT = {"clip": "CLIP-style (causal, no mask)", "t5": "T5-style (relative positions, mask)"}
+
+
+def _ablation_preset(space: str, text: str) -> Preset:
+    cell = f"{space}-{text}"
+    folder = _toy_weights("ablation") / cell
+    if space == "latent":
+        stages = (StageSpec("latent", "latent", "model"),)
+        sources = {"model": folder, "vae": _toy_weights("toy-latent")}
+        what = "SD-style UNet on 8x8x4 latents, toy-latent's VAE"
+    else:
+        stages = (StageSpec("base", "pixel-base", "stage_1"), replace(_TOY_SUPER_RESOLUTION, text_source="sr_text"))
+        sources = {
+            "stage_1": folder,
+            "stage_2": _toy_weights("toy-cascaded") / "stage_2",
+            "sr_text": _toy_weights("toy-cascaded") / "stage_1",
+        }
+        what = "IF-style 16 px pixel base, toy-cascaded's x4 SR"
+    return Preset(
+        name=f"toy-{cell}",
+        backend="latent" if space == "latent" else "cascaded",
+        stages=stages,
+        sources=sources,
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description=f"toy 2x2 ablation cell: {_ABLATION_TEXT[text]} encoder, {what}",
+    )
+
+
+for _space in ("latent", "pixel"):
+    for _text in ("clip", "t5"):
+        PRESETS.register(f"toy-{_space}-{_text}", _ablation_preset(_space, _text))
 
 
 def materialise(preset: Preset) -> Preset:

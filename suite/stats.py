@@ -8,6 +8,7 @@ Every function is seeded and says which method it is, so the tables can record i
 - ``paired_permutation``: paired differences of per-image scores, sign-flip permutation test;
 - ``mcnemar_exact``: paired 0/1 answers, exact McNemar test (binomial on the discordant pairs);
 - ``paired_bootstrap``: difference of a set statistic between two paired sets, resampling units jointly;
+- ``contrast_bootstrap``: the same for any contrast over k paired sets (a 2x2 design's main effects, interaction);
 - ``holm``: Holm-Bonferroni adjusted p-values across a table;
 - ``fid_infinity``: Chong & Forsyth's extrapolation of FID to an infinite sample (CVPR 2020).
 """
@@ -156,35 +157,51 @@ def paired_bootstrap(
     """Difference of a set statistic between two paired sets, resampling ``units`` (prompts) jointly for both.
 
     ``statistic(indices_a, indices_b)`` returns the statistic of each set restricted to the resampled units.
-    Interval: bias-shifted percentiles of the resampled differences (as ``bootstrap_interval``). p-value:
-    two-sided normal approximation with the bootstrap standard error, which, unlike counting resamples
-    beyond zero, is not limited to multiples of 1 / resamples (that limit would hide every effect after Holm).
+    The contrast (-1, +1) of ``contrast_bootstrap``: see there for the interval and the p-value.
     """
-    everything = np.arange(units)
-    value_a, value_b = statistic(everything, everything)
-    difference = value_b - value_a
-    rng = np.random.default_rng(seed)
-    differences = []
-    for _ in range(resamples):
-        chosen = rng.integers(0, units, units)
-        resampled_a, resampled_b = statistic(chosen, chosen)
-        differences.append(resampled_b - resampled_a)
-    differences = np.asarray(differences)
-    bias = float(differences.mean()) - difference
-    low, high = np.quantile(differences, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]) - bias
-    error = float(differences.std(ddof=1))
-    if error == 0:
-        p_value = 1.0 if difference == 0 else 0.0
-    else:
-        p_value = float(2 * stats.norm.sf(abs(difference) / error))
+    test = contrast_bootstrap(
+        lambda chosen: np.asarray(statistic(chosen, chosen), dtype=np.float64), (-1.0, 1.0), units, resamples, seed
+    )
     return PairedTest(
-        float(difference),
-        float(low),
-        float(high),
-        p_value,
+        test.difference,
+        test.low,
+        test.high,
+        test.p_value,
         units,
         f"paired bootstrap over prompts, {resamples} resamples, normal p",
     )
+
+
+def contrast_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    weights: Sequence[float],
+    units: int,
+    resamples: int = SET_RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
+    """A contrast ``weights . values`` of a statistic over k paired sets, resampling ``units`` jointly for all k.
+
+    ``statistic(indices)`` returns the k sets' values restricted to the resampled units (prompts): with
+    weights (-1, 1) it is a paired difference; over a 2x2 design's cells (-1/2, -1/2, 1/2, 1/2) a main
+    effect and (1, -1, -1, 1) the interaction, the difference of differences. Interval: bias-shifted
+    percentiles of the resampled contrasts. p-value: two-sided normal approximation with the bootstrap
+    standard error, which, unlike counting resamples beyond zero, is not limited to multiples of
+    1 / resamples (that limit would hide every effect after Holm).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    everything = np.arange(units)
+    estimate = float(weights @ statistic(everything))
+    rng = np.random.default_rng(seed)
+    contrasts = np.asarray([weights @ statistic(rng.integers(0, units, units)) for _ in range(resamples)])
+    bias = float(contrasts.mean()) - estimate
+    low, high = np.quantile(contrasts, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]) - bias
+    error = float(contrasts.std(ddof=1))
+    if error == 0:
+        p_value = 1.0 if estimate == 0 else 0.0
+    else:
+        p_value = float(2 * stats.norm.sf(abs(estimate) / error))
+    method = f"bootstrap over {units} units, {resamples} resamples, normal p"
+    return PairedTest(estimate, float(low), float(high), p_value, units, method)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

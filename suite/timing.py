@@ -82,3 +82,22 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
     return int(rss * scale), "process_max_rss"
+
+
+def time_alternately(loaded: list, batch: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per image of each loaded preset's first work item (``batch`` images), ``repeats`` rounds.
+
+    ``loaded`` holds (pipeline, [item]) pairs from ``runner.load_pipelines``. Every round times each
+    pipeline once, in turn, so drifts in machine speed hit all of them alike.
+    """
+    from suite.runner import image_generators
+
+    seconds: dict[str, list[float]] = {pipeline.preset: [] for pipeline, _ in loaded}
+    for _ in range(repeats):
+        for pipeline, (item, *_) in loaded:
+            clock = Clock(pipeline.options.device)
+            began = clock()
+            prompts = [spec.prompt for spec in item.images[:batch]]
+            pipeline.generate(prompts, item.stages, image_generators(item, list(range(batch))), clock)
+            seconds[pipeline.preset].append((clock() - began) / batch)
+    return seconds

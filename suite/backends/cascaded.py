@@ -1,12 +1,14 @@
 """Cascaded pixel diffusion (Imagen, DeepFloyd IF): T5 -> pixel base -> x4 super-resolution stages.
 
-Pixel stages share the T5 encoder loaded from the base stage's folder (as IF-II reuses IF-I's
-embeddings); a latent x4 upscaler stage (DeepFloyd's third stage) brings its own CLIP encoder.
+Pixel stages share the text encoder loaded from the base stage's folder (as IF-II reuses IF-I's
+embeddings): T5 for IF, or whatever encoder the folder holds. A latent x4 upscaler stage (DeepFloyd's
+third stage) brings its own CLIP encoder; any stage may instead read the encoder of the source its
+spec names in ``text_source``.
 """
 
 from __future__ import annotations
 
-from suite.backends.components import STAGE_KINDS, clip_text_encoder, t5_text_encoder
+from suite.backends.components import STAGE_KINDS, text_encoder
 from suite.errors import UserError
 from suite.loading import LoadOptions
 from suite.pipeline import TextToImagePipeline
@@ -24,12 +26,17 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
         )
     loaders = {key: options.loader(preset.name, key, location) for key, location in preset.source_paths().items()}
     base_loader = loaders[preset.stages[0].source]
-    encoders = {"t5": t5_text_encoder(base_loader, "t5", options.text_encoder_dtype)}
+    base_encoder = text_encoder(base_loader, options.text_encoder_dtype, default="t5")
+    encoders = {base_encoder.name: base_encoder}
     stages = []
     for spec in preset.stages:
-        encoder_name = "t5"
-        if spec.kind == "latent-sr":
-            encoder_name = f"clip:{spec.source}"
-            encoders[encoder_name] = clip_text_encoder(loaders[spec.source], encoder_name, options.text_encoder_dtype)
+        encoder_name = base_encoder.name
+        source = spec.text_source or (spec.source if spec.kind == "latent-sr" else None)
+        if source is not None:
+            if source not in loaders:
+                raise UserError(f"preset {preset.name!r}: stage {spec.name!r} reads text from unknown source {source!r}")
+            encoder = text_encoder(loaders[source], options.text_encoder_dtype, default="clip", qualifier=f":{source}")
+            encoder_name = encoder.name
+            encoders.setdefault(encoder_name, encoder)
         stages.append(STAGE_KINDS.get(spec.kind)(spec, loaders[spec.source], options, encoder_name))
     return TextToImagePipeline(preset.name, "cascaded", encoders, stages, options)

@@ -27,6 +27,16 @@ def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> T
     return TextEncoder(name, loader.tokenizer(), model, lowercase=True, use_attention_mask=True)
 
 
+def text_encoder(loader: ComponentLoader, dtype: torch.dtype, default: str, qualifier: str = "") -> TextEncoder:
+    """The folder's text encoder, used as its family uses it, named after its kind ("t5" or "clip") + qualifier.
+
+    The kind comes from the encoder's config (``model_type``); ``default`` covers configs without one.
+    """
+    kind = {"t5": "t5", "clip_text_model": "clip"}.get(loader.model_type("text_encoder"), default)
+    build = t5_text_encoder if kind == "t5" else clip_text_encoder
+    return build(loader, kind + qualifier, dtype)
+
+
 def _vae(loader: ComponentLoader, options: LoadOptions) -> AutoencoderKL:
     """The VAE in the denoiser's dtype: half precision on accelerators. Where a half-precision decode
     overflows (the known SD fp16 VAE case), ``run_stage`` decodes that batch again in float32 and records it."""
@@ -37,11 +47,16 @@ def _unet(loader: ComponentLoader, options: LoadOptions) -> UNet2DConditionModel
     return loader.model(UNet2DConditionModel, "unet", options.denoiser_dtype)
 
 
-def latent_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
-    """Stable Diffusion's loop: a UNet on VAE latents, decoded by the VAE."""
-    return Stage(
-        spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, vae=_vae(loader, options)
-    )
+def latent_stage(
+    spec: StageSpec,
+    loader: ComponentLoader,
+    options: LoadOptions,
+    text_encoder: str,
+    vae_loader: ComponentLoader | None = None,
+) -> Stage:
+    """Stable Diffusion's loop: a UNet on VAE latents, decoded by the VAE (from ``vae_loader`` if given)."""
+    vae = _vae(vae_loader or loader, options)
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, vae=vae)
 
 
 def pixel_base_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:

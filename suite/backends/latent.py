@@ -1,8 +1,12 @@
-"""Latent diffusion (Stable Diffusion): CLIP text encoder -> UNet on latents -> VAE decoder."""
+"""Latent diffusion (Stable Diffusion): CLIP text encoder -> UNet on latents -> VAE decoder.
+
+The text encoder is whatever the folder holds (CLIP for SD; a T5 encoder works too, used as IF
+uses it), and the VAE may come from a second source named ``vae`` (a swapped or shared VAE).
+"""
 
 from __future__ import annotations
 
-from suite.backends.components import STAGE_KINDS, clip_text_encoder
+from suite.backends.components import STAGE_KINDS, text_encoder
 from suite.errors import UserError
 from suite.loading import LoadOptions
 from suite.pipeline import TextToImagePipeline
@@ -14,10 +18,14 @@ DESCRIPTION = "CLIP text encoder -> latent UNet -> VAE decoder (Stable Diffusion
 def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     """Load a Stable-Diffusion-layout folder (text_encoder/, tokenizer/, unet/, vae/, scheduler/)."""
     locations = preset.source_paths()
-    if len(locations) != 1 or len(preset.stages) != 1 or preset.stages[0].kind != "latent":
-        raise UserError(f"preset {preset.name!r}: the latent backend takes one source and one 'latent' stage")
-    ((key, location),) = locations.items()
-    loader = options.loader(preset.name, key, location)
-    encoder = clip_text_encoder(loader, "clip", options.text_encoder_dtype)
-    stage = STAGE_KINDS.get("latent")(preset.stages[0], loader, options, encoder.name)
+    spec = preset.stages[0]
+    if len(preset.stages) != 1 or spec.kind != "latent" or set(locations) - {spec.source, "vae"}:
+        raise UserError(
+            f"preset {preset.name!r}: the latent backend takes one 'latent' stage, "
+            "its source and optionally a 'vae' source"
+        )
+    loader = options.loader(preset.name, spec.source, locations[spec.source])
+    vae_loader = options.loader(preset.name, "vae", locations["vae"]) if "vae" in locations else None
+    encoder = text_encoder(loader, options.text_encoder_dtype, default="clip")
+    stage = STAGE_KINDS.get("latent")(spec, loader, options, encoder.name, vae_loader=vae_loader)
     return TextToImagePipeline(preset.name, "latent", {encoder.name: encoder}, [stage], options)

@@ -47,6 +47,7 @@ class Recipe:
     checkpoint_every: int = 250
     log_every: int = 50
     cosine_decay: bool = False  # decay the learning rate to 10% along a cosine after warm-up
+    job: str = ""  # the key of the Job that trains it in JOBS; empty: the recipe's name
 
 
 RECIPES = {
@@ -68,6 +69,14 @@ RECIPES = {
     "super_resolution": Recipe("super_resolution", iterations=2000, batch_size=16, learning_rate=5e-4, seed=5),
 }
 TRACKS = (("vae", "latent", "clip"), ("base", "super_resolution"))
+
+# The 2x2 ablation {latent, pixel} x {CLIP-style, T5-style}: one recipe for all four cells, so
+# they see the same images and captions in the same order, with the same optimiser, learning-rate
+# schedule, EMA, caption dropout and noise seed. Only the denoiser's space and the text encoder differ.
+ABLATION_CELLS = ("latent-clip", "latent-t5", "pixel-clip", "pixel-t5")
+_ABLATION_BUDGET = {"iterations": 5000, "batch_size": 32, "learning_rate": 5e-4, "seed": 6}
+ABLATION_RECIPES = {cell: Recipe(cell, job=cell, **_ABLATION_BUDGET) for cell in ABLATION_CELLS}
+ABLATION_TRACKS = (("latent-clip", "pixel-t5"), ("latent-t5", "pixel-clip"))  # equal work per track
 SUPER_RESOLUTION_CROP = 32  # SR trains on random 32 px crops (Imagen trains its SR models on crops)
 
 
@@ -176,60 +185,93 @@ class DiffusionJob(Job):
         return loss
 
 
-class LatentJob(DiffusionJob):
-    """Stable Diffusion's recipe: the UNet learns on VAE latents; the CLIP text encoder trains jointly."""
+class TextSide:
+    """A jointly trained text encoder as its family uses it: CLIP-style (causal, no attention mask,
+    as SD passes none) or T5-style (bidirectional, relative positions, attention mask, as IF)."""
 
-    def __init__(self, recipe: Recipe, work: Path):
+    def __init__(self, kind: str):
+        self.kind = kind
+        if kind == "clip":
+            self.tokenizer = models.clip_tokenizer()
+        else:
+            self.tokenizer = models.t5_tokenizer()
+        self.tokens = TokenCache(self.tokenizer, with_mask=kind == "t5")
+
+    def build(self, dropout: float | None = None) -> torch.nn.Module:
+        """The encoder; ``dropout`` overrides T5's default 0.1 (CLIP's text tower has none)."""
+        if self.kind == "clip":
+            return models.clip_text_encoder(self.tokenizer)
+        return models.t5_encoder(self.tokenizer) if dropout is None else models.t5_encoder(self.tokenizer, dropout)
+
+    def states(self, encoder: torch.nn.Module, captions: list[str]) -> torch.Tensor:
+        input_ids, mask = self.tokens(captions)
+        return encoder(input_ids, attention_mask=mask)[0]
+
+
+class LatentJob(DiffusionJob):
+    """Stable Diffusion's recipe: the UNet learns on VAE latents; the text encoder trains jointly.
+
+    The shipped toy-latent uses the CLIP-style encoder and the VAE trained by the ``vae`` recipe;
+    the ablation's latent cells pick their encoder and share the shipped VAE.
+    """
+
+    def __init__(self, recipe: Recipe, work: Path, text: str = "clip", channels=None, vae_folder: Path | None = None):
         super().__init__(recipe, work)
         from diffusers import AutoencoderKL
 
-        self.vae = AutoencoderKL.from_pretrained(work / "vae" / "final" / "vae").eval().requires_grad_(False)
-        self.tokenizer = models.clip_tokenizer()
-        self.tokens = TokenCache(self.tokenizer, with_mask=False)
-        self.trained = {"unet": models.latent_unet(), "text_encoder": models.clip_text_encoder(self.tokenizer)}
+        vae_folder = vae_folder or work / "vae" / "final" / "vae"
+        self.vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
+        self.text = TextSide(text)
+        unet = models.latent_unet(channels) if channels else models.latent_unet()
+        self.trained = {"unet": unet, "text_encoder": self.text.build(dropout=0.0 if channels else None)}
         self.scheduler = models.latent_scheduler()
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        self.half_text_encoder = text == "clip" and channels is None  # the shipped toy-latent's is fp16
 
     def loss(self, step: int) -> torch.Tensor:
         images, captions, generator = self.batch(step)
         with torch.no_grad():
             latents = self.vae.encode(images).latent_dist.sample(generator=generator) * self.vae.config.scaling_factor
-        input_ids, _ = self.tokens(drop_captions(captions, self.recipe.caption_dropout, generator))
-        states = self.trained["text_encoder"](input_ids)[0]  # SD passes no attention mask to CLIP
+        captions = drop_captions(captions, self.recipe.caption_dropout, generator)
+        states = self.text.states(self.trained["text_encoder"], captions)
         return self.diffusion_loss(self.trained["unet"], latents, states, generator)
 
     def export(self, trained, folder):
-        for name, module in trained.items():
-            module.half().save_pretrained(folder / name)
-        self.tokenizer.save_pretrained(folder / "tokenizer")
+        trained["unet"].half().save_pretrained(folder / "unet")
+        encoder = trained["text_encoder"].half() if self.half_text_encoder else trained["text_encoder"]
+        encoder.save_pretrained(folder / "text_encoder")
+        self.text.tokenizer.save_pretrained(folder / "tokenizer")
         self.scheduler.save_pretrained(folder / "scheduler")
         return {}
 
 
 class BaseJob(DiffusionJob):
-    """IF stage I: a pixel UNet at 16 px with learned-range variance; the T5 encoder trains jointly."""
+    """IF stage I: a pixel UNet at 16 px with learned-range variance; the text encoder trains jointly.
+
+    The shipped toy-cascaded uses the T5-style encoder; the ablation's pixel cells pick theirs.
+    """
 
     learned_variance = True
 
-    def __init__(self, recipe: Recipe, work: Path):
+    def __init__(self, recipe: Recipe, work: Path, text: str = "t5", channels=None):
         super().__init__(recipe, work)
-        self.tokenizer = models.t5_tokenizer()
-        self.tokens = TokenCache(self.tokenizer, with_mask=True)
-        self.trained = {"unet": models.base_unet(), "text_encoder": models.t5_encoder(self.tokenizer)}
+        self.text = TextSide(text)
+        unet = models.base_unet(channels) if channels else models.base_unet()
+        self.trained = {"unet": unet, "text_encoder": self.text.build(dropout=0.0 if channels else None)}
         self.scheduler = models.if_scheduler(sample_max_value=1.5)
         self.noise_scheduler = self.scheduler
 
     def loss(self, step: int) -> torch.Tensor:
         images, captions, generator = self.batch(step)
         low_res = F.avg_pool2d(images, 64 // models.BASE_SIZE)
-        input_ids, mask = self.tokens(drop_captions(captions, self.recipe.caption_dropout, generator))
-        states = self.trained["text_encoder"](input_ids, attention_mask=mask)[0]
+        captions = drop_captions(captions, self.recipe.caption_dropout, generator)
+        states = self.text.states(self.trained["text_encoder"], captions)
         return self.diffusion_loss(self.trained["unet"], low_res, states, generator)
 
     def export(self, trained, folder):
         trained["unet"].half().save_pretrained(folder / "unet")
         trained["text_encoder"].save_pretrained(folder / "text_encoder")  # small; kept in fp32
-        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.text.tokenizer.save_pretrained(folder / "tokenizer")
         self.scheduler.save_pretrained(folder / "scheduler")
         return {}
 
@@ -336,12 +378,25 @@ def retrieval_top1(model: torch.nn.Module, images_per_caption: int = 1, seed: in
     return float(np.mean([every[index].scene == caption.scene for index, caption in zip(predicted, captions)]))
 
 
+def _ablation_job(space: str, text: str) -> Callable[[Recipe, Path], Job]:
+    def build(recipe: Recipe, work: Path) -> Job:
+        from suite.toy import WEIGHTS
+
+        if space == "latent":
+            vae = WEIGHTS / "toy-latent" / "vae"  # shared by both latent cells
+            return LatentJob(recipe, work, text=text, channels=models.ABLATION_CHANNELS, vae_folder=vae)
+        return BaseJob(recipe, work, text=text, channels=models.ABLATION_CHANNELS)
+
+    return build
+
+
 JOBS: dict[str, Callable[[Recipe, Path], Job]] = {
     "vae": VaeJob,
     "latent": LatentJob,
     "clip": ClipJob,
     "base": BaseJob,
     "super_resolution": SuperResolutionJob,
+    **{cell: _ablation_job(*cell.split("-")) for cell in ABLATION_CELLS},
 }
 
 
@@ -357,6 +412,7 @@ def _save_checkpoint(path: Path, job: Job, ema: dict, optimizer, step: int, seco
     state = {
         "step": step,
         "seconds": seconds,
+        "rng": torch.get_rng_state(),  # dropout draws from the global generator
         "optimizer": optimizer.state_dict(),
         "trained": {name: module.state_dict() for name, module in job.trained.items()},
         "ema": {name: module.state_dict() for name, module in ema.items()},
@@ -374,7 +430,7 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
         return json.loads(summary_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)  # initial weights; every batch then draws from (seed, step)
-    job = JOBS[recipe.name](recipe, work)
+    job = JOBS[recipe.job or recipe.name](recipe, work)
     parameters = [parameter for module in job.trained.values() for parameter in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.learning_rate, weight_decay=0.0)
     ema = {name: copy.deepcopy(module).requires_grad_(False) for name, module in job.trained.items()}
@@ -386,6 +442,8 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
             ema[name].load_state_dict(state["ema"][name])
         optimizer.load_state_dict(state["optimizer"])
         start, seconds = state["step"], state["seconds"]
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
         log(f"[{recipe.name}] resuming at step {start}/{recipe.iterations}")
     for module in job.trained.values():
         module.train()
@@ -411,6 +469,7 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
         if done % recipe.checkpoint_every == 0 or done == recipe.iterations:
             _save_checkpoint(checkpoint, job, ema, optimizer, done, time.perf_counter() - began)
     seconds = time.perf_counter() - began
+    flops_per_iteration = training_step_flops(job, recipe.iterations)
     staging = folder / "final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     evaluation = job.export(ema, staging)
@@ -419,6 +478,7 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
     summary = {
         "recipe": asdict(recipe),
         "images_seen": recipe.iterations * recipe.batch_size,
+        "training_flops": flops_per_iteration * recipe.iterations,
         "wall_seconds": round(seconds, 1),
         "parameters": {name: sum(p.numel() for p in module.parameters()) for name, module in ema.items()},
         "device": "cpu",
@@ -430,6 +490,20 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     log(f"[{recipe.name}] done in {seconds / 60:.1f} min: {json.dumps(evaluation)}")
     return summary
+
+
+def training_step_flops(job: Job, step: int) -> int:
+    """FLOPs of one training step (forward and backward, frozen parts included), by the suite's counter.
+
+    The step is run on a batch past the last one trained; its gradients are discarded.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        job.loss(step).backward()
+    for module in job.trained.values():
+        module.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
 
 
 @torch.no_grad()
@@ -446,7 +520,8 @@ def _update_ema(ema: dict, trained: dict, decay: float, step: int) -> None:
 def run_track(names: tuple[str, ...], work: str, threads: int) -> list[dict]:
     """One process's share: its recipes in order, with ``threads`` intra-op threads."""
     torch.set_num_threads(threads)
-    return [run_recipe(RECIPES[name], Path(work), lambda line: print(line, flush=True)) for name in names]
+    recipes = {**RECIPES, **ABLATION_RECIPES}
+    return [run_recipe(recipes[name], Path(work), lambda line: print(line, flush=True)) for name in names]
 
 
 def assemble(work: Path, out: Path) -> None:
@@ -474,25 +549,52 @@ def assemble(work: Path, out: Path) -> None:
             shutil.copytree(work / source, staging / target / name)
     summaries = {name: json.loads((work / name / "summary.json").read_text()) for name in RECIPES}
     (staging / "training.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    if (out / "ablation").is_dir():  # the ablation's cells are trained and assembled on their own
+        shutil.copytree(out / "ablation", staging / "ablation")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
 
 
-def train_toy(work: Path, out: Path, jobs: int = 2) -> None:
-    """Run every recipe (tracks in parallel when ``jobs`` > 1), then assemble the shipped folder."""
+def _run_tracks(tracks: tuple[tuple[str, ...], ...], work: Path, jobs: int) -> None:
+    """Run the tracks one after another (``jobs`` <= 1) or in parallel processes sharing the cores."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     work.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     if jobs <= 1:
-        for track in TRACKS:
+        for track in tracks:
             run_track(track, str(work), cores)
-    else:
-        threads = max(1, cores // len(TRACKS))
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=len(TRACKS), mp_context=context) as pool:
-            for future in [pool.submit(run_track, track, str(work), threads) for track in TRACKS]:
-                future.result()
+        return
+    threads = max(1, cores // len(tracks))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(tracks), mp_context=context) as pool:
+        for future in [pool.submit(run_track, track, str(work), threads) for track in tracks]:
+            future.result()
+
+
+def train_toy(work: Path, out: Path, jobs: int = 2) -> None:
+    """Run every recipe (tracks in parallel when ``jobs`` > 1), then assemble the shipped folder."""
+    _run_tracks(TRACKS, work, jobs)
     assemble(work, out)
+
+
+def assemble_ablation(work: Path, out: Path) -> None:
+    """Lay the four cells out as ``out/<cell>/`` (the shared VAE and SR stay where they ship) + training.json."""
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for cell in ABLATION_CELLS:
+        shutil.copytree(work / cell / "final", staging / cell)
+    summaries = {cell: json.loads((work / cell / "summary.json").read_text()) for cell in ABLATION_CELLS}
+    (staging / "training.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def train_ablation(work: Path, out: Path, jobs: int = 2) -> None:
+    """Train the 2x2 ablation's four cells to one budget (two balanced tracks), then assemble them."""
+    _run_tracks(ABLATION_TRACKS, work, jobs)
+    assemble_ablation(work, out)

@@ -722,8 +722,8 @@ def matched_points(points: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Serie
 def measure_cost(config: ClaimConfig, runs: dict, options) -> dict[str, pd.DataFrame]:
     from suite.config import parse_sweep, resolve
     from suite.profile import ProfileSettings, profile_presets
-    from suite.runner import RunOptions, image_generators, load_pipelines
-    from suite.timing import Clock
+    from suite.runner import RunOptions, load_pipelines
+    from suite.timing import time_alternately
     from suite.verdicts import run_claim_sweeps
     from suite.verdicts.config import load_claim
 
@@ -754,15 +754,8 @@ def measure_cost(config: ClaimConfig, runs: dict, options) -> dict[str, pd.DataF
         data.pop("evaluation", None)
         resolved = resolve(parse_sweep(data, config.name), options.claims_dir, config.name)
         loaded += list(load_pipelines(resolved, RunOptions(options.out / "runs", options.device, progress=False)))
-    seconds = {point.family: [] for point in (latent, cascaded)}
-    for _ in range(repeats):  # alternating, so drifts in machine speed hit both alike
-        for pipeline, (item,) in loaded:
-            clock = Clock(pipeline.options.device)
-            began = clock()
-            pipeline.generate(
-                [spec.prompt for spec in item.images], item.stages, image_generators(item, list(range(batch))), clock
-            )
-            seconds[family_of(pipeline.preset)].append((clock() - began) / batch)
+    timed = time_alternately(loaded, batch, repeats)
+    seconds = {family_of(preset): values for preset, values in timed.items()}
     device = device_name(loaded[0][0].options.device)
     matched = [
         {
