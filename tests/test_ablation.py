@@ -1,0 +1,248 @@
+"""The 2x2 ablation: a matched training budget, four presets on the normal backend path, resumable training,
+contrasts with known answers, one-line errors, and a report that rebuilds byte for byte."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from suite import stats
+from suite.ablation import contrasts, load_ablation, ordered_cells
+from suite.ablation_report import build_ablation_report
+from suite.backends import BACKENDS
+from suite.cli import main
+from suite.errors import UserError
+from suite.loading import LoadOptions
+from suite.presets import PRESETS
+from suite.toy import WEIGHTS, models
+from suite.toy.world import WORDS
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+ABLATION_FILE = REPOSITORY / "experiments" / "ablation.yaml"
+COMMITTED = REPOSITORY / "results" / "ablation" / "report"
+CELLS = ("toy-latent-clip", "toy-latent-t5", "toy-pixel-clip", "toy-pixel-t5")
+CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
+
+
+# -- the budget ------------------------------------------------------------------------------------------
+
+
+def test_the_four_cells_were_trained_to_one_budget():
+    training = json.loads((WEIGHTS / "ablation" / "training.json").read_text())
+    assert set(training) == {"latent-clip", "latent-t5", "pixel-clip", "pixel-t5"}
+    assert len({summary["images_seen"] for summary in training.values()}) == 1
+    recipes = [
+        {k: v for k, v in summary["recipe"].items() if k not in ("name", "job")} for summary in training.values()
+    ]
+    assert all(recipe == recipes[0] for recipe in recipes)  # optimiser, schedule, EMA, caption dropout, data seed
+    unets = [summary["parameters"]["unet"] for summary in training.values()]
+    assert max(unets) <= 1.10 * min(unets)
+    for summary in training.values():
+        assert summary["training_flops"] > 0 and summary["wall_seconds"] > 0 and summary["threads"] >= 1
+
+
+def test_training_flops_count_forward_and_backward(tmp_path):
+    """One step's count is about 3x the forward pass (backward ~ 2x forward) and grows linearly with the batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from suite.toy import train
+
+    recipe = replace(train.ABLATION_RECIPES["pixel-t5"], batch_size=2)
+    job = train.JOBS[recipe.job](recipe, tmp_path)
+    step = train.training_step_flops(job, 0)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        job.loss(0)
+    assert 2.5 * counter.get_total_flops() < step < 3.5 * counter.get_total_flops()
+    double = train.JOBS[recipe.job](replace(recipe, batch_size=4), tmp_path)
+    assert train.training_step_flops(double, 0) == pytest.approx(2 * step, rel=0.01)
+    assert all(parameter.grad is None for module in job.trained.values() for parameter in module.parameters())
+
+
+@pytest.mark.parametrize("cell", ["latent-t5", "pixel-clip"])
+def test_a_killed_ablation_cell_resumes_to_the_same_weights(tmp_path, cell):
+    """Two steps, checkpoint, a fresh start, two more == four straight (T5-style and CLIP-style, both spaces)."""
+    from safetensors.torch import load_file
+
+    from suite.toy import train
+
+    recipe = replace(
+        train.ABLATION_RECIPES[cell], iterations=4, batch_size=2, checkpoint_every=2, log_every=2, warmup=2
+    )
+    train.run_recipe(recipe, tmp_path / "straight", log=lambda line: None)
+    train.run_recipe(replace(recipe, iterations=2), tmp_path / "resumed", log=lambda line: None)
+    (tmp_path / "resumed" / cell / "summary.json").unlink()  # as if killed after step 2
+    torch.manual_seed(12345)  # a resumed process starts from another global generator state
+    train.run_recipe(recipe, tmp_path / "resumed", log=lambda line: None)
+    for part in ("unet", "text_encoder"):
+        weights = [
+            load_file(next((tmp_path / run / cell / "final" / part).glob("*.safetensors")))
+            for run in ("straight", "resumed")
+        ]
+        assert weights[0].keys() == weights[1].keys()
+        for name in weights[0]:
+            assert torch.equal(weights[0][name], weights[1][name]), (part, name)
+
+
+# -- the presets -----------------------------------------------------------------------------------------
+
+
+def test_every_toy_word_is_one_clip_token():
+    tokenizer = models.clip_tokenizer()
+    assert [word for word in WORDS if len(tokenizer.tokenize(word)) != 1] == []
+    assert tokenizer.tokenize("a green square") == ["a</w>", "green</w>", "square</w>"]
+
+
+def test_the_four_presets_load_with_their_encoder_and_shared_parts():
+    pipelines = {name: BACKENDS.get(PRESETS.get(name).backend).load(PRESETS.get(name), CPU_FP32) for name in CELLS}
+    assert {name: pipeline.stages[0].text_encoder for name, pipeline in pipelines.items()} == {
+        "toy-latent-clip": "clip",
+        "toy-latent-t5": "t5",
+        "toy-pixel-clip": "clip",
+        "toy-pixel-t5": "t5",
+    }
+    assert pipelines["toy-latent-t5"].text_encoders["t5"].use_attention_mask  # T5 as IF uses it
+    assert not pipelines["toy-latent-clip"].text_encoders["clip"].use_attention_mask  # CLIP as SD uses it
+    shipped_vae = BACKENDS.get("latent").load(PRESETS.get("toy-latent"), CPU_FP32).stages[0].vae.state_dict()
+    shipped_sr = BACKENDS.get("cascaded").load(PRESETS.get("toy-cascaded"), CPU_FP32).stages[1].unet.state_dict()
+    for name in ("toy-latent-clip", "toy-latent-t5"):
+        vae = pipelines[name].stages[0].vae.state_dict()
+        assert all(torch.equal(vae[key], shipped_vae[key]) for key in shipped_vae)
+    for name in ("toy-pixel-clip", "toy-pixel-t5"):
+        stage = pipelines[name].stages[1]
+        assert stage.text_encoder == "t5:sr_text"  # the SR reads the encoder it was trained with
+        assert all(torch.equal(stage.unet.state_dict()[key], shipped_sr[key]) for key in shipped_sr)
+
+
+def test_the_four_presets_sample_through_a_sweep(tmp_path):
+    sweep = {
+        "name": "ablation-smoke",
+        "presets": list(CELLS),
+        "samplers": ["dpm-solver++"],
+        "steps": [3],
+        "guidance": [3.0],
+        "batch_size": 2,
+        "prompts": {"list": ["a red circle", "a blue square above a green triangle"]},
+        "stages": {
+            name: {"super_resolution_1": {"steps": 2, "guidance": 1.0, "noise_level": 250, "strength": 0.5}}
+            for name in CELLS[2:]
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    samples = pd.read_parquet(tmp_path / "run" / "samples.parquet")
+    assert sorted(samples.preset.unique()) == sorted(CELLS) and (samples.status == "ok").all()
+    assert set(zip(samples.height, samples.width)) == {(64, 64)}
+
+
+# -- contrasts: known answers ----------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(ABLATION_FILE.read_text())
+    data["training"] = str(WEIGHTS / "ablation" / "training.json")
+    changes["sweep"] = {**data["sweep"], **changes.get("sweep", {})}  # a sweep change edits the shipped sweep
+    data.update(changes)
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the first factor is the first key
+    return path
+
+
+def test_contrasts_recover_known_main_effects_and_interaction(tmp_path):
+    """Cell values 10 (latent clip), 12 (latent t5), 15 (pixel clip), 21 (pixel t5) plus a per-prompt offset shared
+    by all cells: space +7, encoder +4, interaction +4; the shared offset cancels, so every interval is a point."""
+    config = load_ablation(_config(tmp_path))
+    assert ordered_cells(config) == list(CELLS)
+    base = np.array([10.0, 12.0, 15.0, 21.0])
+    offsets = np.random.default_rng(0).normal(0, 3, 50)
+
+    def statistic(chosen: np.ndarray) -> np.ndarray:
+        return base + offsets[chosen].mean()
+
+    expected = {"space": 7.0, "encoder": 4.0, "space x encoder": 4.0, "encoder within latent": 2.0}
+    expected |= {"encoder within pixel": 6.0, "space within clip": 5.0, "space within t5": 9.0}
+    for effect, _, _, weights in contrasts(config):
+        test = stats.contrast_bootstrap(statistic, weights, 50, resamples=200)
+        assert test.difference == pytest.approx(expected[effect])
+        assert test.low == pytest.approx(expected[effect]) and test.high == pytest.approx(expected[effect])
+
+
+def test_contrast_bootstrap_with_two_sets_is_the_paired_bootstrap():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 40), rng.normal(0.5, 1, 40)
+
+    def both(chosen_a, chosen_b):
+        return a[chosen_a].mean(), b[chosen_b].mean()
+
+    paired = stats.paired_bootstrap(both, 40)
+    contrast = stats.contrast_bootstrap(lambda chosen: np.array(both(chosen, chosen)), (-1, 1), 40)
+    assert (paired.difference, paired.low, paired.high, paired.p_value) == (
+        contrast.difference,
+        contrast.low,
+        contrast.high,
+        contrast.p_value,
+    )
+    assert paired.low < b.mean() - a.mean() < paired.high
+
+
+# -- the ablation file -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"factors": {"space": ["latent", "pixel", "other"], "encoder": ["clip", "t5"]}}, "two distinct levels"),
+        ({"cells": {name: {"space": "latent", "encoder": "clip"} for name in CELLS}}, "one preset for each"),
+        ({"sweep": {"presets": ["toy-latent"], "samplers": ["ddim"], "steps": [5], "guidance": [3.0]}}, "presets"),
+        ({"sweep": {"samplers": ["ddim"], "steps": [5, 10], "guidance": [3.0]}}, "one point per cell"),
+        ({"training": "missing.json"}, "training: no file"),
+        ({"resamples": 5}, "resamples"),
+    ],
+)
+def test_a_bad_ablation_file_is_one_line_and_exit_2(tmp_path, capsys, changes, message):
+    path = _config(tmp_path, **changes)
+    with pytest.raises(UserError, match=message):
+        load_ablation(path)
+    assert main(["ablation", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_small_ablation_writes_every_table_and_a_report_that_rebuilds(tmp_path):
+    sweep = yaml.safe_load(ABLATION_FILE.read_text())["sweep"]
+    sweep |= {"steps": [3], "seeds_per_prompt": 1, "batch_size": 8, "prompts": {"set": "toy", "limit": 16}}
+    sweep["stages"] = {
+        name: {"super_resolution_1": {**stage["super_resolution_1"], "steps": 2}}
+        for name, stage in sweep["stages"].items()
+    }
+    sweep["evaluation"] |= {"reference": {"builtin": "toy", "count": 32, "seed": 0}, "set_resamples": 10}
+    path = _config(tmp_path, sweep=sweep, timing={"batch": 2, "repeats": 2}, resamples=100)
+    out = tmp_path / "out"
+    assert main(["ablation", str(path), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    data = out / "report" / "data"
+    effects = pd.read_csv(data / "effects.csv")
+    assert len(effects) == 7 * 7  # seven measures x (two main effects, interaction, four simple effects)
+    cells = pd.read_csv(data / "cells.csv")
+    single = cells[cells.measure == "exact_single"]
+    assert (single.n == 12).all()  # the toy set's first 16 prompts: 12 single objects, then pairs
+    assert (pd.read_csv(data / "cost.csv").gflops_per_image > 0).all()
+    first = (out / "report" / "report.md").read_bytes()
+    assert main(["ablation", str(path), "--out", str(out), "--report-only"]) == 0
+    assert (out / "report" / "report.md").read_bytes() == first
+
+
+@pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed ablation report")
+def test_the_committed_ablation_report_rebuilds_byte_identically(tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(COMMITTED / "data", report / "data")
+    build_ablation_report(report)
+    for name in ("report.md", "index.html", "figures/interaction.png"):
+        assert (report / name).read_bytes() == (COMMITTED / name).read_bytes(), name
