@@ -34,7 +34,9 @@ def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
         source = spec.text_source or (spec.source if spec.kind == "latent-sr" else None)
         if source is not None:
             if source not in loaders:
-                raise UserError(f"preset {preset.name!r}: stage {spec.name!r} reads text from unknown source {source!r}")
+                raise UserError(
+                    f"preset {preset.name!r}: stage {spec.name!r} reads text from unknown source {source!r}"
+                )
             encoder = text_encoder(loaders[source], options.text_encoder_dtype, default="clip", qualifier=f":{source}")
             encoder_name = encoder.name
             encoders.setdefault(encoder_name, encoder)

@@ -54,7 +54,12 @@ def t5_encoder(tokenizer: T5Tokenizer, dropout_rate: float = 0.1) -> T5EncoderMo
     T5's configs train with dropout 0.1; the ablation's cells use 0, as CLIP's text tower does.
     """
     return architectures.t5_encoder(
-        tokenizer, d_model=TEXT_WIDTH, d_kv=16, d_ff=4 * TEXT_WIDTH, tie_word_embeddings=False, dropout_rate=dropout_rate
+        tokenizer,
+        d_model=TEXT_WIDTH,
+        d_kv=16,
+        d_ff=4 * TEXT_WIDTH,
+        tie_word_embeddings=False,
+        dropout_rate=dropout_rate,
     )
 
 

@@ -211,22 +211,25 @@ class TextSide:
 class LatentJob(DiffusionJob):
     """Stable Diffusion's recipe: the UNet learns on VAE latents; the text encoder trains jointly.
 
-    The shipped toy-latent uses the CLIP-style encoder and the VAE trained by the ``vae`` recipe;
-    the ablation's latent cells pick their encoder and share the shipped VAE.
+    The shipped toy-latent uses the CLIP-style encoder (stored in fp16) and the VAE trained by the
+    ``vae`` recipe. An ``ablation`` cell picks its encoder (no dropout, stored in fp32 like every
+    cell's), has the narrower ablation UNet and shares the shipped VAE.
     """
 
-    def __init__(self, recipe: Recipe, work: Path, text: str = "clip", channels=None, vae_folder: Path | None = None):
+    def __init__(self, recipe: Recipe, work: Path, text: str = "clip", ablation: bool = False):
         super().__init__(recipe, work)
         from diffusers import AutoencoderKL
 
-        vae_folder = vae_folder or work / "vae" / "final" / "vae"
+        from suite.toy import WEIGHTS
+
+        vae_folder = WEIGHTS / "toy-latent" / "vae" if ablation else work / "vae" / "final" / "vae"
         self.vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
         self.text = TextSide(text)
-        unet = models.latent_unet(channels) if channels else models.latent_unet()
-        self.trained = {"unet": unet, "text_encoder": self.text.build(dropout=0.0 if channels else None)}
+        unet = models.latent_unet(models.ABLATION_CHANNELS) if ablation else models.latent_unet()
+        self.trained = {"unet": unet, "text_encoder": self.text.build(dropout=0.0 if ablation else None)}
         self.scheduler = models.latent_scheduler()
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
-        self.half_text_encoder = text == "clip" and channels is None  # the shipped toy-latent's is fp16
+        self.half_text_encoder = not ablation
 
     def loss(self, step: int) -> torch.Tensor:
         images, captions, generator = self.batch(step)
@@ -248,16 +251,17 @@ class LatentJob(DiffusionJob):
 class BaseJob(DiffusionJob):
     """IF stage I: a pixel UNet at 16 px with learned-range variance; the text encoder trains jointly.
 
-    The shipped toy-cascaded uses the T5-style encoder; the ablation's pixel cells pick theirs.
+    The shipped toy-cascaded uses the T5-style encoder; an ``ablation`` cell picks its encoder (no
+    dropout) and has the narrower ablation UNet.
     """
 
     learned_variance = True
 
-    def __init__(self, recipe: Recipe, work: Path, text: str = "t5", channels=None):
+    def __init__(self, recipe: Recipe, work: Path, text: str = "t5", ablation: bool = False):
         super().__init__(recipe, work)
         self.text = TextSide(text)
-        unet = models.base_unet(channels) if channels else models.base_unet()
-        self.trained = {"unet": unet, "text_encoder": self.text.build(dropout=0.0 if channels else None)}
+        unet = models.base_unet(models.ABLATION_CHANNELS) if ablation else models.base_unet()
+        self.trained = {"unet": unet, "text_encoder": self.text.build(dropout=0.0 if ablation else None)}
         self.scheduler = models.if_scheduler(sample_max_value=1.5)
         self.noise_scheduler = self.scheduler
 
@@ -379,15 +383,8 @@ def retrieval_top1(model: torch.nn.Module, images_per_caption: int = 1, seed: in
 
 
 def _ablation_job(space: str, text: str) -> Callable[[Recipe, Path], Job]:
-    def build(recipe: Recipe, work: Path) -> Job:
-        from suite.toy import WEIGHTS
-
-        if space == "latent":
-            vae = WEIGHTS / "toy-latent" / "vae"  # shared by both latent cells
-            return LatentJob(recipe, work, text=text, channels=models.ABLATION_CHANNELS, vae_folder=vae)
-        return BaseJob(recipe, work, text=text, channels=models.ABLATION_CHANNELS)
-
-    return build
+    job = LatentJob if space == "latent" else BaseJob
+    return lambda recipe, work: job(recipe, work, text=text, ablation=True)
 
 
 JOBS: dict[str, Callable[[Recipe, Path], Job]] = {
