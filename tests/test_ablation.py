@@ -233,6 +233,11 @@ def test_a_small_ablation_writes_every_table_and_a_report_that_rebuilds(tmp_path
     cells = pd.read_csv(data / "cells.csv")
     single = cells[cells.measure == "exact_single"]
     assert (single.n == 12).all()  # the toy set's first 16 prompts: 12 single objects, then pairs
+    value = cells.set_index(["measure", "cell"])["value"]
+    for row in effects[effects.effect == "space within clip"].itertuples():  # pixel clip - latent clip, all prompts
+        difference = value[(row.measure, "toy-pixel-clip")] - value[(row.measure, "toy-latent-clip")]
+        if not np.isnan(difference):
+            assert row.estimate == pytest.approx(difference, rel=1e-3, abs=1e-9), row.measure
     assert (pd.read_csv(data / "cost.csv").gflops_per_image > 0).all()
     first = (out / "report" / "report.md").read_bytes()
     assert main(["ablation", str(path), "--out", str(out), "--report-only"]) == 0

@@ -18,7 +18,7 @@ DESCRIPTION = "CLIP text encoder -> latent UNet -> VAE decoder (Stable Diffusion
 def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
     """Load a Stable-Diffusion-layout folder (text_encoder/, tokenizer/, unet/, vae/, scheduler/)."""
     locations = preset.source_paths()
-    spec = preset.stages[0]
+    spec = preset.stages[0] if preset.stages else None
     if len(preset.stages) != 1 or spec.kind != "latent" or set(locations) - {spec.source, "vae"}:
         raise UserError(
             f"preset {preset.name!r}: the latent backend takes one 'latent' stage, "
