@@ -350,7 +350,7 @@ def cost_tables(
             {
                 "effect": effect,
                 "kind": kind,
-                "reads": f"ratio: {reads}",
+                "reads": reads.replace(" - ", " / "),  # a contrast of logs is a ratio
                 "seconds_ratio": float(np.exp(test.difference)),
                 "seconds_ratio_low": float(np.exp(test.low)),
                 "seconds_ratio_high": float(np.exp(test.high)),

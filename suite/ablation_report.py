@@ -61,6 +61,8 @@ def verdict_lines(config: dict, effects: pd.DataFrame, cost_effects: pd.DataFram
             simple = effects[(effects["measure"] == measure) & (effects["kind"] == "simple")]
             parts = "; ".join(f"{row.effect} {_effect_text(row, spec)}" for row in simple.itertuples())
             text += f"; the factors interact ({_effect_text(interaction, spec)}): {parts}"
+        else:
+            text += "; no significant interaction"
         lines.append(text + ".")
     main_cost = cost_effects[cost_effects["kind"] == "main"]
     cost = "; ".join(
