@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from suite import stats
-from suite.config import ResolvedSweep, parse_sweep, resolve
+from suite.config import ResolvedSweep, load_named_file, parse_sweep, resolve
 from suite.errors import UserError
 
 DEFAULT_FILE = Path("experiments/ablation.yaml")
@@ -93,17 +93,7 @@ MAIN_EFFECTS = ("main", "interaction")  # kinds of contrast tested as one Holm f
 
 def load_ablation(path: Path) -> AblationConfig:
     """Read and validate an ablation file: a 2x2 design whose cells are presets, and its sweep as a sweep."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"{path}: cannot read the ablation file: {error}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: an ablation file must be a YAML mapping")
-    try:
-        config = AblationConfig.model_validate({**data, "name": path.stem})
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise UserError(f"{path}: {'.'.join(str(part) for part in first['loc'])}: {first['msg']}") from None
+    config = load_named_file(path, AblationConfig, "ablation file")
     factors = config.factors
     if len(factors) != 2 or any(len(levels) != 2 or len(set(levels)) != 2 for levels in factors.values()):
         raise UserError(f"{path}: factors: a 2x2 design needs two factors of two distinct levels each")

@@ -359,6 +359,20 @@ def _first_error_line(source: str, error: ValidationError) -> str:
     return f"{source}: {'.'.join(parts)}: {message}" if parts else f"{source}: {message}"
 
 
+def load_named_file(path: Path, model: type[BaseModel], what: str) -> Any:
+    """A YAML file validated as ``model`` with its stem as ``name`` (claim and ablation files); one-line errors."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"{path}: cannot read the {what}: {error}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a {what} must be a YAML mapping")
+    try:
+        return model.model_validate({**data, "name": path.stem})
+    except ValidationError as error:
+        raise UserError(_first_error_line(str(path), error)) from None
+
+
 def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
     if not isinstance(data, dict):
         raise UserError(f"{source}: a sweep file must be a YAML mapping")

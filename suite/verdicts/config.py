@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from suite.config import ResolvedSweep, parse_sweep, resolve
+from suite.config import ResolvedSweep, load_named_file, parse_sweep, resolve
 from suite.errors import UserError
 
 
@@ -39,18 +38,7 @@ def load_claim(path: Path) -> ClaimConfig:
     """Read and validate one claim file: its sweeps are validated as sweeps, its experiment must exist."""
     from suite.verdicts.experiments import EXPERIMENTS
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"{path}: cannot read the claim file: {error}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a claim file must be a YAML mapping")
-    try:
-        config = ClaimConfig.model_validate({**data, "name": path.stem})
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
+    config = load_named_file(path, ClaimConfig, "claim file")
     EXPERIMENTS.get(config.measure)
     for sweep_name in config.sweeps:
         claim_sweep(config, sweep_name, path.parent)
