@@ -87,3 +87,24 @@ def register_test_networks(monkeypatch) -> None:
     monkeypatch.setitem(
         FEATURE_NETWORKS._entries, "test-net", lambda context: clip(context).feature_network("test-net")
     )
+
+
+def tiny_metric_sweep(tmp_path: Path, metric: str, evaluation: dict, **changes) -> str:
+    """A sweep file on tiny-latent (DDIM 2 and 3 steps, guidance 3, 4 tiny prompts) evaluating one metric."""
+    import yaml
+
+    sweep = {
+        "name": f"{metric}-check",
+        "presets": ["tiny-latent"],
+        "samplers": ["ddim"],
+        "steps": [2, 3],
+        "guidance": [3.0],
+        "batch_size": 4,
+        "prompts": {"set": "tiny", "limit": 4},
+        "metrics": [metric],
+        "evaluation": evaluation,
+        **changes,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return str(path)

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from suite.cli import main
 from suite.prompts import DATA, geneval_records
+from tests.conftest import tiny_metric_sweep
 
 # two prompts of each of three tasks, in GenEval's words (the metric looks their metadata up by text)
 PROMPTS = [
@@ -68,20 +68,8 @@ def tiny_detector(tmp_path_factory):
 
 
 def _sweep(tmp_path, detector) -> str:
-    sweep = {
-        "name": "geneval-check",
-        "presets": ["tiny-latent"],
-        "samplers": ["ddim"],
-        "steps": [2, 3],
-        "guidance": [3.0],
-        "batch_size": 6,
-        "prompts": {"list": PROMPTS},
-        "metrics": ["geneval"],
-        "evaluation": {"clip_model": "test-clip", "geneval": {"detector": str(detector), "threshold": 0.0}},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return str(path)
+    evaluation = {"clip_model": "test-clip", "geneval": {"detector": str(detector), "threshold": 0.0}}
+    return tiny_metric_sweep(tmp_path, "geneval", evaluation, batch_size=6, prompts={"list": PROMPTS})
 
 
 def test_detector_loads_and_returns_detections_with_masks(tiny_detector):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from suite.cli import main
+from tests.conftest import tiny_metric_sweep
 
 TINY = {
     "embed_dim": 16,
@@ -59,26 +59,12 @@ def test_score_is_the_cosine_of_image_and_prompt(tiny_hps):
 
 
 def _sweep(tmp_path, folder) -> str:
-    sweep = {
-        "name": "hps-check",
-        "presets": ["tiny-latent"],
-        "samplers": ["ddim"],
-        "steps": [2, 3],
-        "guidance": [3.0],
-        "batch_size": 4,
-        "prompts": {"set": "tiny", "limit": 4},
-        "metrics": ["hpsv2"],
-        "evaluation": {
-            "hpsv2": {
-                "checkpoint": str(folder / "HPS_tiny_compressed.pt"),
-                "architecture": "tiny-hps-clip",
-                "architecture_config": str(folder / "tiny-hps-clip.json"),
-            }
-        },
+    hps = {
+        "checkpoint": str(folder / "HPS_tiny_compressed.pt"),
+        "architecture": "tiny-hps-clip",
+        "architecture_config": str(folder / "tiny-hps-clip.json"),
     }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return str(path)
+    return tiny_metric_sweep(tmp_path, "hpsv2", {"hpsv2": hps}, name="hps-check")
 
 
 def test_a_sweep_scores_every_image(tmp_path, tiny_hps):

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from suite.cli import main
+from tests.conftest import tiny_metric_sweep
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +70,7 @@ def test_score_is_the_models_scaled_cosine(tiny_pickscore):
 
 
 def _sweep(tmp_path, folder) -> str:
-    sweep = {
-        "name": "pickscore-check",
-        "presets": ["tiny-latent"],
-        "samplers": ["ddim"],
-        "steps": [2, 3],
-        "guidance": [3.0],
-        "batch_size": 4,
-        "prompts": {"set": "tiny", "limit": 4},
-        "metrics": ["pickscore"],
-        "evaluation": {"pickscore": str(folder)},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return str(path)
+    return tiny_metric_sweep(tmp_path, "pickscore", {"pickscore": str(folder)})
 
 
 def test_a_sweep_scores_every_image_and_compares_points(tmp_path, tiny_pickscore):
