@@ -8,7 +8,36 @@ import os
 import sys
 from pathlib import Path
 
-from suite.errors import UserError
+from suite.analysis.ablation import load_ablation, run_ablation
+from suite.analysis.ablation.report import build_ablation_report
+from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, write_bench
+from suite.analysis.claims import ClaimsOptions, run_claims
+from suite.analysis.claims.claim_file import load_claims
+from suite.analysis.claims.experiments import EXPERIMENTS
+from suite.analysis.claims.report import build_claims_report
+from suite.analysis.compare import compare_run
+from suite.analysis.costs import ProfileSettings, profile_presets, write_profile
+from suite.analysis.diff import diff_runs
+from suite.analysis.report import build_report
+from suite.core.errors import UserError
+from suite.core.files import atomic_write_table, ensure_writable
+from suite.core.formatting import markdown_table
+from suite.metrics import METRICS
+from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
+from suite.model.backends import BACKENDS
+from suite.model.devices import DTYPES, resolve_device
+from suite.model.presets import PRESETS, TOY_WEIGHTS, cache_root, materialise
+from suite.model.samplers import SAMPLERS
+from suite.prompts.sets import FILTERS, PROMPT_SETS
+from suite.run.config import load_sweep
+from suite.run.evaluate import evaluate_run, evaluate_share
+from suite.run.leases import describe
+from suite.run.options import EvaluateOptions, RunOptions
+from suite.run.preflight import check_evaluation
+from suite.run.resume import check_run, elect_evaluator, evaluation_finished
+from suite.run.runner import run_sweep
+from suite.run.topology import device_for, topology
+from suite.toy.train import train_ablation, train_toy
 
 DEFAULT_SWEEP = "experiments/toy.yaml"
 EXIT_USAGE = 2
@@ -33,16 +62,11 @@ def _model_dirs(pairs: list[str]) -> dict[str, Path]:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-    from suite.config import load_sweep
-    from suite.runner import RunOptions, run_sweep
-    from suite.topology import device_for, topology
 
     resolved = load_sweep(Path(args.config) if args.config else _default_sweep())
     place = topology(args.shard)
     rank, world_size = place.rank, place.world_size
     if resolved.sweep.metrics:
-        from suite.preflight import check_evaluation
-
         check_evaluation(resolved.sweep, _evaluate_options(args))
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
     options = RunOptions(
@@ -74,9 +98,6 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 def _finish(run: Path, args: argparse.Namespace, metrics: bool) -> None:
     """Evaluate, compare and report a complete run, in exactly one of the processes that see it complete."""
-    from suite.claims import describe
-    from suite.report import build_report
-    from suite.resume import elect_evaluator, evaluation_finished
 
     state, owner = elect_evaluator(run)
     if state == "elsewhere":
@@ -97,14 +118,12 @@ def _finish(run: Path, args: argparse.Namespace, metrics: bool) -> None:
 
 
 def _evaluate_options(args: argparse.Namespace):
-    from suite.metrics.evaluate import EvaluateOptions
 
     weights = Path(args.inception_weights) if args.inception_weights else None
     return EvaluateOptions(args.device, weights, getattr(args, "recompute", False), progress=not args.quiet)
 
 
 def _evaluate(run: Path, args: argparse.Namespace) -> None:
-    from suite.metrics.evaluate import evaluate_run
 
     table = evaluate_run(run, _evaluate_options(args))
     here = table.attrs.get("computed_here", 0)
@@ -112,7 +131,6 @@ def _evaluate(run: Path, args: argparse.Namespace) -> None:
 
 
 def _compare(run: Path, args: argparse.Namespace) -> None:
-    from suite.compare import compare_run
 
     table = compare_run(run, _evaluate_options(args))
     significant = int((table["p_holm"] < 0.05).sum()) if len(table) else 0
@@ -126,8 +144,6 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from suite.report import build_report
-    from suite.results import ensure_writable
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
@@ -140,15 +156,11 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from suite.claims import describe
-    from suite.resume import elect_evaluator, evaluation_finished
 
     run = Path(args.run)
     if (run / "samples.parquet").is_file() and (run / "config.yaml").is_file():
         state, owner = elect_evaluator(run, again=True)
         if state == "elsewhere":  # e.g. the other ranks of `torchrun ... suite evaluate`: share the grid points
-            from suite.metrics.evaluate import evaluate_share
-
             computed = evaluate_share(run, _evaluate_options(args))
             print(f"{run}: {computed} grid points computed by this process; {describe(owner)} writes the tables")
             return 0
@@ -162,7 +174,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_check(args: argparse.Namespace) -> int:
-    from suite.resume import check_run
 
     run = Path(args.run)
     verified, problems = check_run(run)
@@ -178,9 +189,6 @@ def command_check(args: argparse.Namespace) -> int:
 
 
 def command_profile(args: argparse.Namespace) -> int:
-    from suite.presets import PRESETS
-    from suite.profile import ProfileSettings, profile_presets, write_profile
-    from suite.samplers import SAMPLERS
 
     names = args.presets or [name for name, preset in PRESETS.items() if preset.reference_configs or preset.build]
     for name in names:
@@ -198,10 +206,6 @@ def command_profile(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from suite.bench import ATTENTION, BenchSettings, bench_presets, write_bench
-    from suite.devices import resolve_device
-    from suite.presets import PRESETS, materialise
-    from suite.samplers import SAMPLERS
 
     names = args.presets or ["sd15", "sd21-base", "if-xl"]
     for name in names:
@@ -250,9 +254,6 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def command_diff(args: argparse.Namespace) -> int:
-    from suite.crossrun import diff_runs
-    from suite.results import atomic_write_table, ensure_writable
-    from suite.tables import markdown_table
 
     first, second = Path(args.a), Path(args.b)
     for run in (first, second):
@@ -271,27 +272,21 @@ def command_diff(args: argparse.Namespace) -> int:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from suite.presets import cache_root
-    from suite.toy import WEIGHTS
-    from suite.toy.train import train_ablation, train_toy
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     work = Path(args.work) if args.work else cache_root() / "train" / "toy"
     if args.ablation:
-        out = Path(args.out) if args.out else WEIGHTS / "ablation"
+        out = Path(args.out) if args.out else TOY_WEIGHTS / "ablation"
         train_ablation(work, out, args.jobs)
     else:
-        out = Path(args.out) if args.out else WEIGHTS
+        out = Path(args.out) if args.out else TOY_WEIGHTS
         train_toy(work, out, args.jobs)
     print(f"toy models written to {out} (training state in {work})")
     return 0
 
 
 def command_claims(args: argparse.Namespace) -> int:
-    from suite.verdicts import ClaimsOptions, run_claims
-    from suite.verdicts.config import load_claims
-    from suite.verdicts.report import build_claims_report
 
     options = ClaimsOptions(Path(args.claims_dir), Path(args.out), args.device, tuple(args.only), not args.quiet)
     load_claims(options.claims_dir, list(options.names) or None)  # every claim file checked before anything runs
@@ -306,8 +301,6 @@ def command_claims(args: argparse.Namespace) -> int:
 
 
 def command_ablation(args: argparse.Namespace) -> int:
-    from suite.ablation import load_ablation, run_ablation
-    from suite.ablation_report import build_ablation_report
 
     path, out = Path(args.file), Path(args.out)
     load_ablation(path)  # the file is checked before anything runs
@@ -322,11 +315,6 @@ def command_ablation(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from suite.backends import BACKENDS
-    from suite.metrics import METRICS
-    from suite.presets import PRESETS
-    from suite.prompts import FILTERS, PROMPT_SETS
-    from suite.samplers import SAMPLERS
 
     print("backends:")
     for name, backend in BACKENDS.items():
@@ -342,8 +330,6 @@ def command_list(args: argparse.Namespace) -> int:
     for name, prompts in PROMPT_SETS.items():
         filters = f"; filter by {', '.join(FILTERS[name])}" if name in FILTERS else ""
         print(f"  {name:22} {len(prompts)} prompts{filters}")
-    from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
-    from suite.verdicts.experiments import EXPERIMENTS
 
     print("claim experiments (experiments/claims/, suite claims):")
     for name, experiment in EXPERIMENTS.items():
@@ -370,7 +356,6 @@ def _evaluation_command(commands, name: str, help_text: str) -> argparse.Argumen
 
 def _device_and_dtype(command: argparse.ArgumentParser) -> None:
     """--device and --dtype, as generation (sweep) and timing (bench) take them."""
-    from suite.devices import DTYPES
 
     command.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     command.add_argument(

@@ -12,10 +12,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from suite import tiny
-from suite.backends import BACKENDS
-from suite.loading import LoadOptions
-from suite.presets import PRESETS
+from suite.model import tiny
+from suite.model.backends import BACKENDS
+from suite.model.loading import LoadOptions
+from suite.model.presets import PRESETS
 
 CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 

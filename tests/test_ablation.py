@@ -14,15 +14,15 @@ import pytest
 import torch
 import yaml
 
-from suite import stats
-from suite.ablation import contrasts, load_ablation, ordered_cells
-from suite.ablation_report import build_ablation_report
-from suite.backends import BACKENDS
+from suite.analysis.ablation import contrasts, load_ablation, ordered_cells
+from suite.analysis.ablation.report import build_ablation_report
 from suite.cli import main
-from suite.errors import UserError
-from suite.loading import LoadOptions
-from suite.presets import PRESETS
-from suite.toy import WEIGHTS, models
+from suite.core import stats
+from suite.core.errors import UserError
+from suite.model.backends import BACKENDS
+from suite.model.loading import LoadOptions
+from suite.model.presets import PRESETS, TOY_WEIGHTS
+from suite.toy import models
 from suite.toy.world import WORDS
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 
 
 def test_the_four_cells_were_trained_to_one_budget():
-    training = json.loads((WEIGHTS / "ablation" / "training.json").read_text())
+    training = json.loads((TOY_WEIGHTS / "ablation" / "training.json").read_text())
     assert set(training) == {"latent-clip", "latent-t5", "pixel-clip", "pixel-t5"}
     assert len({summary["images_seen"] for summary in training.values()}) == 1
     recipes = [
@@ -148,7 +148,7 @@ def test_the_four_presets_sample_through_a_sweep(tmp_path):
 
 def _config(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load(ABLATION_FILE.read_text())
-    data["training"] = str(WEIGHTS / "ablation" / "training.json")
+    data["training"] = str(TOY_WEIGHTS / "ablation" / "training.json")
     changes["sweep"] = {**data["sweep"], **changes.get("sweep", {})}  # a sweep change edits the shipped sweep
     data.update(changes)
     path = tmp_path / "ablation.yaml"

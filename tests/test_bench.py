@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suite.bench import (
+from suite.analysis.bench import (
     BenchSettings,
     _pipeline_row,
     achieved_tflops,
@@ -22,10 +22,10 @@ from suite.bench import (
     write_bench,
 )
 from suite.cli import main
-from suite.flops import pipeline_cost
-from suite.grid import preset_stage_settings
-from suite.presets import PRESETS
-from suite.stages import decode_latents
+from suite.model.flops import pipeline_cost
+from suite.model.presets import PRESETS
+from suite.model.stages import decode_latents
+from suite.run.grid import preset_stage_settings
 
 TINY = BenchSettings(device="cpu", num_inference_steps=2, repeats=1, warmup_steps=1)
 
@@ -109,7 +109,7 @@ def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
 
 
 def test_bench_flops_are_the_profiled_flops(tiny_table):
-    from suite.loading import build_on_meta
+    from suite.model.backends import build_on_meta
 
     preset = PRESETS.get("tiny-cascaded")
     cost = pipeline_cost(build_on_meta(preset))
@@ -188,7 +188,7 @@ def test_tiny_bench_on_cuda_uses_events_and_fused_attention(tmp_path):
 
 def test_diffusers_baseline_takes_the_unets_dtype_not_the_text_encoders():
     """On CUDA, if-xl's bf16 T5 made diffusers' IF pipeline run an fp16 UNet on bf16 inputs; CPU stand-in."""
-    from suite.bench import diffusers_stage, random_embeddings
+    from suite.analysis.bench import diffusers_stage, random_embeddings
 
     pipeline = build_random(PRESETS.get("tiny-cascaded"), torch.device("cpu"), "fp32")
     encoder = pipeline.text_encoders["t5"]

@@ -12,10 +12,10 @@ import yaml
 from PIL import Image
 
 from suite.cli import main
-from suite.coco import centre_square, sample_coco
-from suite.config import load_sweep
-from suite.errors import UserError
+from suite.core.errors import UserError
 from suite.metrics.networks import clean_resize
+from suite.prompts.coco import centre_square, sample_coco
+from suite.run.config import load_sweep
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from suite.analysis.compare import compare_points, load_records, pairs
 from suite.cli import main
-from suite.compare import compare_points, load_records, pairs
-from suite.metrics.evaluate import EvaluateOptions
-from suite.results import read_run
+from suite.run.folder import read_run
+from suite.run.options import EvaluateOptions
 
 PROMPTS = [
     "a red circle",

@@ -147,7 +147,7 @@ def test_list_prints_every_registry(capsys):
     ],
 )
 def test_prompt_files_are_read_relative_to_the_sweep(tmp_path, name, content):
-    from suite.config import load_sweep
+    from suite.run.config import load_sweep
 
     (tmp_path / name).write_text(content)
     path = write(tmp_path, VALID.replace('prompts: {list: ["a red circle"]}', f"prompts: {{file: {name}}}"))
@@ -155,7 +155,7 @@ def test_prompt_files_are_read_relative_to_the_sweep(tmp_path, name, content):
 
 
 def test_resolved_config_hash_is_stable_and_sensitive(tmp_path):
-    from suite.config import load_sweep
+    from suite.run.config import load_sweep
 
     first = load_sweep(write(tmp_path, VALID, "a.yaml"))
     again = load_sweep(write(tmp_path, VALID, "b.yaml"))
@@ -169,8 +169,8 @@ def test_every_shipped_sweep_file_validates():
 
     import yaml
 
-    from suite.ablation import load_ablation
-    from suite.config import parse_sweep
+    from suite.analysis.ablation import load_ablation
+    from suite.run.config import parse_sweep
 
     files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
     assert len(files) >= 6
@@ -185,8 +185,8 @@ def test_every_shipped_sweep_file_validates():
     ("metric", "setting"), [("geneval", "geneval"), ("pickscore", "pickscore"), ("hpsv2", "hpsv2")]
 )
 def test_a_metric_without_its_model_setting_is_one_line(metric, setting):
-    from suite.config import parse_sweep
-    from suite.errors import UserError
+    from suite.core.errors import UserError
+    from suite.run.config import parse_sweep
 
     sweep = {"presets": ["tiny-latent"], "samplers": ["ddim"], "steps": [2], "guidance": [1.0]}
     with pytest.raises(UserError, match=f"metric {metric} needs evaluation.{setting}: ") as error:

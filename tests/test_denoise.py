@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite.denoise import GuidedUNet, classifier_free_guidance
+from suite.model.denoise import GuidedUNet, classifier_free_guidance
 
 
 def test_guidance_formula_and_variance_from_conditional_half():
@@ -52,12 +52,12 @@ def test_guided_unet_batches_uncond_then_cond_and_skips_uncond_at_scale_one():
 @pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++", "euler"])
 def test_the_last_x0_prediction_is_the_final_sample(sampler):
     """The step hook's x0 prediction converges to what the loop returns (toy latent model, no clipping)."""
-    from suite.backends import BACKENDS
-    from suite.denoise import KeepPredictions
-    from suite.loading import LoadOptions
-    from suite.presets import PRESETS
-    from suite.stages import StageSettings, run_stage
-    from suite.timing import Clock
+    from suite.model.backends import BACKENDS
+    from suite.model.denoise import KeepPredictions
+    from suite.model.loading import LoadOptions
+    from suite.model.presets import PRESETS
+    from suite.model.stages import StageSettings, run_stage
+    from suite.model.timing import Clock
 
     pipeline = BACKENDS.get("latent").load(
         PRESETS.get("toy-latent"), LoadOptions(torch.device("cpu"), torch.float32, torch.float32)

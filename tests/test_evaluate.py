@@ -92,8 +92,8 @@ def test_a_finished_evaluation_is_read_back_not_recomputed(tmp_path, test_networ
     def fail(*args, **kwargs):
         raise AssertionError("a cached grid point was evaluated again")
 
-    monkeypatch.setattr("suite.metrics.evaluate.evaluate_grid_point", fail)
-    monkeypatch.setattr("suite.metrics.evaluate.Evaluator.cost", fail)
+    monkeypatch.setattr("suite.run.evaluate.evaluate_grid_point", fail)
+    monkeypatch.setattr("suite.run.evaluate.Evaluator.cost", fail)
     assert main(["evaluate", str(run), "--quiet", "--device", "cpu"]) == 0
     assert main(["sweep", _sweep(tmp_path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
     assert (run / "metrics.csv").read_bytes() == metrics and (run / "scores.csv").read_bytes() == scores

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from suite.flops import count_flops, on_meta, pipeline_cost
-from suite.stages import StageSettings
+from suite.model.flops import count_flops, on_meta, pipeline_cost
+from suite.model.stages import StageSettings
 
 
 def test_conv_flops_match_the_formula():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from suite.cli import main
-from suite.prompts import DATA, geneval_records
+from suite.prompts.sets import DATA, geneval_records
 from tests.conftest import tiny_metric_sweep
 
 # two prompts of each of three tasks, in GenEval's words (the metric looks their metadata up by text)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from suite.config import parse_sweep, resolve
-from suite.grid import expand, image_seed, shard
-from suite.stages import StageSettings
+from suite.model.stages import StageSettings
+from suite.run.config import parse_sweep, resolve
+from suite.run.grid import expand, image_seed, shard
 
 
 def resolved(**changes):

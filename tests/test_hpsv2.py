@@ -37,8 +37,8 @@ def test_score_is_the_cosine_of_image_and_prompt(tiny_hps):
     import open_clip
     from PIL import Image
 
-    from suite.config import HpsSpec
     from suite.metrics.hpsv2 import HpsModel
+    from suite.metrics.settings import HpsSpec
 
     spec = HpsSpec(
         checkpoint=str(tiny_hps / "HPS_tiny_compressed.pt"),

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from suite.backends import BACKENDS
-from suite.errors import UserError
-from suite.loading import check_available
-from suite.presets import PRESETS, Source, materialise
+from suite.core.errors import UserError
+from suite.model.backends import BACKENDS
+from suite.model.loading import check_available
+from suite.model.presets import PRESETS, Source, materialise
 from tests.conftest import CPU_FP32
 
 
@@ -28,7 +28,7 @@ def test_if_xl_layout_loads_three_stages_with_their_own_encoders(cascade_pipelin
 
 
 def test_every_registered_preset_names_a_known_backend_and_stage_kinds():
-    from suite.backends.components import STAGE_KINDS
+    from suite.model.backends.components import STAGE_KINDS
 
     for name, preset in PRESETS.items():
         assert preset.backend in BACKENDS, name

@@ -9,9 +9,9 @@ import pytest
 import torch
 from diffusers import IFPipeline, IFSuperResolutionPipeline, StableDiffusionPipeline
 
-from suite.samplers import clips_x0, consumes_learned_variance, make_scheduler
-from suite.stages import StageSettings
-from suite.timing import Clock
+from suite.model.samplers import clips_x0, consumes_learned_variance, make_scheduler
+from suite.model.stages import StageSettings
+from suite.model.timing import Clock
 
 PROMPTS = ["a red circle above a blue square", "a photo of a cat"]
 SEEDS = [3, 11]

@@ -7,10 +7,10 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
+from suite.analysis.costs import ProfileSettings, profile_presets
 from suite.cli import main
-from suite.loading import build_on_meta
-from suite.presets import PRESETS
-from suite.profile import ProfileSettings, profile_presets
+from suite.model.backends import build_on_meta
+from suite.model.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from suite.config import parse_sweep, resolve
-from suite.errors import UserError
-from suite.prompts import DATA, PROMPT_SETS, filtered_prompts, prompt_records
+from suite.core.errors import UserError
+from suite.prompts.sets import DATA, PROMPT_SETS, filtered_prompts, prompt_records
+from suite.run.config import parse_sweep, resolve
 
 
 def _resolve(prompts: dict) -> tuple[str, ...]:

@@ -209,7 +209,7 @@ def test_damaged_files_are_regenerated(finished, capsys, damage):
 
 
 def test_atomic_writes_are_synced_to_disk(tmp_path, monkeypatch):
-    from suite.results import atomic_write_bytes
+    from suite.core.files import atomic_write_bytes
 
     synced = []
     original = os.fsync
@@ -335,7 +335,7 @@ def test_true_is_not_a_step_count(tmp_path, capsys):
 
 
 def test_csv_with_a_byte_order_mark(tmp_path):
-    from suite.prompts import read_prompt_file
+    from suite.prompts.sets import read_prompt_file
 
     path = tmp_path / "prompts.csv"
     path.write_bytes("\ufeffprompt,category\na red circle,single\n".encode())
@@ -358,10 +358,11 @@ def test_profile_guidance_nan(tmp_path, capsys):
 
 
 def test_an_item_claimed_by_a_live_process_is_left_to_it(tmp_path):
-    from suite.config import load_sweep
-    from suite.grid import expand
-    from suite.resume import claim
-    from suite.runner import RunOptions, run_sweep
+    from suite.run.config import load_sweep
+    from suite.run.grid import expand
+    from suite.run.options import RunOptions
+    from suite.run.resume import claim
+    from suite.run.runner import run_sweep
 
     path = sweep_file(tmp_path)
     out = tmp_path / "run"

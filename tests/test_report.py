@@ -92,7 +92,7 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
 
 
 def test_the_side_by_side_headline_is_the_point_whose_worse_family_is_best():
-    from suite.report.grids import headline_point
+    from suite.analysis.report.grids import headline_point
 
     samples = pd.DataFrame({"sampler": ["ddim", "ddpm"], "num_inference_steps": [10, 50]})
     metrics = pd.DataFrame(
@@ -112,7 +112,7 @@ def test_the_side_by_side_headline_is_the_point_whose_worse_family_is_best():
 
 
 def test_the_comparisons_table_of_nothing_shown_is_empty_not_an_error():
-    from suite.report.tables import comparisons_table
+    from suite.analysis.report.tables import comparisons_table
 
     columns = ["kind", "a_preset", "b_preset", "metric", "difference", "ci95_low", "ci95_high", "p_value", "p_holm"]
     sides = [f"{side}_{field}" for side in "ab" for field in ("sampler", "num_inference_steps", "guidance_scale")]

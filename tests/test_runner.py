@@ -17,9 +17,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from suite.config import load_sweep
-from suite.runner import RunOptions, run_sweep
-from suite.text import TextEncoder
+from suite.model.text import TextEncoder
+from suite.run.config import load_sweep
+from suite.run.options import RunOptions
+from suite.run.runner import run_sweep
 
 SWEEP = """
 name: {name}
@@ -149,7 +150,7 @@ def test_each_prompt_is_encoded_once_per_preset(tmp_path, monkeypatch):
 def test_different_sweep_in_same_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     run(sweep_file(tmp_path), out)
-    from suite.errors import UserError
+    from suite.core.errors import UserError
 
     with pytest.raises(UserError, match="holds a different sweep"):
         run(sweep_file(tmp_path, batch_size=2), out)
@@ -224,11 +225,11 @@ def test_model_offload_gives_the_same_images_and_leaves_models_on_cpu(latent_fol
 
     import torch
 
-    from suite.backends import BACKENDS
-    from suite.loading import LoadOptions
-    from suite.presets import PRESETS
-    from suite.stages import StageSettings
-    from suite.timing import Clock
+    from suite.model.backends import BACKENDS
+    from suite.model.loading import LoadOptions
+    from suite.model.presets import PRESETS
+    from suite.model.stages import StageSettings
+    from suite.model.timing import Clock
 
     preset = replace(PRESETS.get("sd15"), local_dir=latent_folder)
     clock = Clock(torch.device("cpu"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite.samplers import SAMPLERS, consumes_learned_variance, make_scheduler
-from suite.stages import StageSettings
-from suite.timing import Clock
+from suite.model.samplers import SAMPLERS, consumes_learned_variance, make_scheduler
+from suite.model.stages import StageSettings
+from suite.model.timing import Clock
 
 CLOCK = Clock(torch.device("cpu"))
 PROMPTS = ["a red circle"]
@@ -74,9 +74,9 @@ def test_every_sampler_on_every_stage_kind(cascade_pipeline, latent_pipeline, sa
 @pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++", "heun"])
 def test_truncated_start_runs_the_requested_steps_from_partway_down(cascade_pipeline, sampler):
     """strength 0.5: the schedule is laid out for 2x the steps and its second half runs."""
-    from suite.samplers import model_evaluations
-    from suite.stages import StageSettings
-    from suite.timing import Clock
+    from suite.model.samplers import model_evaluations
+    from suite.model.stages import StageSettings
+    from suite.model.timing import Clock
 
     pipeline = cascade_pipeline
     pipeline.stages = pipeline.stages[:2]
@@ -100,8 +100,8 @@ def test_truncated_start_runs_the_requested_steps_from_partway_down(cascade_pipe
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_as_many_steps_as_training_timesteps_runs_every_timestep_once(sampler):
     """SD's `leading` spacing with steps_offset=1 would lay out t = 1000 for 1000 steps (past the training range)."""
-    from suite.architectures import latent_scheduler
-    from suite.samplers import make_scheduler, set_timesteps
+    from suite.model.architectures import latent_scheduler
+    from suite.model.samplers import make_scheduler, set_timesteps
 
     scheduler = make_scheduler(sampler, latent_scheduler().config)
     set_timesteps(scheduler, 1000)

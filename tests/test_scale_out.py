@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from suite import claims
-from suite.errors import UserError
-from suite.topology import Topology, device_for, topology
+from suite.core.errors import UserError
+from suite.run import leases as claims
+from suite.run.topology import Topology, device_for, topology
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ def test_two_rank_torchrun_sweep_equals_one_process_and_evaluates_once(reference
     assert json.loads((out / "evaluation.done").read_text())["key"]
     assert not (out / "evaluation.claim").exists()
 
-    from suite.crossrun import diff_runs
+    from suite.analysis.diff import diff_runs
 
     table = diff_runs(single, out)  # `suite diff`: the same images, the same scores
     assert (table["sha256_match"] == 1.0).all() and (table["max_pixel_difference"] == 0).all()
@@ -231,9 +231,10 @@ def test_a_killed_rank_is_finished_by_rerunning_that_rank(reference, tmp_path):
 
 def _run_in_process(path: Path, out: Path, monkeypatch, wrap=None, dtype: str = "auto"):
     """run_sweep in this process; ``wrap(unet)`` replaces each UNet's forward after loading and warm-up."""
-    import suite.runner as runner
-    from suite.config import load_sweep
-    from suite.runner import RunOptions, run_sweep
+    import suite.run.runner as runner
+    from suite.run.config import load_sweep
+    from suite.run.options import RunOptions
+    from suite.run.runner import run_sweep
 
     if wrap is not None:
         original = runner._load
@@ -272,7 +273,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_image(sweep_path, tmp_pa
 
     summary = _run_in_process(sweep_path, tmp_path / "oom", monkeypatch, at_most_one_image)
     assert summary.complete
-    from suite.crossrun import diff_runs
+    from suite.analysis.diff import diff_runs
 
     # the same noise per image; batched float kernels may round differently, so within one level
     assert (diff_runs(tmp_path / "plain", tmp_path / "oom")["max_pixel_difference"] <= 1).all()

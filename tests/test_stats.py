@@ -8,7 +8,7 @@ import pytest
 from scipy import linalg
 from scipy import stats as scipy_stats
 
-from suite import stats
+from suite.core import stats
 from suite.metrics.distribution import FrechetToReference
 
 

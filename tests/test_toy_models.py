@@ -9,23 +9,23 @@ import pandas as pd
 import pytest
 import torch
 
-from suite.backends import BACKENDS
 from suite.cli import main
-from suite.loading import LoadOptions
-from suite.presets import PRESETS
-from suite.toy import WEIGHTS, world
+from suite.model.backends import BACKENDS
+from suite.model.loading import LoadOptions
+from suite.model.presets import PRESETS, TOY_WEIGHTS
 from suite.toy import clip as toy_clip
+from suite.toy import world
 from suite.toy.train import images_to_tensor, psnr_db, retrieval_top1
 
 CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 
 
 def test_shipped_weights_are_safetensors_under_60_mb_with_their_training_budget():
-    files = list(WEIGHTS.rglob("*"))
+    files = list(TOY_WEIGHTS.rglob("*"))
     weights = [path for path in files if path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     assert weights and all(path.suffix == ".safetensors" for path in weights)
     assert sum(path.stat().st_size for path in weights) < 60e6  # the toy presets, the 2x2 ablation's cells, toy CLIP
-    training = json.loads((WEIGHTS / "training.json").read_text())
+    training = json.loads((TOY_WEIGHTS / "training.json").read_text())
     assert set(training) == {"vae", "latent", "clip", "base", "super_resolution"}
     for summary in training.values():
         assert summary["images_seen"] > 0 and summary["wall_seconds"] > 0 and summary["device"]
@@ -43,7 +43,7 @@ def test_vae_reconstructs_held_out_images_above_30_db():
 
 def test_toy_clip_retrieves_the_caption_of_held_out_images():
     """Image -> caption top-1 over all 540 captions, on freshly drawn images (one per caption)."""
-    model = toy_clip.load(WEIGHTS / "toy-clip")
+    model = toy_clip.load(TOY_WEIGHTS / "toy-clip")
     assert retrieval_top1(model) >= 0.60
 
 
@@ -107,8 +107,8 @@ def test_toy_sweep_runs_on_cuda_in_half_precision(tmp_path):
 
 
 def _exact_match(pipeline, sampler: str, guidance: float, prompts: list[str]) -> float:
-    from suite.grid import preset_stage_settings
-    from suite.timing import Clock
+    from suite.model.timing import Clock
+    from suite.run.grid import preset_stage_settings
     from suite.toy.score import score_prompt_image
 
     clock = Clock(torch.device("cpu"))
@@ -123,7 +123,7 @@ def _exact_match(pipeline, sampler: str, guidance: float, prompts: list[str]) ->
 def test_ddim_with_guidance_composes_on_the_thresholding_toy_cascade():
     """Regression: DDIM stepping along the raw eps beside the thresholded x0 collapsed to colour fields
     (0 of 44 toy prompts exact at guidance 7.5, against 0.32 with eps re-derived from the clipped x0)."""
-    from suite.prompts import PROMPT_SETS
+    from suite.prompts.sets import PROMPT_SETS
 
     pipeline = BACKENDS.get("cascaded").load(PRESETS.get("toy-cascaded"), CPU_FP32)
     prompts = list(PROMPT_SETS.get("toy"))[:32]

@@ -11,15 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
+from suite.analysis.claims.attention import (
+    AttentionRecorder,
+    bleed,
+    cross_attention_layers,
+    downsample,
+    token_positions,
+)
+from suite.analysis.claims.claim_file import load_claim, load_claims
+from suite.analysis.claims.experiments import matched_points, settled_step
+from suite.analysis.claims.report import _equivalent_from, build_claims_report
+from suite.analysis.claims.saturation import clipped_fraction, mean_saturation, palette_distance
 from suite.cli import main
-from suite.errors import UserError
+from suite.core.errors import UserError
 from suite.toy import models
 from suite.toy.world import BACKGROUND, COLOURS
-from suite.verdicts.attention import AttentionRecorder, bleed, cross_attention_layers, downsample, token_positions
-from suite.verdicts.config import load_claim, load_claims
-from suite.verdicts.experiments import matched_points, settled_step
-from suite.verdicts.report import _equivalent_from, build_claims_report
-from suite.verdicts.saturation import clipped_fraction, mean_saturation, palette_distance
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 COMMITTED = REPOSITORY / "results" / "claims" / "report"
@@ -93,9 +99,9 @@ def test_token_positions_find_the_colour_words_in_both_tokenizers():
     # pieces: <bos> a g re e n</w> square ...; today's builds it as one
     from transformers import CLIPTokenizer
 
-    from suite.toy import WEIGHTS
+    from suite.model.presets import TOY_WEIGHTS
 
-    shipped = CLIPTokenizer.from_pretrained(WEIGHTS / "toy-latent" / "tokenizer")
+    shipped = CLIPTokenizer.from_pretrained(TOY_WEIGHTS / "toy-latent" / "tokenizer")
     found = token_positions(shipped, "a green square left of a red circle", ["green", "red"])
     assert found == {"green": [2, 3, 4, 5], "red": [10]}
     found = token_positions(models.clip_tokenizer(), "a green square left of a red circle", ["green", "red"])
@@ -201,11 +207,12 @@ def test_the_committed_claims_report_rebuilds_byte_identically(tmp_path):
 def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
     from PIL import Image
 
-    from suite.config import parse_sweep, resolve
-    from suite.denoise import KeepPredictions
-    from suite.runner import RunOptions, run_sweep
-    from suite.verdicts import ClaimsOptions
-    from suite.verdicts.experiments import hooked_samples
+    from suite.analysis.claims import ClaimsOptions
+    from suite.analysis.claims.experiments import hooked_samples
+    from suite.model.denoise import KeepPredictions
+    from suite.run.config import parse_sweep, resolve
+    from suite.run.options import RunOptions
+    from suite.run.runner import run_sweep
 
     sweep = {
         "name": "hooked",
@@ -230,8 +237,8 @@ def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
 
 
 def test_sub_claims_combine_into_one_verdict():
-    from suite.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
-    from suite.verdicts.report import PARTLY, overall
+    from suite.analysis.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+    from suite.analysis.claims.report import PARTLY, overall
 
     assert overall([SUPPORTED, SUPPORTED]) == SUPPORTED
     assert overall([SUPPORTED, NOT_SUPPORTED]) == PARTLY
@@ -241,7 +248,7 @@ def test_sub_claims_combine_into_one_verdict():
 
 
 def test_a_comparison_is_equivalent_different_or_unresolved():
-    from suite.verdicts.report import relation
+    from suite.analysis.claims.report import relation
 
     margins = {"exact": 0.1, "clip": 5.0}
     row = {

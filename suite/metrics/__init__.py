@@ -6,17 +6,17 @@ Evaluation, sweep validation, ``suite compare``, the report and ``suite list`` i
 
 from __future__ import annotations
 
+from suite.core.registry import Registry
 from suite.metrics.base import Metric
 from suite.metrics.clip_score import ClipScore
 from suite.metrics.cmmd import Cmmd
 from suite.metrics.composition import Composition
 from suite.metrics.fid import Fid
-from suite.metrics.flops import Flops
+from suite.metrics.flops_per_image import Flops
 from suite.metrics.geneval import Geneval
 from suite.metrics.hpsv2 import HpsV2
 from suite.metrics.kid import Kid
 from suite.metrics.pickscore import PickScore
-from suite.registry import Registry
 
 METRICS: Registry[Metric] = Registry("metric")
 for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Geneval(), PickScore(), HpsV2()):

@@ -12,24 +12,41 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
 
-from suite import stats
+from suite.core import stats
+from suite.metrics.reference import extract
+from suite.metrics.settings import Evaluation
+from suite.model.stages import StageSettings
 
-if TYPE_CHECKING:
-    from suite.config import Evaluation
-    from suite.metrics.evaluate import Evaluator
-    from suite.stages import StageSettings
+
+class EvaluationContext(Protocol):
+    """What a metric may ask of the evaluation that runs it (``suite.run.evaluate.Evaluator`` provides it).
+
+    Each call builds its network, reference set or model once per run and returns the cached one after.
+    """
+
+    sweep: Any  # the resolved sweep; metrics read ``sweep.evaluation``
+
+    def network(self, name: str) -> Any: ...  # a FeatureNetwork of ``suite.metrics.networks``
+
+    def reference(self, name: str) -> Any: ...  # the run's ReferenceFeatures for that network
+
+    def clip(self) -> Any: ...  # the run's CLIP model (``evaluation.clip_model``)
+
+    def model(self, key: tuple, load: Callable[[Any], Any]) -> Any: ...  # a metric's own model, loaded once per key
+
+    def cost(self, preset_name: str) -> Any: ...  # the preset's PipelineCost (FLOP counts)
 
 
 @dataclass
 class GridPoint:
     """One grid point being evaluated: its sample rows (in order), images, stage settings and features."""
 
-    evaluator: Evaluator
+    evaluator: EvaluationContext
     rows: pd.DataFrame
     images: list[np.ndarray]
     settings: tuple[StageSettings, ...]
@@ -46,8 +63,6 @@ class GridPoint:
     def features(self, network: str) -> np.ndarray:
         """This point's image features from ``network``, extracted once and shared by every metric."""
         if network not in self.features_by_network:
-            from suite.metrics.reference import extract
-
             self.features_by_network[network] = extract(self.evaluator.network(network), self.images)
         return self.features_by_network[network]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from suite import stats
+from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+from suite.metrics.distribution import CMMD_SCALE, KernelToReference, cmmd, gaussian_kernel, normalised
 
 
 def kernel_to(reference, features):
-    from suite.metrics.distribution import CMMD_SCALE, KernelToReference, gaussian_kernel, normalised
 
     return KernelToReference(
         normalised(features), normalised(reference.features), gaussian_kernel, unbiased=False, scale=CMMD_SCALE
@@ -30,7 +30,6 @@ class Cmmd(Metric):
         return {evaluation.cmmd_features}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
-        from suite.metrics.distribution import cmmd
 
         evaluation = point.evaluation
         network = point.evaluator.network(evaluation.cmmd_features)

@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from suite import stats
+from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
-from suite.toy.score import QUESTIONS
+from suite.toy.score import QUESTIONS, score_prompt_image
+from suite.toy.world import prompt_category
 
 CATEGORIES = (("single", "single"), ("pair", "pair"), ("held-out pair", "held_out_pair"))
 
@@ -44,8 +45,6 @@ class Composition(Metric):
     display = ".3f"
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
-        from suite.toy.score import score_prompt_image
-        from suite.toy.world import prompt_category
 
         scores = pd.DataFrame(
             [

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.errors import UserError
+from suite.core.errors import UserError
 from suite.metrics.geneval_rules import Detection
 
 LAYOUT = (

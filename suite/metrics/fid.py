@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from suite import stats
+from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+from suite.metrics.distribution import FrechetToReference, fid
 
 
 def frechet_to(reference):
     """A fast FID function of feature sets against the reference's features or its (mu, sigma) statistics."""
-    from suite.metrics.distribution import FrechetToReference
 
     if reference.features is not None:
         return FrechetToReference.of(reference.features)
@@ -30,7 +30,6 @@ class Fid(Metric):
         return {evaluation.features}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
-        from suite.metrics.distribution import fid
 
         evaluation = point.evaluation
         network, reference = (

@@ -20,11 +20,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from suite import stats
+from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
 from suite.metrics.composition import accuracy_columns
 from suite.metrics.detector import LAYOUT, Mask2FormerDetector, check_detector_folder
 from suite.metrics.geneval_rules import COLOUR_TEMPLATES, COLOURS, TASKS, Detection, GenevalSettings, judge, select
+from suite.prompts.sets import prompt_records
 
 CROP_BACKGROUND = (153, 153, 153)  # GenEval's "#999" behind an object's mask
 
@@ -94,7 +95,6 @@ class Geneval(Metric):
         check_detector_folder(evaluation.geneval.detector)
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
-        from suite.prompts import prompt_records
 
         spec = point.evaluation.geneval
         settings = settings_of(spec)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from suite.errors import UserError
+from suite.core.errors import UserError
 from suite.metrics.base import GridPoint, PerImageScore
 
 LAYOUT = (

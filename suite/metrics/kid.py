@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from suite import stats
+from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+from suite.metrics.distribution import KernelToReference, kid, polynomial_kernel
 
 
 def kernel_to(reference, features):
-    from suite.metrics.distribution import KernelToReference, polynomial_kernel
 
     return KernelToReference(features, reference.features, polynomial_kernel, unbiased=True)
 
@@ -26,7 +26,6 @@ class Kid(Metric):
         return {evaluation.features}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
-        from suite.metrics.distribution import kid
 
         evaluation = point.evaluation
         reference = point.evaluator.reference(evaluation.features)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from suite.errors import UserError
-from suite.registry import Registry
+from suite.core.errors import UserError
+from suite.core.registry import Registry
+from suite.model.presets import TOY_WEIGHTS
+from suite.toy import clip
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -130,9 +132,8 @@ def _openai_vit_l_14(context: NetworkContext) -> ClipModel:
 
 def _toy_clip(context: NetworkContext) -> ClipModel:
     """The toy world's CLIP (suite.toy.clip), trained by `suite train toy`."""
-    from suite.toy import WEIGHTS, clip
 
-    folder = WEIGHTS / "toy-clip"
+    folder = TOY_WEIGHTS / "toy-clip"
     if not (folder / clip.WEIGHTS_FILE).is_file():
         raise UserError(f"the toy CLIP is missing from {folder}; rebuild it with `suite train toy`")
     model = clip.load(folder, context.device)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from suite.errors import UserError
+from suite.core.errors import UserError
 from suite.metrics.base import GridPoint, PerImageScore
 
 LAYOUT = (

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from suite.errors import UserError
+from suite.core.errors import UserError
+from suite.core.files import atomic_write_bytes
 from suite.metrics.networks import FeatureNetwork
-from suite.results import atomic_write_bytes
+from suite.prompts.coco import centre_square
+from suite.toy import world
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BATCH = 256
@@ -48,7 +50,6 @@ def _uint8_batches(arrays: list[np.ndarray]) -> Iterator[torch.Tensor]:
 
 
 def _builtin_images(spec) -> tuple[dict[str, Any], list[np.ndarray]]:
-    from suite.toy import world
 
     images, _ = world.sample_batch(seed=spec.seed, count=spec.count, include_held_out=True)
     description = {"builtin": spec.builtin, "count": spec.count, "seed": spec.seed, "resolution": world.IMAGE_SIZE}
@@ -75,7 +76,6 @@ def _folder_images(folder: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
 
 def _listed_images(files: tuple[str, ...], resolution: int) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Listed real images (COCO's, for instance), each cropped to its centred square and resized to one size."""
-    from suite.coco import centre_square
 
     paths = [Path(file) for file in files]
     listing = hashlib.sha256("\n".join(f"{path}:{path.stat().st_size}" for path in paths).encode())

@@ -3,9 +3,8 @@
 ``world`` draws captioned scenes; ``models`` defines the architectures; ``train`` holds the
 recipes behind ``suite train toy``; ``score`` is the exact compositional score; ``clip``
 is the tiny CLIP used for CLIP score and as the FID/KID feature network. Trained weights live
-in ``weights/`` and load through the same preset code path as hub checkpoints.
+in ``weights/`` (``suite.model.presets.TOY_WEIGHTS``) and load through the same preset code path as hub
+checkpoints.
+
+May import ``suite.model`` and ``suite.core``.
 """
-
-from pathlib import Path
-
-WEIGHTS = Path(__file__).parent / "weights"

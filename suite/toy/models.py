@@ -9,8 +9,8 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-from suite import architectures
-from suite.architectures import if_scheduler, image_noising_scheduler, latent_scheduler
+from suite.model import architectures
+from suite.model.architectures import if_scheduler, image_noising_scheduler, latent_scheduler
 from suite.toy.world import WORDS
 
 __all__ = [

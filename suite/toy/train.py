@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from suite.text import NEGATIVE_PROMPT
+from suite.model.presets import TOY_WEIGHTS
+from suite.model.text import NEGATIVE_PROMPT
 from suite.toy import clip, models, world
 from suite.toy.losses import epsilon_loss, learned_range_vlb
 
@@ -220,9 +221,7 @@ class LatentJob(DiffusionJob):
         super().__init__(recipe, work)
         from diffusers import AutoencoderKL
 
-        from suite.toy import WEIGHTS
-
-        vae_folder = WEIGHTS / "toy-latent" / "vae" if ablation else work / "vae" / "final" / "vae"
+        vae_folder = TOY_WEIGHTS / "toy-latent" / "vae" if ablation else work / "vae" / "final" / "vae"
         self.vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
         self.text = TextSide(text)
         unet = models.latent_unet(models.ABLATION_CHANNELS) if ablation else models.latent_unet()

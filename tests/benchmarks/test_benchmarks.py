@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite.denoise import GuidedUNet
-from suite.samplers import make_scheduler
-from suite.stages import StageSettings
-from suite.timing import Clock
+from suite.model.denoise import GuidedUNet
+from suite.model.samplers import make_scheduler
+from suite.model.stages import StageSettings
+from suite.model.timing import Clock
 
 CLOCK = Clock(torch.device("cpu"))
 PROMPTS = ["a red circle above a blue square"] * 4

@@ -1,0 +1,290 @@
+"""Measuring the 2x2 ablation: run and evaluate its sweep, time the cells, and write the tidy tables under report/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from suite.analysis.ablation.design import (
+    DATA,
+    MAIN_EFFECTS,
+    MEASURES,
+    AblationConfig,
+    Measure,
+    ablation_sweep,
+    contrasts,
+    ordered_cells,
+    training_path,
+)
+from suite.analysis.claims.experiments import device_name, median_row
+from suite.analysis.compare import load_records
+from suite.core import stats
+from suite.core.errors import UserError
+from suite.core.files import atomic_write_bytes
+from suite.metrics.fid import frechet_to
+from suite.model.timing import time_alternately
+from suite.run.evaluate import evaluate_run
+from suite.run.folder import read_run
+from suite.run.options import EvaluateOptions, RunOptions
+from suite.run.runner import load_pipelines, run_sweep
+
+
+def run_and_evaluate(config: AblationConfig, base_dir: Path, out: Path, device: str, progress: bool) -> Path:
+    """Run (or resume) the ablation's sweep into ``out/run`` and evaluate it; returns the run folder."""
+
+    folder = out / "run"
+    summary = run_sweep(ablation_sweep(config, base_dir), RunOptions(folder, device, progress=progress))
+    if not summary.complete:
+        raise RuntimeError(f"{folder}: the sweep did not complete")
+    evaluate_run(folder, EvaluateOptions(device=device, progress=progress))
+    return folder
+
+
+class PairedCells:
+    """The four cells' per-image scores and features, row-aligned by (prompt, seed), with prompts as the units."""
+
+    def __init__(self, config: AblationConfig, records: dict[str, Any]):
+        self.cells = ordered_cells(config)
+        keys = ["prompt_index", "seed_index"]
+        common = None
+        for cell in self.cells:
+            index = pd.MultiIndex.from_frame(records[cell].scores[keys])
+            common = index if common is None else common.intersection(index)
+        common = common.sort_values()
+        self.rows = {
+            cell: pd.Series(
+                range(len(records[cell].scores)), index=pd.MultiIndex.from_frame(records[cell].scores[keys])
+            )
+            .reindex(common)
+            .to_numpy()
+            for cell in self.cells
+        }
+        self.records = records
+        prompts = common.get_level_values("prompt_index").to_numpy()
+        self.units, self.unit_of_row = np.unique(prompts, return_inverse=True)
+        self.members = [np.flatnonzero(self.unit_of_row == unit) for unit in range(len(self.units))]
+
+    def scores(self, cell: str) -> pd.DataFrame:
+        return self.records[cell].scores.iloc[self.rows[cell]].reset_index(drop=True)
+
+    def values(self, cell: str, measure: Measure) -> np.ndarray:
+        """The cell's per-image values of ``measure``: NaN where the image is outside its categories or not asked."""
+        scores = self.scores(cell)
+        column = scores[measure.per_image].to_numpy(dtype=np.float64)
+        if measure.categories:
+            column = np.where(scores["toy_category"].isin(measure.categories).to_numpy(), column, np.nan)
+        return column
+
+    def statistic(self, measure: Measure) -> Any:
+        """``statistic(units) -> the four cells' values`` on the resampled prompts."""
+        if not measure.per_image:
+            return self._fid_statistic()
+        values = np.stack([self.values(cell, measure) for cell in self.cells])
+        asked = ~np.isnan(values)
+        sums = np.stack(
+            [
+                np.bincount(self.unit_of_row, np.where(row_asked, row, 0.0), len(self.units))
+                for row, row_asked in zip(values, asked)
+            ]
+        )
+        counts = np.stack(
+            [np.bincount(self.unit_of_row, row_asked.astype(np.float64), len(self.units)) for row_asked in asked]
+        )
+
+        def of(chosen: np.ndarray) -> np.ndarray:
+            weights = np.bincount(chosen, minlength=len(self.units)).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return (sums @ weights) / (counts @ weights)
+
+        return of
+
+    def _fid_statistic(self) -> Any:
+
+        first = self.records[self.cells[0]]
+        network = first.row["features"]
+        distance = frechet_to(first.reference(network))
+        features = [self.records[cell].features(network)[self.rows[cell]] for cell in self.cells]
+
+        def of(chosen: np.ndarray) -> np.ndarray:
+            picked = np.concatenate([self.members[unit] for unit in chosen])
+            return np.asarray([distance(cell_features[picked]) for cell_features in features])
+
+        return of
+
+
+def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each measure of each cell with its 95% interval: BCa bootstrap of per-image means (``stats.mean_interval``),
+    and FID's bootstrap interval from the evaluation."""
+    rows = []
+    for preset in paired.cells:
+        point = metrics[metrics["preset"] == preset].iloc[0]
+        for measure in MEASURES:
+            if measure.per_image:
+                values = paired.values(preset, measure)
+                values = values[~np.isnan(values)]
+                interval = stats.mean_interval(values)
+                value, n = (float(values.mean()) if len(values) else np.nan), len(values)
+                low, high, method = interval.low, interval.high, interval.method
+            else:
+                value, low, high = point["fid"], point.get("fid_ci95_low"), point.get("fid_ci95_high")
+                n, method = point["fid_n"], point.get("fid_interval")
+            rows.append(
+                {
+                    "cell": preset,
+                    **config.cells[preset],
+                    "measure": measure.column,
+                    "label": measure.label,
+                    "value": value,
+                    "low": low,
+                    "high": high,
+                    "n": n,
+                    "interval": method,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
+    """Every contrast of every measure, with its bootstrap interval; Holm within main effects + interactions and
+    within simple effects."""
+    rows = []
+    for measure in MEASURES:
+        statistic = paired.statistic(measure)
+        for effect, kind, reads, weights in contrasts(config):
+            test = stats.contrast_bootstrap(statistic, weights, len(paired.units), config.resamples)
+            rows.append(
+                {
+                    "measure": measure.column,
+                    "label": measure.label,
+                    "higher_is_better": measure.higher_is_better,
+                    "effect": effect,
+                    "kind": kind,
+                    "reads": reads,
+                    "estimate": test.difference,
+                    "low": test.low,
+                    "high": test.high,
+                    "p_value": test.p_value,
+                    "n_prompts": test.n_pairs,
+                    "method": test.test,
+                }
+            )
+    table = pd.DataFrame(rows)
+    table["p_holm"] = np.nan
+    for family in (table["kind"].isin(MAIN_EFFECTS), table["kind"] == "simple"):
+        table.loc[family, "p_holm"] = stats.holm(table.loc[family, "p_value"].to_numpy())
+    return table
+
+
+def cost_tables(
+    config: AblationConfig, base_dir: Path, out: Path, metrics: pd.DataFrame, device: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seconds per image (the cells timed alternately, ``timing.repeats`` rounds) and FLOPs per image per cell,
+    and each contrast as a ratio: exp of the contrast of log median seconds, resampling rounds; FLOPs exact."""
+
+    batch, repeats = config.timing.batch, config.timing.repeats
+    resolved = ablation_sweep(config.model_copy(update={"sweep": {**config.sweep, "metrics": []}}), base_dir)
+    loaded = list(load_pipelines(resolved, RunOptions(out / "run", device, progress=False)))
+    if any(len(item.images) < batch for _, (item, *_) in loaded):
+        raise UserError(f"{config.name}: timing.batch {batch} is larger than the sweep's batch_size")
+    seconds = time_alternately(loaded, batch, repeats)
+    machine = device_name(loaded[0][0].options.device)
+    cells = ordered_cells(config)
+    flops = {preset: float(metrics.loc[metrics.preset == preset, "gflops_per_image"].iloc[0]) for preset in cells}
+    cost = pd.DataFrame(
+        [
+            {
+                "cell": preset,
+                **config.cells[preset],
+                "gflops_per_image": flops[preset],
+                **median_row("seconds_per_image", seconds[preset]),
+                "timing_batch": batch,
+                "timing_repeats": repeats,
+                "device": machine,
+            }
+            for preset in cells
+        ]
+    )
+    logs = np.log(np.asarray([seconds[preset] for preset in cells]))  # cells x rounds
+
+    def log_median(chosen: np.ndarray) -> np.ndarray:
+        return np.median(logs[:, chosen], axis=1)
+
+    rows = []
+    for effect, kind, reads, weights in contrasts(config):
+        test = stats.contrast_bootstrap(log_median, weights, repeats, config.resamples)
+        flops_ratio = float(np.exp(np.dot(weights, np.log([flops[preset] for preset in cells]))))
+        rows.append(
+            {
+                "effect": effect,
+                "kind": kind,
+                "reads": reads.replace(" - ", " / "),  # a contrast of logs is a ratio
+                "seconds_ratio": float(np.exp(test.difference)),
+                "seconds_ratio_low": float(np.exp(test.low)),
+                "seconds_ratio_high": float(np.exp(test.high)),
+                "seconds_p_value": test.p_value,
+                "flops_ratio": flops_ratio,
+                "method": f"log-median contrast, {test.test.replace('units', 'timing rounds')}; FLOPs counted",
+            }
+        )
+    return cost, pd.DataFrame(rows)
+
+
+def training_table(config: AblationConfig, base_dir: Path) -> pd.DataFrame:
+    """The budget each cell was trained with, from its training.json (one entry per cell, keyed by cell)."""
+    summaries = json.loads(training_path(config, base_dir).read_text())
+    rows = []
+    for preset in ordered_cells(config):
+        key = "-".join(config.cells[preset][factor] for factor in config.factors)
+        if key not in summaries:
+            raise UserError(f"{config.training}: no training record {key!r} for cell {preset!r}")
+        summary = summaries[key]
+        recipe = summary["recipe"]
+        rows.append(
+            {
+                "cell": preset,
+                **config.cells[preset],
+                "images_seen": summary["images_seen"],
+                "iterations": recipe["iterations"],
+                "batch_size": recipe["batch_size"],
+                "learning_rate": recipe["learning_rate"],
+                "ema_decay": recipe["ema_decay"],
+                "caption_dropout": recipe["caption_dropout"],
+                "seed": recipe["seed"],
+                "unet_parameters": summary["parameters"]["unet"],
+                "text_encoder_parameters": summary["parameters"]["text_encoder"],
+                "training_pflops": summary["training_flops"] / 1e15,
+                "wall_minutes": summary["wall_seconds"] / 60,
+                "threads": summary["threads"],
+                "processor": summary["processor"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "auto", progress: bool = True) -> Path:
+    """Write the ablation's tables to ``out/report/data`` (the ablation file last) unless they exist."""
+
+    folder = out / "report" / DATA
+    if (folder / "ablation.yaml").is_file():
+        return folder
+    run = read_run(run_and_evaluate(config, base_dir, out, device, progress))
+    records = {key[0]: record for key, record in load_records(run, EvaluateOptions(device, progress=False)).items()}
+    paired = PairedCells(config, records)
+    cost, cost_effects = cost_tables(config, base_dir, out, run.metrics, device)
+    tables = {
+        "cells": cell_table(config, paired, run.metrics),
+        "effects": effect_table(config, paired),
+        "cost": cost,
+        "cost_effects": cost_effects,
+        "training": training_table(config, base_dir),
+    }
+    for name, frame in tables.items():
+        atomic_write_bytes(folder / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    written = config.model_dump(exclude={"name"}, mode="json")
+    atomic_write_bytes(folder / "ablation.yaml", yaml.safe_dump(written, sort_keys=False).encode())  # written last
+    return folder

@@ -1,0 +1,231 @@
+"""The 2x2 ablation's report, built from ``report/data`` alone (``suite ablation --report-only``).
+
+Reading rule, fixed before measuring: a factor *moves* a measure when its main effect's Holm-adjusted
+p-value (across every main effect and interaction of every measure) is below 0.05; the interaction is
+named when it passes the same test, and then the simple effects say at which level the factor acts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import yaml
+
+from suite.analysis.ablation.design import DATA, MEASURES
+from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
+from suite.analysis.report.tables import with_interval
+from suite.core.files import atomic_write_text
+from suite.core.stats import ALPHA
+
+FIGURE = Path("figures") / "interaction.png"
+
+
+def _read(report: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
+    folder = report / DATA
+    config = yaml.safe_load((folder / "ablation.yaml").read_text(encoding="utf-8"))
+    tables = {path.stem: pd.read_csv(path) for path in sorted(folder.glob("*.csv"))}
+    return config, tables
+
+
+def _display(measure: str) -> str:
+    return next(item.display for item in MEASURES if item.column == measure)
+
+
+def _effect_text(row, spec: str) -> str:
+    """``+0.12 [0.05, 0.19] (better, Holm p 0.001)``: the direction from the measure's orientation."""
+    text = with_interval(row.estimate, row.low, row.high, spec)
+    better = (row.estimate > 0) == bool(row.higher_is_better)
+    return f"{text} ({'better' if better else 'worse'}, Holm p {row.p_holm:.2g})"
+
+
+def verdict_lines(config: dict, effects: pd.DataFrame, cost_effects: pd.DataFrame) -> list[str]:
+    """One line per measure: which factors move it (significant main effects), and the interaction if significant;
+    then cost."""
+    lines = []
+    tested = effects[effects["kind"].isin(["main", "interaction"])]
+    for measure, rows in tested.groupby("measure", sort=False):
+        spec = _display(measure)
+        label = rows["label"].iloc[0]
+        moving = [row for row in rows.itertuples() if row.kind == "main" and row.p_holm < ALPHA]
+        interaction = next(row for row in rows.itertuples() if row.kind == "interaction")
+        if moving:
+            said = "; ".join(f"{row.effect} {_effect_text(row, spec)}" for row in moving)
+            text = f"- {label} is moved by {said}"
+        else:
+            text = f"- {label}: neither factor moves it significantly"
+        if interaction.p_holm < ALPHA:
+            simple = effects[(effects["measure"] == measure) & (effects["kind"] == "simple")]
+            parts = "; ".join(f"{row.effect} {_effect_text(row, spec)}" for row in simple.itertuples())
+            text += f"; the factors interact ({_effect_text(interaction, spec)}): {parts}"
+        else:
+            text += "; no significant interaction"
+        lines.append(text + ".")
+    main_cost = cost_effects[cost_effects["kind"] == "main"]
+    cost = "; ".join(
+        f"{row.effect} x{with_interval(row.seconds_ratio, row.seconds_ratio_low, row.seconds_ratio_high, '.2f')} "
+        f"seconds, x{row.flops_ratio:.2f} FLOPs"
+        for row in main_cost.itertuples()
+    )
+    lines.append(f"- Cost per image (ratio, second level over first): {cost}.")
+    return lines
+
+
+def _two_by_two(config: dict, cells: pd.DataFrame, measure: str) -> pd.DataFrame:
+    (a, levels_a), (b, levels_b) = config["factors"].items()
+    spec = _display(measure)
+    rows = cells[cells["measure"] == measure]
+    table = []
+    for level_a in levels_a:
+        entry = {a: level_a}
+        for level_b in levels_b:
+            row = rows[(rows[a] == level_a) & (rows[b] == level_b)].iloc[0]
+            entry[f"{b}: {level_b}"] = with_interval(row.value, row.low, row.high, spec)
+        table.append(entry)
+    return pd.DataFrame(table)
+
+
+def _effects_for(effects: pd.DataFrame, measure: str) -> pd.DataFrame:
+    spec = _display(measure)
+    rows = effects[effects["measure"] == measure]
+    return pd.DataFrame(
+        {
+            "effect": rows["effect"],
+            "reads": rows["reads"],
+            "estimate [95% CI]": [with_interval(r.estimate, r.low, r.high, spec) for r in rows.itertuples()],
+            "p": rows["p_value"].map(lambda value: f"{value:.2g}"),
+            "p (Holm)": rows["p_holm"].map(lambda value: f"{value:.2g}"),
+        }
+    )
+
+
+def interaction_figure(config: dict, cells: pd.DataFrame, report: Path) -> Path:
+    """One panel per measure: the first factor's levels on x, one line per level of the second, 95% intervals."""
+    (a, levels_a), (b, levels_b) = config["factors"].items()
+    measures = list(dict.fromkeys(cells["measure"]))
+    columns = 4
+    rows_count = -(-len(measures) // columns)
+    figure, axes = plt.subplots(rows_count, columns, figsize=(3.2 * columns, 2.7 * rows_count), squeeze=False)
+    for axis, measure in zip(axes.flat, measures):
+        rows = cells[cells["measure"] == measure]
+        for offset, level_b in zip((-0.04, 0.04), levels_b):
+            line = rows[rows[b] == level_b].set_index(a).loc[levels_a]
+            x = [index + offset for index in range(len(levels_a))]
+            errors = [line["value"] - line["low"], line["high"] - line["value"]]
+            axis.errorbar(x, line["value"], yerr=errors, marker="o", capsize=3, label=f"{b}: {level_b}")
+        axis.set_xticks(range(len(levels_a)), levels_a)
+        axis.set_xlim(-0.5, len(levels_a) - 0.5)
+        axis.set_title(rows["label"].iloc[0], fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in axes.flat[len(measures) :]:
+        axis.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    (report / FIGURE.parent).mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(report / FIGURE, dpi=80, metadata={"Software": None})
+    plt.close(figure)
+    return FIGURE
+
+
+def build_ablation_report(report: Path) -> Path:
+    """Write ``report.md``, ``index.html`` and the figure from ``report/data``; return the folder."""
+    config, tables = _read(report)
+    cells, effects, cost, cost_effects, training = (
+        tables[name] for name in ("cells", "effects", "cost", "cost_effects", "training")
+    )
+    (a, levels_a), (b, levels_b) = config["factors"].items()
+    equal_images = training["images_seen"].nunique() == 1
+    unets = training["unet_parameters"]
+    spread = unets.max() / unets.min() - 1
+    sweep = config["sweep"]
+    point = (
+        f"{sweep['samplers'][0]}, {sweep['steps'][0]} steps, guidance {sweep['guidance'][0]:g}, "
+        f"{sweep.get('seeds_per_prompt', 1)} seeds per prompt"
+    )
+    budget = Table(
+        training.drop(columns=["processor"]),
+        {"training_pflops": ".3f", "wall_minutes": ".1f", "learning_rate": "g"},
+    )
+    sections = [
+        Section(
+            "Verdict",
+            [
+                Text(
+                    f"Factors: {a} ({levels_a[0]} -> {levels_a[1]}) and {b} ({levels_b[0]} -> {levels_b[1]}). "
+                    "An effect is the second level minus the first; a factor moves a measure when its main effect's "
+                    f"Holm-adjusted p < {ALPHA} (one family: every main effect and interaction of every measure)."
+                ),
+                Text("\n".join(verdict_lines(config, effects, cost_effects))),
+            ],
+        ),
+        Section(
+            "Design and budget",
+            [
+                Text(
+                    f"Each cell is trained from scratch to one budget (`training.json`): images seen "
+                    f"{'equal' if equal_images else 'NOT equal'} across cells ({training['images_seen'].iloc[0]:,}); "
+                    f"UNet parameters within {spread:.1%} of each other. Every cell is sampled at one grid point "
+                    f"({point}) on the same prompts and seeds, so cells are compared image by image."
+                ),
+                budget,
+                *(Text(f"- {note}") for note in config.get("notes", [])),
+            ],
+        ),
+        Section(
+            "2x2 tables and effects",
+            [
+                Text(
+                    "Cells: the evaluation's 95% intervals (BCa for shares and means, bootstrap for FID). Effects: "
+                    "contrasts over the four cells with a bootstrap interval that resamples prompts jointly for all "
+                    "cells (every seed of a prompt together); simple effects are Holm-adjusted as their own family."
+                ),
+                Figure(interaction_figure(config, cells, report), "Each measure by cell, 95% intervals"),
+            ],
+        ),
+    ]
+    for measure in dict.fromkeys(cells["measure"]):
+        label = cells.loc[cells["measure"] == measure, "label"].iloc[0]
+        sections[-1].blocks += [
+            Text(f"{label} (`{measure}`):"),
+            Table(_two_by_two(config, cells, measure)),
+            Table(_effects_for(effects, measure)),
+        ]
+    sections.append(
+        Section(
+            "Cost",
+            [
+                Text(
+                    f"Seconds per image: the four cells timed alternately ({int(cost['timing_repeats'].iloc[0])} "
+                    f"rounds of {int(cost['timing_batch'].iloc[0])} images) on {cost['device'].iloc[0]}, median with a "
+                    "bootstrap interval; FLOPs per image counted by the suite's counter (exact, no interval). Effects "
+                    "on cost are ratios: exp of the contrast of log median seconds, resampling rounds."
+                ),
+                Table(
+                    cost.assign(
+                        seconds_per_image=[
+                            with_interval(r.seconds_per_image, r.seconds_per_image_low, r.seconds_per_image_high, ".4f")
+                            for r in cost.itertuples()
+                        ]
+                    )[["cell", a, b, "seconds_per_image", "gflops_per_image"]],
+                    {"gflops_per_image": ".4g"},
+                ),
+                Table(
+                    cost_effects.assign(
+                        seconds_ratio=[
+                            with_interval(r.seconds_ratio, r.seconds_ratio_low, r.seconds_ratio_high, ".3f")
+                            for r in cost_effects.itertuples()
+                        ]
+                    )[["effect", "reads", "seconds_ratio", "flops_ratio"]],
+                    {"flops_ratio": ".3f"},
+                ),
+            ],
+        )
+    )
+    title = config["title"]
+    atomic_write_text(report / "report.md", to_markdown(title, sections))
+    atomic_write_text(report / "index.html", to_html(title, sections, report))
+    return report

@@ -1,0 +1,66 @@
+"""A claim file (``experiments/claims/NN-name.yaml``): the article's statement, how it is measured, and its sweeps.
+
+```yaml
+claim: 3                       # its number in DESIGN.md's list
+title: Steps and samplers
+statement: "20 steps often look almost identical to 50; ..."
+measure: steps                 # which experiment (suite.analysis.claims.experiments.EXPERIMENTS)
+sweeps:                        # optional: ordinary sweeps, each run into runs/<claim name>/<sweep name>
+  ddpm: {presets: [...], samplers: [ddpm], steps: [25, 1000], ...}
+settings: {reference: ...}     # optional: the experiment's own parameters
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from suite.analysis.claims.experiments import EXPERIMENTS
+from suite.core.errors import UserError
+from suite.run.config import ResolvedSweep, load_named_file, parse_sweep, resolve
+
+
+class ClaimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    claim: int = Field(ge=1)
+    title: str
+    statement: str
+    measure: str
+    sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    name: str = ""  # the file's stem, filled in by ``load_claim``
+
+
+def load_claim(path: Path) -> ClaimConfig:
+    """Read and validate one claim file: its sweeps are validated as sweeps, its experiment must exist."""
+
+    config = load_named_file(path, ClaimConfig, "claim file")
+    EXPERIMENTS.get(config.measure)
+    for sweep_name in config.sweeps:
+        claim_sweep(config, sweep_name, path.parent)
+    return config
+
+
+def load_claims(folder: Path, names: list[str] | None = None) -> list[ClaimConfig]:
+    """Every claim file in ``folder`` ordered by claim number, or those named (by file stem)."""
+    if not folder.is_dir():
+        raise UserError(f"claims folder not found: {folder}")
+    paths = sorted(folder.glob("[0-9][0-9]-*.yaml"))  # NN-name.yaml; other files there are sweeps
+    if names:
+        stems = {path.stem: path for path in paths}
+        unknown = [name for name in names if name not in stems]
+        if unknown:
+            raise UserError(f"unknown claim {unknown[0]!r}; valid: {', '.join(sorted(stems))}")
+        paths = [stems[name] for name in names]
+    configs = [load_claim(path) for path in paths]
+    return sorted(configs, key=lambda config: (config.claim, config.name))
+
+
+def claim_sweep(config: ClaimConfig, sweep_name: str, base_dir: Path) -> ResolvedSweep:
+    """One of the claim's sweeps, validated and resolved like a sweep file; named ``<claim>-<sweep>``."""
+    data = {"name": f"{config.name}-{sweep_name}", **config.sweeps[sweep_name]}
+    return resolve(parse_sweep(data, f"{config.name}: sweeps.{sweep_name}"), base_dir, config.name)

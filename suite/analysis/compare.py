@@ -1,0 +1,133 @@
+"""``suite compare RUN``: paired tests between grid points that share prompts and seeds.
+
+Two families of comparisons, each row a difference (b - a) with its 95% interval and p-value:
+
+- within a preset, every grid point (b) against the preset's baseline point (a): the sweep's
+  ``evaluation.baseline``, else the preset's most expensive point (FLOPs per image, else seconds);
+- across presets, every pair of points with equal sampler, steps and guidance (a: the preset listed
+  first in the sweep): the latent-vs-cascaded question.
+
+Each metric tests in its own way (``Metric.compare``): per-image scores with a paired permutation
+test, per-image correctness with the exact McNemar test, set metrics with a paired bootstrap that
+resamples prompts jointly. Holm-Bonferroni runs across the whole table; raw and adjusted p are kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from suite.core import stats
+from suite.core.errors import UserError
+from suite.core.files import atomic_write_table
+from suite.core.stats import ALPHA
+from suite.metrics import METRICS
+from suite.metrics.base import PointRecord
+from suite.run.evaluate import EVALUATION_DIR, Evaluator, grid_key
+from suite.run.folder import GRID_COLUMNS, RunFolder, read_run
+from suite.run.options import EvaluateOptions
+
+COMPARISONS = "comparisons"
+
+
+def point_key(row: pd.Series | dict) -> tuple:
+    return tuple(row[column] for column in GRID_COLUMNS)
+
+
+def load_records(run: RunFolder, options) -> dict[tuple, PointRecord]:
+    """Every evaluated grid point's row, per-image scores and features, as evaluation left them."""
+
+    evaluator = Evaluator(run, options)
+    rows = {point_key(row): row for _, row in run.metrics.iterrows()}
+    records = {}
+    for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False):
+        folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
+        key = point_key(group.iloc[0])
+
+        def features(network: str, folder: Path = folder) -> np.ndarray:
+            return np.load(folder / f"features-{network}.npy")
+
+        records[key] = PointRecord(rows[key], pd.read_parquet(folder / "scores.parquet"), features, evaluator.reference)
+    return records
+
+
+def baseline_points(run: RunFolder) -> dict[str, tuple]:
+    """Each preset's baseline grid point: the sweep's ``evaluation.baseline``, else its most expensive point."""
+    metrics, baseline = run.metrics, run.resolved.sweep.evaluation.baseline
+    cost = "gflops_per_image" if "gflops_per_image" in metrics else "seconds_per_image_median"
+    chosen = {}
+    for preset, points in metrics.groupby("preset", sort=False):
+        if baseline is not None:
+            match = points[
+                (points.sampler == baseline.sampler)
+                & (points.num_inference_steps == baseline.num_inference_steps)
+                & (points.guidance_scale == baseline.guidance_scale)
+            ]
+            chosen[preset] = point_key(match.iloc[0])
+        else:
+            ordered = points.sort_values([cost, "num_inference_steps", "guidance_scale"], kind="stable")
+            chosen[preset] = point_key(ordered.iloc[-1])
+    return chosen
+
+
+def pairs(run: RunFolder) -> list[tuple[str, tuple, tuple]]:
+    """(kind, a, b) for every comparison of the run, in a stable order."""
+    keys = [point_key(row) for _, row in run.metrics.iterrows()]
+    found = []
+    for preset, baseline in baseline_points(run).items():
+        found += [("within preset", baseline, key) for key in keys if key[0] == preset and key != baseline]
+    presets = list(dict.fromkeys(key[0] for key in keys))
+    by_settings = {key: key for key in keys}
+    for first, second in itertools.combinations(presets, 2):
+        for key in keys:
+            if key[0] == first and (second, *key[1:]) in by_settings:
+                found.append(("across presets", key, (second, *key[1:])))
+    return found
+
+
+def compare_points(a: PointRecord, b: PointRecord, metrics: list[str]) -> list[dict[str, Any]]:
+    """Every metric's paired tests of b against a."""
+    rows = []
+    for name in metrics:
+        rows += METRICS.get(name).compare(a, b)
+    return rows
+
+
+def verdict(row: pd.Series) -> str:
+    """What the adjusted test says about b against a, in words."""
+    if not row["p_holm"] < ALPHA:
+        return "no significant difference"
+    direction = row["higher_is_better"]
+    if direction is None or pd.isna(direction):
+        return "significant difference"
+    return "b better" if (row["difference"] > 0) == bool(direction) else "b worse"
+
+
+def compare_run(run_path: Path, options=None) -> pd.DataFrame:
+    """Write RUN/comparisons.parquet and .csv: one row per (pair of grid points, compared number).
+
+    Example:
+        >>> compare_run(Path("results/toy"))[["kind", "metric", "difference", "ci95_low", "ci95_high", "p_holm"]]
+    """
+
+    options = options or EvaluateOptions(progress=False)
+    run = read_run(run_path)
+    if run.metrics is None:
+        raise UserError(f"{run_path} is not evaluated yet; run `suite evaluate {run_path}` (or `suite compare`) first")
+    records = load_records(run, options)
+    metrics = list(run.resolved.sweep.metrics)
+    rows = []
+    for kind, a, b in pairs(run):
+        identity = {"kind": kind} | {f"a_{field}": value for field, value in zip(GRID_COLUMNS, a)}
+        identity |= {f"b_{field}": value for field, value in zip(GRID_COLUMNS, b)}
+        rows += [identity | row for row in compare_points(records[a], records[b], metrics)]
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.insert(table.columns.get_loc("p_value") + 1, "p_holm", stats.holm(table["p_value"]))
+        table["verdict"] = table.apply(verdict, axis=1)
+    atomic_write_table(table, run.path / COMPARISONS)
+    return table

@@ -1,0 +1,220 @@
+"""``suite report RUN``: tables, plots, image grids and a self-contained HTML page from a run folder alone.
+
+The report is built from the run's tables (``results.read_run``) into sections of text, tables and
+figures (``render``), written as ``report.md`` and ``index.html``.
+
+Example:
+    >>> build_report(Path("results/toy"))   # writes results/toy/report/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from suite.analysis.compare import COMPARISONS, load_records, point_key
+from suite.analysis.report import grids, plots, tables
+from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
+from suite.core.files import atomic_write_text
+from suite.metrics import METRICS
+from suite.run.folder import RunFolder, read_run
+from suite.run.options import EvaluateOptions
+
+REPORT_DIR = "report"
+FORMATS = {
+    "fid": ".3f",
+    "kid_mean": ".4f",
+    "cmmd": ".4f",
+    "clip_score_mean": ".2f",
+    "clip_score_ci95_low": ".2f",
+    "clip_score_ci95_high": ".2f",
+    "toy_correct": ".3f",
+    "toy_correct_single": ".3f",
+    "toy_correct_pair": ".3f",
+    "toy_correct_held_out_pair": ".3f",
+    "seconds_per_image_median": ".4f",
+    "gflops_per_image": ",.2f",
+    "guidance_scale": "g",
+    "budget_s_per_image": "g",
+}
+
+
+METRICS_NOTE = (
+    "Each number is shown with its 95% interval in brackets; the method of each interval is in metrics.csv "
+    "(`*_interval`): BCa bootstrap over images for per-image means (CLIP score, toy accuracies, which also get "
+    "Wilson intervals), bootstrap over the generated images with the reference fixed for FID, KID and CMMD "
+    "(percentiles shifted by the bootstrap's bias estimate). fid_inf is FID extrapolated to infinitely many images (Chong & Forsyth 2020). † marks FID computed "
+    "from no more images than feature dimensions: its covariance is singular and the number is biased upward."
+)
+BUDGETS_NOTE = (
+    "Budgets are quantiles of the measured median seconds per image. Within a budget, every point not "
+    "significantly worse than the best (paired test of the quality metric, Holm-corrected within the budget) "
+    "is listed: those are ties, not losers."
+)
+STAGE_FORMATS = {"seconds_per_image": ".4f", "ci95_low": ".4f", "ci95_high": ".4f"}
+SHOWN_COMPARISONS = 120
+
+
+def _budget_test(run: RunFolder):
+    """The paired test of one grid point against another on a quality column, from what evaluation kept."""
+
+    records = {}
+
+    def test(best: pd.Series, other: pd.Series, column: str) -> float:
+        if not records:
+            records.update(load_records(run, EvaluateOptions(device="cpu", progress=False)))
+        metric = next(metric for _, metric in METRICS.items() if metric.headline == column)
+        rows = metric.compare(records[point_key(best)], records[point_key(other)])
+        return next(row["p_value"] for row in rows if row["metric"] == column)
+
+    return test
+
+
+def _comparisons_section(run: RunFolder) -> Section:
+
+    path = run.path / f"{COMPARISONS}.parquet"
+    if not path.is_file():
+        return Section("What is significant", [Text("Not compared yet: run `suite compare RUN`.")])
+    comparisons = pd.read_parquet(path)
+    if comparisons.empty:
+        return Section("What is significant", [Text("No pairs of grid points to compare.")])
+    blocks = [Text(paragraph) for paragraph in tables.significance_paragraphs(comparisons)]
+    shown = comparisons[(comparisons["kind"] == "across presets") | (comparisons["p_holm"] < 0.05)]
+    note = (
+        f"Paired tests (b - a) from comparisons.csv ({len(comparisons)} rows; shown: every cross-preset row and "
+        f"every significant one, at most {SHOWN_COMPARISONS}). Per-image scores: paired permutation test; "
+        "exact match: exact McNemar; FID / KID / CMMD: paired bootstrap resampling prompts for both points. "
+        "p_holm is Holm-Bonferroni adjusted across the whole table."
+    )
+    blocks += [
+        Text(note),
+        Table(tables.comparisons_table(shown.head(SHOWN_COMPARISONS)), {"p": ".3g", "p_holm": ".3g"}),
+    ]
+    return Section("What is significant", blocks)
+
+
+def _reproducibility(run: RunFolder) -> Section:
+    config, manifest, samples = run.config, run.manifest, run.samples
+    git = manifest.get("git", {})
+    versions = manifest.get("versions", {})
+    hardware = manifest.get("hardware", {})
+    lines = [
+        f"- command: `{manifest.get('command', '?')}`",
+        f"- config hash: `{config.get('config_hash')}`; sweep seed {config.get('seed')}; "
+        f"per-image seeds: {manifest.get('seeds', {}).get('rule', '?')}",
+        f"- git commit: `{git.get('commit')}` (dirty: {git.get('dirty')})",
+        f"- device: {hardware.get('device', '?')} ({hardware.get('gpu', hardware.get('machine', '?'))}); "
+        f"dtypes: {', '.join(f'{name}: {value}' for name, value in sorted(manifest.get('dtypes', {}).items()))}",
+        "- versions: " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())),
+        f"- images: {len(samples)}; presets {', '.join(dict.fromkeys(samples['preset']))}",
+    ]
+    return Section("Reproducibility", [Text("\n".join(lines))])
+
+
+def _cost_section(run: RunFolder) -> Section:
+    """Values per step and GFLOPs per model evaluation of each preset's stages, as evaluation counted them."""
+    if run.costs is None:
+        return Section("Cost from the architectures", [Text("Not counted: add `flops` to the sweep's metrics.")])
+    columns = [
+        "preset",
+        "stage",
+        "sample",
+        "values_per_step",
+        "image",
+        "gflops_per_evaluation",
+        "gflops_per_guided_evaluation",
+        "decode_gflops",
+        "resident_weights_gb",
+    ]
+    text = (
+        "Counted once per preset on the meta device from the run's own model configs (torch FlopCounterMode, "
+        "2 FLOPs per multiply-add); a guided evaluation runs the unconditional and conditional batch together. "
+        "FLOPs per image of each grid point are `gflops_per_image` in the metrics table."
+    )
+    formats = {
+        "values_per_step": ",d",
+        "gflops_per_evaluation": ",.4g",
+        "gflops_per_guided_evaluation": ",.4g",
+        "decode_gflops": ",.4g",
+        "resident_weights_gb": ".4f",
+    }
+    return Section("Cost from the architectures", [Text(text), Table(run.costs[columns], formats)])
+
+
+def build_sections(run: Path, folder: Path) -> list[Section]:
+    """Compute every table, plot and grid of the report into ``folder``; return the sections that show them."""
+    run_folder = read_run(run)
+    samples, metrics = run_folder.samples, run_folder.metrics
+    sections = [
+        Section(
+            "Run",
+            [
+                Text(
+                    f"Sweep `{run_folder.config.get('name')}`: {samples['preset'].nunique()} presets, "
+                    f"{samples['sampler'].nunique()} samplers, steps "
+                    f"{sorted(samples['num_inference_steps'].unique().tolist())}, guidance "
+                    f"{sorted(samples['guidance_scale'].unique().tolist())}; {len(samples)} images."
+                )
+            ],
+        )
+    ]
+    stage_times = tables.time_per_stage(samples)
+    plot_folder = folder / "plots"
+    figures = []
+    if metrics is not None:
+        summary = tables.metrics_summary(metrics)
+        budgets = tables.best_at_budgets(metrics, _budget_test(run_folder))
+        _write_csv(summary, folder / "tables" / "metrics.csv")
+        _write_csv(budgets, folder / "tables" / "best_at_budgets.csv")
+        sections.append(Section("Metrics per grid point", [Text(METRICS_NOTE), Table(summary, FORMATS)]))
+        sections.append(_comparisons_section(run_folder))
+        if not budgets.empty:
+            sections.append(
+                Section(
+                    "Best configuration per preset within a time budget", [Text(BUDGETS_NOTE), Table(budgets, FORMATS)]
+                )
+            )
+        figures += plots.quality_vs_clip(metrics, plot_folder) + plots.quality_vs_steps(metrics, plot_folder)
+        figures += plots.seconds_vs_steps(metrics, plot_folder)
+    _write_csv(stage_times, folder / "tables" / "time_per_stage.csv")
+    sections.append(
+        Section(
+            "Time per stage",
+            [
+                Text("Median seconds per image; 95% percentile bootstrap over work items."),
+                Table(stage_times, STAGE_FORMATS),
+            ],
+        )
+    )
+    figures += plots.time_per_stage_bars(stage_times, plot_folder)
+    sections.append(
+        Section(
+            "Plots",
+            [
+                Figure(path.relative_to(folder), path.stem.replace("_", " "))
+                for path in figures
+                if path.suffix == ".png"
+            ],
+        )
+    )
+    guidance = plots.reference_guidance(metrics if metrics is not None else samples)
+    image_grids = grids.write_grids(run, samples, folder / "grids", guidance, metrics=metrics)
+    sections.append(Section("Image grids", [Figure(grid.path.relative_to(folder), grid.title) for grid in image_grids]))
+    sections.append(_cost_section(run_folder))
+    sections.append(_reproducibility(run_folder))
+    return sections
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def build_report(run: Path, out: Path | None = None) -> Path:
+    """Build ``run/report`` (or ``out``) from the run's tables and images alone; return the folder."""
+    folder = out or run / REPORT_DIR
+    sections = build_sections(run, folder)
+    title = f"Report: {run.name}"
+    atomic_write_text(folder / "report.md", to_markdown(title, sections))
+    atomic_write_text(folder / "index.html", to_html(title, sections, folder))
+    return folder

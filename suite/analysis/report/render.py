@@ -1,0 +1,93 @@
+"""The report's document model and its two renderings.
+
+A report is a list of sections made of three kinds of block (text, table, figure), rendered
+to ``report.md`` (figures as relative links) and to ``index.html`` (figures embedded as data
+URIs, every string HTML-escaped), so the page opens from disk with no server or network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from suite.core.formatting import html_table, markdown_table
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    frame: pd.DataFrame
+    formats: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: Path  # inside the report folder
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)
+
+
+def markdown_inline(text: str) -> str:
+    """User text (a prompt) as one line of inert markdown: whitespace runs collapsed, HTML and link syntax escaped."""
+    text = html.escape(" ".join(text.split()), quote=False)
+    for character in "\\[]*_`":
+        text = text.replace(character, "\\" + character)
+    return text
+
+
+def to_markdown(title: str, sections: list[Section]) -> str:
+    parts = [f"# {title}\n"]
+    for section in sections:
+        parts.append(f"## {section.title}\n")
+        for block in section.blocks:
+            if isinstance(block, Text):
+                parts.append(block.text + "\n")
+            elif isinstance(block, Table):
+                parts.append(markdown_table(block.frame, block.formats))
+            else:
+                caption = markdown_inline(block.caption)
+                parts.append(f"![{caption}]({block.path.as_posix()})\n\n*{caption}*\n")
+    return "\n".join(parts)
+
+
+def to_html(title: str, sections: list[Section], folder: Path) -> str:
+    """One self-contained page: figures inlined as base64 PNG, every user string escaped."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Text):
+                lines = "".join(f"<li>{html.escape(line.removeprefix('- '))}</li>" for line in block.text.splitlines())
+                body.append(f"<ul>{lines}</ul>" if block.text.startswith("- ") else f"<p>{html.escape(block.text)}</p>")
+            elif isinstance(block, Table):
+                body.append(html_table(block.frame, block.formats))
+            else:
+                data = base64.b64encode((folder / block.path).read_bytes()).decode("ascii")
+                body.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+                    f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+                )
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "th{background:#f3f3f3}figure{display:inline-block;margin:1em}img{max-width:100%}"
+        "figcaption{font-size:12px;max-width:520px}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

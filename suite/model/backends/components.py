@@ -1,0 +1,92 @@
+"""Building Stage and TextEncoder objects from repository-shaped folders (shared by the backends)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, T5EncoderModel
+
+from suite.core.registry import Registry
+from suite.model.loading import ComponentLoader, LoadOptions
+from suite.model.presets import StageSpec
+from suite.model.stages import LowResConditioning, Stage
+from suite.model.text import TextEncoder
+
+
+def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
+    """CLIP text tower as Stable Diffusion uses it: 77 tokens, last hidden state, no attention mask."""
+    model = loader.model(CLIPTextModel, "text_encoder", dtype)
+    return TextEncoder(
+        name, loader.tokenizer(), model, use_attention_mask=bool(getattr(model.config, "use_attention_mask", False))
+    )
+
+
+def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
+    """T5 encoder as DeepFloyd IF uses it: lower-cased prompt, 77 tokens, attention mask."""
+    model = loader.model(T5EncoderModel, "text_encoder", dtype)
+    return TextEncoder(name, loader.tokenizer(), model, lowercase=True, use_attention_mask=True)
+
+
+def text_encoder(loader: ComponentLoader, dtype: torch.dtype, default: str, qualifier: str = "") -> TextEncoder:
+    """The folder's text encoder, used as its family uses it, named after its kind ("t5" or "clip") + qualifier.
+
+    The kind comes from the encoder's config (``model_type``); ``default`` covers configs without one.
+    """
+    kind = {"t5": "t5", "clip_text_model": "clip"}.get(loader.model_type("text_encoder"), default)
+    build = t5_text_encoder if kind == "t5" else clip_text_encoder
+    return build(loader, kind + qualifier, dtype)
+
+
+def _vae(loader: ComponentLoader, options: LoadOptions) -> AutoencoderKL:
+    """The VAE in the denoiser's dtype: half precision on accelerators. Where a half-precision decode
+    overflows (the known SD fp16 VAE case), ``run_stage`` decodes that batch again in float32 and records it."""
+    return loader.model(AutoencoderKL, "vae", options.denoiser_dtype)
+
+
+def _unet(loader: ComponentLoader, options: LoadOptions) -> UNet2DConditionModel:
+    return loader.model(UNet2DConditionModel, "unet", options.denoiser_dtype)
+
+
+def latent_stage(
+    spec: StageSpec,
+    loader: ComponentLoader,
+    options: LoadOptions,
+    text_encoder: str,
+    vae_loader: ComponentLoader | None = None,
+) -> Stage:
+    """Stable Diffusion's loop: a UNet on VAE latents, decoded by the VAE (from ``vae_loader`` if given)."""
+    vae = _vae(vae_loader or loader, options)
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, vae=vae)
+
+
+def pixel_base_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """IF stage I: a pixel-space UNet at low resolution."""
+    return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder)
+
+
+def pixel_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """IF stage II: pixel x4 super-resolution on the noise-augmented, upsampled low-res image."""
+    conditioning = LowResConditioning(loader.scheduler("image_noising_scheduler"), upsample=True)
+    return Stage(
+        spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, conditioning=conditioning
+    )
+
+
+def latent_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
+    """SD x4 upscaler: a latent next to the noise-augmented low-res image, decoded by a f=4 VAE."""
+    conditioning = LowResConditioning(loader.scheduler("low_res_scheduler"), upsample=False, noise_first=True)
+    return Stage(
+        spec.name,
+        _unet(loader, options),
+        loader.scheduler("scheduler").config,
+        text_encoder,
+        vae=_vae(loader, options),
+        conditioning=conditioning,
+    )
+
+
+STAGE_KINDS = Registry("stage kind")
+STAGE_KINDS.register("latent", latent_stage)
+STAGE_KINDS.register("pixel-base", pixel_base_stage)
+STAGE_KINDS.register("pixel-sr", pixel_sr_stage)
+STAGE_KINDS.register("latent-sr", latent_sr_stage)

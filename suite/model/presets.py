@@ -1,0 +1,343 @@
+"""Presets: named sets of checkpoints for a backend, on the hub or in a local folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from suite.core.errors import UserError
+from suite.core.registry import Registry
+from suite.model import tiny
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one repository-shaped folder of components lives on the Hugging Face hub."""
+
+    repo_id: str
+    revision: str | None = None  # None: the repository's default branch
+    variant: str | None = None  # e.g. "fp16" weight files, used when loading in half precision
+
+
+@dataclass(frozen=True)
+class ReferenceConfigs:
+    """A repository's architecture without weights: each subfolder's config is a file in suite/reference_configs."""
+
+    files: Mapping[str, str]  # subfolder ("unet", "text_encoder", "scheduler", ...) -> file name
+
+    def read(self, subfolder: str) -> dict:
+        import json
+
+        folder = Path(__file__).parent / "reference_configs"
+        return json.loads((folder / self.files[subfolder]).read_text())
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a preset: which kind of loop, from which source, and its default knobs."""
+
+    name: str
+    kind: str  # "latent", "pixel-base", "pixel-sr" or "latent-sr"
+    source: str  # key into Preset.sources
+    guidance_scale: float | None = None  # None: the sweep's guidance value
+    noise_level: int | None = None  # super-resolution stages only
+    strength: float = 1.0  # pixel super-resolution only: < 1 starts from the noised upsampled image
+    text_source: str | None = None  # a source whose text_encoder/ this stage reads (default: the backend's choice)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, loadable configuration of one backend.
+
+    ``sources`` maps keys to hub repositories or local folders. ``local_dir`` replaces them: a
+    single-source preset reads the folder itself, a multi-source preset reads ``local_dir/<key>``.
+    ``build`` makes built-in presets: it writes the folders with ``save_pretrained``.
+    """
+
+    name: str
+    backend: str
+    stages: tuple[StageSpec, ...]
+    sources: Mapping[str, Source | ReferenceConfigs | Path] = field(default_factory=dict)
+    denoiser_dtype: str = "fp16"  # on accelerators; CPU runs in fp32
+    text_encoder_dtype: str = "fp16"
+    offload: str = "none"  # "none": everything resident; "model": each model moved to the device while used
+    description: str = ""
+    local_dir: Path | None = None
+    build: Callable[[Path], None] | None = None
+    reference_configs: Mapping[str, ReferenceConfigs] = field(default_factory=dict)  # source key -> public configs
+
+    def source_paths(self) -> dict[str, Path | Source | ReferenceConfigs]:
+        """Each source key mapped to a local folder (if one is set) or its hub location."""
+        if self.local_dir is None:
+            return dict(self.sources)
+        keys = list(self.sources) or [stage.source for stage in self.stages]
+        if len(set(keys)) == 1:
+            return {keys[0]: self.local_dir}
+        return {key: self.local_dir / key for key in dict.fromkeys(keys)}
+
+    def architecture_only(self) -> Preset:
+        """This preset with configs readable without weights: its local folder, else the public configs."""
+        if self.local_dir is not None or all(isinstance(source, Path) for source in self.sources.values()):
+            return self
+        if not self.reference_configs:
+            raise UserError(
+                f"preset {self.name!r}: its architecture configs are not public; "
+                f"point it at a local copy with --model-dir {self.name}=PATH"
+            )
+        return replace(self, sources=dict(self.reference_configs))
+
+
+def cache_root() -> Path:
+    """Where built-in presets are materialised: $SUITE_CACHE, else ~/.cache/suite."""
+    return Path(os.environ.get("SUITE_CACHE", Path.home() / ".cache" / "suite"))
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+_IF_SR_DEFAULTS = {"guidance_scale": 4.0, "noise_level": 250}  # IF-II defaults in diffusers
+_X4_DEFAULTS = {"guidance_scale": 9.0, "noise_level": 100}  # SD x4 upscaler defaults in diffusers
+_X4 = Source("stabilityai/stable-diffusion-x4-upscaler", "a44206cef52cdd20c6a32fea6257860474f0be43")
+_X4_CONFIGS = ReferenceConfigs(
+    {
+        part: f"x4-upscaler-{part.replace('_', '-')}.json"
+        for part in ("text_encoder", "unet", "vae", "scheduler", "low_res_scheduler")
+    }
+)
+# Public configs of the IF stages; IF-I-L/M and IF-II-M are not public, so those presets have none.
+_IF_CONFIGS = {
+    "IF-I-XL-v1.0": ReferenceConfigs(
+        {"text_encoder": "t5-v1_1-xxl-encoder.json", "unet": "if-i-xl-unet.json", "scheduler": "if-i-scheduler.json"}
+    ),
+    "IF-II-L-v1.0": ReferenceConfigs(
+        {
+            "unet": "if-ii-l-unet.json",
+            "scheduler": "if-ii-scheduler.json",
+            "image_noising_scheduler": "if-ii-image-noising-scheduler.json",
+        }
+    ),
+}
+
+
+def _stable_diffusion(name: str, repo_id: str, description: str) -> Preset:
+    configs = ReferenceConfigs(
+        {part: f"{name}-{part.replace('_', '-')}.json" for part in ("text_encoder", "unet", "vae", "scheduler")}
+    )
+    return Preset(
+        name=name,
+        backend="latent",
+        stages=(StageSpec("latent", "latent", name),),
+        sources={name: Source(repo_id)},
+        description=description,
+        reference_configs={name: configs},
+    )
+
+
+PRESETS.register(
+    "sd15",
+    _stable_diffusion(
+        "sd15",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5: CLIP ViT-L/14 text, 860M UNet on 64x64x4 latents, VAE f=8 to 512 px",
+    ),
+)
+PRESETS.register(
+    "sd21-base",
+    _stable_diffusion(
+        "sd21-base",
+        "stabilityai/stable-diffusion-2-1-base",
+        "Stable Diffusion 2.1-base: OpenCLIP ViT-H text, 865M UNet, 512 px",
+    ),
+)
+
+
+def _deepfloyd(name: str, stage_1: str, stage_2: str, description: str) -> Preset:
+    return Preset(
+        name=name,
+        backend="cascaded",
+        stages=(
+            StageSpec("base", "pixel-base", "stage_1"),
+            StageSpec("super_resolution_1", "pixel-sr", "stage_2", **_IF_SR_DEFAULTS),
+            StageSpec("super_resolution_2", "latent-sr", "stage_3", **_X4_DEFAULTS),
+        ),
+        sources={
+            "stage_1": Source(f"DeepFloyd/{stage_1}", variant="fp16"),
+            "stage_2": Source(f"DeepFloyd/{stage_2}", variant="fp16"),
+            "stage_3": _X4,
+        },
+        text_encoder_dtype="bf16",
+        offload="model",
+        description=description,
+        reference_configs=_if_reference_configs(stage_1, stage_2),
+    )
+
+
+def _if_reference_configs(stage_1: str, stage_2: str) -> dict[str, ReferenceConfigs]:
+    if stage_1 not in _IF_CONFIGS or stage_2 not in _IF_CONFIGS:
+        return {}
+    return {"stage_1": _IF_CONFIGS[stage_1], "stage_2": _IF_CONFIGS[stage_2], "stage_3": _X4_CONFIGS}
+
+
+PRESETS.register(
+    "if-xl",
+    _deepfloyd(
+        "if-xl",
+        "IF-I-XL-v1.0",
+        "IF-II-L-v1.0",
+        "DeepFloyd IF: T5-XXL, IF-I-XL 64 px, IF-II-L x4 to 256, SD x4 upscaler to 1024",
+    ),
+)
+PRESETS.register(
+    "if-l",
+    _deepfloyd(
+        "if-l", "IF-I-L-v1.0", "IF-II-L-v1.0", "DeepFloyd IF: T5-XXL, IF-I-L 64 px, IF-II-L to 256, x4 upscaler to 1024"
+    ),
+)
+PRESETS.register(
+    "if-m",
+    _deepfloyd(
+        "if-m", "IF-I-M-v1.0", "IF-II-M-v1.0", "DeepFloyd IF: T5-XXL, IF-I-M 64 px, IF-II-M to 256, x4 upscaler to 1024"
+    ),
+)
+
+
+def _build_tiny_latent(folder: Path) -> None:
+
+    tiny.build_latent(folder)
+
+
+def _build_tiny_cascade(folder: Path) -> None:
+
+    tiny.build_cascade(folder)
+
+
+PRESETS.register(
+    "tiny-latent",
+    Preset(
+        name="tiny-latent",
+        backend="latent",
+        stages=(StageSpec("latent", "latent", "model"),),
+        sources={"model": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="untrained SD-shaped model built from configs (64 px, VAE f=8): exercises the machinery",
+        build=_build_tiny_latent,
+    ),
+)
+PRESETS.register(
+    "tiny-cascaded",
+    Preset(
+        name="tiny-cascaded",
+        backend="cascaded",
+        stages=(
+            StageSpec("base", "pixel-base", "stage_1"),
+            StageSpec("super_resolution_1", "pixel-sr", "stage_2", **_IF_SR_DEFAULTS),
+        ),
+        sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="untrained IF-shaped cascade built from configs (T5, 16 px base, x4 SR to 64 px)",
+        build=_build_tiny_cascade,
+    ),
+)
+
+
+# The toy world's trained models ship inside the package; `suite train toy` writes them here.
+TOY_WEIGHTS = Path(__file__).resolve().parents[1] / "toy" / "weights"
+
+
+def _toy_weights(name: str) -> Path:
+    return TOY_WEIGHTS / name
+
+
+# The toy world's models, trained by `suite train toy` and shipped inside the package.
+# Truncated start: the short-trained SR stage denoises from its noised upsampled input halfway
+# down the schedule (from pure noise it leaves specks and tinted backgrounds).
+_TOY_SUPER_RESOLUTION = StageSpec(
+    "super_resolution_1", "pixel-sr", "stage_2", guidance_scale=1.0, noise_level=250, strength=0.5
+)
+PRESETS.register(
+    "toy-latent",
+    Preset(
+        name="toy-latent",
+        backend="latent",
+        stages=(StageSpec("latent", "latent", "model"),),
+        sources={"model": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="toy world, SD-style: CLIP-style text encoder, UNet on 8x8x4 latents, VAE f=8 to 64 px",
+        local_dir=_toy_weights("toy-latent"),
+    ),
+)
+PRESETS.register(
+    "toy-cascaded",
+    Preset(
+        name="toy-cascaded",
+        backend="cascaded",
+        stages=(StageSpec("base", "pixel-base", "stage_1"), _TOY_SUPER_RESOLUTION),
+        sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description="toy world, IF-style: T5-style encoder, 16 px pixel base, x4 pixel super-resolution to 64 px",
+        local_dir=_toy_weights("toy-cascaded"),
+    ),
+)
+
+
+# The 2x2 ablation {latent, pixel} x {CLIP-style, T5-style}, trained by `suite train toy --ablation`
+# to one budget. The latent cells share toy-latent's VAE; the pixel cells share toy-cascaded's x4 SR
+# stage, which reads the T5-style encoder it was trained with (so both pixel cells upsample alike).
+_ABLATION_TEXT = {"clip": "CLIP-style (causal, no mask)", "t5": "T5-style (relative positions, mask)"}
+
+
+def _ablation_preset(space: str, text: str) -> Preset:
+    cell = f"{space}-{text}"
+    folder = _toy_weights("ablation") / cell
+    if space == "latent":
+        stages = (StageSpec("latent", "latent", "model"),)
+        sources = {"model": folder, "vae": _toy_weights("toy-latent")}
+        what = "SD-style UNet on 8x8x4 latents, toy-latent's VAE"
+    else:
+        stages = (StageSpec("base", "pixel-base", "stage_1"), replace(_TOY_SUPER_RESOLUTION, text_source="sr_text"))
+        sources = {
+            "stage_1": folder,
+            "stage_2": _toy_weights("toy-cascaded") / "stage_2",
+            "sr_text": _toy_weights("toy-cascaded") / "stage_1",
+        }
+        what = "IF-style 16 px pixel base, toy-cascaded's x4 SR"
+    return Preset(
+        name=f"toy-{cell}",
+        backend="latent" if space == "latent" else "cascaded",
+        stages=stages,
+        sources=sources,
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description=f"toy 2x2 ablation cell: {_ABLATION_TEXT[text]} encoder, {what}",
+    )
+
+
+for _space in ("latent", "pixel"):
+    for _text in ("clip", "t5"):
+        PRESETS.register(f"toy-{_space}-{_text}", _ablation_preset(_space, _text))
+
+
+def materialise(preset: Preset) -> Preset:
+    """For a built-in preset without a local folder, build it once into the cache and point at it."""
+    if preset.build is None or preset.local_dir is not None:
+        return preset
+    folder = cache_root() / "presets" / preset.name
+    if not folder.is_dir():
+        import shutil
+        import tempfile
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{preset.name}-", dir=folder.parent))
+        try:
+            preset.build(staging)
+            staging.rename(folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not folder.is_dir():
+                raise
+    return replace(preset, local_dir=folder)

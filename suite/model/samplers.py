@@ -1,0 +1,159 @@
+"""Samplers: names mapped to diffusers scheduler classes, built from a model's own scheduler config.
+
+A sampler never changes the model's noise schedule (betas, prediction type, thresholding): it is
+built with ``SchedulerClass.from_config(model_scheduler_config, **overrides)``, the swap diffusers
+documents, so the same trained model can be sampled by every solver.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from suite.core.registry import Registry
+
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A diffusers scheduler class plus the keyword arguments that make it this sampler."""
+
+    scheduler_class: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    clipped_eps: bool = True  # DDIM: re-derive eps from the clipped x0 (see step_kwargs); False: diffusers' default
+
+    def build(self, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
+        """Build the scheduler from the model's own scheduler config plus this sampler's overrides."""
+        scheduler_class = getattr(diffusers, self.scheduler_class)
+        scheduler = scheduler_class.from_config(dict(model_scheduler_config), **dict(self.overrides))
+        scheduler.suite_clipped_eps = self.clipped_eps  # read by step_kwargs
+        return scheduler
+
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS.register("ddpm", Sampler("DDPMScheduler", description="ancestral DDPM (Ho et al. 2020)"))
+SAMPLERS.register("ddim", Sampler("DDIMScheduler", description="deterministic DDIM, eta=0 (Song et al. 2021)"))
+SAMPLERS.register(
+    "ddim-raw-eps",
+    Sampler(
+        "DDIMScheduler",
+        description="DDIM as diffusers' pipelines run it: clipped x0 with the raw eps (collapses on thresholding models)",
+        clipped_eps=False,
+    ),
+)
+SAMPLERS.register(
+    "pndm", Sampler("PNDMScheduler", {"skip_prk_steps": True}, "pseudo linear multistep (Liu et al. 2022)")
+)
+SAMPLERS.register(
+    "euler", Sampler("EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn")
+)
+SAMPLERS.register(
+    "euler-ancestral",
+    Sampler("EulerAncestralDiscreteScheduler", description="Euler with ancestral noise (k-diffusion)"),
+)
+SAMPLERS.register("heun", Sampler("HeunDiscreteScheduler", description="Heun 2nd order, Karras et al. 2022 Alg. 1"))
+SAMPLERS.register(
+    "dpm-solver++",
+    Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+        "DPM-Solver++(2M) (Lu et al. 2022)",
+    ),
+)
+SAMPLERS.register(
+    "dpm-solver++-karras",
+    Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "DPM-Solver++(2M) on Karras sigmas",
+    ),
+)
+SAMPLERS.register(
+    "unipc", Sampler("UniPCMultistepScheduler", description="UniPC predictor-corrector (Zhao et al. 2023)")
+)
+SAMPLERS.register("deis", Sampler("DEISMultistepScheduler", description="DEIS multistep (Zhang & Chen 2023)"))
+
+
+def make_scheduler(sampler_name: str, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
+    """Build the named sampler's scheduler from a model's scheduler config."""
+    return SAMPLERS.get(sampler_name).build(model_scheduler_config)
+
+
+def set_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, strength: float = 1.0, device=None) -> int:
+    """Lay out the sampling schedule; return the index of the first timestep to run.
+
+    ``strength`` < 1 starts partway down (a truncated start, as diffusers' img2img pipelines do):
+    the schedule is laid out for ``ceil(steps / strength)`` steps and its last ``steps`` are run,
+    so the step count stays what was asked for.
+    """
+    total = math.ceil(num_inference_steps / strength - 1e-9)
+    scheduler.set_timesteps(total, device=device)
+    if len(scheduler.timesteps) and int(scheduler.timesteps.max()) >= scheduler.config.num_train_timesteps:
+        # `leading` spacing with steps_offset=1 (Stable Diffusion's config) lays out t = 1000 for 1000 steps, past
+        # the training range (diffusers' own pipelines fail there). Every training timestep is then run, 999..0:
+        # that is what `trailing` spacing gives.
+        scheduler.register_to_config(timestep_spacing="trailing")
+        scheduler.set_timesteps(total, device=device)
+    return (total - num_inference_steps) * getattr(scheduler, "order", 1)
+
+
+def model_evaluations(
+    sampler_name: str, num_inference_steps: int, model_scheduler_config: Mapping[str, Any], strength: float = 1.0
+) -> int:
+    """How many times the denoising loop calls the model: one per scheduler timestep it runs.
+
+    Equal to the step count for first-order and multistep solvers; about twice that for Heun,
+    one more for PNDM's warm-up.
+    """
+    scheduler = make_scheduler(sampler_name, model_scheduler_config)
+    begin = set_timesteps(scheduler, num_inference_steps, strength, device="cpu")
+    return len(scheduler.timesteps) - begin
+
+
+def consumes_learned_variance(scheduler: SchedulerMixin) -> bool:
+    """True when the scheduler uses a learned-variance half of the model output (IF's learned_range).
+
+    ``from_config`` keeps foreign keys, so a DDIM built from IF's config still *says*
+    ``variance_type: learned_range`` while its ``step`` cannot use it; ask the class instead.
+    """
+    accepts = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
+    return accepts and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
+
+
+def clips_x0(scheduler: SchedulerMixin) -> bool:
+    """Whether the scheduler clips or dynamically thresholds its x0 prediction (IF's configs threshold)."""
+    return bool(scheduler.config.get("thresholding") or scheduler.config.get("clip_sample"))
+
+
+def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict[str, Any]:
+    """Extra ``step`` arguments the scheduler accepts: per-image generators, eta=0, and a consistent DDIM update.
+
+    DDIM clips (or dynamically thresholds) its x0 prediction but, by default, steps along the
+    model's raw noise prediction: ``x_prev = sqrt(a_prev) * clip(x0) + sqrt(1 - a_prev) * eps``.
+    Under classifier-free guidance that eps is far outside the clipped range, and the mismatch
+    accumulates into saturated colour fields (the toy cascade's DDIM at guidance >= 3 loses every
+    composition, while DDPM and DPM-Solver++, whose updates use only the clipped x0, do not). So
+    eps is re-derived from the clipped x0, as GLIDE and Imagen do (``use_clipped_model_output``).
+    Diffusers' pipelines leave it off; with no clipping the two are the same.
+    """
+    parameters = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "generator" in parameters:
+        kwargs["generator"] = generators
+    if "eta" in parameters:
+        kwargs["eta"] = 0.0
+    if (
+        "use_clipped_model_output" in parameters
+        and clips_x0(scheduler)
+        and getattr(scheduler, "suite_clipped_eps", True)
+    ):
+        kwargs["use_clipped_model_output"] = True
+    return kwargs

@@ -1,0 +1,364 @@
+"""Sweep files: YAML validated into typed, frozen config, resolved with every default filled in.
+
+One name per knob: code and tables use diffusers' names; the sweep file keeps short keys as
+aliases, and config.yaml (and so every config hash) is written with the short keys.
+
+| sweep file key | code and tables           | samples / metrics column of stage *k* |
+|----------------|---------------------------|---------------------------------------|
+| ``steps``      | ``num_inference_steps``   | ``stage<k>_num_inference_steps``      |
+| ``guidance``   | ``guidance_scale``        | ``stage<k>_guidance_scale``           |
+| ``noise_level``| ``noise_level``           | ``stage<k>_noise_level``              |
+| ``strength``   | ``strength``              | ``stage<k>_strength``                 |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from suite.core.errors import UserError
+from suite.core.registry import known
+from suite.core.settings import Frozen, Number
+from suite.metrics import METRICS, needing_reference
+from suite.metrics.settings import Evaluation, without_unset_added_keys
+from suite.model.presets import PRESETS
+from suite.model.samplers import SAMPLERS
+from suite.prompts.coco import sample_coco
+from suite.prompts.sets import PROMPT_SETS, check_filters, filtered_prompts, read_prompt_file
+
+
+class StageOverride(Frozen):
+    """Fixed values for one stage of a preset, replacing what the grid or preset would give it."""
+
+    sampler: str | None = None
+    num_inference_steps: int | None = Field(default=None, ge=1, alias="steps", strict=True)
+    guidance_scale: Number | None = Field(default=None, ge=0, alias="guidance")
+    noise_level: int | None = Field(default=None, ge=0, le=999, strict=True)
+    strength: float | None = Field(default=None, gt=0, le=1)  # pixel SR: start partway from the upsampled image
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        return value if value is None else known(SAMPLERS, value)
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class CocoSpec(Frozen):
+    """COCO captions drawn with a fixed seed (``suite.prompts.coco``); paths relative to the sweep file."""
+
+    captions: str  # captions_val2014.json
+    images: str  # the folder of val2014 images
+    count: int = Field(default=30000, ge=1, strict=True)  # the literature's FID-30k
+    seed: int = Field(default=0, ge=0, strict=True)
+
+
+class PromptSpec(Frozen):
+    """Exactly one of: a built-in set, a file (relative to the sweep file), an inline list, or COCO captions."""
+
+    set: str | None = None
+    file: str | None = None
+    list: tuple[str, ...] | None = None
+    coco: CocoSpec | None = None
+    limit: int | None = Field(default=None, ge=1, strict=True)
+    # filters on a set's metadata, one value or a list (any of them): parti's category / challenge, geneval's tag
+    category: tuple[str, ...] | None = None
+    challenge: tuple[str, ...] | None = None
+    tag: tuple[str, ...] | None = None
+
+    @field_validator("category", "challenge", "tag", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PromptSpec:
+        given = [name for name in ("set", "file", "list", "coco") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'set', 'file', 'list' or 'coco'")
+        if self.set is not None:
+            known(PROMPT_SETS, self.set)
+
+            try:
+                check_filters(self.set, self.filters)
+            except UserError as error:
+                raise ValueError(str(error)) from None
+        elif self.filters:
+            raise ValueError(f"filters {sorted(self.filters)} apply to a built-in set ('set'), not to a file or list")
+        return self
+
+    @property
+    def filters(self) -> dict[str, tuple[str, ...]]:
+        return {name: getattr(self, name) for name in ("category", "challenge", "tag") if getattr(self, name)}
+
+
+class Sweep(Frozen):
+    """A sweep as written in YAML; ``resolve`` turns it into a ResolvedSweep."""
+
+    name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(default=0, ge=0, strict=True)
+    presets: tuple[str, ...] = Field(min_length=1)
+    samplers: tuple[str, ...] = Field(min_length=1)
+    num_inference_steps: tuple[StrictInt, ...] = Field(min_length=1, alias="steps")
+    guidance_scale: tuple[Number, ...] = Field(min_length=1, alias="guidance")
+    seeds_per_prompt: int = Field(default=1, ge=1, strict=True)
+    batch_size: int = Field(default=8, ge=1, strict=True)
+    prompts: PromptSpec
+    stages: dict[str, dict[str, StageOverride]] = Field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    @field_validator("presets", "samplers", "metrics")
+    @classmethod
+    def _known_names(cls, values, info):
+        registry = {"presets": PRESETS, "samplers": SAMPLERS, "metrics": METRICS}[info.field_name]
+        return tuple(known(registry, value) for value in values)
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _positive_steps(cls, values):
+        if any(value < 1 for value in values):
+            raise ValueError("every step count must be >= 1")
+        return values
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _valid_guidance(cls, values):
+        if any(not math.isfinite(value) or value < 0 for value in values):
+            raise ValueError("every guidance scale must be a finite number >= 0")
+        return values
+
+    @model_validator(mode="after")
+    def _coco_reference_has_coco_prompts(self) -> Sweep:
+        reference = self.evaluation.reference
+        if reference is not None and reference.coco and self.prompts.coco is None:
+            raise ValueError("evaluation.reference.coco pairs with COCO prompts: set prompts: {coco: ...}")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_have_their_settings(self) -> Sweep:
+        for name in self.metrics:
+            metric = METRICS.get(name)
+            if metric.needs_setting and getattr(self.evaluation, metric.needs_setting) is None:
+                raise ValueError(f"metric {name} needs evaluation.{metric.needs_setting}: {metric.setting_layout}")
+        return self
+
+    @model_validator(mode="after")
+    def _distribution_metrics_have_a_reference(self) -> Sweep:
+        needing = needing_reference(self.metrics)
+        if needing and self.evaluation.reference is None:
+            raise ValueError(f"metrics {needing} compare against real images: set evaluation.reference")
+        if self.evaluation.reference and self.evaluation.reference.statistics and {"kid", "cmmd"} & set(needing):
+            raise ValueError("kid and cmmd need reference images or features; FID statistics alone serve only fid")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_is_a_grid_point(self) -> Sweep:
+        baseline = self.evaluation.baseline
+        if baseline is None:
+            return self
+        for key, value, axis in (
+            ("sampler", baseline.sampler, self.samplers),
+            ("steps", baseline.num_inference_steps, self.num_inference_steps),
+            ("guidance", baseline.guidance_scale, self.guidance_scale),
+        ):
+            if value not in axis:
+                raise ValueError(f"evaluation.baseline.{key}: {value} is not one of the sweep's {key} {list(axis)}")
+        return self
+
+    @model_validator(mode="after")
+    def _stage_overrides_name_real_stages(self) -> Sweep:
+        for key, axis in (
+            ("presets", "presets"),
+            ("samplers", "samplers"),
+            ("steps", "num_inference_steps"),
+            ("guidance", "guidance_scale"),
+        ):
+            values = getattr(self, axis)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: values repeat: {list(values)}")
+        folders = {}
+        for value in self.guidance_scale:  # image folders are named steps<N>_guidance<G> with G as "{:g}"
+            if f"{value:g}" in folders:
+                raise ValueError(
+                    f"guidance: {folders[f'{value:g}']} and {value} name the same image folder "
+                    f"(guidance{value:g}); use values that differ in 6 significant digits"
+                )
+            folders[f"{value:g}"] = value
+        for preset_name, overrides in self.stages.items():
+            if preset_name not in self.presets:
+                raise ValueError(f"stage overrides for {preset_name!r}, which is not in presets {list(self.presets)}")
+            kinds = {spec.name: spec.kind for spec in PRESETS.get(preset_name).stages}
+            for stage_name, override in overrides.items():
+                if stage_name not in kinds:
+                    raise ValueError(f"preset {preset_name!r} has no stage {stage_name!r}; stages: {list(kinds)}")
+                if override.strength not in (None, 1.0) and kinds[stage_name] != "pixel-sr":
+                    raise ValueError(
+                        f"{preset_name}.{stage_name}: strength < 1 applies to pixel super-resolution stages only"
+                    )
+        return self
+
+
+class ResolvedSweep(Frozen):
+    """A sweep with its prompts read in: everything that determines its images."""
+
+    sweep: Sweep
+    prompt_texts: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.sweep.model_dump(mode="json")
+        data["prompts"] = {"list": list(self.prompt_texts)}
+        data["evaluation"] = without_unset_added_keys(data["evaluation"])
+        return data
+
+    def config_hash(self) -> str:
+        return content_hash(self.to_dict())
+
+
+def content_hash(data: Any) -> str:
+    """A stable short hash of JSON-like data: the same content gives the same hash on any machine."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _first_error_line(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    parts = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {'.'.join(parts)}: {message}" if parts else f"{source}: {message}"
+
+
+def load_named_file(path: Path, model: type[BaseModel], what: str) -> Any:
+    """A YAML file validated as ``model`` with its stem as ``name`` (claim and ablation files); one-line errors."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"{path}: cannot read the {what}: {error}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a {what} must be a YAML mapping")
+    try:
+        return model.model_validate({**data, "name": path.stem})
+    except ValidationError as error:
+        raise UserError(_first_error_line(str(path), error)) from None
+
+
+def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a sweep file must be a YAML mapping")
+    try:
+        return Sweep.model_validate(data)
+    except ValidationError as error:
+        raise UserError(_first_error_line(source, error)) from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a sweep") from None
+
+
+def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSweep:
+    """Read the prompt set; an empty prompt set is an error."""
+    spec = sweep.prompts
+    if spec.coco is not None:
+        spec = spec.model_copy(
+            update={
+                "coco": spec.coco.model_copy(
+                    update={key: str((base_dir / getattr(spec.coco, key)).resolve()) for key in ("captions", "images")}
+                )
+            }
+        )
+        sweep = sweep.model_copy(update={"prompts": spec})
+        sample = sample_coco(spec.coco.captions, spec.coco.images, spec.coco.count, spec.coco.seed)
+        prompts = list(sample.prompts[: spec.limit])
+        reference = sweep.evaluation.reference
+        if reference is not None and reference.coco:  # the drawn real images, one per prompt, named in config.yaml
+            files = tuple(str(path) for path in sample.files[: spec.limit])
+            reference = reference.model_copy(update={"coco": None, "files": files})
+            sweep = sweep.model_copy(
+                update={"evaluation": sweep.evaluation.model_copy(update={"reference": reference})}
+            )
+    elif spec.set is not None:
+        prompts = filtered_prompts(spec.set, spec.filters)
+    elif spec.file is not None:
+        path = Path(spec.file)
+        prompts = read_prompt_file(path if path.is_absolute() else base_dir / path)
+    else:
+        prompts = [prompt.strip() for prompt in spec.list if prompt.strip()]
+    if spec.limit is not None:
+        prompts = prompts[: spec.limit]
+    if not prompts:
+        raise UserError(f"{source}: prompts: the prompt set is empty")
+    sweep = _absolute_detector(_absolute_reference(sweep, base_dir), base_dir)
+    return ResolvedSweep(sweep=sweep, prompt_texts=tuple(prompts))
+
+
+def _absolute_detector(sweep: Sweep, base_dir: Path) -> Sweep:
+    """GenEval's detector and PickScore's model folders given relative to the sweep file, made absolute (as
+    reference folders are)."""
+    evaluation = sweep.evaluation
+    geneval = evaluation.geneval
+    if geneval is not None and not Path(geneval.detector).is_absolute():
+        detector = str((base_dir / geneval.detector).resolve())
+        evaluation = evaluation.model_copy(update={"geneval": geneval.model_copy(update={"detector": detector})})
+    if evaluation.pickscore is not None and not Path(evaluation.pickscore).is_absolute():
+        evaluation = evaluation.model_copy(update={"pickscore": str((base_dir / evaluation.pickscore).resolve())})
+    if evaluation.hpsv2 is not None:
+        paths = {
+            key: str((base_dir / value).resolve())
+            for key in ("checkpoint", "architecture_config")
+            if (value := getattr(evaluation.hpsv2, key)) is not None and not Path(value).is_absolute()
+        }
+        evaluation = evaluation.model_copy(update={"hpsv2": evaluation.hpsv2.model_copy(update=paths)})
+    return sweep.model_copy(update={"evaluation": evaluation})
+
+
+def _absolute_reference(sweep: Sweep, base_dir: Path) -> Sweep:
+    """A reference folder or statistics file given relative to the sweep file, made absolute (as prompt files are
+    read relative to it), so a run folder's config names the same files wherever it is evaluated from."""
+    reference = sweep.evaluation.reference
+    if reference is None:
+        return sweep
+    paths = {}
+    for key in ("folder", "statistics"):
+        value = getattr(reference, key)
+        if value is not None and not Path(value).is_absolute():
+            paths[key] = str((base_dir / value).resolve())
+    if not paths:
+        return sweep
+    evaluation = sweep.evaluation.model_copy(update={"reference": reference.model_copy(update=paths)})
+    return sweep.model_copy(update={"evaluation": evaluation})
+
+
+def load_sweep(path: Path) -> ResolvedSweep:
+    """Read, validate and resolve a sweep file; every problem is a one-line UserError."""
+    if not path.is_file():
+        raise UserError(f"sweep file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save the sweep file as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply to be a sweep") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key != "config_hash"}  # a run's config.yaml is a sweep
+    sweep = parse_sweep(data, str(path))
+    return resolve(sweep, path.parent, str(path))

@@ -1,0 +1,116 @@
+"""Everything a run depends on, checked before its first image: one line and exit code 2 on any problem.
+
+``check_generation`` covers what generation needs (device, output folder, model folders, step
+counts the models can take); ``check_evaluation`` what the sweep's metrics need (reference
+images or statistics, feature-network weights). Both run before the run folder is written, so a
+mistake costs seconds, not a generated sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from suite.core.errors import UserError
+from suite.core.files import ensure_writable
+from suite.metrics import METRICS
+from suite.metrics.networks import CLIP_MODELS, NetworkContext, inception_weights_path
+from suite.metrics.reference import check_reference
+from suite.model.devices import resolve_device
+from suite.model.loading import ComponentLoader, check_available
+from suite.model.presets import PRESETS, Preset, materialise
+from suite.run.config import ResolvedSweep, Sweep
+from suite.run.grid import stage_settings
+from suite.run.options import EvaluateOptions, RunOptions
+
+DEFAULT_TRAIN_TIMESTEPS = 1000  # diffusers' schedulers' default num_train_timesteps
+
+
+def prepare_presets(resolved: ResolvedSweep, model_dirs: dict[str, Path]) -> dict[str, Preset]:
+    """Each preset of the sweep, pointed at its local folder if given, checked to be loadable."""
+    unknown = sorted(set(model_dirs) - set(resolved.sweep.presets))
+    if unknown:
+        raise UserError(
+            f"--model-dir names {unknown[0]!r}, which is not a preset of this sweep: {', '.join(resolved.sweep.presets)}"
+        )
+    presets = {}
+    for name in resolved.sweep.presets:
+        preset = PRESETS.get(name)
+        if name in model_dirs:
+            preset = replace(preset, local_dir=Path(model_dirs[name]))
+        preset = materialise(preset)
+        check_available(preset)
+        presets[name] = preset
+    return presets
+
+
+def train_timesteps(preset: Preset) -> dict[str, int]:
+    """Each stage's number of training timesteps, from its scheduler config."""
+    locations = preset.source_paths()
+    timesteps = {}
+    for spec in preset.stages:
+        scheduler = ComponentLoader(preset.name, spec.source, locations[spec.source]).scheduler("scheduler")
+        timesteps[spec.name] = int(scheduler.config.get("num_train_timesteps", DEFAULT_TRAIN_TIMESTEPS))
+    return timesteps
+
+
+def check_steps(resolved: ResolvedSweep, presets: dict[str, Preset]) -> None:
+    """No stage may be asked for more steps than its model has training timesteps (a truncated start counts
+    the steps of its whole schedule)."""
+    sweep = resolved.sweep
+    for name, preset in presets.items():
+        limits = train_timesteps(preset)
+        for sampler in sweep.samplers:
+            for steps in sweep.num_inference_steps:
+                for guidance in sweep.guidance_scale:
+                    for spec, settings in zip(preset.stages, stage_settings(resolved, name, sampler, steps, guidance)):
+                        schedule = math.ceil(settings.num_inference_steps / settings.strength - 1e-9)
+                        if schedule > limits[spec.name]:
+                            raise UserError(
+                                f"steps: {settings.num_inference_steps} steps for {name} stage {spec.name!r} exceed "
+                                f"its model's {limits[spec.name]} training timesteps"
+                            )
+
+
+def check_generation(resolved: ResolvedSweep, options: RunOptions) -> tuple[torch.device, dict[str, Preset]]:
+    """The device, a writable output folder, loadable presets and step counts they can take."""
+
+    device = resolve_device(options.device)
+    ensure_writable(options.out)
+    presets = prepare_presets(resolved, options.model_dirs)
+    check_steps(resolved, presets)
+    return device, presets
+
+
+def check_inception_weights(path: Path) -> None:
+    """The InceptionV3 weights must load as a state dict (a junk or truncated file fails here, not after generation)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path} is not torch-fidelity's InceptionV3 weights: {error}".splitlines()[0]) from None
+    if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UserError(f"{path} is not torch-fidelity's InceptionV3 weights (no tensors in it)")
+
+
+def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Path()) -> None:
+    """Reference images or statistics, and the local weights of every network the sweep's metrics use."""
+
+    evaluation, metrics = sweep.evaluation, set(sweep.metrics)
+    if evaluation.reference is not None and metrics & {"fid", "kid", "cmmd"}:
+        check_reference(evaluation.reference, base_dir)
+    networks = set()
+    if metrics & {"fid", "kid"}:
+        networks.add(evaluation.features)
+    if "cmmd" in metrics:
+        networks.add(evaluation.cmmd_features)
+    context = NetworkContext(torch.device("cpu"), options.inception_weights)
+    if networks & {"inception", "inception-clean"}:
+        check_inception_weights(inception_weights_path(context))
+
+    for name in sorted(metrics):
+        METRICS.get(name).check(evaluation)
+    if "toy-clip" in networks or (metrics & {"clip_score", "geneval"} and evaluation.clip_model == "toy-clip"):
+        CLIP_MODELS.get("toy-clip")(context)
