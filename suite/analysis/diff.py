@@ -20,6 +20,7 @@ from PIL import Image
 
 from suite.core.errors import UserError
 from suite.core.stats import mcnemar_exact, paired_permutation, wilson_interval
+from suite.metrics import METRICS
 from suite.run.folder import GRID_COLUMNS, read_run
 from suite.toy.score import QUESTIONS
 
@@ -49,7 +50,7 @@ def diff_runs(a: Path, b: Path) -> pd.DataFrame:
         column
         for column in first.columns
         if column in second.columns
-        and (column == "clip_score" or column.startswith("toy_"))
+        and any(metric.owns_image_score(column) for metric in METRICS.values())
         and pd.api.types.is_numeric_dtype(first[column])
     ]
     rows = []

@@ -42,6 +42,9 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return [(name, self._entries[name]) for name in self.names()]
 
+    def values(self) -> list[T]:
+        return [self._entries[name] for name in self.names()]
+
 
 def known(registry: Registry, name: str) -> str:
     """``name`` if ``registry`` has it; else a ValueError that lists the valid names (for settings validators)."""

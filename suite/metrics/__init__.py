@@ -1,7 +1,11 @@
 """Metrics per grid point, as plug-ins: one module and one class each, registered here.
 
 Evaluation, sweep validation, ``suite compare``, the report and ``suite list`` iterate over
-``METRICS``; adding a metric is one module with a ``Metric`` subclass and one line below.
+``METRICS``; adding a metric is one module with a ``Metric`` subclass and one line below. Metrics describe
+themselves (columns and their display formats, direction, networks, checks), so nothing outside this package
+names a metric. ``settings`` holds the sweep's ``evaluation:`` section.
+
+May import ``suite.prompts``, ``suite.toy``, ``suite.model`` and ``suite.core``.
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ evaluation kept of a point: its row, its per-image scores, its features).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 
 from suite.core import stats
 from suite.metrics.reference import extract
@@ -88,6 +89,25 @@ class Metric(ABC):
     needs_reference: ClassVar[bool] = False
     needs_setting: ClassVar[str | None] = None  # an ``evaluation`` key the sweep must set (a local model's location)
     setting_layout: ClassVar[str] = ""  # what that setting must point at, for the one-line error
+    reference_statistics_suffice: ClassVar[bool] = False  # precomputed FID statistics are reference enough
+    uses_clip_model: ClassVar[bool] = False  # reads ``evaluation.clip_model`` (checked before generation)
+    shown: ClassVar[Mapping[str, str]] = {}  # metrics-table columns a report shows -> format; default the headline
+    interval_prefixes: ClassVar[Mapping[str, str]] = {}  # column -> prefix of its ``_ci95_low/_high``, if not itself
+    best_rank: ClassVar[int | None] = None  # preference when a report picks the best point: 0 first, None never
+    flags: ClassVar[Mapping[str, str]] = {}  # column -> boolean column that marks its value as unreliable (a dagger)
+
+    def shown_columns(self) -> dict[str, str]:
+        """The metrics-table columns a report shows, each with its display format."""
+        return dict(self.shown) or {self.headline: self.display}
+
+    def interval_of(self, column: str) -> tuple[str, str]:
+        """The metrics-table columns that hold the 95% interval of ``column``."""
+        prefix = self.interval_prefixes.get(column, column)
+        return f"{prefix}_ci95_low", f"{prefix}_ci95_high"
+
+    def owns_image_score(self, column: str) -> bool:
+        """Whether ``column`` of scores.parquet is one of this metric's per-image values."""
+        return False
 
     def networks(self, evaluation: Evaluation) -> set[str]:
         """Feature networks this metric extracts with (checked before generation, features stored for comparisons)."""
@@ -164,6 +184,13 @@ class PerImageScore(Metric):
 
     column: ClassVar[str]  # the per-image score's column in scores.parquet; the interval's prefix
 
+    def interval_of(self, column: str) -> tuple[str, str]:
+        prefix = self.column if column == self.headline else column
+        return f"{prefix}_ci95_low", f"{prefix}_ci95_high"
+
+    def owns_image_score(self, column: str) -> bool:
+        return column == self.column
+
     @abstractmethod
     def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
         """Per-image scores, and the row's other columns (which model made them)."""
@@ -179,3 +206,55 @@ class PerImageScore(Metric):
         values_b = b.scores[self.column].to_numpy()[rows_b]
         test = stats.paired_permutation(values_a, values_b)
         return [comparison_row(self.headline, values_a.mean(), values_b.mean(), test, self.higher_is_better)]
+
+
+class PreferenceModel(ABC):
+    """A CLIP-like model that scores each image against its prompt: ``scale() * cos(image, prompt)``, in batches."""
+
+    batch_size: ClassVar[int] = 32
+
+    @abstractmethod
+    def embed(self, images: list[np.ndarray], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and text embeddings of one batch, on the model's device."""
+
+    def scale(self) -> torch.Tensor | float:
+        return 1.0
+
+    @torch.no_grad()
+    def __call__(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+        scores = []
+        for start in range(0, len(images), self.batch_size):
+            end = start + self.batch_size
+            image_embeds, text_embeds = self.embed(images[start:end], prompts[start:end])
+            image_embeds = torch.nn.functional.normalize(image_embeds, dim=-1)
+            text_embeds = torch.nn.functional.normalize(text_embeds, dim=-1)
+            scores.append((self.scale() * (image_embeds * text_embeds).sum(dim=-1)).double().cpu().numpy())
+        return np.concatenate(scores)
+
+
+class PreferenceScore(PerImageScore):
+    """A per-image score from a local human-preference model, which the sweep's ``evaluation.<needs_setting>``
+    locates (PickScore, HPS v2); the model is loaded once per run and setting."""
+
+    higher_is_better = True
+
+    @abstractmethod
+    def check_setting(self, setting: Any) -> None:
+        """Raise a one-line UserError if the setting does not point at a loadable model."""
+
+    @abstractmethod
+    def load(self, setting: Any, device: Any) -> PreferenceModel:
+        """The model the setting names, on ``device``."""
+
+    @abstractmethod
+    def describe(self, setting: Any) -> dict[str, Any]:
+        """The metrics-row columns that say which model scored (also the model's cache key)."""
+
+    def check(self, evaluation: Evaluation) -> None:
+        self.check_setting(getattr(evaluation, self.needs_setting))
+
+    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
+        setting = getattr(point.evaluation, self.needs_setting)
+        described = self.describe(setting)
+        model = point.evaluator.model((self.name, *described.values()), lambda device: self.load(setting, device))
+        return model(point.images, point.prompts), described

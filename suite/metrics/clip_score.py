@@ -29,6 +29,8 @@ class ClipScore(PerImageScore):
     column = "clip_score"
     higher_is_better = True
     display = ".2f"
+    uses_clip_model = True
+    best_rank = 2
 
     def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
         clip = point.evaluator.clip()

@@ -25,6 +25,7 @@ class Cmmd(Metric):
     higher_is_better = False
     display = ".4f"
     needs_reference = True
+    best_rank = 3
 
     def networks(self, evaluation) -> set[str]:
         return {evaluation.cmmd_features}

@@ -43,6 +43,14 @@ class Composition(Metric):
     headline = "toy_correct"
     higher_is_better = True
     display = ".3f"
+    shown = {
+        column: ".3f"
+        for column in ("toy_correct", "toy_correct_single", "toy_correct_pair", "toy_correct_held_out_pair")
+    }
+    best_rank = 1
+
+    def owns_image_score(self, column: str) -> bool:
+        return column.startswith("toy_")
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
 from suite.core.errors import UserError
 from suite.metrics.geneval_rules import Detection
@@ -36,7 +37,6 @@ class Mask2FormerDetector:
     """Detections (class name, confidence, box from the mask, mask) per image, at the image's size."""
 
     def __init__(self, folder: str | Path, device: torch.device):
-        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         check_detector_folder(folder)
         self.folder, self.device = str(folder), device

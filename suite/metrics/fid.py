@@ -25,6 +25,10 @@ class Fid(Metric):
     higher_is_better = False
     display = ".3f"
     needs_reference = True
+    reference_statistics_suffice = True
+    shown = {"fid": ".2f", "fid_inf": ".2f"}
+    best_rank = 0
+    flags = {"fid": "fid_rank_deficient"}  # from fewer images than feature dimensions: singular covariance
 
     def networks(self, evaluation) -> set[str]:
         return {evaluation.features}

@@ -13,6 +13,7 @@ class Flops(Metric):
     headline = "gflops_per_image"
     higher_is_better = None
     display = ",.2f"
+    shown = {"gflops_per_image": ",.3g"}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
         preset = point.rows["preset"].iloc[0]

@@ -88,6 +88,7 @@ class Geneval(Metric):
     headline = "geneval_overall"
     higher_is_better = True
     display = ".3f"
+    uses_clip_model = True
     needs_setting = "geneval"
     setting_layout = f"detector: {LAYOUT}"
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image
 
 from suite.core.errors import UserError
-from suite.metrics.base import GridPoint, PerImageScore
+from suite.metrics.base import PreferenceModel, PreferenceScore
 
 LAYOUT = (
     "the HPS v2 checkpoint file (e.g. HPS_v2.1_compressed.pt, a state_dict) and an open_clip architecture (ViT-H-14)"
@@ -31,9 +32,8 @@ def check_hpsv2(spec, setting: str = "evaluation.hpsv2") -> None:
         raise UserError(f"{setting}.architecture_config: no open_clip model config at {spec.architecture_config}")
 
 
-class HpsModel:
+class HpsModel(PreferenceModel):
     def __init__(self, spec, device: torch.device):
-        import open_clip
 
         check_hpsv2(spec)
         if spec.architecture_config is not None:
@@ -43,37 +43,26 @@ class HpsModel:
         self.preprocess = open_clip.image_transform(self.model.visual.image_size, is_train=False)
         self.tokenizer = open_clip.get_tokenizer(spec.architecture)
 
-    @torch.no_grad()
-    def __call__(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
-        scores = []
-        for start in range(0, len(images), 32):
-            batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images[start : start + 32]])
-            text = self.tokenizer(prompts[start : start + 32]).to(self.device)
-            image_embeds = torch.nn.functional.normalize(self.model.encode_image(batch.to(self.device)), dim=-1)
-            text_embeds = torch.nn.functional.normalize(self.model.encode_text(text), dim=-1)
-            scores.append((image_embeds * text_embeds).sum(dim=-1).double().cpu().numpy())
-        return np.concatenate(scores)
+    def embed(self, images: list[np.ndarray], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images]).to(self.device)
+        text = self.tokenizer(prompts).to(self.device)
+        return self.model.encode_image(batch), self.model.encode_text(text)
 
 
-class HpsV2(PerImageScore):
+class HpsV2(PreferenceScore):
     name = "hpsv2"
     description = "HPS v2: human-preference open_clip ViT-H-14 (local checkpoint), cosine per image; BCa interval"
     headline = "hpsv2_mean"
     column = "hpsv2"
-    higher_is_better = True
     display = ".4f"
     needs_setting = "hpsv2"
     setting_layout = LAYOUT
 
-    def check(self, evaluation) -> None:
-        check_hpsv2(evaluation.hpsv2)
+    def check_setting(self, setting) -> None:
+        check_hpsv2(setting)
 
-    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
-        spec = point.evaluation.hpsv2
-        model = point.evaluator.model(
-            ("hpsv2", spec.checkpoint, spec.architecture), lambda device: HpsModel(spec, device)
-        )
-        return model(point.images, point.prompts), {
-            "hpsv2_checkpoint": spec.checkpoint,
-            "hpsv2_architecture": spec.architecture,
-        }
+    def load(self, setting, device) -> HpsModel:
+        return HpsModel(setting, device)
+
+    def describe(self, setting) -> dict[str, Any]:
+        return {"hpsv2_checkpoint": setting.checkpoint, "hpsv2_architecture": setting.architecture}

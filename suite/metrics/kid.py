@@ -21,6 +21,8 @@ class Kid(Metric):
     higher_is_better = False
     display = ".4f"
     needs_reference = True
+    interval_prefixes = {"kid_mean": "kid"}
+    best_rank = 4
 
     def networks(self, evaluation) -> set[str]:
         return {evaluation.features}

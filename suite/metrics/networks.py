@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchmetrics.image.fid import NoTrainInceptionV3
 
 from suite.core.errors import UserError
 from suite.core.registry import Registry
@@ -97,7 +100,6 @@ def resize_and_normalise(size: int, mean: tuple[float, ...], std: tuple[float, .
 
 def open_clip_tokenizer(model_name: str, context_length: int) -> Callable[[list[str]], tuple[torch.Tensor, int]]:
     """open_clip's tokenizer, truncating at the context length and counting the prompts it truncated."""
-    import open_clip
 
     tokenizer = open_clip.get_tokenizer(model_name)
 
@@ -111,7 +113,6 @@ def open_clip_tokenizer(model_name: str, context_length: int) -> Callable[[list[
 
 def _openai_vit_l_14(context: NetworkContext) -> ClipModel:
     """open_clip ViT-L-14 with OpenAI's weights (open_clip fetches them from its usual hub cache)."""
-    import open_clip
 
     try:
         model = open_clip.create_model("ViT-L-14", pretrained="openai", device=context.device)
@@ -171,7 +172,6 @@ def inception_weights_path(context: NetworkContext) -> Path:
 
 def _inception(context: NetworkContext) -> FeatureNetwork:
     """torch-fidelity's InceptionV3 port (as torchmetrics uses it): pool3, 2048 features, TF1 bilinear to 299."""
-    from torchmetrics.image.fid import NoTrainInceptionV3
 
     path = inception_weights_path(context)
     network = NoTrainInceptionV3(
@@ -193,7 +193,6 @@ def _inception(context: NetworkContext) -> FeatureNetwork:
 def clean_resize(images: torch.Tensor, size: int = 299) -> torch.Tensor:
     """clean-fid's "clean" resize (Parmar et al. 2022): PIL bicubic per channel on float values, here rounded back to
     uint8 so the Inception network's own input path is unchanged (at 299 its bilinear resize is the identity)."""
-    from PIL import Image
 
     resized = []
     for image in images.permute(0, 2, 3, 1).numpy():

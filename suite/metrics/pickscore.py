@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import CLIPModel, CLIPProcessor
 
 from suite.core.errors import UserError
-from suite.metrics.base import GridPoint, PerImageScore
+from suite.metrics.base import PreferenceModel, PreferenceScore
 
 LAYOUT = (
     "a transformers CLIPModel folder with its processor (config.json, model.safetensors, "
@@ -41,47 +42,39 @@ def projected(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class PickScoreModel:
+class PickScoreModel(PreferenceModel):
     def __init__(self, folder: str | Path, device: torch.device):
-        from transformers import CLIPModel, CLIPProcessor
 
         check_pickscore_folder(folder)
         self.folder, self.device = str(folder), device
         self.processor = CLIPProcessor.from_pretrained(folder)
         self.model = CLIPModel.from_pretrained(folder).to(device).eval()
 
-    @torch.no_grad()
-    def __call__(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
-        scores = []
-        for start in range(0, len(images), 32):
-            batch_images, batch_prompts = images[start : start + 32], prompts[start : start + 32]
-            pixels = self.processor(images=batch_images, return_tensors="pt")["pixel_values"].to(self.device)
-            text = self.processor(text=batch_prompts, padding=True, truncation=True, return_tensors="pt").to(
-                self.device
-            )
-            image_embeds = projected(self.model.get_image_features(pixel_values=pixels))
-            text_embeds = projected(self.model.get_text_features(**text))
-            image_embeds = torch.nn.functional.normalize(image_embeds, dim=-1)
-            text_embeds = torch.nn.functional.normalize(text_embeds, dim=-1)
-            cosine = (image_embeds * text_embeds).sum(dim=-1)
-            scores.append((self.model.logit_scale.exp() * cosine).double().cpu().numpy())
-        return np.concatenate(scores)
+    def embed(self, images: list[np.ndarray], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        text = self.processor(text=prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return projected(self.model.get_image_features(pixel_values=pixels)), projected(
+            self.model.get_text_features(**text)
+        )
+
+    def scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
 
 
-class PickScore(PerImageScore):
+class PickScore(PreferenceScore):
     name = "pickscore"
     description = "PickScore: human-preference CLIP (local folder), logit_scale * cos per image; mean with BCa interval"
     headline = "pickscore_mean"
     column = "pickscore"
-    higher_is_better = True
     display = ".3f"
     needs_setting = "pickscore"
     setting_layout = LAYOUT
 
-    def check(self, evaluation) -> None:
-        check_pickscore_folder(evaluation.pickscore)
+    def check_setting(self, setting) -> None:
+        check_pickscore_folder(setting)
 
-    def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:
-        folder = point.evaluation.pickscore
-        model = point.evaluator.model(("pickscore", folder), lambda device: PickScoreModel(folder, device))
-        return model(point.images, point.prompts), {"pickscore_model": folder}
+    def load(self, setting, device) -> PickScoreModel:
+        return PickScoreModel(setting, device)
+
+    def describe(self, setting) -> dict[str, Any]:
+        return {"pickscore_model": setting}

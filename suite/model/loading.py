@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoTokenizer, PretrainedConfig
 
 from suite.core.errors import UserError
 from suite.model.presets import ReferenceConfigs, Source
@@ -110,7 +113,6 @@ class ComponentLoader:
 
     def model_type(self, subfolder: str) -> str:
         """The ``model_type`` in a transformers model's config ("t5", "clip_text_model", ...); "" if it has none."""
-        from transformers import PretrainedConfig
 
         if isinstance(self.location, ReferenceConfigs):
             return self.location.read(subfolder).get("model_type", "")
@@ -123,7 +125,6 @@ class ComponentLoader:
         return config.get("model_type", "")
 
     def tokenizer(self, subfolder: str = "tokenizer") -> Any:
-        from transformers import AutoTokenizer
 
         if self.meta or self.random_on is not None:
             return None  # models built from configs alone are counted or timed, never fed text
@@ -136,7 +137,6 @@ class ComponentLoader:
 
     def scheduler(self, subfolder: str) -> Any:
         """The scheduler saved in ``subfolder``, built as the class its config names."""
-        import diffusers
 
         config = self._config(diffusers.DDPMScheduler, subfolder)
         scheduler_class = getattr(diffusers, config.get("_class_name", "DDPMScheduler"))
@@ -190,7 +190,6 @@ def check_available(preset) -> None:
                     f"(`hf download <repo> --local-dir {location}`) or fix --model-dir"
                 )
             continue
-        from huggingface_hub import snapshot_download
 
         try:
             snapshot_download(location.repo_id, revision=location.revision, allow_patterns=["*.json"])

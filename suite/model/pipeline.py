@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import cpu_offload_with_hook
 
 from suite.model.denoise import StepHook
 from suite.model.loading import LoadOptions
@@ -39,7 +41,6 @@ class TextToImagePipeline:
     def _enable_model_offload(self) -> None:
         """Model offload as diffusers' ``enable_model_cpu_offload``: accelerate hooks move each model to the
         device when its forward runs and move the previous model in pipeline order back to the CPU."""
-        from accelerate import cpu_offload_with_hook
 
         hook = None
         for module in self._modules():
@@ -70,7 +71,6 @@ class TextToImagePipeline:
 
     def free_memory(self) -> None:
         """Give cached accelerator memory back after an out-of-memory error, before a smaller retry."""
-        import gc
 
         gc.collect()
         if self.options.device.type == "cuda":

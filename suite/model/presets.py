@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from suite.core.errors import UserError
 from suite.core.registry import Registry
@@ -28,7 +32,6 @@ class ReferenceConfigs:
     files: Mapping[str, str]  # subfolder ("unet", "text_encoder", "scheduler", ...) -> file name
 
     def read(self, subfolder: str) -> dict:
-        import json
 
         folder = Path(__file__).parent / "reference_configs"
         return json.loads((folder / self.files[subfolder]).read_text())
@@ -202,49 +205,49 @@ PRESETS.register(
 )
 
 
-def _build_tiny_latent(folder: Path) -> None:
-
-    tiny.build_latent(folder)
-
-
-def _build_tiny_cascade(folder: Path) -> None:
-
-    tiny.build_cascade(folder)
+def _made_here(name: str, backend: str, stages: tuple[StageSpec, ...], description: str, **where: Any) -> Preset:
+    """A preset whose models this project makes (built from configs, or trained on the toy world): fp32, and one
+    built-in folder per stage source unless ``where`` names its sources, folder or builder."""
+    sources = where.pop("sources", {spec.source: Source("built-in") for spec in stages})
+    return Preset(
+        name=name,
+        backend=backend,
+        stages=stages,
+        sources=sources,
+        denoiser_dtype="fp32",
+        text_encoder_dtype="fp32",
+        description=description,
+        **where,
+    )
 
 
 PRESETS.register(
     "tiny-latent",
-    Preset(
-        name="tiny-latent",
-        backend="latent",
-        stages=(StageSpec("latent", "latent", "model"),),
-        sources={"model": Source("built-in")},
-        denoiser_dtype="fp32",
-        text_encoder_dtype="fp32",
-        description="untrained SD-shaped model built from configs (64 px, VAE f=8): exercises the machinery",
-        build=_build_tiny_latent,
+    _made_here(
+        "tiny-latent",
+        "latent",
+        (StageSpec("latent", "latent", "model"),),
+        "untrained SD-shaped model built from configs (64 px, VAE f=8): exercises the machinery",
+        build=tiny.build_latent,
     ),
 )
 PRESETS.register(
     "tiny-cascaded",
-    Preset(
-        name="tiny-cascaded",
-        backend="cascaded",
-        stages=(
+    _made_here(
+        "tiny-cascaded",
+        "cascaded",
+        (
             StageSpec("base", "pixel-base", "stage_1"),
             StageSpec("super_resolution_1", "pixel-sr", "stage_2", **_IF_SR_DEFAULTS),
         ),
-        sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
-        denoiser_dtype="fp32",
-        text_encoder_dtype="fp32",
-        description="untrained IF-shaped cascade built from configs (T5, 16 px base, x4 SR to 64 px)",
-        build=_build_tiny_cascade,
+        "untrained IF-shaped cascade built from configs (T5, 16 px base, x4 SR to 64 px)",
+        build=tiny.build_cascade,
     ),
 )
 
 
 # The toy world's trained models ship inside the package; `suite train toy` writes them here.
-TOY_WEIGHTS = Path(__file__).resolve().parents[1] / "toy" / "weights"
+TOY_WEIGHTS = Path(__file__).parents[1] / "toy" / "weights"
 
 
 def _toy_weights(name: str) -> Path:
@@ -259,27 +262,21 @@ _TOY_SUPER_RESOLUTION = StageSpec(
 )
 PRESETS.register(
     "toy-latent",
-    Preset(
-        name="toy-latent",
-        backend="latent",
-        stages=(StageSpec("latent", "latent", "model"),),
-        sources={"model": Source("built-in")},
-        denoiser_dtype="fp32",
-        text_encoder_dtype="fp32",
-        description="toy world, SD-style: CLIP-style text encoder, UNet on 8x8x4 latents, VAE f=8 to 64 px",
+    _made_here(
+        "toy-latent",
+        "latent",
+        (StageSpec("latent", "latent", "model"),),
+        "toy world, SD-style: CLIP-style text encoder, UNet on 8x8x4 latents, VAE f=8 to 64 px",
         local_dir=_toy_weights("toy-latent"),
     ),
 )
 PRESETS.register(
     "toy-cascaded",
-    Preset(
-        name="toy-cascaded",
-        backend="cascaded",
-        stages=(StageSpec("base", "pixel-base", "stage_1"), _TOY_SUPER_RESOLUTION),
-        sources={"stage_1": Source("built-in"), "stage_2": Source("built-in")},
-        denoiser_dtype="fp32",
-        text_encoder_dtype="fp32",
-        description="toy world, IF-style: T5-style encoder, 16 px pixel base, x4 pixel super-resolution to 64 px",
+    _made_here(
+        "toy-cascaded",
+        "cascaded",
+        (StageSpec("base", "pixel-base", "stage_1"), _TOY_SUPER_RESOLUTION),
+        "toy world, IF-style: T5-style encoder, 16 px pixel base, x4 pixel super-resolution to 64 px",
         local_dir=_toy_weights("toy-cascaded"),
     ),
 )
@@ -306,15 +303,9 @@ def _ablation_preset(space: str, text: str) -> Preset:
             "sr_text": _toy_weights("toy-cascaded") / "stage_1",
         }
         what = "IF-style 16 px pixel base, toy-cascaded's x4 SR"
-    return Preset(
-        name=f"toy-{cell}",
-        backend="latent" if space == "latent" else "cascaded",
-        stages=stages,
-        sources=sources,
-        denoiser_dtype="fp32",
-        text_encoder_dtype="fp32",
-        description=f"toy 2x2 ablation cell: {_ABLATION_TEXT[text]} encoder, {what}",
-    )
+    backend = "latent" if space == "latent" else "cascaded"
+    description = f"toy 2x2 ablation cell: {_ABLATION_TEXT[text]} encoder, {what}"
+    return _made_here(f"toy-{cell}", backend, stages, description, sources=sources)
 
 
 for _space in ("latent", "pixel"):
@@ -328,9 +319,6 @@ def materialise(preset: Preset) -> Preset:
         return preset
     folder = cache_root() / "presets" / preset.name
     if not folder.is_dir():
-        import shutil
-        import tempfile
-
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{preset.name}-", dir=folder.parent))
         try:

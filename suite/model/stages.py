@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
+from torch._dynamo.utils import compilation_time_metrics
 
 from suite.model.denoise import GuidedUNet, StepHook, denoise
 from suite.model.samplers import make_scheduler, set_timesteps
@@ -114,7 +116,6 @@ def apply_speed_options(stage: Stage, compile: bool = False, channels_last: bool
 
 def compile_seconds() -> float:
     """Seconds torch.compile has spent in this process so far (torch._dynamo's outermost compile timer)."""
-    from torch._dynamo.utils import compilation_time_metrics
 
     return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
 
@@ -143,7 +144,6 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> tuple[torch.T
 @contextlib.contextmanager
 def quiet_casts():
     """Silence diffusers' advice on casting a model with ``.to(dtype)``: here the casts are deliberate."""
-    from diffusers.utils import logging
 
     level = logging.get_verbosity()
     logging.set_verbosity_error()

@@ -166,8 +166,15 @@ class Sweep(Frozen):
         needing = needing_reference(self.metrics)
         if needing and self.evaluation.reference is None:
             raise ValueError(f"metrics {needing} compare against real images: set evaluation.reference")
-        if self.evaluation.reference and self.evaluation.reference.statistics and {"kid", "cmmd"} & set(needing):
-            raise ValueError("kid and cmmd need reference images or features; FID statistics alone serve only fid")
+        features_needed = [name for name in needing if not METRICS.get(name).reference_statistics_suffice]
+        if self.evaluation.reference and self.evaluation.reference.statistics and features_needed:
+            served = [name for name, metric in METRICS.items() if metric.needs_reference]
+            need_features = [name for name in served if not METRICS.get(name).reference_statistics_suffice]
+            suffice = [name for name in served if name not in need_features]
+            raise ValueError(
+                f"{' and '.join(need_features)} need reference images or features; "
+                f"FID statistics alone serve only {' and '.join(suffice)}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -40,7 +40,7 @@ from suite.model.devices import resolve_device
 from suite.model.flops import PipelineCost, pipeline_cost, stage_cost_rows
 from suite.model.presets import PRESETS, cache_root
 from suite.model.stages import StageSettings
-from suite.run import leases as claims
+from suite.run import leases
 from suite.run.folder import (
     COSTS,
     GRID_COLUMNS,
@@ -240,7 +240,7 @@ def _evaluate_points(
 ) -> tuple[int, list[pd.DataFrame]]:
     """Compute the grid points not yet under ``evaluation/``; return how many, and those another process holds.
 
-    Each point is claimed (``evaluation/<key>.claim``) while it is computed, so several processes
+    Each point is leased (``evaluation/<key>.lease``) while it is computed, so several processes
     evaluating one run (``torchrun ... suite evaluate``) split the grid points between them.
     """
 
@@ -249,8 +249,8 @@ def _evaluate_points(
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
         if _finished(folder) and not options.recompute:
             continue
-        claim = folder.with_name(folder.name + ".claim")
-        if claims.acquire(claim, process_owner()) is not None:
+        lease = folder.with_name(folder.name + ".lease")
+        if leases.acquire(lease, process_owner()) is not None:
             elsewhere.append(group)
             continue
         try:
@@ -265,7 +265,7 @@ def _evaluate_points(
             atomic_write_table(pd.DataFrame([row]), folder / "row", csv=False)
             computed += 1
         finally:
-            claims.release(claim, process_owner())
+            leases.release(lease, process_owner())
     return computed, elsewhere
 
 

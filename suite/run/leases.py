@@ -1,14 +1,14 @@
-"""Claim files: how processes that share only a filesystem agree who does a piece of work.
+"""Lease files: how processes that share only a filesystem agree who does a piece of work.
 
-A claim is a small JSON file naming its owner (host, pid, rank). It is created atomically with
+A lease is a small JSON file naming its owner (host, pid, rank). It is created atomically with
 its content (written to a private file, then hard-linked into place, which fails if the name
-exists), so no reader ever sees an empty claim. A claim is stale, and may be taken over, when
+exists), so no reader ever sees an empty lease. A lease is stale, and may be taken over, when
 its owner is a process on this host that no longer exists, or when its file has not been
-touched for ``stale_after()`` seconds: every process refreshes the claims it holds from a
-heartbeat thread, so a claim of a live process on another machine stays fresh.
+touched for ``stale_after()`` seconds: every process refreshes the leases it holds from a
+heartbeat thread, so a lease of a live process on another machine stays fresh.
 
-Used for work items (``items/<id>.claim``: no image is generated twice, even by two sweeps
-started on one folder) and for the one evaluation of a finished run (``evaluation.claim``).
+Used for work items (``items/<id>.lease``: no image is generated twice, even by two sweeps
+started on one folder) and for the one evaluation of a finished run (``evaluation.lease``).
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from pathlib import Path
 from typing import Any
 
 HEARTBEAT_SECONDS = 30.0
-DEFAULT_STALE_SECONDS = 600.0  # a claim from another host untouched this long is abandoned
+DEFAULT_STALE_SECONDS = 600.0  # a lease from another host untouched this long is abandoned
 
 
 def stale_after() -> float:
-    """Seconds after which a claim from another host counts as abandoned ($SUITE_CLAIM_STALE_S)."""
+    """Seconds after which a lease from another host counts as abandoned ($SUITE_LEASE_STALE_S)."""
     try:
-        return float(os.environ.get("SUITE_CLAIM_STALE_S", DEFAULT_STALE_SECONDS))
+        return float(os.environ.get("SUITE_LEASE_STALE_S", DEFAULT_STALE_SECONDS))
     except ValueError:
         return DEFAULT_STALE_SECONDS
 
 
 def owner_record(**extra: Any) -> dict[str, Any]:
-    """Who this process is, as a claim records it."""
+    """Who this process is, as a lease records it."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, **extra}
 
 
@@ -46,7 +46,7 @@ def describe(owner: dict[str, Any]) -> str:
 
 
 def read_owner(path: Path) -> dict[str, Any] | None:
-    """The claim's owner, ``{}`` for an unreadable claim, None if there is no claim."""
+    """The lease's owner, ``{}`` for an unreadable lease, None if there is no lease."""
     try:
         return json.loads(path.read_text() or "{}")
     except FileNotFoundError:
@@ -66,7 +66,7 @@ def _process_alive(pid: Any) -> bool:
 
 
 def is_stale(path: Path, owner: dict[str, Any]) -> bool:
-    """Whether the claim at ``path`` (with ``owner`` as read) has been abandoned."""
+    """Whether the lease at ``path`` (with ``owner`` as read) has been abandoned."""
     if owner.get("host") == socket.gethostname() and "pid" in owner:
         return not _process_alive(owner["pid"])
     try:
@@ -77,7 +77,7 @@ def is_stale(path: Path, owner: dict[str, Any]) -> bool:
 
 
 class _Heartbeat:
-    """Touches every claim this process holds, so other hosts see them as alive."""
+    """Touches every lease this process holds, so other hosts see them as alive."""
 
     def __init__(self) -> None:
         self.held: set[Path] = set()
@@ -88,7 +88,7 @@ class _Heartbeat:
         with self.lock:
             self.held.add(path)
             if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="claim-heartbeat", daemon=True)
+                self.thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
                 self.thread.start()
 
     def remove(self, path: Path) -> None:
@@ -122,20 +122,20 @@ def _create(path: Path, owner: dict[str, Any]) -> bool:
 
 
 def _take_over(path: Path, judged: dict[str, Any]) -> None:
-    """Remove the stale claim ``judged``; if a fresh claim replaced it meanwhile, put that one back."""
+    """Remove the stale lease ``judged``; if a fresh lease replaced it meanwhile, put that one back."""
     grave = path.with_name(f".{path.name}.{uuid.uuid4().hex}.stale")
     try:
         os.rename(path, grave)
     except FileNotFoundError:
         return
-    if read_owner(grave) != judged:  # someone else took it over first: restore their claim
+    if read_owner(grave) != judged:  # someone else took it over first: restore their lease
         with contextlib.suppress(FileExistsError):
             os.link(grave, path)
     grave.unlink(missing_ok=True)
 
 
 def acquire(path: Path, owner: dict[str, Any]) -> dict[str, Any] | None:
-    """Take the claim at ``path`` for ``owner``; return None if taken, else the live holder."""
+    """Take the lease at ``path`` for ``owner``; return None if taken, else the live holder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         if _create(path, owner):
@@ -151,7 +151,7 @@ def acquire(path: Path, owner: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def release(path: Path, owner: dict[str, Any]) -> None:
-    """Drop the claim if it is still ``owner``'s (a claim taken over from us is left alone)."""
+    """Drop the lease if it is still ``owner``'s (a lease taken over from us is left alone)."""
     _HEARTBEAT.remove(path)
     if read_owner(path) == owner:
         path.unlink(missing_ok=True)

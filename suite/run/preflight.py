@@ -98,19 +98,17 @@ def check_inception_weights(path: Path) -> None:
 def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Path()) -> None:
     """Reference images or statistics, and the local weights of every network the sweep's metrics use."""
 
-    evaluation, metrics = sweep.evaluation, set(sweep.metrics)
-    if evaluation.reference is not None and metrics & {"fid", "kid", "cmmd"}:
+    evaluation = sweep.evaluation
+    metrics = [METRICS.get(name) for name in sorted(set(sweep.metrics))]
+    if evaluation.reference is not None and any(metric.needs_reference for metric in metrics):
         check_reference(evaluation.reference, base_dir)
-    networks = set()
-    if metrics & {"fid", "kid"}:
-        networks.add(evaluation.features)
-    if "cmmd" in metrics:
-        networks.add(evaluation.cmmd_features)
+    networks = set().union(*(metric.networks(evaluation) for metric in metrics))
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
     if networks & {"inception", "inception-clean"}:
         check_inception_weights(inception_weights_path(context))
 
-    for name in sorted(metrics):
-        METRICS.get(name).check(evaluation)
-    if "toy-clip" in networks or (metrics & {"clip_score", "geneval"} and evaluation.clip_model == "toy-clip"):
+    for metric in metrics:
+        metric.check(evaluation)
+    reads_clip_model = any(metric.uses_clip_model for metric in metrics)
+    if "toy-clip" in networks or (reads_clip_model and evaluation.clip_model == "toy-clip"):
         CLIP_MODELS.get("toy-clip")(context)

@@ -2,13 +2,13 @@
 
 - ``open_run`` is the one place that decides whether an existing folder may be resumed: the same
   images-determining sweep (its generation hash), an unedited config.yaml, and the same dtypes,
-  device type and model sources as the run that started it. A folder with no finished or claimed
+  device type and model sources as the run that started it. A folder with no finished or leased
   item is not a run yet, so a failed first attempt leaves nothing stale behind.
 - ``verify_items`` is the one reader that checks finished items against what they recorded: the
   item table must be readable and every image must exist with its recorded sha256. The runner
   regenerates what fails; ``suite check`` reports it.
-- ``claim`` / ``release``: an item being generated holds ``items/<id>.claim`` (``suite.run.leases``),
-  so two processes on one run folder never make the same item; a claim whose process has died
+- ``lease`` / ``release``: an item being generated holds ``items/<id>.lease`` (``suite.run.leases``),
+  so two processes on one run folder never make the same item; a lease whose process has died
   (on this host), or that no heartbeat has touched for a while (from another host), is taken over.
 """
 
@@ -19,21 +19,18 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
+import torch
 import yaml
 
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_text, sha256_bytes
-from suite.run import leases as claims
+from suite.run import leases
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
 from suite.run.folder import CONFIG, HASH_KEY, ITEMS_DIR, SAMPLES, item_path, read_config, write_manifest
 from suite.run.grid import WorkItem, expand
-
-if TYPE_CHECKING:
-    import torch
-
 
 EVALUATION_KEYS = ("metrics", "evaluation")  # change what is measured, never an image
 
@@ -81,7 +78,7 @@ def generation_part(config: Mapping[str, Any]) -> dict[str, Any]:
 def has_started(run: Path) -> bool:
     """Whether any work item of the folder is finished or being generated."""
     items = run / ITEMS_DIR
-    return items.is_dir() and any(path.suffix in (".parquet", ".claim") for path in items.iterdir())
+    return items.is_dir() and any(path.suffix in (".parquet", ".lease", ".claim") for path in items.iterdir())
 
 
 def open_run(
@@ -152,30 +149,30 @@ def verify_items(run: Path, items: Iterable[WorkItem]) -> tuple[set[str], dict[s
     return finished, damaged
 
 
-def _claim_path(run: Path, item_id: str) -> Path:
-    return run / ITEMS_DIR / f"{item_id}.claim"
+def _lease_path(run: Path, item_id: str) -> Path:
+    return run / ITEMS_DIR / f"{item_id}.lease"
 
 
 _OWNER: dict[str, Any] = {}
 
 
 def process_owner() -> dict[str, Any]:
-    """This process as its claims name it: host, pid, a random token, and its rank if a launcher set one."""
+    """This process as its leases name it: host, pid, a random token, and its rank if a launcher set one."""
     if not _OWNER:
-        _OWNER.update(claims.owner_record(rank=os.environ.get("RANK")))
+        _OWNER.update(leases.owner_record(rank=os.environ.get("RANK")))
     return _OWNER
 
 
-def claim(run: Path, item_id: str) -> bool:
-    """Take the item for this process; False if a live process holds it (a dead one's claim is taken over)."""
-    return claims.acquire(_claim_path(run, item_id), process_owner()) is None
+def lease(run: Path, item_id: str) -> bool:
+    """Take the item for this process; False if a live process holds it (a dead one's lease is taken over)."""
+    return leases.acquire(_lease_path(run, item_id), process_owner()) is None
 
 
 def release(run: Path, item_id: str) -> None:
-    claims.release(_claim_path(run, item_id), process_owner())
+    leases.release(_lease_path(run, item_id), process_owner())
 
 
-EVALUATION_CLAIM = "evaluation.claim"  # held by the one process that evaluates, compares and reports
+EVALUATION_LEASE = "evaluation.lease"  # held by the one process that evaluates, compares and reports
 EVALUATION_DONE = "evaluation.done"  # what was evaluated (samples and config), by whom
 
 
@@ -185,35 +182,35 @@ def evaluation_key(run: Path) -> str:
 
 
 def _done(run: Path) -> dict[str, Any]:
-    return claims.read_owner(run / EVALUATION_DONE) or {}
+    return leases.read_owner(run / EVALUATION_DONE) or {}
 
 
 def elect_evaluator(run: Path, again: bool = False) -> tuple[str, dict[str, Any]]:
     """Decide whether this process evaluates a finished run: exactly one process does.
 
-    Returns ``("elected", {})`` (this process holds ``evaluation.claim``; call
+    Returns ``("elected", {})`` (this process holds ``evaluation.lease``; call
     ``evaluation_finished``), ``("elsewhere", owner)`` (a live process evaluates now) or
     ``("done", record)`` (these samples and this config were evaluated already; ``again`` ignores that).
-    A claim whose process died is taken over, so a later ``suite sweep`` or ``suite evaluate`` finishes.
+    A lease whose process died is taken over, so a later ``suite sweep`` or ``suite evaluate`` finishes.
     """
     key = evaluation_key(run)
     if not again and _done(run).get("key") == key:
         return "done", _done(run)
-    holder = claims.acquire(run / EVALUATION_CLAIM, process_owner())
+    holder = leases.acquire(run / EVALUATION_LEASE, process_owner())
     if holder is not None:
         return "elsewhere", holder
     if not again and _done(run).get("key") == key:  # finished by another process just before we won
-        claims.release(run / EVALUATION_CLAIM, process_owner())
+        leases.release(run / EVALUATION_LEASE, process_owner())
         return "done", _done(run)
     return "elected", {}
 
 
 def evaluation_finished(run: Path, completed: bool) -> None:
-    """Record a finished evaluation (if ``completed``) and give up ``evaluation.claim``."""
+    """Record a finished evaluation (if ``completed``) and give up ``evaluation.lease``."""
     if completed:
         record = {**process_owner(), "key": evaluation_key(run)}
         atomic_write_text(run / EVALUATION_DONE, json.dumps(record))
-    claims.release(run / EVALUATION_CLAIM, process_owner())
+    leases.release(run / EVALUATION_LEASE, process_owner())
 
 
 def check_run(run: Path) -> tuple[int, list[str]]:
@@ -236,9 +233,9 @@ def check_run(run: Path) -> tuple[int, list[str]]:
         for item in missing
     ]
     problems += [
-        f"{path.relative_to(run)}: claimed by a process that no longer runs"
-        for path in sorted((run / ITEMS_DIR).glob("*.claim"))
-        if claims.is_stale(path, claims.read_owner(path) or {})
+        f"{path.relative_to(run)}: leased by a process that no longer runs"
+        for path in sorted((run / ITEMS_DIR).glob("*.lease"))
+        if leases.is_stale(path, leases.read_owner(path) or {})
     ]
     problems += _samples_problems(run, items, complete=not missing and not damaged)
     verified = sum(_images_with_png(run, item) for item in items if item.id in finished)

@@ -29,7 +29,7 @@ from suite.run.folder import SAMPLES, collect_samples, item_path, stage_record
 from suite.run.grid import WorkItem, expand, shard
 from suite.run.options import RunOptions
 from suite.run.preflight import check_generation
-from suite.run.resume import Environment, claim, open_run, release, verify_items
+from suite.run.resume import Environment, lease, open_run, release, verify_items
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class RunSummary:
     images_generated: int
     complete: bool
     repaired: dict[str, str] = field(default_factory=dict)  # item id -> why its files could not be trusted
-    items_held_elsewhere: int = 0  # claimed by another live process on this run folder
+    items_held_elsewhere: int = 0  # leased by another live process on this run folder
 
 
 SEED_RULE = {
@@ -55,7 +55,7 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
 
     Everything the run depends on is checked first (``preflight``); the folder is then opened or
     resumed (``resume.open_run``), finished items are verified against their recorded hashes and
-    damaged ones regenerated, and each item is claimed before it is generated.
+    damaged ones regenerated, and each item is leased before it is generated.
 
     Args:
         resolved: the validated sweep with its prompts.
@@ -89,7 +89,7 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     for preset_name, members in itertools.groupby(todo, key=lambda item: item.preset):
         group, pipeline, clock = list(members), None, Clock(device)
         for item in group:
-            if not claim(run, item.id):
+            if not lease(run, item.id):
                 held_elsewhere += 1
                 continue
             if item_path(run, item.id).exists():  # finished by another process since the list was made

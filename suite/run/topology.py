@@ -7,7 +7,7 @@ plus Slurm: ``srun`` tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) and job a
 (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN), which multiply with the
 tasks of each array element. ``--shard i/n`` overrides them all, for any other scheduler.
 
-No process group is created: processes coordinate through the run folder (claim files), so a
+No process group is created: processes coordinate through the run folder (lease files), so a
 rank that dies never hangs the others, array elements need not run at the same time, and
 several processes may share one GPU. Each process takes GPU ``local_rank % visible GPUs``.
 """

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import open_clip
 import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from safetensors.torch import save_file
 
 from suite.toy.world import IMAGE_SIZE, WORDS
 
@@ -49,7 +52,6 @@ def tokenize(prompts: list[str]) -> tuple[torch.Tensor, int]:
 
 def build() -> torch.nn.Module:
     """A randomly initialised toy CLIP (open_clip's CLIP class from MODEL_CONFIG)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     return CLIP(
         MODEL_CONFIG["embed_dim"], CLIPVisionCfg(**MODEL_CONFIG["vision_cfg"]), CLIPTextCfg(**MODEL_CONFIG["text_cfg"])
@@ -58,7 +60,6 @@ def build() -> torch.nn.Module:
 
 def save(model: torch.nn.Module, folder: Path) -> None:
     """The open_clip model config (open_clip's schema) and fp16 safetensors weights."""
-    from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(json.dumps(MODEL_CONFIG, indent=2) + "\n")
@@ -68,7 +69,6 @@ def save(model: torch.nn.Module, folder: Path) -> None:
 
 def load(folder: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Through open_clip's own factory: register the config, then create the model with the checkpoint."""
-    import open_clip
 
     folder = Path(folder)
     open_clip.add_model_config(folder / CONFIG_FILE)

@@ -21,17 +21,16 @@ from suite.analysis.ablation.design import (
     ordered_cells,
     training_path,
 )
-from suite.analysis.claims.experiments import device_name, median_row
+from suite.analysis.claims.common import device_name, median_row
 from suite.analysis.compare import load_records
 from suite.core import stats
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_bytes
 from suite.metrics.fid import frechet_to
-from suite.model.timing import time_alternately
 from suite.run.evaluate import evaluate_run
 from suite.run.folder import read_run
 from suite.run.options import EvaluateOptions, RunOptions
-from suite.run.runner import load_pipelines, run_sweep
+from suite.run.runner import load_pipelines, run_sweep, time_alternately
 
 
 def run_and_evaluate(config: AblationConfig, base_dir: Path, out: Path, device: str, progress: bool) -> Path:

@@ -1,7 +1,18 @@
 """The article's eight claims as experiments with verdicts (``suite claims``).
 
-Each claim file in ``experiments/claims/`` names an experiment (``experiments.EXPERIMENTS``), the
-sweeps it needs and its settings. ``suite claims`` runs it in two phases:
+This package owns the claim files (``experiments/claims/NN-name.yaml``), one module per claim holding
+its measure and its judge, the registry that names them, and the claims report. As part of the analysis
+layer it may import ``suite.run``, ``suite.metrics``, ``suite.prompts``, ``suite.toy``, ``suite.model``,
+``suite.core`` and its ``suite.analysis`` siblings (bench, costs, diff, report), never ``suite.cli``.
+Its modules import one way, and none imports this package file:
+
+- ``experiments``: the registry (claim file's ``measure:`` -> measure and judge); ``claim_file``: the files;
+- ``common``: what the claim modules share; ``report``: figures, and the report built from the judges;
+- one module per claim, each registering its experiment: ``values_per_step`` (1), ``structure`` (2),
+  ``steps`` (3), ``guidance`` (4), ``determinism`` (5), ``attention_bleed`` (6, with the recorder in
+  ``attention``), ``cost`` (7), ``step_time`` (8); ``saturation`` holds claim 4's image measures.
+
+``suite claims`` runs in two phases:
 
 1. **measure**: run the claim's sweeps (ordinary, resumable run folders under ``<out>/runs/<claim>/``)
    and any measurement of its own (x0 trajectories, attention maps, timings), and write small tidy
@@ -17,53 +28,36 @@ The run folders are large and stay out of the repository; the report folder is s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from suite.analysis.claims.claim_file import ClaimConfig, claim_sweep, load_claims
+from suite.analysis.claims import (  # each claim module registers its experiment in EXPERIMENTS
+    attention_bleed,
+    cost,
+    determinism,
+    guidance,
+    step_time,
+    steps,
+    structure,
+    values_per_step,
+)
+from suite.analysis.claims.claim_file import ClaimConfig, load_claims
+from suite.analysis.claims.common import (
+    INCONCLUSIVE,
+    NOT_RUN,
+    NOT_SUPPORTED,
+    PARTLY,
+    SUPPORTED,
+    ClaimsOptions,
+    data_dir,
+    run_claim_sweeps,
+)
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.claims.report import build_claims_report
 from suite.core.files import atomic_write_bytes
-from suite.run.evaluate import evaluate_run
-from suite.run.options import EvaluateOptions, RunOptions
-from suite.run.runner import run_sweep
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run here"
-
-
-@dataclass(frozen=True)
-class ClaimsOptions:
-    claims_dir: Path = Path("experiments/claims")
-    out: Path = Path("results/claims")
-    device: str = "auto"
-    names: tuple[str, ...] = ()
-    progress: bool = True
-
-
-def data_dir(out: Path, config: ClaimConfig) -> Path:
-    return out / "report" / "data" / config.name
-
-
-def runs_dir(out: Path, config: ClaimConfig) -> Path:
-    return out / "runs" / config.name
-
-
-def run_claim_sweeps(config: ClaimConfig, options: ClaimsOptions) -> dict[str, Path]:
-    """Run (or resume) each of the claim's sweeps and evaluate it; returns the run folders by sweep name."""
-
-    folders = {}
-    for sweep_name in config.sweeps:
-        resolved = claim_sweep(config, sweep_name, options.claims_dir)
-        folder = runs_dir(options.out, config) / sweep_name
-        summary = run_sweep(resolved, RunOptions(folder, options.device, progress=options.progress))
-        if not summary.complete:
-            raise RuntimeError(f"{folder}: the sweep did not complete")
-        if resolved.sweep.metrics:
-            evaluate_run(folder, EvaluateOptions(device=options.device, progress=options.progress))
-        folders[sweep_name] = folder
-    return folders
+CLAIM_MODULES = (values_per_step, structure, steps, guidance, determinism, attention_bleed, cost, step_time)
 
 
 def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
@@ -93,4 +87,18 @@ def run_claims(options: ClaimsOptions, log=print) -> Path:
     return build_claims_report(options.out / "report")
 
 
-__all__ = ["NOT_RUN", "NOT_SUPPORTED", "SUPPORTED", "ClaimConfig", "ClaimsOptions", "load_claims", "run_claims"]
+__all__ = [
+    "CLAIM_MODULES",
+    "EXPERIMENTS",
+    "INCONCLUSIVE",
+    "NOT_RUN",
+    "NOT_SUPPORTED",
+    "PARTLY",
+    "SUPPORTED",
+    "ClaimConfig",
+    "ClaimsOptions",
+    "build_claims_report",
+    "load_claims",
+    "measure",
+    "run_claims",
+]

@@ -22,22 +22,14 @@ from suite.run.folder import RunFolder, read_run
 from suite.run.options import EvaluateOptions
 
 REPORT_DIR = "report"
-FORMATS = {
-    "fid": ".3f",
-    "kid_mean": ".4f",
-    "cmmd": ".4f",
-    "clip_score_mean": ".2f",
-    "clip_score_ci95_low": ".2f",
-    "clip_score_ci95_high": ".2f",
-    "toy_correct": ".3f",
-    "toy_correct_single": ".3f",
-    "toy_correct_pair": ".3f",
-    "toy_correct_held_out_pair": ".3f",
-    "seconds_per_image_median": ".4f",
-    "gflops_per_image": ",.2f",
-    "guidance_scale": "g",
-    "budget_s_per_image": "g",
-}
+
+
+def _formats() -> dict[str, str]:
+    """Display formats of every number in the report's tables: each metric's own, its interval's, the grid's."""
+    formats = {}
+    for column, spec in tables.summary_columns().items():
+        formats |= dict.fromkeys((column, *tables.interval_of(column)), spec)
+    return formats | {"guidance_scale": "g", "budget_s_per_image": "g"}
 
 
 METRICS_NOTE = (
@@ -64,7 +56,7 @@ def _budget_test(run: RunFolder):
     def test(best: pd.Series, other: pd.Series, column: str) -> float:
         if not records:
             records.update(load_records(run, EvaluateOptions(device="cpu", progress=False)))
-        metric = next(metric for _, metric in METRICS.items() if metric.headline == column)
+        metric = next(metric for metric in METRICS.values() if metric.headline == column)
         rows = metric.compare(records[point_key(best)], records[point_key(other)])
         return next(row["p_value"] for row in rows if row["metric"] == column)
 
@@ -167,12 +159,13 @@ def build_sections(run: Path, folder: Path) -> list[Section]:
         budgets = tables.best_at_budgets(metrics, _budget_test(run_folder))
         _write_csv(summary, folder / "tables" / "metrics.csv")
         _write_csv(budgets, folder / "tables" / "best_at_budgets.csv")
-        sections.append(Section("Metrics per grid point", [Text(METRICS_NOTE), Table(summary, FORMATS)]))
+        sections.append(Section("Metrics per grid point", [Text(METRICS_NOTE), Table(summary, _formats())]))
         sections.append(_comparisons_section(run_folder))
         if not budgets.empty:
             sections.append(
                 Section(
-                    "Best configuration per preset within a time budget", [Text(BUDGETS_NOTE), Table(budgets, FORMATS)]
+                    "Best configuration per preset within a time budget",
+                    [Text(BUDGETS_NOTE), Table(budgets, _formats())],
                 )
             )
         figures += plots.quality_vs_clip(metrics, plot_folder) + plots.quality_vs_steps(metrics, plot_folder)

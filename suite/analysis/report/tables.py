@@ -10,31 +10,44 @@ import numpy as np
 import pandas as pd
 
 from suite.core import stats
+from suite.metrics import METRICS
 from suite.run.folder import GRID_COLUMNS, recorded_stage_count, stage_column
 
-# Quality columns in order of preference for "best": (column, lower is better)
-QUALITY = (("fid", True), ("toy_correct", False), ("clip_score_mean", False), ("cmmd", True), ("kid_mean", True))
-# Numbers a reader compares, with the format they are shown in; each is shown with its 95% interval.
-SUMMARY = {
-    "fid": ".2f",
-    "fid_inf": ".2f",
-    "kid_mean": ".4f",
-    "cmmd": ".4f",
-    "clip_score_mean": ".2f",
-    "toy_correct": ".3f",
-    "toy_correct_single": ".3f",
-    "toy_correct_pair": ".3f",
-    "toy_correct_held_out_pair": ".3f",
-    "seconds_per_image_median": ".4f",
-    "gflops_per_image": ",.3g",
-}
-INTERVAL_PREFIX = {"kid_mean": "kid", "clip_score_mean": "clip_score", "seconds_per_image_median": "seconds_per_image"}
+TIMING = {"seconds_per_image_median": ".4f"}  # the evaluation's own timing column, between qualities and costs
+TIMING_INTERVAL = {"seconds_per_image_median": ("seconds_per_image_ci95_low", "seconds_per_image_ci95_high")}
+
+
+def _metric_columns(costs: bool) -> dict[str, str]:
+    """Every column the metrics declare for reports, qualities first (costs: those without a direction)."""
+    return {
+        column: spec
+        for metric in METRICS.values()
+        if (metric.higher_is_better is None) == costs
+        for column, spec in metric.shown_columns().items()
+    }
+
+
+def summary_columns() -> dict[str, str]:
+    """The numbers a reader compares, with the format they are shown in; each is shown with its 95% interval."""
+    return _metric_columns(costs=False) | TIMING | _metric_columns(costs=True)
+
+
+def _owner(column: str):
+    return next((metric for metric in METRICS.values() if column in metric.shown_columns()), None)
 
 
 def interval_of(column: str) -> tuple[str, str]:
     """The columns holding the 95% interval of ``column``."""
-    prefix = INTERVAL_PREFIX.get(column, column)
-    return f"{prefix}_ci95_low", f"{prefix}_ci95_high"
+    if column in TIMING_INTERVAL:
+        return TIMING_INTERVAL[column]
+    metric = _owner(column)
+    return metric.interval_of(column) if metric else (f"{column}_ci95_low", f"{column}_ci95_high")
+
+
+def quality_order() -> list[tuple[str, bool]]:
+    """Quality columns in order of preference for "best": (column, lower is better)."""
+    ranked = sorted((metric for metric in METRICS.values() if metric.best_rank is not None), key=lambda m: m.best_rank)
+    return [(metric.headline, not metric.higher_is_better) for metric in ranked]
 
 
 def with_interval(value: float, low: float, high: float, spec: str) -> str:
@@ -48,7 +61,7 @@ def with_interval(value: float, low: float, high: float, spec: str) -> str:
 
 def quality_column(metrics: pd.DataFrame) -> tuple[str, bool] | None:
     """The first quality metric the run has: FID, else the toy score, else CLIP score, ..."""
-    for column, lower_is_better in QUALITY:
+    for column, lower_is_better in quality_order():
         if column in metrics and metrics[column].notna().any():
             return column, lower_is_better
     return None
@@ -57,19 +70,21 @@ def quality_column(metrics: pd.DataFrame) -> tuple[str, bool] | None:
 def metrics_summary(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per grid point; every number the run has, with its 95% interval in brackets.
 
-    FID computed from no more images than feature dimensions is marked with a dagger: its covariance is singular.
+    A value a metric flags as unreliable (FID from no more images than feature dimensions) is marked with a dagger.
     """
     summary = metrics[[*GRID_COLUMNS, "n_images"]].reset_index(drop=True).copy()
-    for column, spec in SUMMARY.items():
+    for column, spec in summary_columns().items():
         if column not in metrics or metrics[column].isna().all():
             continue
         low, high = interval_of(column)
         summary[f"{column} (95% CI)"] = [
             with_interval(row[column], row.get(low), row.get(high), spec) for _, row in metrics.iterrows()
         ]
-    if "fid_rank_deficient" in metrics and "fid (95% CI)" in summary:
-        flagged = metrics["fid_rank_deficient"].fillna(False).to_numpy(dtype=bool)
-        summary.loc[flagged, "fid (95% CI)"] = summary.loc[flagged, "fid (95% CI)"] + " †"
+    for metric in METRICS.values():
+        for column, flag in metric.flags.items():
+            if flag in metrics and f"{column} (95% CI)" in summary:
+                flagged = metrics[flag].fillna(False).to_numpy(dtype=bool)
+                summary.loc[flagged, f"{column} (95% CI)"] = summary.loc[flagged, f"{column} (95% CI)"] + " †"
     return summary
 
 

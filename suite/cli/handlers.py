@@ -1,10 +1,9 @@
-"""Command line: parses arguments and calls library functions. Bad input: one line, exit code 2."""
+"""The command handlers: each reads its parsed arguments, calls library functions and prints what it made."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from suite.analysis.report import build_report
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_table, ensure_writable
 from suite.core.formatting import markdown_table
+from suite.core.stats import ALPHA
 from suite.metrics import METRICS
 from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
 from suite.model.backends import BACKENDS
-from suite.model.devices import DTYPES, resolve_device
+from suite.model.devices import resolve_device
 from suite.model.presets import PRESETS, TOY_WEIGHTS, cache_root, materialise
 from suite.model.samplers import SAMPLERS
 from suite.prompts.sets import FILTERS, PROMPT_SETS
@@ -40,7 +40,6 @@ from suite.run.topology import device_for, topology
 from suite.toy.train import train_ablation, train_toy
 
 DEFAULT_SWEEP = "experiments/toy.yaml"
-EXIT_USAGE = 2
 
 
 def _default_sweep() -> Path:
@@ -48,7 +47,7 @@ def _default_sweep() -> Path:
     local = Path(DEFAULT_SWEEP)
     if local.is_file():
         return local
-    return Path(__file__).resolve().parents[1] / DEFAULT_SWEEP
+    return Path(__file__).resolve().parents[2] / DEFAULT_SWEEP
 
 
 def _model_dirs(pairs: list[str]) -> dict[str, Path]:
@@ -133,7 +132,7 @@ def _evaluate(run: Path, args: argparse.Namespace) -> None:
 def _compare(run: Path, args: argparse.Namespace) -> None:
 
     table = compare_run(run, _evaluate_options(args))
-    significant = int((table["p_holm"] < 0.05).sum()) if len(table) else 0
+    significant = int((table["p_holm"] < ALPHA).sum()) if len(table) else 0
     print(f"{run}: {len(table)} paired comparisons ({significant} significant after Holm) in {run / 'comparisons.csv'}")
 
 
@@ -342,176 +341,3 @@ def command_list(args: argparse.Namespace) -> int:
         print(f"  {name:22} {(factory.__doc__ or '').strip().splitlines()[0] if factory.__doc__ else ''}")
     print("CLIP models (CLIP score): " + ", ".join(CLIP_MODELS.names()))
     return 0
-
-
-def _evaluation_command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
-    """A subcommand that reads a run folder and may evaluate it: RUN, --device, --inception-weights, --quiet."""
-    command = commands.add_parser(name, help=help_text)
-    command.add_argument("run", help="run folder")
-    command.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    command.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
-    command.add_argument("--quiet", action="store_true", help="no progress bar")
-    return command
-
-
-def _device_and_dtype(command: argparse.ArgumentParser) -> None:
-    """--device and --dtype, as generation (sweep) and timing (bench) take them."""
-
-    command.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    command.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPES.names()],
-        help="auto: each preset's dtypes on accelerators, fp32 on CPU",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="suite", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    sweep = commands.add_parser("sweep", help="run a sweep (default: experiments/toy.yaml); resumable")
-    sweep.add_argument("config", nargs="?", help="sweep YAML file")
-    sweep.add_argument("--out", help="run folder (default: results/<sweep name>)")
-    sweep.add_argument("--shard", help="i/n: run every n-th work item starting at i (default: RANK/WORLD_SIZE or 0/1)")
-    _device_and_dtype(sweep)
-    sweep.add_argument(
-        "--model-dir",
-        action="append",
-        default=[],
-        metavar="PRESET=PATH",
-        help="load PRESET from a local folder instead of the hub (repeatable)",
-    )
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.add_argument(
-        "--compile", action="store_true", help="torch.compile each UNet (compile time recorded apart, in compile_s)"
-    )
-    sweep.add_argument("--channels-last", action="store_true", help="channels-last memory format for UNets and VAEs")
-    sweep.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
-    sweep.set_defaults(handler=command_sweep)
-
-    evaluate = _evaluation_command(commands, "evaluate", "(re)compute a finished run's metrics from its folder alone")
-    evaluate.add_argument("--recompute", action="store_true", help="ignore grid points already evaluated")
-    evaluate.set_defaults(handler=command_evaluate)
-    compare = _evaluation_command(commands, "compare", "paired tests between grid points (evaluates first if needed)")
-    compare.set_defaults(handler=command_compare)
-
-    check = commands.add_parser("check", help="verify a run folder's items, images and tables against their hashes")
-    check.add_argument("run", help="run folder")
-    check.set_defaults(handler=command_check)
-
-    report = commands.add_parser("report", help="tables, plots, image grids and HTML from a run folder alone")
-    report.add_argument("run", help="run folder")
-    report.add_argument("--out", help="report folder (default: RUN/report)")
-    report.set_defaults(handler=command_report)
-
-    profile = commands.add_parser("profile", help="parameters, memory, values and FLOPs per step from configs alone")
-    profile.add_argument("presets", nargs="*", help="presets to profile (default: every preset with known configs)")
-    profile.add_argument("--sampler", default="ddim", help="sampler for FLOPs per image (default: ddim)")
-    profile.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default: 50)")
-    profile.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
-    profile.add_argument("--out", default="results/profile", help="folder for the tables (default: results/profile)")
-    profile.add_argument(
-        "--model-dir",
-        action="append",
-        default=[],
-        metavar="PRESET=PATH",
-        help="read PRESET's configs from a local folder (repeatable)",
-    )
-    profile.set_defaults(handler=command_profile)
-
-    bench = commands.add_parser(
-        "bench", help="time real architectures with random weights, against diffusers' pipelines"
-    )
-    bench.add_argument("presets", nargs="*", help="presets to time (default: sd15 sd21-base if-xl)")
-    _device_and_dtype(bench)
-    bench.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
-    bench.add_argument("--steps", type=int, default=20, help="timed denoising steps per stage (default: 20)")
-    bench.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
-    bench.add_argument("--sampler", default="ddim", help="sampler (default: ddim)")
-    bench.add_argument("--compile", action="store_true", help="torch.compile each UNet (compile time reported apart)")
-    bench.add_argument("--channels-last", action="store_true", help="channels-last memory format for UNets and VAEs")
-    bench.add_argument("--attention", default="sdpa", help="sdpa (fused kernels, default) or math (reference kernel)")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs per stage, alternating with diffusers")
-    bench.add_argument("--no-baseline", action="store_true", help="skip diffusers' pipelines")
-    bench.add_argument("--out", default="results/bench", help="tables go to OUT/<device>/ (default: results/bench)")
-    bench.set_defaults(handler=command_bench)
-
-    diff = commands.add_parser("diff", help="two runs of one sweep (other device or dtype): same images? same scores?")
-    diff.add_argument("a", help="run folder A (e.g. the CPU run)")
-    diff.add_argument("b", help="run folder B (e.g. the CUDA run)")
-    diff.add_argument("--out", help="write the full table to OUT.csv and OUT.parquet")
-    diff.set_defaults(handler=command_diff)
-
-    train = commands.add_parser("train", help="rebuild the toy world's models (resumable)")
-    train.add_argument("world", choices=["toy"], help="what to train: the toy world's models")
-    train.add_argument("--work", help="checkpoints and finished models (default: $SUITE_CACHE/train/toy)")
-    train.add_argument("--out", help="where the assembled models go (default: the package's suite/toy/weights)")
-    train.add_argument("--jobs", type=int, default=2, help="parallel training tracks (default 2: one per core pair)")
-    train.add_argument(
-        "--ablation",
-        action="store_true",
-        help="train the 2x2 ablation {latent, pixel} x {CLIP-style, T5-style} at one matched budget "
-        "(default --out: the package's suite/toy/weights/ablation)",
-    )
-    train.set_defaults(handler=command_train)
-
-    claims = commands.add_parser(
-        "claims", help="the background article's claims as experiments with verdicts (experiments/claims/)"
-    )
-    claims.add_argument("--only", nargs="+", default=[], metavar="CLAIM", help="claim files by name, e.g. 03-steps")
-    claims.add_argument("--claims-dir", default="experiments/claims")
-    claims.add_argument("--out", default="results/claims", help="runs/ (large, not committed) and report/ go here")
-    claims.add_argument("--device", default="auto")
-    claims.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
-    claims.add_argument("--quiet", action="store_true")
-    claims.set_defaults(handler=command_claims)
-
-    ablation = commands.add_parser(
-        "ablation",
-        help="a 2x2 ablation at one training budget: main effects and interaction (experiments/ablation.yaml)",
-    )
-    ablation.add_argument("file", nargs="?", default="experiments/ablation.yaml", help="the ablation file")
-    ablation.add_argument("--out", default="results/ablation", help="run/ (large, not committed) and report/ go here")
-    ablation.add_argument("--device", default="auto")
-    ablation.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
-    ablation.add_argument("--quiet", action="store_true")
-    ablation.set_defaults(handler=command_ablation)
-
-    listing = commands.add_parser("list", help="backends, presets, samplers, prompt sets, metrics")
-    listing.set_defaults(handler=command_list)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_libraries()
-    try:
-        return args.handler(args)
-    except UserError as error:
-        print(f"suite: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("suite: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-
-
-def _quiet_libraries() -> None:
-    """Library progress bars and advice would drown the suite's own one-line messages."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import warnings
-
-    import diffusers
-    import huggingface_hub
-    import transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

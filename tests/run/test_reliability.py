@@ -361,19 +361,19 @@ def test_an_item_claimed_by_a_live_process_is_left_to_it(tmp_path):
     from suite.run.config import load_sweep
     from suite.run.grid import expand
     from suite.run.options import RunOptions
-    from suite.run.resume import claim
+    from suite.run.resume import lease
     from suite.run.runner import run_sweep
 
     path = sweep_file(tmp_path)
     out = tmp_path / "run"
     items = expand(load_sweep(path))
     (out / "items").mkdir(parents=True)
-    (out / "items" / f"{items[0].id}.claim").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid()}))
-    (out / "items" / f"{items[1].id}.claim").write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7}))
+    (out / "items" / f"{items[0].id}.lease").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid()}))
+    (out / "items" / f"{items[1].id}.lease").write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7}))
     summary = run_sweep(load_sweep(path), RunOptions(out, device="cpu", progress=False))
     assert summary.items_held_elsewhere == 1 and summary.items_generated == len(items) - 1  # the dead one taken over
     assert not summary.complete
-    assert not claim(out, items[0].id)  # still held by the live process
+    assert not lease(out, items[0].id)  # still held by the live process
 
 
 def test_two_sweeps_on_one_folder_share_the_work(tmp_path):

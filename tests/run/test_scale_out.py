@@ -1,4 +1,4 @@
-"""Many processes on one run folder: topology from launchers, one evaluation, claims taken over."""
+"""Many processes on one run folder: topology from launchers, one evaluation, leases taken over."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from suite.core.errors import UserError
-from suite.run import leases as claims
+from suite.run import leases
 from suite.run.topology import Topology, device_for, topology
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -88,38 +88,38 @@ def test_each_local_rank_takes_its_own_gpu(monkeypatch):
     assert device_for("cpu", Topology(0, 2, 1)) == "cpu"
 
 
-# -- claims ---------------------------------------------------------------------------------
+# -- leases ---------------------------------------------------------------------------------
 
 
 def test_a_claim_is_exclusive_and_released_only_by_its_owner(tmp_path):
-    path = tmp_path / "x.claim"
-    first, second = claims.owner_record(rank=0), claims.owner_record(rank=1)
-    assert claims.acquire(path, first) is None
-    assert claims.acquire(path, second) == first  # a live process on this host holds it
-    claims.release(path, second)
+    path = tmp_path / "x.lease"
+    first, second = leases.owner_record(rank=0), leases.owner_record(rank=1)
+    assert leases.acquire(path, first) is None
+    assert leases.acquire(path, second) == first  # a live process on this host holds it
+    leases.release(path, second)
     assert path.exists()
-    claims.release(path, first)
+    leases.release(path, first)
     assert not path.exists()
 
 
 def test_a_dead_processs_claim_is_taken_over(tmp_path):
-    path = tmp_path / "x.claim"
+    path = tmp_path / "x.lease"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     path.write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "old"}))
-    mine = claims.owner_record()
-    assert claims.acquire(path, mine) is None
-    assert claims.read_owner(path) == mine
+    mine = leases.owner_record()
+    assert leases.acquire(path, mine) is None
+    assert leases.read_owner(path) == mine
 
 
 def test_a_claim_from_another_host_is_stale_once_its_heartbeat_stops(tmp_path, monkeypatch):
-    path = tmp_path / "x.claim"
+    path = tmp_path / "x.lease"
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "far"}))
-    assert claims.acquire(path, claims.owner_record()) is not None  # fresh: its owner may be working
-    monkeypatch.setenv("SUITE_CLAIM_STALE_S", "60")
+    assert leases.acquire(path, leases.owner_record()) is not None  # fresh: its owner may be working
+    monkeypatch.setenv("SUITE_LEASE_STALE_S", "60")
     old = time.time() - 120
     os.utime(path, (old, old))
-    assert claims.acquire(path, claims.owner_record()) is None
+    assert leases.acquire(path, leases.owner_record()) is None
 
 
 # -- several processes on one run folder -----------------------------------------------------
@@ -186,7 +186,7 @@ def test_two_rank_torchrun_sweep_equals_one_process_and_evaluates_once(reference
     assert _evaluations([result.stdout]) == 1
     assert "shard 0/2 (torchrun/accelerate)" in result.stdout and "shard 1/2 (torchrun/accelerate)" in result.stdout
     assert json.loads((out / "evaluation.done").read_text())["key"]
-    assert not (out / "evaluation.claim").exists()
+    assert not (out / "evaluation.lease").exists()
 
     from suite.analysis.diff import diff_runs
 
@@ -213,9 +213,9 @@ def test_a_killed_rank_is_finished_by_rerunning_that_rank(reference, tmp_path):
     out = tmp_path / "killed"
     victim = _sweep(path, out, RANK="1", WORLD_SIZE="2")
     deadline = time.time() + 300
-    while time.time() < deadline and not list((out / "items").glob("*.claim")):
+    while time.time() < deadline and not list((out / "items").glob("*.lease")):
         time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)  # mid-item: its claim stays behind
+    victim.send_signal(signal.SIGKILL)  # mid-item: its lease stays behind
     victim.wait()
     survivor = _sweep(path, out, RANK="0", WORLD_SIZE="2")
     output, _ = survivor.communicate(timeout=600)

@@ -25,7 +25,7 @@ from suite.model.presets import PRESETS, TOY_WEIGHTS
 from suite.toy import models
 from suite.toy.world import WORDS
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 ABLATION_FILE = REPOSITORY / "experiments" / "ablation.yaml"
 COMMITTED = REPOSITORY / "results" / "ablation" / "report"
 CELLS = ("toy-latent-clip", "toy-latent-t5", "toy-pixel-clip", "toy-pixel-t5")

@@ -11,17 +11,20 @@ import torch
 
 from suite.analysis.bench import (
     BenchSettings,
-    _pipeline_row,
     achieved_tflops,
     bench_presets,
     build_random,
+    diffusers_stage,
     merge_results,
+    pipeline_row,
     quartiles,
+    random_embeddings,
     ratio_summary,
     utilisation,
     write_bench,
 )
 from suite.cli import main
+from suite.model.backends import build_on_meta
 from suite.model.flops import pipeline_cost
 from suite.model.presets import PRESETS
 from suite.model.stages import decode_latents
@@ -49,7 +52,7 @@ def test_pipeline_row_adds_text_encoding_and_every_stage():
         {"stage": "base", "stage_s": 1.0, "diffusers_stage_s": 0.5, "batch_size": 2},
         {"stage": "super_resolution_1", "stage_s": 3.0, "diffusers_stage_s": 3.5, "batch_size": 2},
     ]
-    row = _pipeline_row(rows)
+    row = pipeline_row(rows)
     assert row["stage_s"] == pytest.approx(4.1)
     assert row["images_per_s"] == pytest.approx(2 / 4.1)
     assert row["ratio_to_diffusers"] == pytest.approx(4.0 / 4.0)  # text encoding is outside diffusers' timed call
@@ -109,8 +112,6 @@ def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
 
 
 def test_bench_flops_are_the_profiled_flops(tiny_table):
-    from suite.model.backends import build_on_meta
-
     preset = PRESETS.get("tiny-cascaded")
     cost = pipeline_cost(build_on_meta(preset))
     settings = preset_stage_settings(preset, TINY.sampler, TINY.num_inference_steps, TINY.guidance_scale)
@@ -188,8 +189,6 @@ def test_tiny_bench_on_cuda_uses_events_and_fused_attention(tmp_path):
 
 def test_diffusers_baseline_takes_the_unets_dtype_not_the_text_encoders():
     """On CUDA, if-xl's bf16 T5 made diffusers' IF pipeline run an fp16 UNet on bf16 inputs; CPU stand-in."""
-    from suite.analysis.bench import diffusers_stage, random_embeddings
-
     pipeline = build_random(PRESETS.get("tiny-cascaded"), torch.device("cpu"), "fp32")
     encoder = pipeline.text_encoders["t5"]
     encoder.model.to(torch.bfloat16)  # the text encoder in another dtype than the UNet, as if-xl on a GPU

@@ -15,7 +15,7 @@ from suite.model.loading import LoadOptions
 from suite.model.presets import PRESETS, TOY_WEIGHTS
 from suite.toy import clip as toy_clip
 from suite.toy import world
-from suite.toy.train import images_to_tensor, psnr_db, retrieval_top1
+from suite.toy.jobs import images_to_tensor, psnr_db, retrieval_top1
 
 CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 

@@ -10,7 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
+from transformers import CLIPTokenizer
 
+from suite.analysis.claims import ClaimsOptions
 from suite.analysis.claims.attention import (
     AttentionRecorder,
     bleed,
@@ -19,15 +22,23 @@ from suite.analysis.claims.attention import (
     token_positions,
 )
 from suite.analysis.claims.claim_file import load_claim, load_claims
-from suite.analysis.claims.experiments import matched_points, settled_step
-from suite.analysis.claims.report import _equivalent_from, build_claims_report
+from suite.analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, PARTLY, SUPPORTED, hooked_samples, overall
+from suite.analysis.claims.cost import matched_points
+from suite.analysis.claims.report import build_claims_report
 from suite.analysis.claims.saturation import clipped_fraction, mean_saturation, palette_distance
+from suite.analysis.claims.steps import _equivalent_from, relation
+from suite.analysis.claims.structure import settled_step
 from suite.cli import main
 from suite.core.errors import UserError
+from suite.model.denoise import KeepPredictions
+from suite.model.presets import TOY_WEIGHTS
+from suite.run.config import parse_sweep, resolve
+from suite.run.options import RunOptions
+from suite.run.runner import run_sweep
 from suite.toy import models
 from suite.toy.world import BACKGROUND, COLOURS
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 COMMITTED = REPOSITORY / "results" / "claims" / "report"
 
 
@@ -97,10 +108,6 @@ def test_token_positions_find_the_colour_words_in_both_tokenizers():
     assert token_positions(models.t5_tokenizer(), prompt, ["red", "blue"], lowercase=True) == {"red": [1], "blue": [5]}
     # toy-latent's shipped tokenizer (built before every known word became one token) spells "green" in four
     # pieces: <bos> a g re e n</w> square ...; today's builds it as one
-    from transformers import CLIPTokenizer
-
-    from suite.model.presets import TOY_WEIGHTS
-
     shipped = CLIPTokenizer.from_pretrained(TOY_WEIGHTS / "toy-latent" / "tokenizer")
     found = token_positions(shipped, "a green square left of a red circle", ["green", "red"])
     assert found == {"green": [2, 3, 4, 5], "red": [10]}
@@ -205,15 +212,6 @@ def test_the_committed_claims_report_rebuilds_byte_identically(tmp_path):
 
 
 def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
-    from PIL import Image
-
-    from suite.analysis.claims import ClaimsOptions
-    from suite.analysis.claims.experiments import hooked_samples
-    from suite.model.denoise import KeepPredictions
-    from suite.run.config import parse_sweep, resolve
-    from suite.run.options import RunOptions
-    from suite.run.runner import run_sweep
-
     sweep = {
         "name": "hooked",
         "presets": ["tiny-latent", "tiny-cascaded"],
@@ -237,9 +235,6 @@ def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
 
 
 def test_sub_claims_combine_into_one_verdict():
-    from suite.analysis.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
-    from suite.analysis.claims.report import PARTLY, overall
-
     assert overall([SUPPORTED, SUPPORTED]) == SUPPORTED
     assert overall([SUPPORTED, NOT_SUPPORTED]) == PARTLY
     assert overall([SUPPORTED, INCONCLUSIVE]) == PARTLY
@@ -248,8 +243,6 @@ def test_sub_claims_combine_into_one_verdict():
 
 
 def test_a_comparison_is_equivalent_different_or_unresolved():
-    from suite.analysis.claims.report import relation
-
     margins = {"exact": 0.1, "clip": 5.0}
     row = {
         "exact_difference_low": -0.05,

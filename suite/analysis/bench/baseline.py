@@ -1,0 +1,99 @@
+"""The diffusers baseline: diffusers' own pipeline for one stage, built from the suite's modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import diffusers
+import torch
+
+from suite.model.samplers import consumes_learned_variance, make_scheduler
+from suite.model.stages import Stage, StageSettings
+
+
+def diffusers_scheduler(sampler: str, config) -> Any:
+    """The suite's scheduler for ``sampler``, made palatable to diffusers' IF pipelines.
+
+    IF pipelines keep the UNet's variance channels whenever the scheduler's config says
+    ``learned_range``, which a DDIM or DPM-Solver built from IF's config still says; record the
+    truth so the pipeline splits them off as the suite does.
+    """
+    scheduler = make_scheduler(sampler, config)
+    if not consumes_learned_variance(scheduler):
+        scheduler.register_to_config(variance_type="fixed_small")
+    return scheduler
+
+
+def diffusers_stage(
+    stage: Stage, kind: str, settings: StageSettings, encoder_model: torch.nn.Module
+) -> Callable[..., torch.Tensor]:
+    """A call of diffusers' own pipeline for one stage, built from the same modules.
+
+    Returns ``run(prompt_embeds, negative_prompt_embeds, generators, low_res, steps)`` giving the
+    stage's output in the form the next stage takes.
+    """
+    scheduler = diffusers_scheduler(settings.sampler, stage.scheduler_config)
+    common = {"safety_checker": None, "feature_extractor": None}
+    if kind == "latent":
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=stage.vae,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
+            tokenizer=None,
+            unet=stage.unet,
+            scheduler=scheduler,
+            requires_safety_checker=False,
+            **common,
+        )
+    elif kind == "pixel-base":
+        pipe = diffusers.IFPipeline(
+            tokenizer=None,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
+            unet=stage.unet,
+            scheduler=scheduler,
+            watermarker=None,
+            requires_safety_checker=False,
+            **common,
+        )
+    elif kind == "pixel-sr":
+        pipe = diffusers.IFSuperResolutionPipeline(
+            tokenizer=None,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
+            unet=stage.unet,
+            scheduler=scheduler,
+            image_noising_scheduler=stage.conditioning.noising_scheduler,
+            watermarker=None,
+            requires_safety_checker=False,
+            **common,
+        )
+    elif kind == "latent-sr":
+        pipe = diffusers.StableDiffusionUpscalePipeline(
+            vae=stage.vae,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the UNet's dtype, as the suite does
+            tokenizer=None,
+            unet=stage.unet,
+            low_res_scheduler=stage.conditioning.noising_scheduler,
+            scheduler=scheduler,
+            watermarker=None,
+            **common,
+        )
+    else:
+        raise ValueError(f"no diffusers pipeline for a {kind!r} stage")
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(prompt_embeds, negative_prompt_embeds, generators, low_res, steps: int) -> torch.Tensor:
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "num_inference_steps": steps,
+            "guidance_scale": settings.guidance_scale,
+            "generator": generators,
+            "output_type": "pt",
+        }
+        if kind == "pixel-sr":
+            kwargs |= {"image": low_res, "noise_level": settings.noise_level}
+        elif kind == "latent-sr":  # the x4 upscaler pipeline takes images in [0, 1] and normalises them itself
+            kwargs |= {"image": low_res / 2 + 0.5, "noise_level": settings.noise_level}
+        return pipe(**kwargs).images
+
+    return run

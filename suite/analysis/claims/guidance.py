@@ -1,0 +1,251 @@
+"""Claim 4, guidance: prompt following and oversaturation against the guidance scale, paired image by image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from suite.analysis.claims.claim_file import ClaimConfig
+from suite.analysis.claims.common import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    ClaimsOptions,
+    ci,
+    claim_section,
+    data_dir,
+    mean_row,
+    overall,
+    point_quality,
+)
+from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
+from suite.analysis.claims.report import copy_image, errorbar, save_figure
+from suite.analysis.claims.saturation import MEASURES, saturation_scores
+from suite.analysis.report.render import Figure, Table, Text
+from suite.analysis.report.tables import with_interval
+from suite.core import stats
+from suite.core.stats import ALPHA
+from suite.toy.world import sample_batch
+
+
+def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dict[str, pd.DataFrame]:
+    keys = ["family", "guidance_scale"]
+    images, points = [], []
+    for run in runs.values():  # the guidance scales, and guidance 0 (the unconditional model) as a baseline
+        run_images, run_points = point_quality(run, [*keys, "preset"])
+        images.append(run_images.assign(image_file=[str(run / path) for path in run_images["image_path"]]))
+        points.append(run_points)
+    images, points = pd.concat(images, ignore_index=True), pd.concat(points, ignore_index=True)
+    saturation = pd.DataFrame(
+        [saturation_scores(np.asarray(Image.open(path).convert("RGB"))) for path in images["image_file"]],
+        index=images.index,
+    )
+    images = pd.concat([images, saturation], axis=1)
+    for measure_name in MEASURES:
+        summary = images.groupby(keys)[measure_name].apply(
+            lambda values, name=measure_name: pd.Series(mean_row(name, values.to_numpy()))
+        )
+        points = points.merge(summary.unstack().reset_index(), on=keys, how="left")
+    world, _ = sample_batch(seed=0, count=256)
+    world_level = pd.DataFrame([saturation_scores(image) for image in world]).agg(["mean"]).T.reset_index()
+    world_level.columns = ["measure", "toy_world_mean"]
+    reference = float(config.settings.get("reference_guidance", 7.5))
+    indexed = images.set_index([*keys, "prompt_index", "seed_index"]).sort_index()
+    tests = []
+
+    def prompt_following(name: str, base: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
+        other = other.reindex(base.index)
+        exact = stats.mcnemar_exact(base["toy_correct"], other["toy_correct"])
+        clip = stats.paired_permutation(base["clip_score"], other["clip_score"])
+        return {
+            f"exact_vs_{name}": exact.difference,
+            f"exact_vs_{name}_low": exact.low,
+            f"exact_vs_{name}_high": exact.high,
+            f"exact_vs_{name}_p": exact.p_value,
+            f"clip_vs_{name}": clip.difference,
+            f"clip_vs_{name}_low": clip.low,
+            f"clip_vs_{name}_high": clip.high,
+            f"clip_vs_{name}_p": clip.p_value,
+        }
+
+    for family, rows in points.groupby("family", sort=True):
+        scales = rows[rows["guidance_scale"] >= 1]  # guidance 0 is the unconditional baseline, not a candidate
+        best = scales.sort_values(["toy_correct", "clip_score_mean"], ascending=False).iloc[0]["guidance_scale"]
+        base_best = indexed.loc[(family, best)]
+        base_reference = indexed.loc[(family, reference)]
+        unconditional = indexed.loc[(family, 0.0)] if (rows["guidance_scale"] == 0).any() else None
+        for guidance in sorted(rows["guidance_scale"]):
+            other = indexed.loc[(family, guidance)]
+            row = {"family": family, "guidance_scale": guidance, "best_guidance": best}
+            row |= prompt_following("best", base_best, other)
+            if unconditional is not None and guidance == 1.0:
+                row |= prompt_following("unconditional", unconditional, other)
+            for measure_name in MEASURES:
+                test = stats.paired_permutation(
+                    base_reference[measure_name], other.reindex(base_reference.index)[measure_name]
+                )
+                row |= {
+                    f"{measure_name}_vs_reference": test.difference,
+                    f"{measure_name}_vs_reference_low": test.low,
+                    f"{measure_name}_vs_reference_high": test.high,
+                    f"{measure_name}_vs_reference_p": test.p_value,
+                }
+            tests.append(row)
+    tests = pd.DataFrame(tests)
+    p_columns = [column for column in tests.columns if column.endswith("_p")]
+    for _, rows in tests.groupby("family"):  # Holm across every test of a family (untested cells stay NaN)
+        values = rows[p_columns].to_numpy(dtype=float).ravel()
+        adjusted = np.full(values.shape, np.nan)
+        adjusted[~np.isnan(values)] = stats.holm(values[~np.isnan(values)])
+        adjusted = adjusted.reshape(len(rows), len(p_columns))
+        for position, column in enumerate(p_columns):
+            tests.loc[rows.index, f"{column}_holm"] = adjusted[:, position]
+    examples = images[images["prompt_index"] == int(config.settings.get("example_prompt", 0))]
+    data = data_dir(options.out, config)
+    data.mkdir(parents=True, exist_ok=True)
+    for family, rows in examples.groupby("family"):
+        strip = np.concatenate(
+            [
+                np.asarray(Image.open(row.image_file).convert("RGB"))
+                for row in rows.sort_values("guidance_scale").itertuples()
+            ],
+            axis=1,
+        )
+        Image.fromarray(strip).save(data / f"guidance-strip-{family}.png")
+    return {"points": points, "tests": tests, "world_level": world_level}
+
+
+def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    """Per family, Holm-adjusted within the family: (a) "1 ignores the prompt": guidance 1 follows the prompt no
+    better than guidance 0 (the model without its prompt) in exact match and CLIP score; not supported if it is
+    significantly better in either; (b) "7-12 follows the prompt": some scale in 7-12.5 is not significantly below
+    the best scale in either measure; (c) "above ~15 oversaturate": at 15 or more, some saturation measure is
+    significantly above its level at the reference scale."""
+    points, tests, world = tables["points"], tables["tests"], tables["world_level"]
+    verdicts, lines = [], []
+    for family, rows in tests.groupby("family", sort=True):
+        rows = rows.sort_values("guidance_scale")
+        at_one = rows[rows.guidance_scale == 1.0].iloc[0]
+        if "exact_vs_unconditional_p_holm" in rows and not pd.isna(at_one.exact_vs_unconditional_p_holm):
+            better = (at_one.exact_vs_unconditional_p_holm < ALPHA and at_one.exact_vs_unconditional > 0) or (
+                at_one.clip_vs_unconditional_p_holm < ALPHA and at_one.clip_vs_unconditional > 0
+            )
+            ignores = NOT_SUPPORTED if better else SUPPORTED
+            ignore_text = f"1 vs 0: exact {ci(at_one, 'exact_vs_unconditional')}, CLIP {ci(at_one, 'clip_vs_unconditional', '.2f')}"
+        else:
+            ignores, ignore_text = INCONCLUSIVE, "no guidance-0 baseline"
+        scales = rows[rows.guidance_scale >= 1]
+        worse = ((scales.exact_vs_best_p_holm < ALPHA) & (scales.exact_vs_best < 0)) | (
+            (scales.clip_vs_best_p_holm < ALPHA) & (scales.clip_vs_best < 0)
+        )
+        good = scales[~worse].guidance_scale
+        follows = bool(((good >= 7) & (good <= 12.5)).any())
+        high = rows[rows.guidance_scale >= 15]
+        saturates = bool(
+            (
+                ((high.mean_saturation_vs_reference_p_holm < ALPHA) & (high.mean_saturation_vs_reference > 0))
+                | ((high.clipped_fraction_vs_reference_p_holm < ALPHA) & (high.clipped_fraction_vs_reference > 0))
+                | ((high.palette_distance_vs_reference_p_holm < ALPHA) & (high.palette_distance_vs_reference > 0))
+            ).any()
+        )
+        verdicts += [ignores, *(SUPPORTED if holds else NOT_SUPPORTED for holds in (follows, saturates))]
+        best = rows.best_guidance.iloc[0]
+        lines.append(
+            f"{family}: best scale {best:g}; not significantly below it: {', '.join(f'{g:g}' for g in good)}; "
+            f"1 ignores the prompt: {ignores} ({ignore_text}); oversaturated at >= 15: {'yes' if saturates else 'no'}"
+        )
+    verdict = overall(verdicts)
+    shown = points.sort_values(["family", "guidance_scale"]).assign(
+        exact_match=[
+            with_interval(r.toy_correct, r.toy_correct_ci95_low, r.toy_correct_ci95_high, ".3f")
+            for r in points.sort_values(["family", "guidance_scale"]).itertuples()
+        ],
+    )
+    shown = shown.assign(
+        clip_score=[
+            with_interval(r.clip_score_mean, r.clip_score_ci95_low, r.clip_score_ci95_high, ".3f")
+            for r in shown.itertuples()
+        ],
+        saturation=[ci(row, "mean_saturation") for _, row in shown.iterrows()],
+        clipped=[ci(row, "clipped_fraction", ".4f") for _, row in shown.iterrows()],
+        palette_distance=[ci(row, "palette_distance", ".2f") for _, row in shown.iterrows()],
+    )[["family", "guidance_scale", "exact_match", "clip_score", "saturation", "clipped", "palette_distance"]]
+    test_table = tests.assign(
+        exact_vs_best=[ci(row, "exact_vs_best") for _, row in tests.iterrows()],
+        clip_vs_best=[ci(row, "clip_vs_best", ".2f") for _, row in tests.iterrows()],
+        saturation_vs_ref=[ci(row, "mean_saturation_vs_reference", ".4f") for _, row in tests.iterrows()],
+        clipped_vs_ref=[ci(row, "clipped_fraction_vs_reference", ".4f") for _, row in tests.iterrows()],
+        palette_vs_ref=[ci(row, "palette_distance_vs_reference", ".2f") for _, row in tests.iterrows()],
+    )[
+        [
+            "family",
+            "guidance_scale",
+            "exact_vs_best",
+            "exact_vs_best_p_holm",
+            "clip_vs_best",
+            "clip_vs_best_p_holm",
+            "saturation_vs_ref",
+            "mean_saturation_vs_reference_p_holm",
+            "clipped_vs_ref",
+            "clipped_fraction_vs_reference_p_holm",
+            "palette_vs_ref",
+            "palette_distance_vs_reference_p_holm",
+        ]
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for family, rows in points.sort_values("guidance_scale").groupby("family", sort=True):
+        errorbar(axes[0], rows, "guidance_scale", "toy_correct", family, ("_ci95_low", "_ci95_high"))
+        errorbar(axes[1], rows, "guidance_scale", "mean_saturation", family)
+        errorbar(axes[2], rows, "guidance_scale", "palette_distance", family)
+    world_levels = dict(zip(world.measure, world.toy_world_mean))
+    axes[1].axhline(world_levels["mean_saturation"], color="grey", linewidth=0.8, label="toy world")
+    axes[2].axhline(world_levels["palette_distance"], color="grey", linewidth=0.8, label="toy world")
+    for axis, label in zip(axes, ("exact match", "mean HSV saturation", "distance to palette (RGB)")):
+        axis.set_xlabel("guidance scale")
+        axis.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    blocks = [
+        Text(
+            "Saturation measures (`suite/verdicts/saturation.py`): mean HSV saturation, share of pixels with a "
+            "channel at 0 or 255, mean RGB distance to the nearest palette colour. The toy world's own images: "
+            + ", ".join(f"{name} {value:.4g}" for name, value in world_levels.items())
+            + f". Saturation is compared with guidance {claim['settings']['reference_guidance']:g} image by image "
+            "(paired permutation), prompt following with each family's best scale (exact McNemar on exact match, "
+            "paired permutation on CLIP score); Holm within a family. Guidance 0 is the model without its prompt "
+            "(for the cascade: its base stage, which lays out the image; the x4 stage keeps its text)."
+        ),
+        Table(shown),
+        Table(test_table, {column: ".3g" for column in test_table.columns if column.endswith("_holm")}),
+        Figure(
+            save_figure(figure, folder, "claim4-guidance"),
+            "Exact match, saturation and distance to the palette against guidance (95% intervals)",
+        ),
+    ]
+    for path in sorted(data.glob("guidance-strip-*.png")):
+        scales = ", ".join(f"{g:g}" for g in sorted(points.guidance_scale.unique()))
+        blocks.append(
+            Figure(
+                copy_image(path, folder, f"claim4-{path.name}"),
+                f"{path.stem.removeprefix('guidance-strip-')}: one prompt at guidance {scales}",
+            )
+        )
+    blocks.append(Text("Sub-claims: " + "; ".join(lines) + "."))
+    return Judgement(verdict, "; ".join(lines), claim_section(claim, blocks))
+
+
+EXPERIMENTS.register(
+    "guidance",
+    Experiment(
+        measure_guidance,
+        judge_guidance,
+        "prompt following and oversaturation against the guidance scale, paired per image",
+    ),
+)

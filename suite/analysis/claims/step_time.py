@@ -1,0 +1,91 @@
+"""Claim 8, time per step on a GPU: SD 1.5's UNet step at 512 px, from `suite bench` tables measured on GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from suite.analysis.claims.claim_file import ClaimConfig
+from suite.analysis.claims.common import NOT_RUN, NOT_SUPPORTED, PARTLY, SUPPORTED, ClaimsOptions, claim_section
+from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
+from suite.analysis.report.render import Table, Text
+
+
+def measure_step_time(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dict[str, pd.DataFrame]:
+    settings = config.settings
+    rows = []
+    for path in settings.get("bench_tables", []):
+        path = Path(path)
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path)
+        wanted = table[(table["preset"] == settings["preset"]) & (table["stage"] == settings["stage"])]
+        rows.extend(
+            {
+                "source": path.as_posix(),
+                "device_name": row.device_name,
+                "dtype": row.dtype,
+                "batch_size": row.batch_size,
+                "compile": row.compile,
+                "step_ms_median": row.step_ms_median,
+                "step_ms_q1": row.step_ms_q1,
+                "step_ms_q3": row.step_ms_q3,
+                "consumer_gpu": any(marker in row.device_name for marker in settings.get("consumer_markers", [])),
+            }
+            for row in wanted.itertuples()
+        )
+    columns = [
+        "source",
+        "device_name",
+        "dtype",
+        "batch_size",
+        "compile",
+        "step_ms_median",
+        "step_ms_q1",
+        "step_ms_q3",
+        "consumer_gpu",
+    ]
+    return {"bench": pd.DataFrame(rows, columns=columns)}
+
+
+def judge_step_time(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    """Judged only from a consumer GPU's bench table: supported if its median ms/step lies in the claimed range."""
+    bench = tables["bench"]
+    low, high = claim["settings"]["claimed_ms"]
+    consumer = bench[bench.consumer_gpu.astype(bool)] if len(bench) else bench
+    if len(consumer) == 0:
+        verdict = NOT_RUN
+    else:
+        inside = consumer.step_ms_median.between(low, high)
+        verdict = SUPPORTED if inside.all() else (NOT_SUPPORTED if not inside.any() else PARTLY)
+    numbers = (
+        "; ".join(
+            f"{row.device_name} {row.dtype}{' compiled' if row.compile else ''}: {row.step_ms_median:.1f} ms/step [IQR {row.step_ms_q1:.1f}, {row.step_ms_q3:.1f}]"
+            for row in bench.itertuples()
+        )
+        or "no bench table"
+    )
+    blocks = [
+        Text(
+            "The claim is about consumer GPUs; no consumer GPU was measured, so the verdict waits for one "
+            "(the claim file gives the command). What was measured, SD 1.5's UNet at 512 px, batch 1, guided "
+            "(two evaluations per step), median and interquartile range of the steps:"
+            if verdict == NOT_RUN
+            else f"SD 1.5's UNet at 512 px, batch 1, guided; the claim's range is {low}-{high} ms per step."
+        ),
+        Table(
+            bench.drop(columns=["consumer_gpu"]), {"step_ms_median": ".1f", "step_ms_q1": ".1f", "step_ms_q3": ".1f"}
+        ),
+    ]
+    return Judgement(verdict, numbers, claim_section(claim, blocks))
+
+
+EXPERIMENTS.register(
+    "step-time",
+    Experiment(
+        measure_step_time,
+        judge_step_time,
+        "ms per denoising step at 512 px from `suite bench` tables, where a GPU measured them",
+    ),
+)
