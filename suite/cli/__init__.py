@@ -180,6 +180,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    transformers.utils.logging.set_verbosity_error()  # the libraries are imported already: the variables above
+    diffusers.utils.logging.set_verbosity_error()  # reach only child processes
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()

@@ -7,7 +7,8 @@ import math
 import sys
 from pathlib import Path
 
-from suite.analysis.ablation import load_ablation, run_ablation
+from suite.analysis.ablation import run_ablation
+from suite.analysis.ablation.design import load_ablation
 from suite.analysis.ablation.report import build_ablation_report
 from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, write_bench
 from suite.analysis.claims import ClaimsOptions, run_claims

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from suite.analysis.ablation import contrasts, load_ablation, ordered_cells
+from suite.analysis.ablation.design import contrasts, load_ablation, ordered_cells
 from suite.analysis.ablation.report import build_ablation_report
 from suite.cli import main
 from suite.core import stats

@@ -165,7 +165,7 @@ def test_every_shipped_sweep_file_validates():
 
     import yaml
 
-    from suite.analysis.ablation import load_ablation
+    from suite.analysis.ablation.design import load_ablation
     from suite.run.config import parse_sweep
 
     files = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
