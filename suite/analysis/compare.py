@@ -111,7 +111,7 @@ def compare_run(run_path: Path, options=None) -> pd.DataFrame:
     """Write RUN/comparisons.parquet and .csv: one row per (pair of grid points, compared number).
 
     Example:
-        >>> compare_run(Path("results/toy"))[["kind", "metric", "difference", "ci95_low", "ci95_high", "p_holm"]]
+        >>> compare_run(Path("results/toy"))[["kind", "metric", "difference", "difference_ci95_low", "difference_ci95_high", "p_holm"]]
     """
 
     options = options or EvaluateOptions(progress=False)

@@ -243,9 +243,10 @@ def command_bench(args: argparse.Namespace) -> int:
             ratio = row.get("ratio_to_diffusers")
             ratio_text = f", {ratio:.3f}x diffusers' pipelines" if ratio == ratio and ratio is not None else ""
             print(f"{row['preset']}: {row['images_per_s']:.4g} images/s on {row['device_name']}{ratio_text}")
-        elif "step_ms_median" in row and row["step_ms_median"] == row["step_ms_median"]:
+        elif "step_median_s" in row and row["step_median_s"] == row["step_median_s"]:
+            median, q1, q3 = (1e3 * row[column] for column in ("step_median_s", "step_q1_s", "step_q3_s"))
             print(
-                f"  {row['stage']}: {row['step_ms_median']:.1f} ms/step [IQR {row['step_ms_q1']:.1f}-{row['step_ms_q3']:.1f}], "
+                f"  {row['stage']}: {median:.1f} ms/step [IQR {q1:.1f}-{q3:.1f}], "
                 f"{row['tflops_achieved']:.2f} TFLOP/s ({100 * row['utilisation']:.0f}% of {row['peak_tflops']:.1f}), "
                 f"ratio to diffusers {row.get('ratio_to_diffusers', float('nan')):.3f}"
             )

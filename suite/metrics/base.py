@@ -92,7 +92,7 @@ class Metric(ABC):
     reference_statistics_suffice: ClassVar[bool] = False  # precomputed FID statistics are reference enough
     uses_clip_model: ClassVar[bool] = False  # reads ``evaluation.clip_model`` (checked before generation)
     shown: ClassVar[Mapping[str, str]] = {}  # metrics-table columns a report shows -> format; default the headline
-    interval_prefixes: ClassVar[Mapping[str, str]] = {}  # column -> prefix of its ``_ci95_low/_high``, if not itself
+    needs_costs: ClassVar[bool] = False  # reads the run's costs table (FLOPs per model evaluation)
     best_rank: ClassVar[int | None] = None  # preference when a report picks the best point: 0 first, None never
     flags: ClassVar[Mapping[str, str]] = {}  # column -> boolean column that marks its value as unreliable (a dagger)
 
@@ -102,8 +102,7 @@ class Metric(ABC):
 
     def interval_of(self, column: str) -> tuple[str, str]:
         """The metrics-table columns that hold the 95% interval of ``column``."""
-        prefix = self.interval_prefixes.get(column, column)
-        return f"{prefix}_ci95_low", f"{prefix}_ci95_high"
+        return f"{column}_ci95_low", f"{column}_ci95_high"
 
     def owns_image_score(self, column: str) -> bool:
         """Whether ``column`` of scores.parquet is one of this metric's per-image values."""
@@ -141,8 +140,8 @@ def comparison_row(metric: str, a: float, b: float, test: stats.PairedTest, high
         "value_a": a,
         "value_b": b,
         "difference": test.difference,
-        "ci95_low": test.low,
-        "ci95_high": test.high,
+        "difference_ci95_low": test.low,
+        "difference_ci95_high": test.high,
         "p_value": test.p_value,
         "n_pairs": test.n_pairs,
         "test": test.test,
@@ -182,11 +181,7 @@ class PerImageScore(Metric):
     """A metric that scores each image against its prompt on its own (CLIP score, preference models): per grid point
     the mean with a BCa interval; points compared by a paired permutation test on the shared images."""
 
-    column: ClassVar[str]  # the per-image score's column in scores.parquet; the interval's prefix
-
-    def interval_of(self, column: str) -> tuple[str, str]:
-        prefix = self.column if column == self.headline else column
-        return f"{prefix}_ci95_low", f"{prefix}_ci95_high"
+    column: ClassVar[str]  # the per-image score's column in scores.parquet
 
     def owns_image_score(self, column: str) -> bool:
         return column == self.column
@@ -197,7 +192,7 @@ class PerImageScore(Metric):
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
         scores, described = self.score(point)
-        row = {self.headline: float(scores.mean())} | interval_columns(self.column, stats.mean_interval(scores))
+        row = {self.headline: float(scores.mean())} | interval_columns(self.headline, stats.mean_interval(scores))
         return row | described, pd.DataFrame({self.column: scores})
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ def accuracy_columns(column: str, values: np.ndarray) -> dict[str, Any]:
     return (
         {column: float(asked.mean()), f"{column}_n": len(asked)}
         | interval_columns(column, stats.mean_interval(asked))
-        | {f"{column}_wilson_low": wilson.low, f"{column}_wilson_high": wilson.high}
+        | {f"{column}_wilson_ci95_low": wilson.low, f"{column}_wilson_ci95_high": wilson.high}
     )
 
 

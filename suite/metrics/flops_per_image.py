@@ -14,6 +14,7 @@ class Flops(Metric):
     higher_is_better = None
     display = ",.2f"
     shown = {"gflops_per_image": ",.3g"}
+    needs_costs = True
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
         preset = point.rows["preset"].iloc[0]

@@ -21,7 +21,6 @@ class Kid(Metric):
     higher_is_better = False
     display = ".4f"
     needs_reference = True
-    interval_prefixes = {"kid_mean": "kid"}
     best_rank = 4
 
     def networks(self, evaluation) -> set[str]:
@@ -36,7 +35,9 @@ class Kid(Metric):
         row = {"kid_mean": mean, "kid_std": std}
         if evaluation.set_resamples:
             statistic = kernel_to(reference, features)
-            row |= interval_columns("kid", stats.bootstrap_interval(statistic, len(features), evaluation.set_resamples))
+            row |= interval_columns(
+                "kid_mean", stats.bootstrap_interval(statistic, len(features), evaluation.set_resamples)
+            )
         return row, None
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:

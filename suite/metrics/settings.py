@@ -3,6 +3,7 @@ comparison baseline and the local models of GenEval, PickScore and HPS v2."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, StrictInt, field_validator, model_validator
@@ -89,6 +90,29 @@ class Evaluation(Frozen):
     def _known_clip(cls, value: str) -> str:
 
         return known(CLIP_MODELS, value)
+
+    def with_absolute_model_paths(self, base_dir: Path) -> Evaluation:
+        """GenEval's detector, PickScore's folder and HPS v2's files given relative to the sweep file, made absolute."""
+
+        def absolute(value: str) -> str:
+            return value if Path(value).is_absolute() else str((base_dir / value).resolve())
+
+        evaluation = self
+        if self.geneval is not None:
+            detector = absolute(self.geneval.detector)
+            evaluation = evaluation.model_copy(
+                update={"geneval": self.geneval.model_copy(update={"detector": detector})}
+            )
+        if self.pickscore is not None:
+            evaluation = evaluation.model_copy(update={"pickscore": absolute(self.pickscore)})
+        if self.hpsv2 is not None:
+            paths = {
+                key: absolute(value)
+                for key in ("checkpoint", "architecture_config")
+                if (value := getattr(self.hpsv2, key)) is not None
+            }
+            evaluation = evaluation.model_copy(update={"hpsv2": self.hpsv2.model_copy(update=paths)})
+        return evaluation
 
 
 ADDED_EVALUATION_KEYS = ("geneval", "pickscore", "hpsv2")

@@ -97,7 +97,7 @@ class StageTiming:
         return sum(self.step_seconds)
 
     @property
-    def step_seconds_median(self) -> float:
+    def step_median_s(self) -> float:
         return statistics.median(self.step_seconds) if self.step_seconds else float("nan")
 
 

@@ -310,28 +310,13 @@ def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSwee
         prompts = prompts[: spec.limit]
     if not prompts:
         raise UserError(f"{source}: prompts: the prompt set is empty")
-    sweep = _absolute_detector(_absolute_reference(sweep, base_dir), base_dir)
+    sweep = _absolute_model_paths(_absolute_reference(sweep, base_dir), base_dir)
     return ResolvedSweep(sweep=sweep, prompt_texts=tuple(prompts))
 
 
-def _absolute_detector(sweep: Sweep, base_dir: Path) -> Sweep:
-    """GenEval's detector and PickScore's model folders given relative to the sweep file, made absolute (as
-    reference folders are)."""
-    evaluation = sweep.evaluation
-    geneval = evaluation.geneval
-    if geneval is not None and not Path(geneval.detector).is_absolute():
-        detector = str((base_dir / geneval.detector).resolve())
-        evaluation = evaluation.model_copy(update={"geneval": geneval.model_copy(update={"detector": detector})})
-    if evaluation.pickscore is not None and not Path(evaluation.pickscore).is_absolute():
-        evaluation = evaluation.model_copy(update={"pickscore": str((base_dir / evaluation.pickscore).resolve())})
-    if evaluation.hpsv2 is not None:
-        paths = {
-            key: str((base_dir / value).resolve())
-            for key in ("checkpoint", "architecture_config")
-            if (value := getattr(evaluation.hpsv2, key)) is not None and not Path(value).is_absolute()
-        }
-        evaluation = evaluation.model_copy(update={"hpsv2": evaluation.hpsv2.model_copy(update=paths)})
-    return sweep.model_copy(update={"evaluation": evaluation})
+def _absolute_model_paths(sweep: Sweep, base_dir: Path) -> Sweep:
+    """The metrics' local model paths given relative to the sweep file, made absolute (as reference folders are)."""
+    return sweep.model_copy(update={"evaluation": sweep.evaluation.with_absolute_model_paths(base_dir)})
 
 
 def _absolute_reference(sweep: Sweep, base_dir: Path) -> Sweep:

@@ -49,6 +49,7 @@ from suite.run.folder import (
     SCORES,
     RunFolder,
     read_run,
+    renamed_column,
     stage_column,
     stage_columns,
 )
@@ -59,7 +60,7 @@ from suite.run.resume import process_owner
 EVALUATION_DIR = "evaluation"
 EVALUATION_VERSION = 3  # part of each grid point's cache key: bump when a row's columns change
 POLL_SECONDS = 2.0  # how often the assembling process looks at grid points other processes compute
-STAGE_METRIC_FIELDS = ("name", "num_inference_steps", "guidance_scale", "model_evaluations", "step_s_median")
+STAGE_METRIC_FIELDS = ("name", "num_inference_steps", "guidance_scale", "model_evaluations", "step_median_s")
 
 
 class Evaluator:
@@ -161,7 +162,7 @@ def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> 
             stage_column(number, "num_inference_steps"): stage.num_inference_steps,
             stage_column(number, "guidance_scale"): stage.guidance_scale,
             stage_column(number, "model_evaluations"): int(first[stage_column(number, "model_evaluations")]),
-            stage_column(number, "step_s_median"): float(group[stage_column(number, "step_median_s")].median()),
+            stage_column(number, "step_median_s"): float(group[stage_column(number, "step_median_s")].median()),
         }
     return row
 
@@ -171,9 +172,9 @@ def seconds_interval(group: pd.DataFrame) -> dict[str, Any]:
     per_item = group.groupby("item_id", sort=False)["seconds_per_image"].median().to_numpy()
     interval = stats.bootstrap_interval(lambda rows: float(np.median(per_item[rows])), len(per_item))
     return {
-        "seconds_per_image_ci95_low": interval.low,
-        "seconds_per_image_ci95_high": interval.high,
-        "seconds_per_image_interval": interval.method.replace("generated images", "work items"),
+        "seconds_per_image_median_ci95_low": interval.low,
+        "seconds_per_image_median_ci95_high": interval.high,
+        "seconds_per_image_median_interval": interval.method.replace("generated images", "work items"),
     }
 
 
@@ -297,13 +298,14 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     rows, per_image, stage_count = [], [], 0
     for group in groups:
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
-        rows.append(pd.read_parquet(folder / "row.parquet"))
+        rows.append(pd.read_parquet(folder / "row.parquet").rename(columns=renamed_column))
         per_image.append(pd.read_parquet(folder / "scores.parquet"))
         stage_count = max(stage_count, len(run.stage_settings(*(group.iloc[0][column] for column in GRID_COLUMNS))))
     table = _ordered(pd.concat(rows, ignore_index=True), stage_count)
     atomic_write_table(table, run.path / METRICS_TABLE)
     atomic_write_table(pd.concat(per_image, ignore_index=True), run.path / SCORES)
-    if "flops" in run.resolved.sweep.metrics and (run.costs is None or computed):
+    needs_costs = any(METRICS.get(name).needs_costs for name in run.resolved.sweep.metrics)
+    if needs_costs and (run.costs is None or computed):
         atomic_write_table(evaluator.cost_table(), run.path / COSTS)
     table.attrs["computed_here"] = computed
     return table

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,28 @@ STAGE_SETTINGS = ("name", "sampler", "num_inference_steps", "guidance_scale", "n
 STAGE_TIMINGS = ("loop_s", "step_median_s", "model_evaluations", "decode_fp32_fallback")
 
 
+# Columns renamed since earlier versions wrote them: (pattern, replacement). Tables and cached evaluation rows of
+# run folders made before are read under today's names.
+RENAMED_COLUMNS = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"^(stage\d+)_step_s_median$", r"\1_step_median_s"),  # one name for the median step time
+        # an interval is named after the column it belongs to: <column>_ci95_low / _ci95_high / _interval
+        (r"^(kid|clip_score|pickscore|hpsv2)_(ci95_low|ci95_high|interval)$", r"\1_mean_\2"),
+        (r"^seconds_per_image_(ci95_low|ci95_high|interval)$", r"seconds_per_image_median_\1"),
+        (r"^(toy_correct\w*)_wilson_(low|high)$", r"\1_wilson_ci95_\2"),
+        (r"^ci95_(low|high)$", r"difference_ci95_\1"),  # comparisons: the interval of the difference
+    )
+)
+
+
+def renamed_column(name: str) -> str:
+    """Today's name of a column an earlier version wrote (unchanged if it was not renamed)."""
+    for pattern, replacement in RENAMED_COLUMNS:
+        name = pattern.sub(replacement, name)
+    return name
+
+
 def stage_column(number: int, field: str) -> str:
     """The tidy column of stage ``number`` (from 1) for ``field``: ``stage2_guidance_scale``."""
     return f"stage{number}_{field}"
@@ -71,7 +94,7 @@ def stage_record(number: int, settings: StageSettings, timing: StageTiming) -> d
         "noise_level": settings.noise_level,
         "strength": settings.strength,
         "loop_s": timing.loop_seconds,
-        "step_median_s": timing.step_seconds_median,
+        "step_median_s": timing.step_median_s,
         "model_evaluations": timing.model_evaluations,
         "decode_fp32_fallback": timing.decode_fp32_fallback,
     }
@@ -204,7 +227,7 @@ class RunFolder:
 
 def _table(run: Path, name: str) -> pd.DataFrame | None:
     path = run / f"{name}.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+    return pd.read_parquet(path).rename(columns=renamed_column) if path.is_file() else None
 
 
 def read_run(run: Path) -> RunFolder:

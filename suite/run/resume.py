@@ -27,6 +27,7 @@ import yaml
 
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_text, sha256_bytes
+from suite.model.devices import DTYPES
 from suite.run import leases
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
 from suite.run.folder import CONFIG, HASH_KEY, ITEMS_DIR, SAMPLES, item_path, read_config, write_manifest
@@ -35,12 +36,19 @@ from suite.run.grid import WorkItem, expand
 EVALUATION_KEYS = ("metrics", "evaluation")  # change what is measured, never an image
 
 
+def _spelled(dtype: Any) -> Any:
+    """A dtype as tables and manifests spell it (fp16); manifests written before that spelled it torch.float16."""
+    if isinstance(dtype, str) and dtype.startswith("torch."):
+        return next((name for name, value in DTYPES.items() if str(value) == dtype), dtype)
+    return dtype
+
+
 @dataclass(frozen=True)
 class Environment:
     """What decides a run's images besides its sweep: the device type, each preset's dtypes and model sources."""
 
     device_type: str
-    dtypes: Mapping[str, Mapping[str, Any]]  # preset -> {"denoiser": "torch.float16", "text_encoder": ..., ...}
+    dtypes: Mapping[str, Mapping[str, Any]]  # preset -> {"denoiser": "fp16", "text_encoder": ..., ...}
     models: Mapping[str, Any]  # preset -> backend, stages, local folder and sources, as the manifest records them
 
     def differences(self, recorded: Environment) -> list[str]:
@@ -50,7 +58,7 @@ class Environment:
             found.append(f"device type {recorded.device_type} (now {self.device_type})")
         for preset, dtypes in self.dtypes.items():
             for part in ("denoiser", "text_encoder"):
-                before = recorded.dtypes.get(preset, {}).get(part)
+                before = _spelled(recorded.dtypes.get(preset, {}).get(part))
                 if before != dtypes.get(part):
                     found.append(f"{preset} {part} dtype {before} (now {dtypes.get(part)})")
         for preset, models in self.models.items():

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from suite.core.files import atomic_write_bytes, atomic_write_table, sha256_bytes
 from suite.model.backends import BACKENDS
-from suite.model.devices import load_options
+from suite.model.devices import dtype_name, load_options
 from suite.model.loading import describe_location
 from suite.model.pipeline import TextToImagePipeline
 from suite.model.presets import Preset
@@ -158,8 +158,8 @@ def _dtypes(presets: dict[str, Preset], device: torch.device, run_options: RunOp
     for name, preset in presets.items():
         options = load_options(preset, device, run_options.dtype)
         dtypes[name] = {
-            "denoiser": str(options.denoiser_dtype),
-            "text_encoder": str(options.text_encoder_dtype),
+            "denoiser": dtype_name(options.denoiser_dtype),
+            "text_encoder": dtype_name(options.text_encoder_dtype),
             "offload": options.offload,
             "compile": run_options.compile,
             "channels_last": run_options.channels_last,
@@ -321,7 +321,7 @@ def generate_item(
         "peak_memory_bytes": memory,
         "peak_memory_kind": memory_kind,
         "device": str(device),
-        "dtype": str(pipeline.options.denoiser_dtype).removeprefix("torch."),
+        "dtype": dtype_name(pipeline.options.denoiser_dtype),
     }
     for number, (settings, timing) in enumerate(zip(item.stages, timings), start=1):
         shared |= stage_record(number, settings, timing)

@@ -48,7 +48,7 @@ def test_ratio_is_median_over_median_with_the_range_of_pairs():
 
 def test_pipeline_row_adds_text_encoding_and_every_stage():
     rows = [
-        {"stage": "text_encoder:t5", "call_ms_median": 100.0},
+        {"stage": "text_encoder:t5", "call_median_s": 0.1},
         {"stage": "base", "stage_s": 1.0, "diffusers_stage_s": 0.5, "batch_size": 2},
         {"stage": "super_resolution_1", "stage_s": 3.0, "diffusers_stage_s": 3.5, "batch_size": 2},
     ]
@@ -65,11 +65,11 @@ def test_merge_replaces_rows_with_the_same_key_and_keeps_the_rest():
             base | {"preset": "sd15", "stage": "latent", "compile": False, "channels_last": False, "attention": "sdpa"},
             base | {"preset": "sd15", "stage": "latent", "compile": True, "channels_last": False, "attention": "sdpa"},
         ]
-    ).assign(step_ms_median=[10.0, 5.0])
-    new = old.iloc[[1]].assign(step_ms_median=[4.0])
+    ).assign(step_median_s=[0.010, 0.005])
+    new = old.iloc[[1]].assign(step_median_s=[0.004])
     merged = merge_results(old, new)
     assert len(merged) == 2
-    assert sorted(merged["step_ms_median"]) == [4.0, 10.0]
+    assert sorted(merged["step_median_s"]) == [0.004, 0.010]
 
 
 def test_random_weights_are_built_on_the_requested_device_and_dtype():
@@ -104,10 +104,10 @@ def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
     assert set(stages.index) == expected
     denoising = tiny_table[tiny_table["steps_timed"].notna()]
     assert (denoising["steps_timed"] == TINY.num_inference_steps * TINY.repeats).all()
-    for column in ("step_ms_median", "images_per_s", "tflops_achieved", "utilisation", "ratio_to_diffusers"):
+    for column in ("step_median_s", "images_per_s", "tflops_achieved", "utilisation", "ratio_to_diffusers"):
         assert (denoising[column] > 0).all() and np.isfinite(denoising[column]).all(), column
-    assert (denoising["step_ms_q1"] <= denoising["step_ms_median"]).all()
-    assert (denoising["step_ms_median"] <= denoising["step_ms_q3"]).all()
+    assert (denoising["step_q1_s"] <= denoising["step_median_s"]).all()
+    assert (denoising["step_median_s"] <= denoising["step_q3_s"]).all()
     assert denoising["attention_ops"].str.contains("scaled_dot_product").all()  # SDPA is the kernel in use
 
 
@@ -120,7 +120,7 @@ def test_bench_flops_are_the_profiled_flops(tiny_table):
         expected = stage_cost.flops_per_step(stage_settings) * TINY.batch_size / 1e9
         assert rows.loc[stage_cost.stage, "gflops_per_step"] == pytest.approx(expected)
         row = rows.loc[stage_cost.stage]
-        assert row["tflops_achieved"] == pytest.approx(expected / 1e3 / (row["step_ms_median"] / 1e3))
+        assert row["tflops_achieved"] == pytest.approx(expected / 1e3 / row["step_median_s"])
 
 
 def test_write_bench_merges_into_the_device_folder(tiny_table, tmp_path):

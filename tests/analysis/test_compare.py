@@ -69,8 +69,8 @@ def test_every_pair_of_points_and_number_is_one_row_with_holm_p_at_least_raw_p(c
     ]
     assert set(table["metric"]) >= {"fid", "kid_mean", "cmmd", "clip_score_mean", "toy_correct", "toy_correct_single"}
     assert (table["p_holm"] >= table["p_value"] - 1e-12).all() and table["p_holm"].le(1).all()
-    assert (table["ci95_low"] <= table["difference"] + 1e-9).all() and (
-        table["difference"] <= table["ci95_high"] + 1e-9
+    assert (table["difference_ci95_low"] <= table["difference"] + 1e-9).all() and (
+        table["difference"] <= table["difference_ci95_high"] + 1e-9
     ).all()
     metrics = pd.read_csv(run / "metrics.csv").set_index(["preset", "guidance_scale"])
     fid = table[(table.metric == "fid") & (table.kind == "across presets") & (table.a_guidance_scale == 1.0)].iloc[0]
@@ -105,7 +105,7 @@ def test_the_report_shows_significance_and_intervals(compared):
         "seconds_per_image",
     ):
         assert metrics[f"{column}_ci95_low"].notna().all() and metrics[f"{column}_interval"].notna().all(), column
-    assert metrics["toy_correct_wilson_low"].notna().all() and metrics["fid_rank_deficient"].all()
+    assert metrics["toy_correct_wilson_ci95_low"].notna().all() and metrics["fid_rank_deficient"].all()
     assert np.all(metrics["fid_ci95_low"] <= metrics["fid_ci95_high"])
 
 

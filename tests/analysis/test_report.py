@@ -114,7 +114,17 @@ def test_the_side_by_side_headline_is_the_point_whose_worse_family_is_best():
 def test_the_comparisons_table_of_nothing_shown_is_empty_not_an_error():
     from suite.analysis.report.tables import comparisons_table
 
-    columns = ["kind", "a_preset", "b_preset", "metric", "difference", "ci95_low", "ci95_high", "p_value", "p_holm"]
+    columns = [
+        "kind",
+        "a_preset",
+        "b_preset",
+        "metric",
+        "difference",
+        "difference_ci95_low",
+        "difference_ci95_high",
+        "p_value",
+        "p_holm",
+    ]
     sides = [f"{side}_{field}" for side in "ab" for field in ("sampler", "num_inference_steps", "guidance_scale")]
     empty = pd.DataFrame(columns=[*columns, *sides, "verdict"])
     assert comparisons_table(empty).empty  # one preset, nothing significant: no rows to show

@@ -71,7 +71,7 @@ def test_a_sweep_scores_every_image(tmp_path, tiny_hps):
     run = tmp_path / "run"
     assert main(["sweep", _sweep(tmp_path, tiny_hps), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
     metrics = pd.read_csv(run / "metrics.csv")
-    assert metrics["hpsv2_mean"].between(-1, 1).all() and metrics["hpsv2_ci95_high"].notna().all()
+    assert metrics["hpsv2_mean"].between(-1, 1).all() and metrics["hpsv2_mean_ci95_high"].notna().all()
     assert "hpsv2_mean" in set(pd.read_csv(run / "comparisons.csv")["metric"])
 
 

@@ -78,7 +78,7 @@ def test_a_sweep_scores_every_image_and_compares_points(tmp_path, tiny_pickscore
     assert main(["sweep", _sweep(tmp_path, tiny_pickscore), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 2 and metrics["pickscore_mean"].notna().all()
-    assert (metrics["pickscore_ci95_low"] <= metrics["pickscore_mean"]).all()
+    assert (metrics["pickscore_mean_ci95_low"] <= metrics["pickscore_mean"]).all()
     assert pd.read_csv(run / "scores.csv")["pickscore"].notna().sum() == 8
     assert "pickscore_mean" in set(pd.read_csv(run / "comparisons.csv")["metric"])
 

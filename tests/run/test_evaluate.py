@@ -6,6 +6,7 @@ import pandas as pd
 import yaml
 
 from suite.cli import main
+from suite.run.folder import renamed_column
 
 PROMPTS = ["a red circle", "a blue square above a green triangle", "a yellow circle left of a red square"]
 
@@ -45,12 +46,12 @@ def test_sweep_writes_one_metrics_row_per_grid_point_and_evaluate_reproduces_it(
         "kid_mean",
         "kid_std",
         "clip_score_mean",
-        "clip_score_ci95_low",
-        "clip_score_ci95_high",
+        "clip_score_mean_ci95_low",
+        "clip_score_mean_ci95_high",
         "cmmd",
         "gflops_per_image",
         "seconds_per_image_median",
-        "stage1_step_s_median",
+        "stage1_step_median_s",
         "peak_memory_bytes",
         "toy_count",
         "toy_binding",
@@ -61,7 +62,7 @@ def test_sweep_writes_one_metrics_row_per_grid_point_and_evaluate_reproduces_it(
     ]
     assert metrics[columns].notna().all().all()
     cascade = metrics[metrics.preset == "tiny-cascaded"]
-    assert cascade["stage2_step_s_median"].notna().all()
+    assert cascade["stage2_step_median_s"].notna().all()
     guided = metrics.set_index(["preset", "guidance_scale"])["gflops_per_image"]
     assert guided[("tiny-latent", 3.0)] > guided[("tiny-latent", 1.0)]  # guidance doubles the UNet batch
 
@@ -133,3 +134,14 @@ def test_distribution_metrics_need_a_reference_set(tmp_path, capsys):
     )
     assert main(["sweep", str(path), "--out", str(tmp_path / "run")]) == 2
     assert "evaluation.reference" in capsys.readouterr().err
+
+
+def test_columns_of_earlier_versions_are_read_under_todays_names():
+    assert renamed_column("stage2_step_s_median") == "stage2_step_median_s"
+    assert renamed_column("kid_ci95_low") == "kid_mean_ci95_low"
+    assert renamed_column("clip_score_interval") == "clip_score_mean_interval"
+    assert renamed_column("seconds_per_image_ci95_high") == "seconds_per_image_median_ci95_high"
+    assert renamed_column("toy_correct_pair_wilson_high") == "toy_correct_pair_wilson_ci95_high"
+    assert renamed_column("ci95_low") == "difference_ci95_low"
+    for today in ("clip_score", "fid_ci95_low", "clip_score_mean_ci95_low", "stage1_step_median_s", "kid_mean"):
+        assert renamed_column(today) == today

@@ -102,7 +102,7 @@ def test_toy_sweep_runs_on_cuda_in_half_precision(tmp_path):
         == 0
     )
     samples = pd.read_parquet(run / "samples.parquet")
-    assert (samples["device"].str.startswith("cuda")).all() and (samples["dtype"] == "float16").all()
+    assert (samples["device"].str.startswith("cuda")).all() and (samples["dtype"] == "fp16").all()
     assert (samples["peak_memory_kind"] == "cuda_max_allocated").all()
 
 

@@ -15,7 +15,7 @@ compiled runs the compile time, kept apart from the timings.
 
 Example:
     >>> table = bench_presets(["sd15"], BenchSettings(device="cpu", num_inference_steps=2))
-    >>> table[["preset", "stage", "step_ms_median", "ratio_to_diffusers"]]
+    >>> table[["preset", "stage", "step_median_s", "ratio_to_diffusers"]]
 """
 
 from __future__ import annotations

@@ -56,11 +56,11 @@ def stage_row(
         "stage": stage.name,
         "stage_guidance_scale": settings.guidance_scale,
         "steps_timed": len(runs.step_seconds),
-        "step_ms_median": median * 1e3,
-        "step_ms_q1": q1 * 1e3,
-        "step_ms_q3": q3 * 1e3,
+        "step_median_s": median,
+        "step_q1_s": q1,
+        "step_q3_s": q3,
         "steps_per_s": 1 / median,
-        "decode_ms": decode * 1e3,
+        "decode_s": decode,
         "stage_s": stage_seconds,
         "images_per_s": batch / stage_seconds,
         "gflops_per_step": step_flops / 1e9,
@@ -82,7 +82,7 @@ def stage_row(
 def pipeline_row(rows: list[dict]) -> dict[str, Any]:
     """Whole-image totals: text encoding plus every stage; the ratio covers the stages diffusers ran."""
     stages = [row for row in rows if "stage_s" in row]
-    text = sum(row["call_ms_median"] for row in rows if "call_ms_median" in row) / 1e3
+    text = sum(row["call_median_s"] for row in rows if "call_median_s" in row)
     seconds = text + sum(row["stage_s"] for row in stages)
     batch = stages[0]["batch_size"]
     row = {"stage": "pipeline", "stage_s": seconds, "images_per_s": batch / seconds}
@@ -128,6 +128,11 @@ def write_bench(table: pd.DataFrame, out: Path, bench: BenchSettings) -> Path:
     return folder
 
 
+def _ms(seconds: float | None) -> str:
+    """Seconds as a milliseconds cell (the tables store seconds; the markdown reads in ms)."""
+    return format_cell(None if seconds is None or pd.isna(seconds) else float(seconds) * 1e3)
+
+
 def bench_markdown(table: pd.DataFrame) -> str:
     """One table per preset: per stage ms/step (median [IQR]), images/s, TFLOP/s, utilisation, memory, ratio."""
 
@@ -151,11 +156,11 @@ def bench_markdown(table: pd.DataFrame) -> str:
         body = []
         for _, row in group.iterrows():
             if row["stage"].startswith("text_encoder"):
-                timing = f"{format_cell(row['call_ms_median'])} [{format_cell(row['call_ms_q1'])}, {format_cell(row['call_ms_q3'])}] per call"
+                timing = f"{_ms(row['call_median_s'])} [{_ms(row['call_q1_s'])}, {_ms(row['call_q3_s'])}] per call"
             elif row["stage"] == "pipeline":
                 timing = ""
             else:
-                timing = f"{format_cell(row['step_ms_median'])} [{format_cell(row['step_ms_q1'])}, {format_cell(row['step_ms_q3'])}]"
+                timing = f"{_ms(row['step_median_s'])} [{_ms(row['step_q1_s'])}, {_ms(row['step_q3_s'])}]"
             ratio = format_cell(row.get("ratio_to_diffusers"), ".3f")
             if ratio and row.get("ratio_low") == row.get("ratio_low"):
                 ratio += f" [{format_cell(row['ratio_low'], '.3f')}, {format_cell(row['ratio_high'], '.3f')}]"
@@ -163,7 +168,7 @@ def bench_markdown(table: pd.DataFrame) -> str:
                 [
                     row["stage"],
                     timing,
-                    format_cell(row.get("decode_ms")),
+                    _ms(row.get("decode_s")),
                     format_cell(row.get("images_per_s"), ".3f"),
                     format_cell(row.get("tflops_achieved")),
                     format_cell(100 * row["utilisation"] if row.get("utilisation") == row.get("utilisation") else None),

@@ -277,9 +277,9 @@ def time_text_encoders(
         rows.append(
             {
                 "stage": f"text_encoder:{name}",
-                "call_ms_median": median * 1e3,
-                "call_ms_q1": q1 * 1e3,
-                "call_ms_q3": q3 * 1e3,
+                "call_median_s": median,
+                "call_q1_s": q1,
+                "call_q3_s": q3,
                 "gflops_per_call": cost.text_encoder_flops[name] * batch / 1e9,
                 "tflops_achieved": achieved,
                 "utilisation": utilisation(achieved, peak),

@@ -170,7 +170,7 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
     )
     shown = shown.assign(
         clip_score=[
-            with_interval(r.clip_score_mean, r.clip_score_ci95_low, r.clip_score_ci95_high, ".3f")
+            with_interval(r.clip_score_mean, r.clip_score_mean_ci95_low, r.clip_score_mean_ci95_high, ".3f")
             for r in shown.itertuples()
         ],
         saturation=[ci(row, "mean_saturation") for _, row in shown.iterrows()],

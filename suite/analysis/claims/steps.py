@@ -139,7 +139,7 @@ def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgemen
             for r in points.itertuples()
         ],
         clip_score=[
-            with_interval(r.clip_score_mean, r.clip_score_ci95_low, r.clip_score_ci95_high, ".3f")
+            with_interval(r.clip_score_mean, r.clip_score_mean_ci95_low, r.clip_score_mean_ci95_high, ".3f")
             for r in points.itertuples()
         ],
         fid_toy_clip=[with_interval(r.fid, r.fid_ci95_low, r.fid_ci95_high, ".1f") for r in points.itertuples()],

@@ -59,7 +59,7 @@ def measure_values(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> d
             "values_per_image": values[(preset, stage)],
             "batch": batch,
             "steps_timed": len(seconds),
-            **median_row("ms_per_step", np.asarray(seconds) * 1000),
+            **median_row("step_median_s", np.asarray(seconds)),
             "device": device,
         }
         for (preset, stage), seconds in steps.items()
@@ -101,7 +101,7 @@ def judge_values(claim: dict, tables: dict, folder: Path, data: Path) -> Judgeme
                 "(one model evaluation per step), median ms per step with its bootstrap interval:"
             ),
             Table(
-                times.assign(ms_per_step=[ci(row, "ms_per_step", ".1f") for _, row in times.iterrows()])[
+                times.assign(ms_per_step=[ci(row, "ms_per_step", ".1f") for _, row in _in_ms(times).iterrows()])[
                     ["preset", "stage", "values_per_image", "ms_per_step", "steps_timed"]
                 ]
             ),
@@ -123,3 +123,9 @@ EXPERIMENTS.register(
         "values per step and FLOPs from configs (suite profile), and measured time per step on the toy models",
     ),
 )
+
+
+def _in_ms(times: pd.DataFrame) -> pd.DataFrame:
+    """The step-time table's seconds as the milliseconds the report reads (``ms_per_step`` and its interval)."""
+    suffixes = ("", "_low", "_high")
+    return times.assign(**{f"ms_per_step{suffix}": 1e3 * times[f"step_median_s{suffix}"] for suffix in suffixes})

@@ -18,7 +18,7 @@ from suite.analysis.report import grids, plots, tables
 from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
 from suite.core.files import atomic_write_text
 from suite.metrics import METRICS
-from suite.run.folder import RunFolder, read_run
+from suite.run.folder import RunFolder, read_run, renamed_column
 from suite.run.options import EvaluateOptions
 
 REPORT_DIR = "report"
@@ -44,7 +44,7 @@ BUDGETS_NOTE = (
     "significantly worse than the best (paired test of the quality metric, Holm-corrected within the budget) "
     "is listed: those are ties, not losers."
 )
-STAGE_FORMATS = {"seconds_per_image": ".4f", "ci95_low": ".4f", "ci95_high": ".4f"}
+STAGE_FORMATS = {"seconds_per_image": ".4f", "seconds_per_image_ci95_low": ".4f", "seconds_per_image_ci95_high": ".4f"}
 SHOWN_COMPARISONS = 120
 
 
@@ -68,7 +68,7 @@ def _comparisons_section(run: RunFolder) -> Section:
     path = run.path / f"{COMPARISONS}.parquet"
     if not path.is_file():
         return Section("What is significant", [Text("Not compared yet: run `suite compare RUN`.")])
-    comparisons = pd.read_parquet(path)
+    comparisons = pd.read_parquet(path).rename(columns=renamed_column)
     if comparisons.empty:
         return Section("What is significant", [Text("No pairs of grid points to compare.")])
     blocks = [Text(paragraph) for paragraph in tables.significance_paragraphs(comparisons)]

@@ -126,8 +126,16 @@ def time_per_stage_bars(stage_times: pd.DataFrame, folder: Path) -> list[Path]:
     wide = wide.loc[list(dict.fromkeys(parts["preset"]))]
     order = list(dict.fromkeys(parts["part"]))
     figure, axes = plt.subplots(figsize=(6.4, 3.6))
-    low = parts.pivot_table(index="preset", columns="part", values="ci95_low", sort=False).fillna(0.0).loc[wide.index]
-    high = parts.pivot_table(index="preset", columns="part", values="ci95_high", sort=False).fillna(0.0).loc[wide.index]
+    low = (
+        parts.pivot_table(index="preset", columns="part", values="seconds_per_image_ci95_low", sort=False)
+        .fillna(0.0)
+        .loc[wide.index]
+    )
+    high = (
+        parts.pivot_table(index="preset", columns="part", values="seconds_per_image_ci95_high", sort=False)
+        .fillna(0.0)
+        .loc[wide.index]
+    )
     bottom = pd.Series(0.0, index=wide.index)
     for part in order:
         error = [(wide[part] - low[part]).clip(lower=0), (high[part] - wide[part]).clip(lower=0)]

@@ -14,7 +14,6 @@ from suite.metrics import METRICS
 from suite.run.folder import GRID_COLUMNS, recorded_stage_count, stage_column
 
 TIMING = {"seconds_per_image_median": ".4f"}  # the evaluation's own timing column, between qualities and costs
-TIMING_INTERVAL = {"seconds_per_image_median": ("seconds_per_image_ci95_low", "seconds_per_image_ci95_high")}
 
 
 def _metric_columns(costs: bool) -> dict[str, str]:
@@ -38,8 +37,6 @@ def _owner(column: str):
 
 def interval_of(column: str) -> tuple[str, str]:
     """The columns holding the 95% interval of ``column``."""
-    if column in TIMING_INTERVAL:
-        return TIMING_INTERVAL[column]
     metric = _owner(column)
     return metric.interval_of(column) if metric else (f"{column}_ci95_low", f"{column}_ci95_high")
 
@@ -172,7 +169,7 @@ def _findings(rows: pd.DataFrame, vary: str) -> str:
         direction = {"b better": "better", "b worse": "worse"}.get(row["verdict"], "different")
         parts.append(
             f"{point}: {direction} on {row['metric']} ({row['difference']:+.3g} "
-            f"[{row['ci95_low']:+.3g}, {row['ci95_high']:+.3g}], p_holm {row['p_holm']:.2g})"
+            f"[{row['difference_ci95_low']:+.3g}, {row['difference_ci95_high']:+.3g}], p_holm {row['p_holm']:.2g})"
         )
     return f"{len(significant)} of {tested} significant after Holm correction: " + "; ".join(parts) + "."
 
@@ -186,7 +183,7 @@ def comparisons_table(comparisons: pd.DataFrame) -> pd.DataFrame:
             "b": [f"{row['b_preset']} / {_label(_side(row, 'b'))}" for _, row in comparisons.iterrows()],
             "metric": comparisons["metric"],
             "b - a (95% CI)": [
-                with_interval(row["difference"], row["ci95_low"], row["ci95_high"], "+.3g")
+                with_interval(row["difference"], row["difference_ci95_low"], row["difference_ci95_high"], "+.3g")
                 for _, row in comparisons.iterrows()
             ],
             "p": comparisons["p_value"],
@@ -225,8 +222,8 @@ def time_per_stage(samples: pd.DataFrame) -> pd.DataFrame:
                     "preset": preset,
                     "part": part,
                     "seconds_per_image": float(values.median()),
-                    "ci95_low": interval.low,
-                    "ci95_high": interval.high,
+                    "seconds_per_image_ci95_low": interval.low,
+                    "seconds_per_image_ci95_high": interval.high,
                 }
             )
     return pd.DataFrame(rows)
