@@ -1,9 +1,14 @@
-"""The options a user gives a run on the command line (device, dtype, shard, ...), apart from the sweep file."""
+"""The options a user gives a run on the command line (device, dtype, shard, ...), apart from the sweep file, and
+the timing settings that experiments built on runs share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import Field
+
+from suite.core.settings import Frozen
 
 
 @dataclass(frozen=True)
@@ -25,3 +30,11 @@ class EvaluateOptions:
     inception_weights: Path | None = None
     recompute: bool = False  # ignore finished grid points under evaluation/
     progress: bool = True
+
+
+class TimingSettings(Frozen):
+    """How presets are timed against each other (``timing:`` in ablation and claim files): ``repeats`` rounds,
+    each timing every preset once on ``batch`` images, in turn (``runner.time_alternately``)."""
+
+    batch: int = Field(16, ge=1, strict=True)
+    repeats: int = Field(10, ge=2, strict=True)

@@ -43,7 +43,9 @@ def test_flop_and_utilisation_arithmetic():
 def test_ratio_is_median_over_median_with_the_range_of_pairs():
     summary = ratio_summary([1.1, 1.0, 1.3], [1.0, 1.0, 1.0])
     assert summary["ratio_to_diffusers"] == pytest.approx(1.1)
-    assert summary["ratio_low"] == pytest.approx(1.0) and summary["ratio_high"] == pytest.approx(1.3)
+    assert summary["ratio_to_diffusers_min"] == pytest.approx(1.0) and summary[
+        "ratio_to_diffusers_max"
+    ] == pytest.approx(1.3)
 
 
 def test_pipeline_row_adds_text_encoding_and_every_stage():

@@ -245,13 +245,13 @@ def test_sub_claims_combine_into_one_verdict():
 def test_a_comparison_is_equivalent_different_or_unresolved():
     margins = {"exact": 0.1, "clip": 5.0}
     row = {
-        "exact_difference_low": -0.05,
-        "exact_difference_high": 0.05,
-        "clip_difference_low": 0.5,
-        "clip_difference_high": 2.0,
+        "exact_difference_ci95_low": -0.05,
+        "exact_difference_ci95_high": 0.05,
+        "clip_difference_ci95_low": 0.5,
+        "clip_difference_ci95_high": 2.0,
         "exact_p_holm": 1.0,
         "clip_p_holm": 0.001,  # detectable, but inside the margin: still equivalent
     }
     assert relation(row, margins) == "equivalent"
-    assert relation({**row, "clip_difference_high": 6.0}, margins) == "different"
-    assert relation({**row, "clip_difference_high": 6.0, "clip_p_holm": 0.2}, margins) == "unresolved"
+    assert relation({**row, "clip_difference_ci95_high": 6.0}, margins) == "different"
+    assert relation({**row, "clip_difference_ci95_high": 6.0, "clip_p_holm": 0.2}, margins) == "unresolved"

@@ -10,18 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from suite.core.errors import UserError
 from suite.run.config import ResolvedSweep, load_named_file, parse_sweep, resolve
+from suite.run.options import TimingSettings
 
 DEFAULT_FILE = Path("experiments/ablation.yaml")
 
 
 DATA = "data"
-
-
-class TimingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    batch: int = Field(16, ge=1)
-    repeats: int = Field(10, ge=2)
 
 
 class AblationConfig(BaseModel):

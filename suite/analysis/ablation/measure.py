@@ -139,10 +139,10 @@ def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFram
                     "measure": measure.column,
                     "label": measure.label,
                     "value": value,
-                    "low": low,
-                    "high": high,
+                    "value_ci95_low": low,
+                    "value_ci95_high": high,
                     "n": n,
-                    "interval": method,
+                    "value_interval": method,
                 }
             )
     return pd.DataFrame(rows)
@@ -165,8 +165,8 @@ def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
                     "kind": kind,
                     "reads": reads,
                     "estimate": test.difference,
-                    "low": test.low,
-                    "high": test.high,
+                    "estimate_ci95_low": test.low,
+                    "estimate_ci95_high": test.high,
                     "p_value": test.p_value,
                     "n_prompts": test.n_pairs,
                     "method": test.test,
@@ -223,8 +223,8 @@ def cost_tables(
                 "kind": kind,
                 "reads": reads.replace(" - ", " / "),  # a contrast of logs is a ratio
                 "seconds_ratio": float(np.exp(test.difference)),
-                "seconds_ratio_low": float(np.exp(test.low)),
-                "seconds_ratio_high": float(np.exp(test.high)),
+                "seconds_ratio_ci95_low": float(np.exp(test.low)),
+                "seconds_ratio_ci95_high": float(np.exp(test.high)),
                 "seconds_p_value": test.p_value,
                 "flops_ratio": flops_ratio,
                 "method": f"log-median contrast, {test.test.replace('units', 'timing rounds')}; FLOPs counted",

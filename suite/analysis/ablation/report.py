@@ -38,7 +38,7 @@ def _display(measure: str) -> str:
 
 def _effect_text(row, spec: str) -> str:
     """``+0.12 [0.05, 0.19] (better, Holm p 0.001)``: the direction from the measure's orientation."""
-    text = with_interval(row.estimate, row.low, row.high, spec)
+    text = with_interval(row.estimate, row.estimate_ci95_low, row.estimate_ci95_high, spec)
     better = (row.estimate > 0) == bool(row.higher_is_better)
     return f"{text} ({'better' if better else 'worse'}, Holm p {row.p_holm:.2g})"
 
@@ -67,7 +67,7 @@ def verdict_lines(config: dict, effects: pd.DataFrame, cost_effects: pd.DataFram
         lines.append(text + ".")
     main_cost = cost_effects[cost_effects["kind"] == "main"]
     cost = "; ".join(
-        f"{row.effect} x{with_interval(row.seconds_ratio, row.seconds_ratio_low, row.seconds_ratio_high, '.2f')} "
+        f"{row.effect} x{with_interval(row.seconds_ratio, row.seconds_ratio_ci95_low, row.seconds_ratio_ci95_high, '.2f')} "
         f"seconds, x{row.flops_ratio:.2f} FLOPs"
         for row in main_cost.itertuples()
     )
@@ -84,7 +84,7 @@ def _two_by_two(config: dict, cells: pd.DataFrame, measure: str) -> pd.DataFrame
         entry = {a: level_a}
         for level_b in levels_b:
             row = rows[(rows[a] == level_a) & (rows[b] == level_b)].iloc[0]
-            entry[f"{b}: {level_b}"] = with_interval(row.value, row.low, row.high, spec)
+            entry[f"{b}: {level_b}"] = with_interval(row.value, row.value_ci95_low, row.value_ci95_high, spec)
         table.append(entry)
     return pd.DataFrame(table)
 
@@ -96,7 +96,9 @@ def _effects_for(effects: pd.DataFrame, measure: str) -> pd.DataFrame:
         {
             "effect": rows["effect"],
             "reads": rows["reads"],
-            "estimate [95% CI]": [with_interval(r.estimate, r.low, r.high, spec) for r in rows.itertuples()],
+            "estimate [95% CI]": [
+                with_interval(r.estimate, r.estimate_ci95_low, r.estimate_ci95_high, spec) for r in rows.itertuples()
+            ],
             "p": rows["p_value"].map(lambda value: f"{value:.2g}"),
             "p (Holm)": rows["p_holm"].map(lambda value: f"{value:.2g}"),
         }
@@ -115,7 +117,7 @@ def interaction_figure(config: dict, cells: pd.DataFrame, report: Path) -> Path:
         for offset, level_b in zip((-0.04, 0.04), levels_b):
             line = rows[rows[b] == level_b].set_index(a).loc[levels_a]
             x = [index + offset for index in range(len(levels_a))]
-            errors = [line["value"] - line["low"], line["high"] - line["value"]]
+            errors = [line["value"] - line["value_ci95_low"], line["value_ci95_high"] - line["value"]]
             axis.errorbar(x, line["value"], yerr=errors, marker="o", capsize=3, label=f"{b}: {level_b}")
         axis.set_xticks(range(len(levels_a)), levels_a)
         axis.set_xlim(-0.5, len(levels_a) - 0.5)
@@ -207,7 +209,9 @@ def build_ablation_report(report: Path) -> Path:
                 Table(
                     cost.assign(
                         seconds_per_image=[
-                            with_interval(r.seconds_per_image, r.seconds_per_image_low, r.seconds_per_image_high, ".4f")
+                            with_interval(
+                                r.seconds_per_image, r.seconds_per_image_ci95_low, r.seconds_per_image_ci95_high, ".4f"
+                            )
                             for r in cost.itertuples()
                         ]
                     )[["cell", a, b, "seconds_per_image", "gflops_per_image"]],
@@ -216,7 +220,7 @@ def build_ablation_report(report: Path) -> Path:
                 Table(
                     cost_effects.assign(
                         seconds_ratio=[
-                            with_interval(r.seconds_ratio, r.seconds_ratio_low, r.seconds_ratio_high, ".3f")
+                            with_interval(r.seconds_ratio, r.seconds_ratio_ci95_low, r.seconds_ratio_ci95_high, ".3f")
                             for r in cost_effects.itertuples()
                         ]
                     )[["effect", "reads", "seconds_ratio", "flops_ratio"]],

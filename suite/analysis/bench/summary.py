@@ -162,8 +162,8 @@ def bench_markdown(table: pd.DataFrame) -> str:
             else:
                 timing = f"{_ms(row['step_median_s'])} [{_ms(row['step_q1_s'])}, {_ms(row['step_q3_s'])}]"
             ratio = format_cell(row.get("ratio_to_diffusers"), ".3f")
-            if ratio and row.get("ratio_low") == row.get("ratio_low"):
-                ratio += f" [{format_cell(row['ratio_low'], '.3f')}, {format_cell(row['ratio_high'], '.3f')}]"
+            if ratio and row.get("ratio_to_diffusers_min") == row.get("ratio_to_diffusers_min"):
+                ratio += f" [{format_cell(row['ratio_to_diffusers_min'], '.3f')}, {format_cell(row['ratio_to_diffusers_max'], '.3f')}]"
             body.append(
                 [
                     row["stage"],

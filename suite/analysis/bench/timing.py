@@ -70,8 +70,8 @@ def ratio_summary(suite_seconds: Sequence[float], diffusers_seconds: Sequence[fl
     pairs = [mine / theirs for mine, theirs in zip(suite_seconds, diffusers_seconds)]
     return {
         "ratio_to_diffusers": statistics.median(suite_seconds) / statistics.median(diffusers_seconds),
-        "ratio_low": min(pairs),
-        "ratio_high": max(pairs),
+        "ratio_to_diffusers_min": min(pairs),
+        "ratio_to_diffusers_max": max(pairs),
     }
 
 

@@ -96,8 +96,8 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
         row |= mean_row("bleed", rows["bleed"].to_numpy()) | mean_row("chance", rows["chance"].to_numpy())
         row |= {
             "bleed_minus_chance": versus_chance.difference,
-            "bleed_minus_chance_low": versus_chance.low,
-            "bleed_minus_chance_high": versus_chance.high,
+            "bleed_minus_chance_ci95_low": versus_chance.low,
+            "bleed_minus_chance_ci95_high": versus_chance.high,
             "bleed_minus_chance_p": versus_chance.p_value,
             "text_mass": float(rows["text_mass"].mean()),
             "binding_errors": len(wrong),
@@ -119,8 +119,8 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
             low, high = np.quantile(resampled, [0.025, 0.975])
             row |= {
                 "bleed_errors_minus_correct": float(wrong.mean() - correct.mean()),
-                "bleed_errors_minus_correct_low": float(low),
-                "bleed_errors_minus_correct_high": float(high),
+                "bleed_errors_minus_correct_ci95_low": float(low),
+                "bleed_errors_minus_correct_ci95_high": float(high),
                 "bleed_errors_minus_correct_p": float(test.pvalue),
             }
         summary.append(row)
@@ -150,7 +150,7 @@ def judge_attention(claim: dict, tables: dict, folder: Path, data: Path) -> Judg
         verdicts.append(SUPPORTED if len(localised) >= 2 else NOT_SUPPORTED)
         lines.append(f"{family}: localised at {', '.join(f'{s}x{s}' for s in localised.side) or 'no resolution'}")
     binding = summary.drop_duplicates("family")
-    bleeds = bool((binding.binding_high < 1).all())
+    bleeds = bool((binding.binding_ci95_high < 1).all())
     verdicts.append(SUPPORTED if bleeds else NOT_SUPPORTED)
     lines.append(
         "binding accuracy on pair prompts "

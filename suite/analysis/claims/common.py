@@ -12,18 +12,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
 
 from suite.analysis.bench import processor_name
 from suite.analysis.claims.claim_file import ClaimConfig, claim_sweep
 from suite.analysis.report.render import Section
 from suite.analysis.report.tables import with_interval
 from suite.core import stats
+from suite.core.errors import UserError
 from suite.model.presets import PRESETS
 from suite.model.timing import Clock
 from suite.run.config import ResolvedSweep, parse_sweep, resolve
 from suite.run.evaluate import evaluate_run
 from suite.run.folder import read_run
-from suite.run.options import EvaluateOptions, RunOptions
+from suite.run.options import EvaluateOptions, RunOptions, TimingSettings
 from suite.run.runner import image_generators, load_pipelines, run_sweep, to_uint8
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run here"
@@ -113,8 +115,18 @@ def device_name(device: torch.device) -> str:
 # -- table rows with intervals, and paired tests --------------------------------------------------------
 
 
+def timing_of(config: ClaimConfig) -> TimingSettings:
+    """The claim file's ``timing:`` settings (batch, repeats), as ablation files spell them; one-line errors."""
+    try:
+        return TimingSettings.model_validate(config.settings.get("timing", {}))
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"claim {config.name}: settings.timing.{where}: {first['msg']}") from None
+
+
 def interval_row(prefix: str, interval: stats.Interval, value: float) -> dict[str, float]:
-    return {prefix: value, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
+    return {prefix: value, f"{prefix}_ci95_low": interval.low, f"{prefix}_ci95_high": interval.high}
 
 
 def proportion_row(prefix: str, values: np.ndarray) -> dict[str, float]:
@@ -148,8 +160,8 @@ def ratio_of_medians(numerator: np.ndarray, denominator: np.ndarray, resamples: 
     low, high = np.quantile(ratios, [0.025, 0.975])
     return {
         "ratio": float(np.median(numerator) / np.median(denominator)),
-        "ratio_low": float(low),
-        "ratio_high": float(high),
+        "ratio_ci95_low": float(low),
+        "ratio_ci95_high": float(high),
     }
 
 
@@ -169,12 +181,12 @@ def paired_tests(images: pd.DataFrame, reference: tuple, candidates: list[tuple]
             dict(zip(keys, candidate))
             | {
                 "exact_difference": exact.difference,
-                "exact_difference_low": exact.low,
-                "exact_difference_high": exact.high,
+                "exact_difference_ci95_low": exact.low,
+                "exact_difference_ci95_high": exact.high,
                 "exact_p": exact.p_value,
                 "clip_difference": clip.difference,
-                "clip_difference_low": clip.low,
-                "clip_difference_high": clip.high,
+                "clip_difference_ci95_low": clip.low,
+                "clip_difference_ci95_high": clip.high,
                 "clip_p": clip.p_value,
                 "n_pairs": exact.n_pairs,
             }
@@ -216,9 +228,9 @@ def point_quality(run_path: Path, keys: list[str]) -> tuple[pd.DataFrame, pd.Dat
 
 
 def ci(row, column: str, spec: str = ".3f") -> str:
-    """``value [low, high]`` from ``column``, ``column_low`` and ``column_high``."""
+    """``value [low, high]`` from ``column``, ``column_ci95_low`` and ``column_ci95_high``."""
     values = row._asdict() if hasattr(row, "_asdict") else row  # a row of itertuples() or of iterrows()
-    return with_interval(values[column], values.get(f"{column}_low"), values.get(f"{column}_high"), spec)
+    return with_interval(values[column], values.get(f"{column}_ci95_low"), values.get(f"{column}_ci95_high"), spec)
 
 
 def overall(verdicts: list[str]) -> str:

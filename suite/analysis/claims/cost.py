@@ -21,6 +21,7 @@ from suite.analysis.claims.common import (
     preset_family,
     ratio_of_medians,
     run_claim_sweeps,
+    timing_of,
 )
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
 from suite.analysis.costs import ProfileSettings, profile_presets
@@ -57,7 +58,8 @@ def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dic
     )
     target, latent, cascaded = matched_points(points)
 
-    batch, repeats = int(settings.get("timing_batch", 16)), int(settings.get("timing_repeats", 5))
+    timing = timing_of(config)
+    batch, repeats = timing.batch, timing.repeats
     loaded = []
     for point in (latent, cascaded):
         sweep_data = next(data for data in source.sweeps.values() if point.sampler in data["samplers"])
@@ -84,8 +86,8 @@ def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dic
             "role": point.family,
             **{key: point[key] for key in keys},
             "toy_correct": point.toy_correct,
-            "toy_correct_low": point.toy_correct_ci95_low,
-            "toy_correct_high": point.toy_correct_ci95_high,
+            "toy_correct_ci95_low": point.toy_correct_ci95_low,
+            "toy_correct_ci95_high": point.toy_correct_ci95_high,
             "gflops_per_image": point.gflops_per_image,
             **median_row("seconds_per_image", seconds[point.family]),
             "timing_repeats": repeats,
@@ -104,8 +106,8 @@ def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dic
         {
             "measure": "FLOPs per image, toy (counted)",
             "ratio": cascaded.gflops_per_image / latent.gflops_per_image,
-            "ratio_low": cascaded.gflops_per_image / latent.gflops_per_image,
-            "ratio_high": cascaded.gflops_per_image / latent.gflops_per_image,
+            "ratio_ci95_low": cascaded.gflops_per_image / latent.gflops_per_image,
+            "ratio_ci95_high": cascaded.gflops_per_image / latent.gflops_per_image,
             "note": "exact count: no interval",
         },
     ]
@@ -116,8 +118,8 @@ def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dic
         {
             "measure": f"FLOPs per image, {other_row.preset} / {base_row.preset} (counted from configs)",
             "ratio": other_row.tflops_per_image / base_row.tflops_per_image,
-            "ratio_low": other_row.tflops_per_image / base_row.tflops_per_image,
-            "ratio_high": other_row.tflops_per_image / base_row.tflops_per_image,
+            "ratio_ci95_low": other_row.tflops_per_image / base_row.tflops_per_image,
+            "ratio_ci95_high": other_row.tflops_per_image / base_row.tflops_per_image,
             "note": f"{profile_settings.sampler} {profile_settings.num_inference_steps} steps, guidance {profile_settings.guidance_scale:g}; "
             f"{base_row.image} vs {other_row.image}",
         }
@@ -130,8 +132,8 @@ def judge_cost(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement
     """Supported when the measured seconds ratio (cascaded / latent) at matched quality has its interval above 1
     and the counted FLOPs ratios (toy and real architectures) are above 1."""
     ratios, matched, real = tables["ratios"], tables["matched"], tables["real"]
-    above = bool((ratios.ratio_low > 1).all())
-    below = bool((ratios.ratio_high < 1).any())
+    above = bool((ratios.ratio_ci95_low > 1).all())
+    below = bool((ratios.ratio_ci95_high < 1).any())
     verdict = SUPPORTED if above else (NOT_SUPPORTED if below else INCONCLUSIVE)
     numbers = "; ".join(f"{row.measure}: {ci(row, 'ratio', '.2f')}" for row in ratios.itertuples())
     matched_table = matched.assign(

@@ -66,12 +66,12 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
         clip = stats.paired_permutation(base["clip_score"], other["clip_score"])
         return {
             f"exact_vs_{name}": exact.difference,
-            f"exact_vs_{name}_low": exact.low,
-            f"exact_vs_{name}_high": exact.high,
+            f"exact_vs_{name}_ci95_low": exact.low,
+            f"exact_vs_{name}_ci95_high": exact.high,
             f"exact_vs_{name}_p": exact.p_value,
             f"clip_vs_{name}": clip.difference,
-            f"clip_vs_{name}_low": clip.low,
-            f"clip_vs_{name}_high": clip.high,
+            f"clip_vs_{name}_ci95_low": clip.low,
+            f"clip_vs_{name}_ci95_high": clip.high,
             f"clip_vs_{name}_p": clip.p_value,
         }
 
@@ -93,8 +93,8 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
                 )
                 row |= {
                     f"{measure_name}_vs_reference": test.difference,
-                    f"{measure_name}_vs_reference_low": test.low,
-                    f"{measure_name}_vs_reference_high": test.high,
+                    f"{measure_name}_vs_reference_ci95_low": test.low,
+                    f"{measure_name}_vs_reference_ci95_high": test.high,
                     f"{measure_name}_vs_reference_p": test.p_value,
                 }
             tests.append(row)

@@ -43,7 +43,7 @@ def copy_image(source: Path, folder: Path, name: str) -> Path:
     return path
 
 
-def errorbar(axis, rows: pd.DataFrame, x: str, y: str, label: str, suffixes=("_low", "_high")) -> None:
+def errorbar(axis, rows: pd.DataFrame, x: str, y: str, label: str, suffixes=("_ci95_low", "_ci95_high")) -> None:
     """``rows[y]`` against ``rows[x]`` with its interval (columns ``y`` + each of ``suffixes``) as error bars."""
     low, high = rows[y + suffixes[0]], rows[y + suffixes[1]]
     axis.errorbar(rows[x], rows[y], yerr=[rows[y] - low, high - rows[y]], marker="o", capsize=2, label=label)

@@ -70,7 +70,7 @@ def relation(row, margins: dict) -> str:
     margins (a conservative two one-sided tests: a difference can be detectable and still too small to matter);
     else ``different`` if a Holm-adjusted test rejects at 5%; else ``unresolved`` (too few images to tell)."""
     inside = all(
-        -margin <= row[f"{name}_difference_low"] and row[f"{name}_difference_high"] <= margin
+        -margin <= row[f"{name}_difference_ci95_low"] and row[f"{name}_difference_ci95_high"] <= margin
         for name, margin in (("exact", margins["exact"]), ("clip", margins["clip"]))
     )
     if inside:

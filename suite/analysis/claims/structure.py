@@ -146,9 +146,9 @@ def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> J
     structure = settled[settled.attribute.isin(["count", "colour", "position"])]
     verdicts, lines = [], []
     for (family, sampler), rows in structure.groupby(["family", "sampler"], sort=True):
-        if (rows.settled_step_high <= limit).all():
+        if (rows.settled_step_ci95_high <= limit).all():
             verdicts.append(SUPPORTED)
-        elif (rows.settled_step_low > limit).any():
+        elif (rows.settled_step_ci95_low > limit).any():
             verdicts.append(NOT_SUPPORTED)
         else:
             verdicts.append(INCONCLUSIVE)
@@ -174,7 +174,7 @@ def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> J
         for sampler, line in rows.groupby("sampler", sort=True):
             axis.plot(line.step, line.colour_final, label=f"{sampler}: colour final")
             axis.plot(line.step, line.exact_match, linestyle="--", label=f"{sampler}: exact match")
-            axis.fill_between(line.step, line.colour_final_low, line.colour_final_high, alpha=0.15)
+            axis.fill_between(line.step, line.colour_final_ci95_low, line.colour_final_ci95_high, alpha=0.15)
         axis.axvline(settings["structure_by_step"], color="grey", linewidth=0.8)
         axis.set_title(f"{family}: decoded x0 per step")
         axis.set_xlabel("step (of 50)")

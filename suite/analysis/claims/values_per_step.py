@@ -18,6 +18,7 @@ from suite.analysis.claims.common import (
     grid_of,
     median_row,
     ratio_of_medians,
+    timing_of,
 )
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
 from suite.analysis.costs import ProfileSettings, profile_presets
@@ -33,7 +34,7 @@ def measure_values(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> d
     stages = profile.stages[["preset", "stage", "kind", "values_per_step", "tflops_per_step", "image"]].copy()
     resolved = grid_of(config, options)
     steps: dict[tuple[str, str], list[float]] = {}
-    repeats = int(settings.get("repeats", 3))
+    repeats = timing_of(config).repeats  # rounds; each times the grid's work items at its own batch size
 
     loaded = list(load_pipelines(resolved, RunOptions(options.out / "runs", options.device, progress=False)))
     for _ in range(repeats):  # alternate the families so drifts in machine speed hit both alike
@@ -127,5 +128,5 @@ EXPERIMENTS.register(
 
 def _in_ms(times: pd.DataFrame) -> pd.DataFrame:
     """The step-time table's seconds as the milliseconds the report reads (``ms_per_step`` and its interval)."""
-    suffixes = ("", "_low", "_high")
+    suffixes = ("", "_ci95_low", "_ci95_high")
     return times.assign(**{f"ms_per_step{suffix}": 1e3 * times[f"step_median_s{suffix}"] for suffix in suffixes})
