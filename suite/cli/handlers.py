@@ -209,7 +209,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
     names = args.presets or ["sd15", "sd21-base", "if-xl"]
     for name in names:
-        materialise(PRESETS.get(name)).architecture_only()
+        materialise(PRESETS.get(name)).without_weights()
     SAMPLERS.get(args.sampler)
     for option, value, least in (
         ("--steps", args.steps, 1),

@@ -80,7 +80,7 @@ class Preset:
             return {keys[0]: self.local_dir}
         return {key: self.local_dir / key for key in dict.fromkeys(keys)}
 
-    def architecture_only(self) -> Preset:
+    def without_weights(self) -> Preset:
         """This preset with configs readable without weights: its local folder, else the public configs."""
         if self.local_dir is not None or all(isinstance(source, Path) for source in self.sources.values()):
             return self

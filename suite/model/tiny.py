@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
-from suite.model import architectures
+from suite.model import builders
 
 WORDS = [
     "a",
@@ -67,7 +67,7 @@ WORDS = [
 def _if_unet(sample_size: int, in_channels: int, text_dim: int, super_resolution: bool) -> UNet2DConditionModel:
     """A two-level IF-style UNet; the super-resolution variant takes the noise level as a timestep class."""
     extra = {"class_embed_type": "timestep"} if super_resolution else {}
-    return architectures.if_unet(
+    return builders.if_unet(
         sample_size=sample_size,
         in_channels=in_channels,
         block_out_channels=(32, 64),
@@ -82,7 +82,7 @@ def _if_unet(sample_size: int, in_channels: int, text_dim: int, super_resolution
 
 
 def _clip_text_encoder(tokenizer) -> torch.nn.Module:
-    return architectures.clip_text_encoder(tokenizer, width=32, intermediate=64)
+    return builders.clip_text_encoder(tokenizer, width=32, intermediate=64)
 
 
 def _save_all(folder: Path, components: dict) -> None:
@@ -93,7 +93,7 @@ def _save_all(folder: Path, components: dict) -> None:
 def build_latent(folder: Path, seed: int = 0) -> None:
     """A Stable-Diffusion-shaped folder: 64 px images, VAE f=8, 8x8x4 latents, CLIP text encoder."""
     torch.manual_seed(seed)
-    tokenizer = architectures.word_level_clip_tokenizer(WORDS)
+    tokenizer = builders.word_level_clip_tokenizer(WORDS)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -112,8 +112,8 @@ def build_latent(folder: Path, seed: int = 0) -> None:
             "tokenizer": tokenizer,
             "text_encoder": _clip_text_encoder(tokenizer),
             "unet": unet,
-            "vae": architectures.autoencoder((8, 16, 32, 32), scaling_factor=0.18215),
-            "scheduler": architectures.latent_scheduler(),
+            "vae": builders.autoencoder((8, 16, 32, 32), scaling_factor=0.18215),
+            "scheduler": builders.latent_scheduler(),
         },
     )
 
@@ -121,8 +121,8 @@ def build_latent(folder: Path, seed: int = 0) -> None:
 def build_cascade(folder: Path, seed: int = 0, base_size: int = 16, latent_upscaler: bool = False) -> None:
     """IF-shaped stages: T5 + pixel base at ``base_size``, pixel x4 SR; optionally a latent x4 upscaler."""
     torch.manual_seed(seed)
-    tokenizer = architectures.word_level_t5_tokenizer(WORDS)
-    text_encoder = architectures.t5_encoder(tokenizer, d_model=32, d_kv=8, d_ff=64)
+    tokenizer = builders.word_level_t5_tokenizer(WORDS)
+    text_encoder = builders.t5_encoder(tokenizer, d_model=32, d_kv=8, d_ff=64)
     text_dim = text_encoder.config.d_model
     _save_all(
         folder / "stage_1",
@@ -130,15 +130,15 @@ def build_cascade(folder: Path, seed: int = 0, base_size: int = 16, latent_upsca
             "tokenizer": tokenizer,
             "text_encoder": text_encoder,
             "unet": _if_unet(base_size, 3, text_dim, super_resolution=False),
-            "scheduler": architectures.if_scheduler(1.5),
+            "scheduler": builders.if_scheduler(1.5),
         },
     )
     _save_all(
         folder / "stage_2",
         {
             "unet": _if_unet(4 * base_size, 6, text_dim, super_resolution=True),
-            "scheduler": architectures.if_scheduler(1.0),
-            "image_noising_scheduler": architectures.image_noising_scheduler(),
+            "scheduler": builders.if_scheduler(1.0),
+            "image_noising_scheduler": builders.image_noising_scheduler(),
         },
     )
     if latent_upscaler:
@@ -147,7 +147,7 @@ def build_cascade(folder: Path, seed: int = 0, base_size: int = 16, latent_upsca
 
 def _build_latent_upscaler(folder: Path) -> None:
     """Shaped like stabilityai/stable-diffusion-x4-upscaler: 7-channel UNet, noise-level classes, VAE f=4."""
-    clip_tokenizer = architectures.word_level_clip_tokenizer(WORDS)
+    clip_tokenizer = builders.word_level_clip_tokenizer(WORDS)
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=7,
@@ -171,7 +171,7 @@ def _build_latent_upscaler(folder: Path) -> None:
             "tokenizer": clip_tokenizer,
             "text_encoder": _clip_text_encoder(clip_tokenizer),
             "unet": unet,
-            "vae": architectures.autoencoder((8, 16, 32), scaling_factor=0.08333),
+            "vae": builders.autoencoder((8, 16, 32), scaling_factor=0.08333),
             "scheduler": scheduler,
             "low_res_scheduler": low_res_scheduler,
         },

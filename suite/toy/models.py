@@ -9,8 +9,8 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-from suite.model import architectures
-from suite.model.architectures import if_scheduler, image_noising_scheduler, latent_scheduler
+from suite.model import builders
+from suite.model.builders import if_scheduler, image_noising_scheduler, latent_scheduler
 from suite.toy.world import WORDS
 
 __all__ = [
@@ -36,16 +36,16 @@ ABLATION_CHANNELS = (32, 64, 96)
 
 
 def clip_tokenizer() -> CLIPTokenizer:
-    return architectures.word_level_clip_tokenizer(list(WORDS))
+    return builders.word_level_clip_tokenizer(list(WORDS))
 
 
 def t5_tokenizer() -> T5Tokenizer:
-    return architectures.word_level_t5_tokenizer(list(WORDS))
+    return builders.word_level_t5_tokenizer(list(WORDS))
 
 
 def clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     """A 2-layer CLIP text transformer (SD's text encoder, scaled down)."""
-    return architectures.clip_text_encoder(tokenizer, width=TEXT_WIDTH, intermediate=4 * TEXT_WIDTH)
+    return builders.clip_text_encoder(tokenizer, width=TEXT_WIDTH, intermediate=4 * TEXT_WIDTH)
 
 
 def t5_encoder(tokenizer: T5Tokenizer, dropout_rate: float = 0.1) -> T5EncoderModel:
@@ -53,7 +53,7 @@ def t5_encoder(tokenizer: T5Tokenizer, dropout_rate: float = 0.1) -> T5EncoderMo
 
     T5's configs train with dropout 0.1; the ablation's cells use 0, as CLIP's text tower does.
     """
-    return architectures.t5_encoder(
+    return builders.t5_encoder(
         tokenizer,
         d_model=TEXT_WIDTH,
         d_kv=16,
@@ -65,7 +65,7 @@ def t5_encoder(tokenizer: T5Tokenizer, dropout_rate: float = 0.1) -> T5EncoderMo
 
 def vae() -> AutoencoderKL:
     """SD's AutoencoderKL with f=8 and 4 latent channels: 64x64x3 -> 8x8x4 (48x fewer values, as SD)."""
-    return architectures.autoencoder((16, 32, 64, 64), sample_size=64)
+    return builders.autoencoder((16, 32, 64, 64), sample_size=64)
 
 
 def latent_unet(block_out_channels: tuple[int, ...] = (48, 96, 128)) -> UNet2DConditionModel:
@@ -86,7 +86,7 @@ def latent_unet(block_out_channels: tuple[int, ...] = (48, 96, 128)) -> UNet2DCo
 
 def _if_unet(**config) -> UNet2DConditionModel:
     """IF's UNet family at the toy world's text width, skipping the time activation as IF's config does."""
-    return architectures.if_unet(encoder_hid_dim=TEXT_WIDTH, attention_head_dim=32, resnet_skip_time_act=True, **config)
+    return builders.if_unet(encoder_hid_dim=TEXT_WIDTH, attention_head_dim=32, resnet_skip_time_act=True, **config)
 
 
 def base_unet(block_out_channels: tuple[int, ...] = (48, 96, 128)) -> UNet2DConditionModel:

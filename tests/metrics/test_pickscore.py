@@ -16,7 +16,7 @@ from tests.conftest import tiny_metric_sweep
 def tiny_pickscore(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from suite.model.architectures import word_level_clip_tokenizer
+    from suite.model.builders import word_level_clip_tokenizer
     from suite.toy.world import WORDS
 
     tokenizer = word_level_clip_tokenizer([*WORDS, "photo", "cat", "painting", "horse"])

@@ -100,7 +100,7 @@ def test_truncated_start_runs_the_requested_steps_from_partway_down(cascade_pipe
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_as_many_steps_as_training_timesteps_runs_every_timestep_once(sampler):
     """SD's `leading` spacing with steps_offset=1 would lay out t = 1000 for 1000 steps (past the training range)."""
-    from suite.model.architectures import latent_scheduler
+    from suite.model.builders import latent_scheduler
     from suite.model.samplers import make_scheduler, set_timesteps
 
     scheduler = make_scheduler(sampler, latent_scheduler().config)

@@ -122,7 +122,7 @@ def measure_peak_tflops(device: torch.device, dtype: torch.dtype, size: int | No
 def build_random(preset: Preset, device: torch.device, dtype: str) -> TextToImagePipeline:
     """The preset's pipeline from its configs with random weights on ``device``: everything resident."""
 
-    preset = materialise(preset).architecture_only()
+    preset = materialise(preset).without_weights()
     options = replace(load_options(preset, device, dtype), offload=False, random_weights=True)
     return BACKENDS.get(preset.backend).load(preset, options)
 

@@ -36,7 +36,7 @@ def build_on_meta(preset: Preset):
     The backend's own ``load`` runs unchanged, so what is built is what a sweep runs, stage for stage.
     """
 
-    preset = materialise(preset).architecture_only()
+    preset = materialise(preset).without_weights()
     options = LoadOptions(
         torch.device("meta"), DTYPES.get(preset.denoiser_dtype), DTYPES.get(preset.text_encoder_dtype)
     )
