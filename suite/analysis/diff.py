@@ -22,10 +22,8 @@ from suite.core.errors import UserError
 from suite.core.stats import mcnemar_exact, paired_permutation, wilson_interval
 from suite.metrics import METRICS
 from suite.run.folder import GRID_COLUMNS, read_run
-from suite.toy.score import QUESTIONS
 
 PAIR_COLUMNS = [*GRID_COLUMNS, "prompt_index", "seed_index"]
-BINARY_SCORES = tuple(f"toy_{question}" for question in QUESTIONS)  # 0/1 answers: McNemar, not a mean test
 
 
 def _images(run: Path) -> pd.DataFrame:
@@ -69,7 +67,8 @@ def diff_runs(a: Path, b: Path) -> pd.DataFrame:
             "images_within_1": float(np.mean([difference.max() <= 1 for difference in differences])),
         }
         for column in scores:
-            test = (mcnemar_exact if column in BINARY_SCORES else paired_permutation)(left[column], right[column])
+            binary = any(metric.image_score_is_binary(column) for metric in METRICS.values())
+            test = (mcnemar_exact if binary else paired_permutation)(left[column], right[column])
             row |= {
                 f"{column}_a": float(left[column].mean()),
                 f"{column}_b": float(right[column].mean()),

@@ -108,6 +108,10 @@ class Metric(ABC):
         """Whether ``column`` of scores.parquet is one of this metric's per-image values."""
         return False
 
+    def image_score_is_binary(self, column: str) -> bool:
+        """Whether that per-image value is a 0/1 answer (compared by McNemar's test, not a mean test)."""
+        return False
+
     def networks(self, evaluation: Evaluation) -> set[str]:
         """Feature networks this metric extracts with (checked before generation, features stored for comparisons)."""
         return set()

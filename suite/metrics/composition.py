@@ -52,6 +52,9 @@ class Composition(Metric):
     def owns_image_score(self, column: str) -> bool:
         return column.startswith("toy_")
 
+    def image_score_is_binary(self, column: str) -> bool:
+        return column in {f"toy_{question}" for question in QUESTIONS}
+
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
 
         scores = pd.DataFrame(

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from suite.core.errors import UserError
-from suite.run import leases
 from suite.run.topology import Topology, device_for, topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,40 +85,6 @@ def test_each_local_rank_takes_its_own_gpu(monkeypatch):
     ]  # fmt: skip
     assert device_for("cuda:2", Topology(0, 2, 1)) == "cuda:2"  # an explicit GPU is kept
     assert device_for("cpu", Topology(0, 2, 1)) == "cpu"
-
-
-# -- leases ---------------------------------------------------------------------------------
-
-
-def test_a_claim_is_exclusive_and_released_only_by_its_owner(tmp_path):
-    path = tmp_path / "x.lease"
-    first, second = leases.owner_record(rank=0), leases.owner_record(rank=1)
-    assert leases.acquire(path, first) is None
-    assert leases.acquire(path, second) == first  # a live process on this host holds it
-    leases.release(path, second)
-    assert path.exists()
-    leases.release(path, first)
-    assert not path.exists()
-
-
-def test_a_dead_processs_claim_is_taken_over(tmp_path):
-    path = tmp_path / "x.lease"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    path.write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "old"}))
-    mine = leases.owner_record()
-    assert leases.acquire(path, mine) is None
-    assert leases.read_owner(path) == mine
-
-
-def test_a_claim_from_another_host_is_stale_once_its_heartbeat_stops(tmp_path, monkeypatch):
-    path = tmp_path / "x.lease"
-    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "far"}))
-    assert leases.acquire(path, leases.owner_record()) is not None  # fresh: its owner may be working
-    monkeypatch.setenv("SUITE_LEASE_STALE_S", "60")
-    old = time.time() - 120
-    os.utime(path, (old, old))
-    assert leases.acquire(path, leases.owner_record()) is None
 
 
 # -- several processes on one run folder -----------------------------------------------------
