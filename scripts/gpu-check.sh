@@ -43,7 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PYTHON -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 export PYTHONUNBUFFERED=1 SUITE_CACHE="$WORK/cache"
 
-part gpu-tests 150 $PYTHON -m pytest -q -m gpu -p no:cacheprovider tests/test_toy_models.py tests/test_bench.py
+part gpu-tests 150 $PYTHON -m pytest -q -m gpu -p no:cacheprovider tests/toy/test_models.py tests/analysis/test_bench.py
 part bench-eager 200 $PYTHON -m suite bench $PRESETS --device "$DEVICE" --steps "$STEPS" --repeats 3 --out "$WORK/bench"
 part toy-sweep 200 $PYTHON -m suite sweep "$TOY" --device "$DEVICE" --dtype "$DTYPE" --out "$WORK/toy-$DEVICE" --quiet
 # the same sweep's generation in fp32 (no metrics): device-to-device agreement without the dtype change

@@ -58,7 +58,8 @@ def load_records(run: RunFolder, options) -> dict[tuple, PointRecord]:
 def baseline_points(run: RunFolder) -> dict[str, tuple]:
     """Each preset's baseline grid point: the sweep's ``evaluation.baseline``, else its most expensive point."""
     metrics, baseline = run.metrics, run.resolved.sweep.evaluation.baseline
-    cost = "gflops_per_image" if "gflops_per_image" in metrics else "seconds_per_image_median"
+    costs = [metric.headline for metric in METRICS.values() if metric.higher_is_better is None]
+    cost = next((column for column in costs if column in metrics), "seconds_per_image_median")
     chosen = {}
     for preset, points in metrics.groupby("preset", sort=False):
         if baseline is not None:

@@ -264,7 +264,8 @@ def command_diff(args: argparse.Namespace) -> int:
         ensure_writable(Path(args.out).parent)
     table = diff_runs(first, second)
     shown = [*table.columns[:4], "images", "sha256_match", "max_pixel_difference", "mean_pixel_difference"]
-    shown += [column for column in table.columns if column.endswith("_difference") and column.startswith("toy_correct")]
+    main_scores = [metric.main_image_score() for metric in METRICS.values() if metric.main_image_score()]
+    shown += [f"{score}_difference" for score in main_scores if f"{score}_difference" in table]
     print(markdown_table(table[shown], {"sha256_match": ".3f", "mean_pixel_difference": ".3f"}))
     if args.out:
         atomic_write_table(table, Path(args.out))

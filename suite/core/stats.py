@@ -25,7 +25,7 @@ from scipy import stats
 
 ALPHA = 0.05  # the significance level of every test and the coverage (1 - ALPHA) of every interval
 
-CONFIDENCE = 0.95
+CONFIDENCE = 1 - ALPHA  # 0.95
 RESAMPLES = 2000  # per-image means (BCa)
 SET_RESAMPLES = 200  # set statistics (FID, KID, CMMD): each resample recomputes the statistic
 PERMUTATIONS = 20000

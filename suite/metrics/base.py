@@ -94,6 +94,7 @@ class Metric(ABC):
     shown: ClassVar[Mapping[str, str]] = {}  # metrics-table columns a report shows -> format; default the headline
     needs_costs: ClassVar[bool] = False  # reads the run's costs table (FLOPs per model evaluation)
     best_rank: ClassVar[int | None] = None  # preference when a report picks the best point: 0 first, None never
+    alignment: ClassVar[bool] = False  # measures how closely images follow their prompts (a report's x axis)
     flags: ClassVar[Mapping[str, str]] = {}  # column -> boolean column that marks its value as unreliable (a dagger)
 
     def shown_columns(self) -> dict[str, str]:
@@ -107,6 +108,14 @@ class Metric(ABC):
     def owns_image_score(self, column: str) -> bool:
         """Whether ``column`` of scores.parquet is one of this metric's per-image values."""
         return False
+
+    def main_image_score(self) -> str | None:
+        """The per-image value ``suite diff`` shows first (None: the metric has no per-image values)."""
+        return None
+
+    def former_name(self, column: str) -> str:
+        """Today's name of a column this metric wrote under an earlier name; other columns unchanged."""
+        return column
 
     def image_score_is_binary(self, column: str) -> bool:
         """Whether that per-image value is a 0/1 answer (compared by McNemar's test, not a mean test)."""
@@ -189,6 +198,16 @@ class PerImageScore(Metric):
 
     def owns_image_score(self, column: str) -> bool:
         return column == self.column
+
+    def main_image_score(self) -> str | None:
+        return self.column
+
+    def former_name(self, column: str) -> str:
+        # its interval was named after the per-image column, not the mean it belongs to
+        for part in ("ci95_low", "ci95_high", "interval"):
+            if column == f"{self.column}_{part}":
+                return f"{self.headline}_{part}"
+        return column
 
     @abstractmethod
     def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:

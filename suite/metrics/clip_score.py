@@ -30,6 +30,7 @@ class ClipScore(PerImageScore):
     higher_is_better = True
     display = ".2f"
     uses_clip_model = True
+    alignment = True
     best_rank = 2
 
     def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:

@@ -15,6 +15,14 @@ from suite.toy.world import prompt_category
 CATEGORIES = (("single", "single"), ("pair", "pair"), ("held-out pair", "held_out_pair"))
 
 
+def former_accuracy_name(column: str) -> str:
+    """Wilson interval columns were ``<x>_wilson_low/_high`` before every interval became ``_ci95_low/_high``."""
+    for side in ("low", "high"):
+        if column.endswith(f"_wilson_{side}"):
+            return column.removesuffix(f"_wilson_{side}") + f"_wilson_ci95_{side}"
+    return column
+
+
 def accuracy_columns(column: str, values: np.ndarray) -> dict[str, Any]:
     """Mean of 0/1 answers (NaN: not asked) with its BCa interval and its Wilson interval."""
     asked = values[~np.isnan(values)]
@@ -51,6 +59,12 @@ class Composition(Metric):
 
     def owns_image_score(self, column: str) -> bool:
         return column.startswith("toy_")
+
+    def main_image_score(self) -> str | None:
+        return "toy_correct"
+
+    def former_name(self, column: str) -> str:
+        return former_accuracy_name(column)
 
     def image_score_is_binary(self, column: str) -> bool:
         return column in {f"toy_{question}" for question in QUESTIONS}

@@ -22,7 +22,7 @@ from PIL import Image
 
 from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
-from suite.metrics.composition import accuracy_columns
+from suite.metrics.composition import accuracy_columns, former_accuracy_name
 from suite.metrics.detector import LAYOUT, Mask2FormerDetector, check_detector_folder
 from suite.metrics.geneval_rules import COLOUR_TEMPLATES, COLOURS, TASKS, Detection, GenevalSettings, judge, select
 from suite.prompts.sets import prompt_records
@@ -89,6 +89,10 @@ class Geneval(Metric):
     higher_is_better = True
     display = ".3f"
     uses_clip_model = True
+
+    def former_name(self, column: str) -> str:
+        return former_accuracy_name(column)
+
     needs_setting = "geneval"
     setting_layout = f"detector: {LAYOUT}"
 

@@ -23,6 +23,11 @@ class Kid(Metric):
     needs_reference = True
     best_rank = 4
 
+    def former_name(self, column: str) -> str:
+        # its interval was named after the metric, not the mean it belongs to
+        parts = ("ci95_low", "ci95_high", "interval")
+        return next((f"kid_mean_{part}" for part in parts if column == f"kid_{part}"), column)
+
     def networks(self, evaluation) -> set[str]:
         return {evaluation.features}
 

@@ -23,6 +23,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     raise ValueError(f"no short name for {dtype}")
 
 
+def spelled(dtype: object) -> object:
+    """A dtype as tables and manifests spell it (fp16), from any spelling an earlier version wrote (float16,
+    torch.float16); other values unchanged."""
+    if isinstance(dtype, str):
+        for name, value in DTYPES.items():
+            if dtype in (str(value), str(value).removeprefix("torch.")):
+                return name
+    return dtype
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():

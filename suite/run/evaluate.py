@@ -49,9 +49,9 @@ from suite.run.folder import (
     SCORES,
     RunFolder,
     read_run,
-    renamed_column,
     stage_column,
     stage_columns,
+    upgraded,
 )
 from suite.run.options import EvaluateOptions
 from suite.run.preflight import check_evaluation
@@ -298,7 +298,7 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     rows, per_image, stage_count = [], [], 0
     for group in groups:
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
-        rows.append(pd.read_parquet(folder / "row.parquet").rename(columns=renamed_column))
+        rows.append(upgraded(pd.read_parquet(folder / "row.parquet")))
         per_image.append(pd.read_parquet(folder / "scores.parquet"))
         stage_count = max(stage_count, len(run.stage_settings(*(group.iloc[0][column] for column in GRID_COLUMNS))))
     table = _ordered(pd.concat(rows, ignore_index=True), stage_count)

@@ -28,6 +28,8 @@ from suite.core.errors import UserError
 from suite.core.files import (
     atomic_write_text,
 )
+from suite.metrics import METRICS
+from suite.model.devices import spelled
 from suite.model.stages import StageSettings, StageTiming
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
 from suite.run.grid import stage_settings
@@ -43,25 +45,33 @@ STAGE_SETTINGS = ("name", "sampler", "num_inference_steps", "guidance_scale", "n
 STAGE_TIMINGS = ("loop_s", "step_median_s", "model_evaluations", "decode_fp32_fallback")
 
 
-# Columns renamed since earlier versions wrote them: (pattern, replacement). Tables and cached evaluation rows of
-# run folders made before are read under today's names.
+# Columns of the run itself renamed since earlier versions wrote them: (pattern, replacement). Tables and cached
+# evaluation rows of run folders made before are read under today's names; each metric renames its own.
 RENAMED_COLUMNS = tuple(
     (re.compile(pattern), replacement)
     for pattern, replacement in (
         (r"^(stage\d+)_step_s_median$", r"\1_step_median_s"),  # one name for the median step time
         # an interval is named after the column it belongs to: <column>_ci95_low / _ci95_high / _interval
-        (r"^(kid|clip_score|pickscore|hpsv2)_(ci95_low|ci95_high|interval)$", r"\1_mean_\2"),
         (r"^seconds_per_image_(ci95_low|ci95_high|interval)$", r"seconds_per_image_median_\1"),
-        (r"^(toy_correct\w*)_wilson_(low|high)$", r"\1_wilson_ci95_\2"),
         (r"^ci95_(low|high)$", r"difference_ci95_\1"),  # comparisons: the interval of the difference
     )
 )
+
+
+def upgraded(table: pd.DataFrame) -> pd.DataFrame:
+    """A table an earlier version may have written, under today's column names and dtype spelling."""
+    table = table.rename(columns=renamed_column)
+    if "dtype" in table:
+        table["dtype"] = table["dtype"].map(spelled)
+    return table
 
 
 def renamed_column(name: str) -> str:
     """Today's name of a column an earlier version wrote (unchanged if it was not renamed)."""
     for pattern, replacement in RENAMED_COLUMNS:
         name = pattern.sub(replacement, name)
+    for metric in METRICS.values():
+        name = metric.former_name(name)
     return name
 
 
@@ -191,7 +201,7 @@ def collect_samples(run: Path, item_ids: list[str], stage_count: int) -> pd.Data
     paths = [item_path(run, item_id) for item_id in item_ids]
     if not all(path.exists() for path in paths):
         return None
-    samples = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+    samples = pd.concat([upgraded(pd.read_parquet(path)) for path in paths], ignore_index=True)
     stages = [column for column in stage_columns(stage_count, (*STAGE_SETTINGS, *STAGE_TIMINGS)) if column in samples]
     return samples[[column for column in samples.columns if column not in stages] + stages]
 
@@ -227,7 +237,7 @@ class RunFolder:
 
 def _table(run: Path, name: str) -> pd.DataFrame | None:
     path = run / f"{name}.parquet"
-    return pd.read_parquet(path).rename(columns=renamed_column) if path.is_file() else None
+    return upgraded(pd.read_parquet(path)) if path.is_file() else None
 
 
 def read_run(run: Path) -> RunFolder:

@@ -27,20 +27,13 @@ import yaml
 
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_text, sha256_bytes
-from suite.model.devices import DTYPES
+from suite.model.devices import spelled
 from suite.run import leases
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
 from suite.run.folder import CONFIG, HASH_KEY, ITEMS_DIR, SAMPLES, item_path, read_config, write_manifest
 from suite.run.grid import WorkItem, expand
 
 EVALUATION_KEYS = ("metrics", "evaluation")  # change what is measured, never an image
-
-
-def _spelled(dtype: Any) -> Any:
-    """A dtype as tables and manifests spell it (fp16); manifests written before that spelled it torch.float16."""
-    if isinstance(dtype, str) and dtype.startswith("torch."):
-        return next((name for name, value in DTYPES.items() if str(value) == dtype), dtype)
-    return dtype
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,7 @@ class Environment:
             found.append(f"device type {recorded.device_type} (now {self.device_type})")
         for preset, dtypes in self.dtypes.items():
             for part in ("denoiser", "text_encoder"):
-                before = _spelled(recorded.dtypes.get(preset, {}).get(part))
+                before = spelled(recorded.dtypes.get(preset, {}).get(part))
                 if before != dtypes.get(part):
                     found.append(f"{preset} {part} dtype {before} (now {dtypes.get(part)})")
         for preset, models in self.models.items():

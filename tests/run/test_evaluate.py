@@ -6,7 +6,8 @@ import pandas as pd
 import yaml
 
 from suite.cli import main
-from suite.run.folder import renamed_column
+from suite.run.folder import renamed_column, upgraded
+from suite.run.resume import Environment
 
 PROMPTS = ["a red circle", "a blue square above a green triangle", "a yellow circle left of a red square"]
 
@@ -142,6 +143,21 @@ def test_columns_of_earlier_versions_are_read_under_todays_names():
     assert renamed_column("clip_score_interval") == "clip_score_mean_interval"
     assert renamed_column("seconds_per_image_ci95_high") == "seconds_per_image_median_ci95_high"
     assert renamed_column("toy_correct_pair_wilson_high") == "toy_correct_pair_wilson_ci95_high"
+    assert renamed_column("toy_count_wilson_low") == "toy_count_wilson_ci95_low"
+    assert renamed_column("geneval_counting_wilson_low") == "geneval_counting_wilson_ci95_low"
+    assert renamed_column("pickscore_interval") == "pickscore_mean_interval"
     assert renamed_column("ci95_low") == "difference_ci95_low"
     for today in ("clip_score", "fid_ci95_low", "clip_score_mean_ci95_low", "stage1_step_median_s", "kid_mean"):
         assert renamed_column(today) == today
+
+
+def test_tables_and_manifests_of_earlier_versions_are_upgraded_on_read():
+    before = pd.DataFrame({"dtype": ["float32", "float16"], "stage1_step_s_median": [0.1, 0.2], "kid_ci95_low": [1, 2]})
+    after = upgraded(before)
+    assert list(after.columns) == ["dtype", "stage1_step_median_s", "kid_mean_ci95_low"]
+    assert list(after["dtype"]) == ["fp32", "fp16"]
+    recorded = Environment("cpu", {"toy-latent": {"denoiser": "torch.float32", "text_encoder": "torch.float32"}}, {})
+    now = Environment("cpu", {"toy-latent": {"denoiser": "fp32", "text_encoder": "fp32"}}, {})
+    assert now.differences(recorded) == []
+    changed = Environment("cpu", {"toy-latent": {"denoiser": "fp16", "text_encoder": "fp32"}}, {})
+    assert changed.differences(recorded) == ["toy-latent denoiser dtype fp32 (now fp16)"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import re
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
@@ -29,6 +31,14 @@ def _read(report: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
     folder = report / DATA
     config = yaml.safe_load((folder / "ablation.yaml").read_text(encoding="utf-8"))
     tables = {path.stem: pd.read_csv(path) for path in sorted(folder.glob("*.csv"))}
+    # data measured before one interval convention: bare low/high (cells, effects) and <x>_low/_high (costs)
+    former = {"cells": "value", "effects": "estimate"}
+    for name, table in tables.items():
+        if name in former and "low" in table:
+            value = former[name]
+            names = {"low": f"{value}_ci95_low", "high": f"{value}_ci95_high", "interval": f"{value}_interval"}
+            table = table.rename(columns=names)
+        tables[name] = table.rename(columns=lambda column: re.sub(r"(?<!_ci95)_(low|high)$", r"_ci95_\1", column))
     return config, tables
 
 

@@ -22,6 +22,7 @@ from suite.analysis.bench.timing import (
 )
 from suite.core.files import atomic_write_table, atomic_write_text
 from suite.core.formatting import format_cell, markdown_table
+from suite.model.devices import spelled
 from suite.model.flops import StageCost
 from suite.model.stages import Stage, StageSettings
 from suite.run.folder import versions
@@ -96,6 +97,29 @@ def pipeline_row(rows: list[dict]) -> dict[str, Any]:
 # -- tables -----------------------------------------------------------------------------------
 
 
+# Bench tables before one column convention: milliseconds, and the ratio range as ratio_low/_high.
+FORMER_MILLISECONDS = {
+    "step_ms_median": "step_median_s",
+    "step_ms_q1": "step_q1_s",
+    "step_ms_q3": "step_q3_s",
+    "call_ms_median": "call_median_s",
+    "call_ms_q1": "call_q1_s",
+    "call_ms_q3": "call_q3_s",
+    "decode_ms": "decode_s",
+}
+FORMER_NAMES = {"ratio_low": "ratio_to_diffusers_min", "ratio_high": "ratio_to_diffusers_max"}
+
+
+def upgraded(table: pd.DataFrame) -> pd.DataFrame:
+    """A bench table an earlier version wrote, in today's columns (seconds) and dtype spelling."""
+    former = [column for column in FORMER_MILLISECONDS if column in table]
+    table = table.assign(**{column: table[column] / 1e3 for column in former})
+    table = table.rename(columns={**FORMER_MILLISECONDS, **FORMER_NAMES})
+    if "dtype" in table:
+        table["dtype"] = table["dtype"].map(spelled)
+    return table
+
+
 def merge_results(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
     """``new`` rows replace old rows with the same key (preset, stage and every setting); others stay."""
     if old is None or old.empty:
@@ -111,7 +135,7 @@ def write_bench(table: pd.DataFrame, out: Path, bench: BenchSettings) -> Path:
 
     folder = out / table["device_name"].iloc[0]
     folder.mkdir(parents=True, exist_ok=True)
-    previous = pd.read_parquet(folder / "bench.parquet") if (folder / "bench.parquet").is_file() else None
+    previous = upgraded(pd.read_parquet(folder / "bench.parquet")) if (folder / "bench.parquet").is_file() else None
     merged = merge_results(previous, table)
     atomic_write_table(merged, folder / "bench")
     atomic_write_text(folder / "bench.md", bench_markdown(merged))

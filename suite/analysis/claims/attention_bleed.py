@@ -116,7 +116,7 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
                 rng.choice(wrong.to_numpy(), len(wrong)).mean() - rng.choice(correct.to_numpy(), len(correct)).mean()
                 for _ in range(stats.RESAMPLES)
             ]
-            low, high = np.quantile(resampled, [0.025, 0.975])
+            low, high = np.quantile(resampled, [ALPHA / 2, 1 - ALPHA / 2])
             row |= {
                 "bleed_errors_minus_correct": float(wrong.mean() - correct.mean()),
                 "bleed_errors_minus_correct_ci95_low": float(low),

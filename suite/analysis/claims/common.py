@@ -20,6 +20,7 @@ from suite.analysis.report.render import Section
 from suite.analysis.report.tables import with_interval
 from suite.core import stats
 from suite.core.errors import UserError
+from suite.core.stats import ALPHA
 from suite.model.presets import PRESETS
 from suite.model.timing import Clock
 from suite.run.config import ResolvedSweep, parse_sweep, resolve
@@ -157,7 +158,7 @@ def ratio_of_medians(numerator: np.ndarray, denominator: np.ndarray, resamples: 
         np.median(rng.choice(numerator, len(numerator))) / np.median(rng.choice(denominator, len(denominator)))
         for _ in range(resamples)
     ]
-    low, high = np.quantile(ratios, [0.025, 0.975])
+    low, high = np.quantile(ratios, [ALPHA / 2, 1 - ALPHA / 2])
     return {
         "ratio": float(np.median(numerator) / np.median(denominator)),
         "ratio_ci95_low": float(low),

@@ -13,13 +13,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import re
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
+from suite.analysis.bench.summary import FORMER_MILLISECONDS
 from suite.analysis.claims.experiments import EXPERIMENTS, Judgement
 from suite.analysis.report.render import Section, Table, Text, to_html, to_markdown
 from suite.core.files import atomic_write_text
+from suite.run.folder import upgraded
 
 FIGURES = "figures"
 
@@ -55,8 +59,16 @@ def errorbar(axis, rows: pd.DataFrame, x: str, y: str, label: str, suffixes=("_c
 def read_claim(folder: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
     """A measured claim's data folder: its claim file as written, and its tables by name."""
     claim = yaml.safe_load((folder / "claim.yaml").read_text(encoding="utf-8"))
-    tables = {path.stem: pd.read_csv(path) for path in sorted(folder.glob("*.csv"))}
+    tables = {path.stem: upgraded_data(pd.read_csv(path)) for path in sorted(folder.glob("*.csv"))}
     return claim, tables
+
+
+def upgraded_data(table: pd.DataFrame) -> pd.DataFrame:
+    """Claim data measured before one column convention (``<x>_low/_high``, milliseconds) in today's columns."""
+    former = {column: column.replace("ms_per_step", "step_median_s") for column in table if "ms_per_step" in column}
+    former |= {column: FORMER_MILLISECONDS[column] for column in table if column in FORMER_MILLISECONDS}
+    table = upgraded(table.assign(**{column: table[column] / 1e3 for column in former}).rename(columns=former))
+    return table.rename(columns=lambda column: re.sub(r"(?<!_ci95)_(low|high)$", r"_ci95_\1", column))
 
 
 def judge_all(report: Path) -> list[tuple[dict, Judgement]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from suite.analysis.bench.summary import upgraded
 from suite.analysis.claims.claim_file import ClaimConfig
 from suite.analysis.claims.common import NOT_RUN, NOT_SUPPORTED, PARTLY, SUPPORTED, ClaimsOptions, claim_section
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
@@ -19,7 +20,7 @@ def measure_step_time(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
         path = Path(path)
         if not path.is_file():
             continue
-        table = pd.read_csv(path)
+        table = upgraded(pd.read_csv(path))  # a bench table of any version, in seconds
         wanted = table[(table["preset"] == settings["preset"]) & (table["stage"] == settings["stage"])]
         rows.extend(
             {

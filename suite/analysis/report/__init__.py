@@ -17,8 +17,9 @@ from suite.analysis.compare import COMPARISONS, load_records, point_key
 from suite.analysis.report import grids, plots, tables
 from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
 from suite.core.files import atomic_write_text
+from suite.core.stats import ALPHA
 from suite.metrics import METRICS
-from suite.run.folder import RunFolder, read_run, renamed_column
+from suite.run.folder import RunFolder, read_run, upgraded
 from suite.run.options import EvaluateOptions
 
 REPORT_DIR = "report"
@@ -68,11 +69,11 @@ def _comparisons_section(run: RunFolder) -> Section:
     path = run.path / f"{COMPARISONS}.parquet"
     if not path.is_file():
         return Section("What is significant", [Text("Not compared yet: run `suite compare RUN`.")])
-    comparisons = pd.read_parquet(path).rename(columns=renamed_column)
+    comparisons = upgraded(pd.read_parquet(path))
     if comparisons.empty:
         return Section("What is significant", [Text("No pairs of grid points to compare.")])
     blocks = [Text(paragraph) for paragraph in tables.significance_paragraphs(comparisons)]
-    shown = comparisons[(comparisons["kind"] == "across presets") | (comparisons["p_holm"] < 0.05)]
+    shown = comparisons[(comparisons["kind"] == "across presets") | (comparisons["p_holm"] < ALPHA)]
     note = (
         f"Paired tests (b - a) from comparisons.csv ({len(comparisons)} rows; shown: every cross-preset row and "
         f"every significant one, at most {SHOWN_COMPARISONS}). Per-image scores: paired permutation test; "

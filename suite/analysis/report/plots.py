@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from suite.analysis.report.tables import interval_of, quality_column
+from suite.metrics import METRICS
 
 matplotlib.rcParams["svg.hashsalt"] = "diffusion-suite"
 
@@ -45,21 +46,22 @@ def _error(frame: pd.DataFrame, column: str):
 
 
 def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
-    """Imagen's trade-off figure: quality against CLIP score over guidance, one curve per preset x sampler,
+    """Imagen's trade-off figure: quality against prompt alignment (CLIP score) over guidance, one curve per preset x sampler,
     with 95% intervals on both axes."""
     chosen = quality_column(metrics)
-    if chosen is None or "clip_score_mean" not in metrics or chosen[0] == "clip_score_mean":
+    aligned = [metric.headline for metric in METRICS.values() if metric.alignment and metric.headline in metrics]
+    if chosen is None or not aligned or chosen[0] == aligned[0]:
         return []
-    column = chosen[0]
+    column, alignment = chosen[0], aligned[0]
     steps = metrics["num_inference_steps"].max()
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     at_steps = metrics[metrics["num_inference_steps"] == steps]
     for (preset, sampler), group in at_steps.groupby(["preset", "sampler"], sort=False):
         group = group.sort_values("guidance_scale")
         axes.errorbar(
-            group["clip_score_mean"],
+            group[alignment],
             group[column],
-            xerr=_error(group, "clip_score_mean"),
+            xerr=_error(group, alignment),
             yerr=_error(group, column),
             marker="o",
             capsize=2,
@@ -68,15 +70,15 @@ def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
         for row in group.itertuples():
             axes.annotate(
                 f"{row.guidance_scale:g}",
-                (row.clip_score_mean, getattr(row, column)),
+                (getattr(row, alignment), getattr(row, column)),
                 fontsize=7,
                 textcoords="offset points",
                 xytext=(3, 3),
             )
     axes.set(
-        xlabel="CLIP score (mean, 95% CI)",
+        xlabel=f"{alignment} (95% CI)",
         ylabel=f"{column} (95% CI)",
-        title=f"{column} against CLIP score over guidance ({steps} steps)",
+        title=f"{column} against {alignment} over guidance ({steps} steps)",
     )
     axes.legend(fontsize=7)
     return _save(figure, folder, "quality_vs_clip_score")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from suite.core import stats
+from suite.core.stats import ALPHA
 from suite.metrics import METRICS
 from suite.run.folder import GRID_COLUMNS, recorded_stage_count, stage_column
 
@@ -125,7 +126,7 @@ def best_at_budgets(
             ties = "(not tested)"
             if test is not None:
                 adjusted = stats.holm([test(best, other, column) for _, other in others.iterrows()])
-                ties = "; ".join(_label(other) for (_, other), p in zip(others.iterrows(), adjusted) if p >= 0.05)
+                ties = "; ".join(_label(other) for (_, other), p in zip(others.iterrows(), adjusted) if p >= ALPHA)
             rows.append(
                 row
                 | {
@@ -155,7 +156,7 @@ def significance_paragraphs(comparisons: pd.DataFrame) -> list[str]:
 
 
 def _findings(rows: pd.DataFrame, vary: str) -> str:
-    significant = rows[rows["p_holm"] < 0.05]
+    significant = rows[rows["p_holm"] < ALPHA]
     tested = f"{len(rows)} tests"
     if significant.empty:
         return f"no difference is significant after Holm correction ({tested})."
