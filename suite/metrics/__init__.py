@@ -30,3 +30,10 @@ for _metric in (Fid(), Kid(), ClipScore(), Cmmd(), Flops(), Composition(), Genev
 def needing_reference(names) -> list[str]:
     """The metrics among ``names`` that compare against real images."""
     return [name for name in names if METRICS.get(name).needs_reference]
+
+
+def former_name(column: str) -> str:
+    """Today's name of a metric column an earlier version wrote (each metric renames its own)."""
+    for metric in METRICS.values():
+        column = metric.former_name(column)
+    return column

@@ -28,7 +28,7 @@ from suite.core.errors import UserError
 from suite.core.files import (
     atomic_write_text,
 )
-from suite.metrics import METRICS
+from suite.metrics import former_name
 from suite.model.devices import spelled
 from suite.model.stages import StageSettings, StageTiming
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
@@ -70,9 +70,7 @@ def renamed_column(name: str) -> str:
     """Today's name of a column an earlier version wrote (unchanged if it was not renamed)."""
     for pattern, replacement in RENAMED_COLUMNS:
         name = pattern.sub(replacement, name)
-    for metric in METRICS.values():
-        name = metric.former_name(name)
-    return name
+    return former_name(name)
 
 
 def stage_column(number: int, field: str) -> str:

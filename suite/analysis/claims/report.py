@@ -23,7 +23,7 @@ from suite.analysis.bench.summary import FORMER_MILLISECONDS
 from suite.analysis.claims.experiments import EXPERIMENTS, Judgement
 from suite.analysis.report.render import Section, Table, Text, to_html, to_markdown
 from suite.core.files import atomic_write_text
-from suite.run.folder import upgraded
+from suite.metrics import former_name
 
 FIGURES = "figures"
 
@@ -67,7 +67,8 @@ def upgraded_data(table: pd.DataFrame) -> pd.DataFrame:
     """Claim data measured before one column convention (``<x>_low/_high``, milliseconds) in today's columns."""
     former = {column: column.replace("ms_per_step", "step_median_s") for column in table if "ms_per_step" in column}
     former |= {column: FORMER_MILLISECONDS[column] for column in table if column in FORMER_MILLISECONDS}
-    table = upgraded(table.assign(**{column: table[column] / 1e3 for column in former}).rename(columns=former))
+    table = table.assign(**{column: table[column] / 1e3 for column in former}).rename(columns=former)
+    table = table.rename(columns=former_name)  # metric columns copied from runs
     return table.rename(columns=lambda column: re.sub(r"(?<!_ci95)_(low|high)$", r"_ci95_\1", column))
 
 
