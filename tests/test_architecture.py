@@ -24,6 +24,26 @@ def test_import_linter_contracts_hold(monkeypatch):
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
 
 
+def test_the_layers_contract_fails_on_an_upward_import(tmp_path, monkeypatch):
+    """The same kind of contract, on a two-layer package whose lower layer imports the upper one."""
+    package = tmp_path / "layered"
+    for layer in ("upper", "lower"):
+        (package / layer).mkdir(parents=True)
+        (package / layer / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "upper" / "a.py").write_text("from layered.lower import b\n")
+    (package / "lower" / "b.py").write_text("")
+    config = tmp_path / "layers.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_package = "layered"\n\n[[tool.importlinter.contracts]]\nname = "layers"\n'
+        'type = "layers"\nlayers = ["upper", "lower"]\ncontainers = ["layered"]\nexhaustive = true\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert lint_imports(config_filename=str(config), no_cache=True) == 0
+    (package / "lower" / "b.py").write_text("import layered.upper.a\n")
+    assert lint_imports(config_filename=str(config), no_cache=True) == 1
+
+
 def _cycle(graph: grimp.ImportGraph) -> list[str] | None:
     """One import circle among all modules (a package and its children included), or None."""
     state: dict[str, int] = {}
@@ -80,8 +100,11 @@ def _inner_imports(path: Path) -> list[tuple[int, str, bool]]:
             inside_function = isinstance(enclosing, (ast.FunctionDef, ast.AsyncFunctionDef))
             type_checking = isinstance(enclosing, ast.If) and "TYPE_CHECKING" in ast.unparse(enclosing.test)
             if inside_function or type_checking:
-                module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
-                found.append((node.lineno, module or "", "#" in lines[node.lineno - 1]))
+                if isinstance(node, ast.ImportFrom):
+                    module = "suite" + "." * node.level + (node.module or "") if node.level else node.module or ""
+                else:
+                    module = node.names[0].name
+                found.append((node.lineno, module, "#" in lines[node.lineno - 1]))
                 break
     return found
 
@@ -101,9 +124,14 @@ def test_the_inner_import_check_sees_them(tmp_path):
     path = tmp_path / "module.py"
     path.write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import suite.core\n"
-        "def f():\n    import json\n    import tensorrt  # optional: TensorRT\n"
+        "def f():\n    import json\n    import tensorrt  # optional: TensorRT\n    from . import sibling\n"
     )
-    assert _inner_imports(path) == [(3, "suite.core", False), (5, "json", False), (6, "tensorrt", True)]
+    assert _inner_imports(path) == [
+        (3, "suite.core", False),
+        (5, "json", False),
+        (6, "tensorrt", True),
+        (7, "suite.", False),  # a relative import is one of the package's own
+    ]
 
 
 @pytest.mark.parametrize("path", _python_files(), ids=lambda path: str(path.relative_to(ROOT)))

@@ -62,7 +62,6 @@ def _model_dirs(pairs: list[str]) -> dict[str, Path]:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-
     resolved = load_sweep(Path(args.config) if args.config else _default_sweep())
     place = topology(args.shard)
     rank, world_size = place.rank, place.world_size
@@ -118,20 +117,17 @@ def _finish(run: Path, args: argparse.Namespace, metrics: bool) -> None:
 
 
 def _evaluate_options(args: argparse.Namespace):
-
     weights = Path(args.inception_weights) if args.inception_weights else None
     return EvaluateOptions(args.device, weights, getattr(args, "recompute", False), progress=not args.quiet)
 
 
 def _evaluate(run: Path, args: argparse.Namespace) -> None:
-
     table = evaluate_run(run, _evaluate_options(args))
     here = table.attrs.get("computed_here", 0)
     print(f"{run}: metrics for {len(table)} grid points in {run / 'metrics.csv'} ({here} computed by this process)")
 
 
 def _compare(run: Path, args: argparse.Namespace) -> None:
-
     table = compare_run(run, _evaluate_options(args))
     significant = int((table["p_holm"] < ALPHA).sum()) if len(table) else 0
     print(f"{run}: {len(table)} paired comparisons ({significant} significant after Holm) in {run / 'comparisons.csv'}")
@@ -144,7 +140,6 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a run folder (no config.yaml)")
@@ -156,7 +151,6 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-
     run = Path(args.run)
     if (run / "samples.parquet").is_file() and (run / "config.yaml").is_file():
         state, owner = elect_evaluator(run, again=True)
@@ -174,7 +168,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_check(args: argparse.Namespace) -> int:
-
     run = Path(args.run)
     verified, problems = check_run(run)
     for problem in problems:
@@ -189,7 +182,6 @@ def command_check(args: argparse.Namespace) -> int:
 
 
 def command_profile(args: argparse.Namespace) -> int:
-
     names = args.presets or [name for name, preset in PRESETS.items() if preset.reference_configs or preset.build]
     for name in names:
         PRESETS.get(name)
@@ -206,7 +198,6 @@ def command_profile(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-
     names = args.presets or ["sd15", "sd21-base", "if-xl"]
     for name in names:
         materialise(PRESETS.get(name)).without_weights()
@@ -255,7 +246,6 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def command_diff(args: argparse.Namespace) -> int:
-
     first, second = Path(args.a), Path(args.b)
     for run in (first, second):
         if not (run / "config.yaml").is_file():
@@ -274,7 +264,6 @@ def command_diff(args: argparse.Namespace) -> int:
 
 
 def command_train(args: argparse.Namespace) -> int:
-
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     work = Path(args.work) if args.work else cache_root() / "train" / "toy"
@@ -289,7 +278,6 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_claims(args: argparse.Namespace) -> int:
-
     options = ClaimsOptions(Path(args.claims_dir), Path(args.out), args.device, tuple(args.only), not args.quiet)
     load_claims(options.claims_dir, list(options.names) or None)  # every claim file checked before anything runs
     if args.report_only:
@@ -303,7 +291,6 @@ def command_claims(args: argparse.Namespace) -> int:
 
 
 def command_ablation(args: argparse.Namespace) -> int:
-
     path, out = Path(args.file), Path(args.out)
     load_ablation(path)  # the file is checked before anything runs
     if args.report_only:
@@ -317,7 +304,6 @@ def command_ablation(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-
     print("backends:")
     for name, backend in BACKENDS.items():
         print(f"  {name:22} {backend.description}")

@@ -10,7 +10,6 @@ from suite.metrics.distribution import CMMD_SCALE, KernelToReference, cmmd, gaus
 
 
 def kernel_to(reference, features):
-
     return KernelToReference(
         normalised(features), normalised(reference.features), gaussian_kernel, unbiased=False, scale=CMMD_SCALE
     )
@@ -31,7 +30,6 @@ class Cmmd(Metric):
         return {evaluation.cmmd_features}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
-
         evaluation = point.evaluation
         network = point.evaluator.network(evaluation.cmmd_features)
         reference = point.evaluator.reference(evaluation.cmmd_features)

@@ -70,7 +70,6 @@ class Composition(Metric):
         return column in {f"toy_{question}" for question in QUESTIONS}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
-
         scores = pd.DataFrame(
             [
                 {f"toy_{key}": value for key, value in score_prompt_image(image, prompt).items()}

@@ -37,7 +37,6 @@ class Mask2FormerDetector:
     """Detections (class name, confidence, box from the mask, mask) per image, at the image's size."""
 
     def __init__(self, folder: str | Path, device: torch.device):
-
         check_detector_folder(folder)
         self.folder, self.device = str(folder), device
         self.processor = AutoImageProcessor.from_pretrained(folder)

@@ -34,7 +34,6 @@ class Fid(Metric):
         return {evaluation.features}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
-
         evaluation = point.evaluation
         network, reference = (
             point.evaluator.network(evaluation.features),

@@ -100,7 +100,6 @@ class Geneval(Metric):
         check_detector_folder(evaluation.geneval.detector)
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
-
         spec = point.evaluation.geneval
         settings = settings_of(spec)
         records = prompt_records("geneval")

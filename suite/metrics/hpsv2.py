@@ -34,7 +34,6 @@ def check_hpsv2(spec, setting: str = "evaluation.hpsv2") -> None:
 
 class HpsModel(PreferenceModel):
     def __init__(self, spec, device: torch.device):
-
         check_hpsv2(spec)
         if spec.architecture_config is not None:
             open_clip.add_model_config(spec.architecture_config)

@@ -10,7 +10,6 @@ from suite.metrics.distribution import KernelToReference, kid, polynomial_kernel
 
 
 def kernel_to(reference, features):
-
     return KernelToReference(features, reference.features, polynomial_kernel, unbiased=True)
 
 
@@ -32,7 +31,6 @@ class Kid(Metric):
         return {evaluation.features}
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], None]:
-
         evaluation = point.evaluation
         reference = point.evaluator.reference(evaluation.features)
         features = point.features(evaluation.features)

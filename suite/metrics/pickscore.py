@@ -44,7 +44,6 @@ def projected(output) -> torch.Tensor:
 
 class PickScoreModel(PreferenceModel):
     def __init__(self, folder: str | Path, device: torch.device):
-
         check_pickscore_folder(folder)
         self.folder, self.device = str(folder), device
         self.processor = CLIPProcessor.from_pretrained(folder)

@@ -50,7 +50,6 @@ def _uint8_batches(arrays: list[np.ndarray]) -> Iterator[torch.Tensor]:
 
 
 def _builtin_images(spec) -> tuple[dict[str, Any], list[np.ndarray]]:
-
     images, _ = world.sample_batch(seed=spec.seed, count=spec.count, include_held_out=True)
     description = {"builtin": spec.builtin, "count": spec.count, "seed": spec.seed, "resolution": world.IMAGE_SIZE}
     return description, list(images)

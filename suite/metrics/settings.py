@@ -82,13 +82,11 @@ class Evaluation(Frozen):
     @field_validator("features", "cmmd_features")
     @classmethod
     def _known_network(cls, value: str) -> str:
-
         return known(FEATURE_NETWORKS, value)
 
     @field_validator("clip_model")
     @classmethod
     def _known_clip(cls, value: str) -> str:
-
         return known(CLIP_MODELS, value)
 
     def with_absolute_model_paths(self, base_dir: Path) -> Evaluation:

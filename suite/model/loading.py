@@ -125,7 +125,6 @@ class ComponentLoader:
         return config.get("model_type", "")
 
     def tokenizer(self, subfolder: str = "tokenizer") -> Any:
-
         if self.meta or self.random_on is not None:
             return None  # models built from configs alone are counted or timed, never fed text
         name, kwargs = self._arguments(None)

@@ -32,7 +32,6 @@ class ReferenceConfigs:
     files: Mapping[str, str]  # subfolder ("unet", "text_encoder", "scheduler", ...) -> file name
 
     def read(self, subfolder: str) -> dict:
-
         folder = Path(__file__).parent / "reference_configs"
         return json.loads((folder / self.files[subfolder]).read_text())
 

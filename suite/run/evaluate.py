@@ -67,7 +67,6 @@ class Evaluator:
     """Builds each network, reference set and cost model once, on first use, for one run."""
 
     def __init__(self, run: RunFolder, options: EvaluateOptions):
-
         self.run, self.sweep = run, run.resolved.sweep
         self.context = NetworkContext(resolve_device(options.device), options.inception_weights)
         self._networks: dict[str, FeatureNetwork] = {}

@@ -25,9 +25,7 @@ import torch
 import yaml
 
 from suite.core.errors import UserError
-from suite.core.files import (
-    atomic_write_text,
-)
+from suite.core.files import atomic_write_text
 from suite.metrics import former_name
 from suite.model.devices import spelled
 from suite.model.stages import StageSettings, StageTiming
@@ -43,6 +41,8 @@ GRID_COLUMNS = ("preset", "sampler", "num_inference_steps", "guidance_scale")  #
 IMAGE_KEY = ("item_id", "image_path")  # what identifies an image across samples and scores
 STAGE_SETTINGS = ("name", "sampler", "num_inference_steps", "guidance_scale", "noise_level", "strength")
 STAGE_TIMINGS = ("loop_s", "step_median_s", "model_evaluations", "decode_fp32_fallback")
+CONFIG = "config.yaml"
+HASH_KEY = "config_hash"
 
 
 # Columns of the run itself renamed since earlier versions wrote them: (pattern, replacement). Tables and cached
@@ -266,12 +266,6 @@ def read_run(run: Path) -> RunFolder:
         _table(run, COSTS),
         unusable,
     )
-
-
-CONFIG = "config.yaml"
-
-
-HASH_KEY = "config_hash"
 
 
 def read_config(run: Path) -> dict[str, Any]:

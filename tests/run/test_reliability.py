@@ -357,7 +357,7 @@ def test_profile_guidance_nan(tmp_path, capsys):
     assert "--guidance must be a finite number" in one_line_exit_2(code, capsys)
 
 
-def test_an_item_claimed_by_a_live_process_is_left_to_it(tmp_path):
+def test_an_item_leased_by_a_live_process_is_left_to_it(tmp_path):
     from suite.run.config import load_sweep
     from suite.run.grid import expand
     from suite.run.options import RunOptions

@@ -103,7 +103,6 @@ class PairedCells:
         return of
 
     def _fid_statistic(self) -> Any:
-
         first = self.records[self.cells[0]]
         network = first.row["features"]
         distance = frechet_to(first.reference(network))

@@ -118,6 +118,9 @@ def device_name(device: torch.device) -> str:
 
 def timing_of(config: ClaimConfig) -> TimingSettings:
     """The claim file's ``timing:`` settings (batch, repeats), as ablation files spell them; one-line errors."""
+    former = sorted({"repeats", "timing_batch", "timing_repeats"} & set(config.settings))
+    if former:
+        raise UserError(f"claim {config.name}: settings {former} are now settings.timing: {{batch: N, repeats: M}}")
     try:
         return TimingSettings.model_validate(config.settings.get("timing", {}))
     except ValidationError as error:

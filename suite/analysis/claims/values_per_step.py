@@ -23,6 +23,7 @@ from suite.analysis.claims.common import (
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
 from suite.analysis.costs import ProfileSettings, profile_presets
 from suite.analysis.report.render import Table, Text
+from suite.core.errors import UserError
 from suite.model.timing import Clock
 from suite.run.options import RunOptions
 from suite.run.runner import image_generators, load_pipelines
@@ -34,10 +35,15 @@ def measure_values(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> d
     stages = profile.stages[["preset", "stage", "kind", "values_per_step", "tflops_per_step", "image"]].copy()
     resolved = grid_of(config, options)
     steps: dict[tuple[str, str], list[float]] = {}
-    repeats = timing_of(config).repeats  # rounds; each times the grid's work items at its own batch size
+    timing = timing_of(config)
+    batch = resolved.sweep.batch_size
+    if "batch" in timing.model_fields_set and timing.batch != batch:
+        raise UserError(
+            f"claim {config.name}: settings.timing.batch {timing.batch} is not the grid's batch_size {batch}"
+        )
 
     loaded = list(load_pipelines(resolved, RunOptions(options.out / "runs", options.device, progress=False)))
-    for _ in range(repeats):  # alternate the families so drifts in machine speed hit both alike
+    for _ in range(timing.repeats):  # alternate the families so drifts in machine speed hit both alike
         for pipeline, items in loaded:
             for item in items:
                 indices = list(range(len(item.images)))

@@ -1,6 +1,6 @@
 """``suite report RUN``: tables, plots, image grids and a self-contained HTML page from a run folder alone.
 
-The report is built from the run's tables (``results.read_run``) into sections of text, tables and
+The report is built from the run's tables (``run.folder.read_run``) into sections of text, tables and
 figures (``render``), written as ``report.md`` and ``index.html``.
 
 Example:
@@ -65,7 +65,6 @@ def _budget_test(run: RunFolder):
 
 
 def _comparisons_section(run: RunFolder) -> Section:
-
     path = run.path / f"{COMPARISONS}.parquet"
     if not path.is_file():
         return Section("What is significant", [Text("Not compared yet: run `suite compare RUN`.")])
