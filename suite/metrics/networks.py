@@ -232,3 +232,25 @@ FEATURE_NETWORKS.register("inception", _inception)
 FEATURE_NETWORKS.register("inception-clean", _inception_clean)
 FEATURE_NETWORKS.register("clip", _clip_features)
 FEATURE_NETWORKS.register("toy-clip", _toy_clip_features)
+
+
+def check_inception_weights(path: Path) -> None:
+    """The InceptionV3 weights must load as a state dict (a junk or truncated file fails here, not after generation)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path} is not torch-fidelity's InceptionV3 weights: {error}".splitlines()[0]) from None
+    if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UserError(f"{path} is not torch-fidelity's InceptionV3 weights (no tensors in it)")
+
+
+def check_local_networks(names: set[str], context: NetworkContext) -> None:
+    """Before generation: the local weights behind these feature networks and CLIP models load (one-line errors).
+
+    InceptionV3 must be torch-fidelity's state dict; the toy CLIP must be in the package. Hub models are fetched
+    when first used.
+    """
+    if names & {"inception", "inception-clean"}:
+        check_inception_weights(inception_weights_path(context))
+    if "toy-clip" in names:
+        CLIP_MODELS.get("toy-clip")(context)

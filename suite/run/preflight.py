@@ -17,7 +17,7 @@ import torch
 from suite.core.errors import UserError
 from suite.core.files import ensure_writable
 from suite.metrics import METRICS
-from suite.metrics.networks import CLIP_MODELS, NetworkContext, inception_weights_path
+from suite.metrics.networks import NetworkContext, check_local_networks
 from suite.metrics.reference import check_reference
 from suite.model.devices import resolve_device
 from suite.model.loading import ComponentLoader, check_available
@@ -85,16 +85,6 @@ def check_generation(resolved: ResolvedSweep, options: RunOptions) -> tuple[torc
     return device, presets
 
 
-def check_inception_weights(path: Path) -> None:
-    """The InceptionV3 weights must load as a state dict (a junk or truncated file fails here, not after generation)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path} is not torch-fidelity's InceptionV3 weights: {error}".splitlines()[0]) from None
-    if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
-        raise UserError(f"{path} is not torch-fidelity's InceptionV3 weights (no tensors in it)")
-
-
 def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Path()) -> None:
     """Reference images or statistics, and the local weights of every network the sweep's metrics use."""
 
@@ -104,11 +94,7 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
         check_reference(evaluation.reference, base_dir)
     networks = set().union(*(metric.networks(evaluation) for metric in metrics))
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
-    if networks & {"inception", "inception-clean"}:
-        check_inception_weights(inception_weights_path(context))
-
+    reads_clip_model = any(metric.uses_clip_model for metric in metrics)
+    check_local_networks(networks | ({evaluation.clip_model} if reads_clip_model else set()), context)
     for metric in metrics:
         metric.check(evaluation)
-    reads_clip_model = any(metric.uses_clip_model for metric in metrics)
-    if "toy-clip" in networks or (reads_clip_model and evaluation.clip_model == "toy-clip"):
-        CLIP_MODELS.get("toy-clip")(context)
