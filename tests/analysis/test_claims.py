@@ -189,14 +189,17 @@ def test_every_shipped_claim_file_validates_and_the_eight_claims_are_there():
 
 def test_a_bad_claim_file_is_one_line_naming_it(tmp_path):
     path = tmp_path / "01-bad.yaml"
-    path.write_text("claim: 1\ntitle: t\nstatement: s\nmeasure: nonsense\n")
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: nonsense\n")
     with pytest.raises(UserError, match="unknown claim experiment 'nonsense'"):
         load_claim(path)
-    path.write_text("claim: 1\ntitle: t\nstatement: s\nmeasure: steps\nsweeps: {a: {presets: [nope]}}\n")
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: steps\nsweeps: {a: {presets: [nope]}}\n")
     with pytest.raises(UserError, match=r"01-bad: sweeps\.a"):
         load_claim(path)
     assert main(["claims", "--claims-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nmeasure: steps\n")  # the key's name before
+    with pytest.raises(UserError, match="'measure:' is now 'experiment:'"):
+        load_claim(path)
 
 
 @pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed claims report")

@@ -68,7 +68,7 @@ def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
     if (folder / "claim.yaml").is_file():
         log(f"{config.name}: measured already ({folder})")
         return folder
-    experiment = EXPERIMENTS.get(config.measure)
+    experiment = EXPERIMENTS.get(config.experiment)
     runs = run_claim_sweeps(config, options)
     tables = experiment.measure(config, runs, options)
     for name, frame in tables.items():

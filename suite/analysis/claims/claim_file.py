@@ -4,7 +4,7 @@
 claim: 3                       # its number in DESIGN.md's list
 title: Steps and samplers
 statement: "20 steps often look almost identical to 50; ..."
-measure: steps                 # which experiment (suite.analysis.claims.experiments.EXPERIMENTS)
+experiment: steps              # which experiment (suite.analysis.claims.experiments.EXPERIMENTS)
 sweeps:                        # optional: ordinary sweeps, each run into runs/<claim name>/<sweep name>
   ddpm: {presets: [...], samplers: [ddpm], steps: [25, 1000], ...}
 settings: {reference: ...}     # optional: the experiment's own parameters
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.core.errors import UserError
@@ -29,17 +29,24 @@ class ClaimConfig(BaseModel):
     claim: int = Field(ge=1)
     title: str
     statement: str
-    measure: str
+    experiment: str  # a name in suite.analysis.claims.experiments.EXPERIMENTS
     sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
     name: str = ""  # the file's stem, filled in by ``load_claim``
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "measure" in data:
+            raise ValueError("'measure:' is now 'experiment:' (the name of the claim's experiment)")
+        return data
 
 
 def load_claim(path: Path) -> ClaimConfig:
     """Read and validate one claim file: its sweeps are validated as sweeps, its experiment must exist."""
 
     config = load_named_file(path, ClaimConfig, "claim file")
-    EXPERIMENTS.get(config.measure)
+    EXPERIMENTS.get(config.experiment)
     for sweep_name in config.sweeps:
         claim_sweep(config, sweep_name, path.parent)
     return config

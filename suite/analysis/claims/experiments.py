@@ -1,4 +1,4 @@
-"""The registry of claim experiments: per name in a claim file's ``measure:``, its measure and judge functions.
+"""The registry of claim experiments: per name in a claim file's ``experiment:``, its measure and judge functions.
 
 Each claim module registers its own experiment when it is imported, and the package imports every claim
 module, so the registry is full as soon as any part of ``suite.analysis.claims`` is imported.

@@ -78,7 +78,8 @@ def judge_all(report: Path) -> list[tuple[dict, Judgement]]:
         if not (folder / "claim.yaml").is_file():
             continue
         claim, tables = read_claim(folder)
-        judged.append((claim, EXPERIMENTS.get(claim["measure"]).judge(claim, tables, report, folder)))
+        experiment = claim.get("experiment", claim.get("measure"))  # data measured before the key was renamed
+        judged.append((claim, EXPERIMENTS.get(experiment).judge(claim, tables, report, folder)))
     return sorted(judged, key=lambda pair: pair[0]["claim"])
 
 
