@@ -214,7 +214,7 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
     axes[1].legend(fontsize=8)
     blocks = [
         Text(
-            "Saturation measures (`suite/verdicts/saturation.py`): mean HSV saturation, share of pixels with a "
+            "Saturation measures (`suite/analysis/claims/saturation.py`): mean HSV saturation, share of pixels with a "
             "channel at 0 or 255, mean RGB distance to the nearest palette colour. The toy world's own images: "
             + ", ".join(f"{name} {value:.4g}" for name, value in world_levels.items())
             + f". Saturation is compared with guidance {claim['settings']['reference_guidance']:g} image by image "
