@@ -26,7 +26,8 @@ from suite.core.stats import ALPHA
 from suite.metrics import METRICS
 from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
 from suite.model.backends import BACKENDS
-from suite.model.devices import resolve_device
+from suite.model.backends.components import STAGE_KINDS
+from suite.model.devices import DTYPES, resolve_device
 from suite.model.presets import PRESETS, TOY_WEIGHTS, cache_root, materialise
 from suite.model.samplers import SAMPLERS
 from suite.prompts.sets import FILTERS, PROMPT_SETS
@@ -329,4 +330,6 @@ def command_list(args: argparse.Namespace) -> int:
     for name, factory in FEATURE_NETWORKS.items():
         print(f"  {name:22} {(factory.__doc__ or '').strip().splitlines()[0] if factory.__doc__ else ''}")
     print("CLIP models (CLIP score): " + ", ".join(CLIP_MODELS.names()))
+    print("dtypes (--dtype): " + ", ".join(DTYPES.names()))
+    print("stage kinds (a preset's stages): " + ", ".join(STAGE_KINDS.names()))
     return 0

@@ -83,6 +83,7 @@ class Metric(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    label: ClassVar[str] = ""  # its name in figure labels (default: the headline column)
     headline: ClassVar[str]  # the metrics-table column of its main number
     higher_is_better: ClassVar[bool | None]  # None: a cost, not a quality
     display: ClassVar[str] = ".4g"  # format of its numbers in reports

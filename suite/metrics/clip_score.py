@@ -31,6 +31,7 @@ class ClipScore(PerImageScore):
     display = ".2f"
     uses_clip_model = True
     alignment = True
+    label = "CLIP score"
     best_rank = 2
 
     def score(self, point: GridPoint) -> tuple[np.ndarray, dict[str, Any]]:

@@ -235,7 +235,7 @@ def check_run(run: Path) -> tuple[int, list[str]]:
     ]
     problems += [
         f"{path.relative_to(run)}: leased by a process that no longer runs"
-        for path in sorted([*(run / ITEMS_DIR).glob("*.lease"), *(run / ITEMS_DIR).glob("*.claim")])  # .claim: older
+        for path in sorted((run / ITEMS_DIR).glob("*.lease"))
         if leases.is_stale(path, leases.read_owner(path) or {})
     ]
     problems += _samples_problems(run, items, complete=not missing and not damaged)

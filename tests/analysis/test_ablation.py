@@ -251,3 +251,21 @@ def test_the_committed_ablation_report_rebuilds_byte_identically(tmp_path):
     build_ablation_report(report)
     for name in ("report.md", "index.html", "figures/interaction.png"):
         assert (report / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed ablation report")
+def test_data_measured_before_the_interval_convention_rebuilds_the_same_report(tmp_path):
+    """The committed data with the column names an earlier version wrote (bare low/high, <x>_low/_high)."""
+    report = tmp_path / "report"
+    shutil.copytree(COMMITTED / "data", report / "data")
+    former = {
+        "cells.csv": {"value_ci95_low": "low", "value_ci95_high": "high", "value_interval": "interval"},
+        "effects.csv": {"estimate_ci95_low": "low", "estimate_ci95_high": "high"},
+    }
+    for path in (report / "data").glob("*.csv"):
+        table = pd.read_csv(path)
+        names = former.get(path.name) or {column: column.replace("_ci95_", "_") for column in table}
+        table.rename(columns=names).to_csv(path, index=False)
+        assert not any("ci95" in column for column in pd.read_csv(path).columns)
+    build_ablation_report(report)
+    assert (report / "report.md").read_bytes() == (COMMITTED / "report.md").read_bytes()

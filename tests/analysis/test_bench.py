@@ -23,6 +23,7 @@ from suite.analysis.bench import (
     utilisation,
     write_bench,
 )
+from suite.analysis.bench.summary import upgraded
 from suite.cli import main
 from suite.model.backends import build_on_meta
 from suite.model.flops import pipeline_cost
@@ -200,3 +201,13 @@ def test_diffusers_baseline_takes_the_unets_dtype_not_the_text_encoders():
     run = diffusers_stage(pipeline.stages[0], "pixel-base", settings, encoder.model)
     image = run(embeds, negative, [torch.Generator().manual_seed(0)], None, 2)
     assert image.shape[0] == 1 and torch.isfinite(image).all()
+
+
+def test_a_bench_table_of_an_earlier_version_is_read_in_seconds():
+    before = pd.DataFrame(
+        {"step_ms_median": [15.0], "call_ms_q1": [2.0], "decode_ms": [40.0], "ratio_low": [0.9], "dtype": ["float16"]}
+    )
+    after = upgraded(before)
+    assert list(after.columns) == ["step_median_s", "call_q1_s", "decode_s", "ratio_to_diffusers_min", "dtype"]
+    assert after.iloc[0, :4].tolist() == pytest.approx([0.015, 0.002, 0.04, 0.9]) and after["dtype"].item() == "fp16"
+    assert upgraded(after).equals(after)  # a table in today's columns is left as it is

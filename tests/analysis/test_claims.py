@@ -24,7 +24,7 @@ from suite.analysis.claims.attention import (
 from suite.analysis.claims.claim_file import load_claim, load_claims
 from suite.analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, PARTLY, SUPPORTED, hooked_samples, overall
 from suite.analysis.claims.cost import matched_points
-from suite.analysis.claims.report import build_claims_report
+from suite.analysis.claims.report import build_claims_report, upgraded_data
 from suite.analysis.claims.saturation import clipped_fraction, mean_saturation, palette_distance
 from suite.analysis.claims.steps import _equivalent_from, relation
 from suite.analysis.claims.structure import settled_step
@@ -258,3 +258,71 @@ def test_a_comparison_is_equivalent_different_or_unresolved():
     assert relation(row, margins) == "equivalent"
     assert relation({**row, "clip_difference_ci95_high": 6.0}, margins) == "different"
     assert relation({**row, "clip_difference_ci95_high": 6.0, "clip_p_holm": 0.2}, margins) == "unresolved"
+
+
+def _as_measured_before_the_column_convention(data: Path) -> None:
+    """Rewrite today's claims data as an earlier version wrote it: ``<x>_low/_high`` intervals, metric intervals
+    named after the per-image column, step times in milliseconds, and the claim file's ``measure:`` key."""
+    metric_columns = {
+        "clip_score_mean_ci95_low": "clip_score_ci95_low",
+        "clip_score_mean_ci95_high": "clip_score_ci95_high",
+    }
+    milliseconds = {
+        "step_median_s": "ms_per_step",
+        "step_median_s_ci95_low": "ms_per_step_low",
+        "step_median_s_ci95_high": "ms_per_step_high",
+        "step_q1_s": "step_ms_q1",
+        "step_q3_s": "step_ms_q3",
+    }
+    for path in data.glob("*/*.csv"):
+        table = pd.read_csv(path)
+        for column in milliseconds:
+            if column in table:
+                table[column] = table[column] * 1e3
+        if path.parent.name.startswith("08-"):
+            milliseconds["step_median_s"] = "step_ms_median"
+        names = {}
+        for column in table.columns:
+            if column in milliseconds:
+                names[column] = milliseconds[column]
+            elif column in metric_columns:
+                names[column] = metric_columns[column]
+            elif column.endswith(("_ci95_low", "_ci95_high")) and not column.startswith(("toy_correct", "fid")):
+                names[column] = column.replace("_ci95_", "_")
+        milliseconds["step_median_s"] = "ms_per_step"
+        path.write_bytes(table.rename(columns=names).to_csv(index=False, float_format="%.6g").encode())
+    for path in data.glob("*/claim.yaml"):
+        path.write_text(path.read_text().replace("\nexperiment: ", "\nmeasure: "))
+
+
+@pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed claims report")
+def test_data_measured_before_the_column_convention_rebuilds_the_same_report(tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(COMMITTED / "data", report / "data")
+    _as_measured_before_the_column_convention(report / "data")
+    assert "ms_per_step" in pd.read_csv(report / "data" / "01-values-per-step" / "step_times.csv")
+    build_claims_report(report)
+    assert (report / "report.md").read_bytes() == (COMMITTED / "report.md").read_bytes()
+
+
+def test_claims_data_of_an_earlier_version_is_read_under_todays_names():
+    before = pd.DataFrame(
+        {
+            "ms_per_step": [25.0],
+            "ms_per_step_low": [24.0],
+            "step_ms_q1": [15.0],
+            "ratio_low": [1.0],
+            "kid_ci95_low": [2.0],
+        }
+    )
+    after = upgraded_data(before)
+    assert list(after.columns) == [
+        "step_median_s",
+        "step_median_s_ci95_low",
+        "step_q1_s",
+        "ratio_ci95_low",
+        "kid_mean_ci95_low",
+    ]
+    assert after.iloc[0].tolist() == pytest.approx([0.025, 0.024, 0.015, 1.0, 2.0])
+    today = pd.DataFrame({"step_median_s_ci95_low": [0.1], "clip_score_mean_ci95_high": [3.0], "toy_correct": [1.0]})
+    assert list(upgraded_data(today).columns) == list(today.columns)

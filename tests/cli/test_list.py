@@ -7,6 +7,8 @@ from suite.cli import main
 from suite.metrics import METRICS
 from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
 from suite.model.backends import BACKENDS
+from suite.model.backends.components import STAGE_KINDS
+from suite.model.devices import DTYPES
 from suite.model.presets import PRESETS
 from suite.model.samplers import SAMPLERS
 from suite.prompts.sets import PROMPT_SETS
@@ -44,8 +46,9 @@ def test_list_prints_every_registry_entry_in_its_own_section(capsys):
     for heading, registry in SECTIONS.items():
         missing = set(registry.names()) - sections[heading]
         assert not missing, f"{heading} {sorted(missing)} not listed"
-    clip_line = next(line for line in out.splitlines() if line.startswith("CLIP models"))
-    assert clip_line.split(": ", 1)[1].split(", ") == CLIP_MODELS.names()
+    for heading, registry in (("CLIP models", CLIP_MODELS), ("dtypes", DTYPES), ("stage kinds", STAGE_KINDS)):
+        line = next(line for line in out.splitlines() if line.startswith(heading))
+        assert line.split(": ", 1)[1].split(", ") == registry.names()
 
 
 def test_the_section_reader_takes_whole_names_and_skips_continuation_lines():

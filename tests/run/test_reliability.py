@@ -67,7 +67,7 @@ def finished(tmp_path) -> tuple[Path, Path]:
     return path, out
 
 
-# 1. Evaluation resumes: tests/test_evaluate.py::test_a_finished_evaluation_is_read_back_not_recomputed
+# 1. Evaluation resumes: tests/run/test_evaluate.py::test_a_finished_evaluation_is_read_back_not_recomputed
 
 
 # 2. Evaluation inputs are checked before generation; a reference path is relative to the sweep file.
@@ -129,7 +129,7 @@ def test_resume_with_another_dtype_is_refused(tmp_path, capsys):
     assert sweep(path, out, "--shard", "0/2") == 0  # half the items, in float32
     items = sorted((out / "items").iterdir())
     error = one_line_exit_2(sweep(path, out, "--dtype", "bf16"), capsys)
-    assert "denoiser dtype torch.float32 (now torch.bfloat16)" in error
+    assert "denoiser dtype fp32 (now bf16)" in error
     assert sorted((out / "items").iterdir()) == items
 
 

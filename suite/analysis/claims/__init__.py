@@ -6,7 +6,7 @@ layer it may import ``suite.run``, ``suite.metrics``, ``suite.prompts``, ``suite
 ``suite.core`` and its ``suite.analysis`` siblings (bench, costs, diff, report), never ``suite.cli``.
 Its modules import one way, and none imports this package file:
 
-- ``experiments``: the registry (claim file's ``measure:`` -> measure and judge); ``claim_file``: the files;
+- ``experiments``: the registry (claim file's ``experiment:`` -> measure and judge); ``claim_file``: the files;
 - ``common``: what the claim modules share; ``report``: figures, and the report built from the judges;
 - one module per claim, each registering its experiment: ``values_per_step`` (1), ``structure`` (2),
   ``steps`` (3), ``guidance`` (4), ``determinism`` (5), ``attention_bleed`` (6, with the recorder in

@@ -119,10 +119,11 @@ def _cost_section(run: RunFolder) -> Section:
         "decode_gflops",
         "resident_weights_gb",
     ]
+    per_image = [metric.headline for metric in METRICS.values() if metric.needs_costs]
     text = (
         "Counted once per preset on the meta device from the run's own model configs (torch FlopCounterMode, "
         "2 FLOPs per multiply-add); a guided evaluation runs the unconditional and conditional batch together. "
-        "FLOPs per image of each grid point are `gflops_per_image` in the metrics table."
+        f"FLOPs per image of each grid point are {', '.join(f'`{column}`' for column in per_image)} in the metrics table."
     )
     formats = {
         "values_per_step": ",d",

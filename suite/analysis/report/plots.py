@@ -49,10 +49,10 @@ def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
     """Imagen's trade-off figure: quality against prompt alignment (CLIP score) over guidance, one curve per preset x sampler,
     with 95% intervals on both axes."""
     chosen = quality_column(metrics)
-    aligned = [metric.headline for metric in METRICS.values() if metric.alignment and metric.headline in metrics]
-    if chosen is None or not aligned or chosen[0] == aligned[0]:
+    aligned = [metric for metric in METRICS.values() if metric.alignment and metric.headline in metrics]
+    if chosen is None or not aligned or chosen[0] == aligned[0].headline:
         return []
-    column, alignment = chosen[0], aligned[0]
+    column, alignment, label = chosen[0], aligned[0].headline, aligned[0].label or aligned[0].headline
     steps = metrics["num_inference_steps"].max()
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     at_steps = metrics[metrics["num_inference_steps"] == steps]
@@ -76,9 +76,9 @@ def quality_vs_clip(metrics: pd.DataFrame, folder: Path) -> list[Path]:
                 xytext=(3, 3),
             )
     axes.set(
-        xlabel=f"{alignment} (95% CI)",
+        xlabel=f"{label} (mean, 95% CI)",
         ylabel=f"{column} (95% CI)",
-        title=f"{column} against {alignment} over guidance ({steps} steps)",
+        title=f"{column} against {label} over guidance ({steps} steps)",
     )
     axes.legend(fontsize=7)
     return _save(figure, folder, "quality_vs_clip_score")
