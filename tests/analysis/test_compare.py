@@ -96,13 +96,13 @@ def test_the_report_shows_significance_and_intervals(compared):
     metrics = pd.read_csv(run / "metrics.csv")
     for column in (
         "fid",
-        "kid",
+        "kid_mean",
         "cmmd",
-        "clip_score",
+        "clip_score_mean",
         "toy_correct",
         "toy_count",
         "gflops_per_image",
-        "seconds_per_image",
+        "seconds_per_image_median",
     ):
         assert metrics[f"{column}_ci95_low"].notna().all() and metrics[f"{column}_interval"].notna().all(), column
     assert metrics["toy_correct_wilson_ci95_low"].notna().all() and metrics["fid_rank_deficient"].all()
