@@ -317,7 +317,10 @@ def test_two_evaluate_processes_split_the_grid_points(reference, tmp_path):
     assert all(process.returncode == 0 for process in processes), outputs
     counts = [int(re.search(r"(\d+) (?:grid points )?computed by this process", output).group(1)) for output in outputs]
     assert sum(counts) == 2  # each grid point once, whoever computed it
-    assert sum("metrics for" in output for output in outputs) == 1  # one process wrote the tables
+    writers = [count for count, output in zip(counts, outputs) if "metrics for" in output]
+    # the elected process writes the tables; a process that started after it finished (imports take seconds) is
+    # elected again and only reads the finished points back, computing none
+    assert len(writers) == 1 or sorted(writers) == [0, 2], outputs
     columns = ["preset", "n_images", "clip_score_mean", "toy_correct"]
     expected = pd.read_parquet(single / "metrics.parquet")[columns].sort_values("preset").reset_index(drop=True)
     actual = pd.read_parquet(run / "metrics.parquet")[columns].sort_values("preset").reset_index(drop=True)
