@@ -7,9 +7,14 @@ Two families of comparisons, each row a difference (b - a) with its 95% interval
 - across presets, every pair of points with equal sampler, steps and guidance (a: the preset listed
   first in the sweep): the latent-vs-cascaded question.
 
-Each metric tests in its own way (``Metric.compare``): per-image scores with a paired permutation
-test, per-image correctness with the exact McNemar test, set metrics with a paired bootstrap that
-resamples prompts jointly. Holm-Bonferroni runs across the whole table; raw and adjusted p are kept.
+Each metric tests in its own way (``Metric.compare``), always at the unit of the prompt: per-image
+scores with a sign-flip test of whole prompts, per-image correctness with the exact sign-flip test of each
+prompt's discordant count (McNemar's with one seed per prompt), set metrics with a permutation test that
+swaps whole prompts between the points. A family is one kind of comparison and one compared number:
+Holm-Bonferroni runs within it, and each row also gets its interval at the family's Bonferroni confidence
+(``difference_family_ci95_low/_high``: all of a family's intervals hold together at 95%). Rows of set
+metrics from no more images than feature dimensions are kept but marked not comparable and left out of
+their family.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ def compare_points(a: PointRecord, b: PointRecord, metrics: list[str]) -> list[d
 
 def verdict(row: pd.Series) -> str:
     """What the adjusted test says about b against a, in words."""
+    if not row["comparable"]:
+        return "not comparable (n <= feature dimension)"
     if not row["p_holm"] < ALPHA:
         return "no significant difference"
     direction = row["higher_is_better"]
@@ -123,12 +130,37 @@ def compare_run(run_path: Path, options=None) -> pd.DataFrame:
     metrics = list(run.resolved.sweep.metrics)
     rows = []
     for kind, a, b in pairs(run):
+        if a == b:  # a point against itself tests nothing
+            continue
         identity = {"kind": kind} | {f"a_{field}": value for field, value in zip(GRID_COLUMNS, a)}
         identity |= {f"b_{field}": value for field, value in zip(GRID_COLUMNS, b)}
-        rows += [identity | row for row in compare_points(records[a], records[b], metrics)]
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table.insert(table.columns.get_loc("p_value") + 1, "p_holm", stats.holm(table["p_value"]))
-        table["verdict"] = table.apply(verdict, axis=1)
+        rows += [
+            identity | row | {"comparable": row.get("comparable", True)}
+            for row in compare_points(records[a], records[b], metrics)
+        ]
+    table = adjusted_within_families(pd.DataFrame(rows))
     atomic_write_table(table, run.path / COMPARISONS)
+    return table
+
+
+def adjusted_within_families(table: pd.DataFrame) -> pd.DataFrame:
+    """Holm's p and the Bonferroni-wide interval within each (kind, metric) family of comparable rows, and verdicts."""
+    if table.empty:
+        return table
+    at = table.pop("interval_at")
+    holm_p = np.full(len(table), np.nan)
+    low, high = np.full(len(table), np.nan), np.full(len(table), np.nan)
+    size = np.zeros(len(table), dtype=int)
+    comparable = table["comparable"].astype(bool).to_numpy()
+    for _, family in table[comparable].groupby(["kind", "metric"], sort=False):
+        positions = table.index.get_indexer(family.index)
+        holm_p[positions] = stats.holm(family["p_value"].to_numpy())
+        size[positions] = len(family)
+        for position in positions:
+            low[position], high[position] = at.iloc[position](stats.family_confidence(len(family)))
+    table.insert(table.columns.get_loc("p_value") + 1, "p_holm", holm_p)
+    table.insert(table.columns.get_loc("difference_ci95_high") + 1, "difference_family_ci95_low", low)
+    table.insert(table.columns.get_loc("difference_family_ci95_low") + 1, "difference_family_ci95_high", high)
+    table.insert(table.columns.get_loc("p_holm") + 1, "family_size", size)
+    table["verdict"] = table.apply(verdict, axis=1)
     return table

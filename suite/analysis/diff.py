@@ -1,9 +1,10 @@
 """Two runs of one sweep on different hardware or dtypes: are they the same images? ``suite diff A B``.
 
 Images are paired by what determines them (preset, sampler, steps, guidance, prompt, seed). Per
-grid point: the share of byte-identical PNGs (sha256, with a Wilson interval), the largest and
-mean absolute pixel difference (0-255), and for every per-image score both runs hold (CLIP
-score, the toy world's answers) the paired difference B - A with its interval and test.
+grid point: the share of byte-identical PNGs (sha256, with a Wilson interval at the effective sample
+size), the largest and mean absolute pixel difference (0-255), and for every per-image score both runs
+hold (CLIP score, the toy world's answers) the paired difference B - A with its interval and test, both
+at the unit of the prompt.
 
 Example:
     >>> table = diff_runs(Path("results/toy-cpu"), Path("results/toy-cuda"))
@@ -19,7 +20,8 @@ import pandas as pd
 from PIL import Image
 
 from suite.core.errors import UserError
-from suite.core.stats import mcnemar_exact, paired_permutation, wilson_interval
+from suite.core.paired import paired_binary, paired_permutation
+from suite.core.stats import Units, share_interval
 from suite.metrics import METRICS
 from suite.run.folder import GRID_COLUMNS, read_run
 
@@ -56,9 +58,11 @@ def diff_runs(a: Path, b: Path) -> pd.DataFrame:
         right = second.loc[left.index]
         same = int((left["sha256"] == right["sha256"]).sum())
         differences = [np.abs(_pixels(a, x) - _pixels(b, y)) for x, y in zip(left["image_path"], right["image_path"])]
-        interval = wilson_interval(same, len(left))
+        units = Units.of(left.index.get_level_values("prompt_index").to_numpy())
+        interval = share_interval((left["sha256"] == right["sha256"]).to_numpy(dtype=np.float64), units)
         row = dict(zip(GRID_COLUMNS, point)) | {
             "images": len(left),
+            "prompts": units.count,
             "sha256_match": same / len(left),
             "sha256_match_ci95_low": interval.low,
             "sha256_match_ci95_high": interval.high,
@@ -68,7 +72,7 @@ def diff_runs(a: Path, b: Path) -> pd.DataFrame:
         }
         for column in scores:
             binary = any(metric.image_score_is_binary(column) for metric in METRICS.values())
-            test = (mcnemar_exact if binary else paired_permutation)(left[column], right[column])
+            test = (paired_binary if binary else paired_permutation)(left[column], right[column], units)
             row |= {
                 f"{column}_a": float(left[column].mean()),
                 f"{column}_b": float(right[column].mean()),

@@ -1,16 +1,19 @@
-"""Intervals and paired tests: what makes a difference between two grid points a result rather than noise.
+"""Intervals at the unit of the prompt: what a number would plausibly be with other seeds and other prompts.
 
-Every function is seeded and says which method it is, so the tables can record it next to the number:
+Images of one prompt are not independent: they share the prompt's difficulty. Every interval here therefore
+resamples *units* (prompts, with all of their seeds: a cluster bootstrap), never single images, and says
+so in its method string, which the tables record next to the number. With one seed per prompt each unit is
+one image and every function reduces to its familiar image-level form (tested):
 
-- ``mean_interval``: bootstrap (BCa, scipy.stats.bootstrap) interval of a per-image mean;
-- ``wilson_interval``: Wilson score interval of a proportion (per-image 0/1 answers);
-- ``bootstrap_interval``: percentile bootstrap of any statistic of a resampled set (FID, KID, CMMD);
-- ``paired_permutation``: paired differences of per-image scores, sign-flip permutation test;
-- ``mcnemar_exact``: paired 0/1 answers, exact McNemar test (binomial on the discordant pairs);
-- ``paired_bootstrap``: difference of a set statistic between two paired sets, resampling units jointly;
-- ``contrast_bootstrap``: the same for any contrast over k paired sets (a 2x2 design's main effects, interaction);
-- ``holm``: Holm-Bonferroni adjusted p-values across a table;
-- ``fid_infinity``: Chong & Forsyth's extrapolation of FID to an infinite sample (CVPR 2020).
+- ``Units``: which unit (prompt, work item, timing round) each value belongs to;
+- ``mean_interval``: BCa bootstrap (``scipy.stats.bootstrap``) of a mean, resampling units;
+- ``share_interval``: Wilson score interval of a proportion at the effective sample size (n / design effect);
+- ``bootstrap_interval``: bias-shifted percentile bootstrap of any statistic of a resampled set (FID, KID, CMMD);
+- ``fid_infinity``: Chong & Forsyth's extrapolation of FID to an infinite sample, refused where it cannot hold;
+- ``holm``: Holm-Bonferroni adjusted p-values within one family;
+- ``format_p``: a p-value as the resamples behind it can support it ("< 1/B" below that).
+
+Paired tests between two grid points are in ``suite.core.paired``.
 """
 
 from __future__ import annotations
@@ -18,18 +21,84 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
 
 ALPHA = 0.05  # the significance level of every test and the coverage (1 - ALPHA) of every interval
 
 CONFIDENCE = 1 - ALPHA  # 0.95
-RESAMPLES = 2000  # per-image means (BCa)
-SET_RESAMPLES = 200  # set statistics (FID, KID, CMMD): each resample recomputes the statistic
+RESAMPLES = 2000  # means (BCa)
+SET_RESAMPLES = 1000  # set statistics (FID, KID, CMMD): each resample recomputes the statistic
+FID_INF_RESAMPLES = 200  # FID_inf: each resample refits the extrapolation (about 33 FIDs)
 PERMUTATIONS = 20000
 SEED = 0
+
+
+@dataclass(frozen=True)
+class Units:
+    """The resampling unit of each value: ``of_value[i]`` is the position (0 .. count - 1) of value i's unit."""
+
+    of_value: np.ndarray
+    count: int
+    name: str = "prompts"
+
+    @classmethod
+    def of(cls, labels: Sequence | np.ndarray, name: str = "prompts") -> Units:
+        """Units from any labels (prompt indices, item ids), numbered in sorted label order."""
+        labels = np.asarray(labels)
+        ids, inverse = np.unique(labels, return_inverse=True)
+        return cls(inverse.reshape(-1), len(ids), name)
+
+    @classmethod
+    def each(cls, count: int, name: str = "prompts") -> Units:
+        """Every value its own unit (one seed per prompt)."""
+        return cls(np.arange(count), count, name)
+
+    @property
+    def n(self) -> int:
+        return len(self.of_value)
+
+    @property
+    def singletons(self) -> bool:
+        return self.count == self.n
+
+    @cached_property
+    def members(self) -> list[np.ndarray]:
+        order = np.argsort(self.of_value, kind="stable")
+        return np.split(order, np.cumsum(np.bincount(self.of_value, minlength=self.count))[:-1])
+
+    def rows(self, chosen: np.ndarray) -> np.ndarray:
+        """The values of the chosen units (with repeats), each unit's values together."""
+        if self.singletons:
+            return self.members_of_singletons[chosen]
+        return np.concatenate([self.members[unit] for unit in chosen]) if len(chosen) else np.arange(0)
+
+    @cached_property
+    def members_of_singletons(self) -> np.ndarray:
+        return np.concatenate(self.members) if self.count else np.arange(0)
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per unit, the sum of its values."""
+        return np.bincount(self.of_value, weights=np.asarray(values, dtype=np.float64), minlength=self.count)
+
+    def restricted(self, keep: np.ndarray) -> Units:
+        """The units of the kept values only (units left without values are dropped)."""
+        return Units.of(self.of_value[keep], self.name) if not np.all(keep) else self
+
+    def describe(self) -> str:
+        return f"{self.count} {self.name}" if self.singletons else f"{self.count} {self.name} ({self.n} values)"
+
+
+def units_or_each(units: Units | None, count: int) -> Units:
+    if units is None:
+        return Units.each(count)
+    if units.n != count:
+        raise ValueError(f"{units.n} unit labels for {count} values")
+    return units
 
 
 @dataclass(frozen=True)
@@ -37,173 +106,139 @@ class Interval:
     low: float
     high: float
     method: str
+    at: Callable[[float], tuple[float, float]] | None = field(default=None, compare=False, repr=False)
+
+    def at_confidence(self, confidence: float) -> tuple[float, float]:
+        """The same interval at another confidence (a family's Bonferroni width), from the same resamples."""
+        if self.at is None or not math.isfinite(self.low):
+            return self.low, self.high
+        return self.at(confidence)
 
 
-def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
-    """BCa bootstrap interval of the mean (Efron 1987), scipy's implementation; NaN values are dropped."""
+def mean_interval(
+    values: Sequence[float],
+    units: Units | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """BCa bootstrap interval (Efron 1987; scipy) of the mean of all values, resampling units; NaN values dropped.
+
+    The statistic is the ratio of resampled sums to resampled counts, so units of unequal size weigh as
+    their values do; BCa's acceleration comes from the jackknife over units.
+    """
     values = np.asarray(values, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    method = f"bootstrap BCa, {resamples} resamples, seed {seed}"
-    if len(values) < 2:
+    units = units_or_each(units, len(values))
+    keep = ~np.isnan(values)
+    values, units = values[keep], units.restricted(keep)
+    method = f"bootstrap BCa over {units.describe()}, {resamples} resamples, seed {seed}"
+    if units.count < 2:
         return Interval(math.nan, math.nan, method)
     if np.all(values == values[0]):  # no spread: every resample has the same mean
         return Interval(float(values[0]), float(values[0]), method)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BCa warns on near-degenerate data; the interval is still usable
-        result = stats.bootstrap(
-            (values,),
-            np.mean,
-            confidence_level=CONFIDENCE,
-            n_resamples=resamples,
-            method="BCa",
-            random_state=np.random.default_rng(seed),
-            vectorized=True,
-        )
-    low, high = result.confidence_interval
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined (e.g. one odd value): percentile instead
-        quantiles = np.quantile(result.bootstrap_distribution, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-        return Interval(float(quantiles[0]), float(quantiles[1]), f"bootstrap percentile, {resamples} resamples")
-    return Interval(float(low), float(high), method)
+    sums, counts = units.sums(values), units.sums(np.ones(len(values)))
+
+    def of(level: float) -> tuple[float, float]:
+        def statistic(chosen: np.ndarray, axis: int = -1) -> np.ndarray:
+            return sums[chosen].sum(axis=axis) / counts[chosen].sum(axis=axis)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa warns on near-degenerate data; the interval is still usable
+            result = stats.bootstrap(
+                (np.arange(units.count),),
+                statistic,
+                confidence_level=level,
+                n_resamples=resamples,
+                method="BCa",
+                random_state=np.random.default_rng(seed),
+                vectorized=True,
+            )
+        low, high = result.confidence_interval
+        if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined (one odd value): percentiles
+            low, high = np.quantile(result.bootstrap_distribution, [(1 - level) / 2, (1 + level) / 2])
+        return float(low), float(high)
+
+    low, high = of(confidence)
+    return Interval(low, high, method, of)
+
+
+def design_effect(values: np.ndarray, units: Units) -> float:
+    """Variance of the mean under resampling of units over its variance for independent values (Kish), at least 1.
+
+    One value per unit: exactly 1. Linearised variance of the ratio mean (sum over units of (S_u - mean * m_u)^2 / n^2)
+    over the independent-values variance (sum of (x - mean)^2 / n^2).
+    """
+    if units.singletons or len(values) < 2:
+        return 1.0
+    mean = values.mean()
+    independent = np.sum((values - mean) ** 2)
+    if independent == 0:
+        return 1.0
+    clustered = np.sum((units.sums(values) - mean * units.sums(np.ones(len(values)))) ** 2)
+    return max(1.0, float(clustered / independent))
+
+
+def share_interval(answers: Sequence[float], units: Units | None = None, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson score interval (Wilson 1927; statsmodels) of a share of 0/1 answers (NaN: not asked).
+
+    Where a unit holds several answers, the interval is taken at the effective sample size n / design effect
+    (Kish 1965; the Wilson interval for clustered data, Korn & Graubard 1998); with one answer per unit it is
+    the plain Wilson interval.
+    """
+    answers = np.asarray(answers, dtype=np.float64)
+    units = units_or_each(units, len(answers))
+    keep = ~np.isnan(answers)
+    answers, units = answers[keep], units.restricted(keep)
+    if len(answers) == 0:
+        return Interval(math.nan, math.nan, "Wilson score")
+    deff = design_effect(answers, units)
+    method = (
+        "Wilson score" if deff == 1.0 else f"Wilson score at n / {deff:.2f} (design effect over {units.describe()})"
+    )
+
+    def of(level: float) -> tuple[float, float]:
+        effective = len(answers) / deff
+        low, high = proportion_confint(answers.mean() * effective, effective, alpha=1 - level, method="wilson")
+        return float(low), float(high)
+
+    low, high = of(confidence)
+    return Interval(low, high, method, of)
 
 
 def wilson_interval(successes: int, trials: int) -> Interval:
-    """Wilson score interval of a proportion (Wilson 1927), scipy's binomtest."""
+    """Wilson score interval of independent trials (statsmodels): ``share_interval`` of one answer per unit."""
     if trials == 0:
         return Interval(math.nan, math.nan, "Wilson score")
-    interval = stats.binomtest(int(successes), int(trials)).proportion_ci(CONFIDENCE, method="wilson")
-    return Interval(float(interval.low), float(interval.high), "Wilson score")
+    return share_interval(np.r_[np.ones(int(successes)), np.zeros(int(trials) - int(successes))])
 
 
 def bootstrap_interval(
-    statistic: Callable[[np.ndarray], float], count: int, resamples: int = SET_RESAMPLES, seed: int = SEED
+    statistic: Callable[[np.ndarray], float],
+    units: Units | int,
+    resamples: int = SET_RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
 ) -> Interval:
-    """Bias-shifted percentile interval of ``statistic(indices)`` over resamples (with replacement) of ``count`` units.
+    """Bias-shifted percentile interval of ``statistic(rows)``, resampling units (each with all of its rows).
 
-    A resample with replacement holds fewer distinct images, which moves set statistics such as FID
-    (biased in 1/n); the percentiles are shifted by the bootstrap's bias estimate (mean of the resampled
-    values minus the estimate), so the interval describes the spread of the statistic around its value.
+    ``units`` is a ``Units`` or a count of independent units. A resample with replacement holds fewer distinct
+    images, which moves set statistics such as FID (biased in 1/n); the percentiles are shifted by the
+    bootstrap's bias estimate (mean of the resampled values minus the estimate), so the interval describes the
+    spread of the statistic at this sample size around its value.
     """
-    point = statistic(np.arange(count))
+    units = Units.each(units, "units") if isinstance(units, int) else units
+    point = statistic(np.arange(units.n))
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, count, count)) for _ in range(resamples)])
+    values = np.array([statistic(units.rows(rng.integers(0, units.count, units.count))) for _ in range(resamples)])
     bias = float(np.nanmean(values)) - point
-    low, high = np.nanquantile(values, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]) - bias
-    return Interval(float(low), float(high), f"bootstrap percentile, bias-shifted, {resamples} resamples")
 
+    def of(level: float) -> tuple[float, float]:
+        low, high = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2]) - bias
+        return float(low), float(high)
 
-@dataclass(frozen=True)
-class PairedTest:
-    """A paired comparison: mean difference (b - a), its interval, and a two-sided p-value."""
-
-    difference: float
-    low: float
-    high: float
-    p_value: float
-    n_pairs: int
-    test: str
-
-
-def paired_permutation(
-    a: Sequence[float], b: Sequence[float], permutations: int = PERMUTATIONS, seed: int = SEED
-) -> PairedTest:
-    """Mean of ``b - a`` with a BCa interval, and a sign-flip permutation test of a zero mean difference."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    keep = ~(np.isnan(a) | np.isnan(b))
-    differences = b[keep] - a[keep]
-    name = f"paired permutation (sign flips, {permutations}), BCa interval"
-    if len(differences) < 2:
-        return PairedTest(math.nan, math.nan, math.nan, math.nan, len(differences), name)
-    interval = mean_interval(differences, seed=seed)
-    if np.all(differences == 0):
-        return PairedTest(0.0, 0.0, 0.0, 1.0, len(differences), name)
-    result = stats.permutation_test(
-        (differences,),
-        np.mean,
-        permutation_type="samples",
-        n_resamples=permutations,
-        vectorized=True,
-        alternative="two-sided",
-        random_state=np.random.default_rng(seed),
-    )
-    return PairedTest(
-        float(differences.mean()), interval.low, interval.high, float(result.pvalue), len(differences), name
-    )
-
-
-def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Difference of paired proportions (b - a) with a Newcombe-style Wald interval, and the exact McNemar test.
-
-    The exact test is a two-sided binomial test of the discordant pairs (McNemar 1947; Fagerland et al. 2013).
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    keep = ~(np.isnan(a) | np.isnan(b))
-    a, b = a[keep].astype(bool), b[keep].astype(bool)
-    n = len(a)
-    name = "exact McNemar; Wald interval of paired proportions"
-    if n == 0:
-        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, name)
-    only_b, only_a = int(np.sum(b & ~a)), int(np.sum(a & ~b))
-    difference = (only_b - only_a) / n
-    p_value = 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_b, only_a + only_b).pvalue)
-    variance = ((only_a + only_b) / n - difference**2) / n
-    half = stats.norm.ppf((1 + CONFIDENCE) / 2) * math.sqrt(max(variance, 0.0))
-    return PairedTest(difference, difference - half, difference + half, p_value, n, name)
-
-
-def paired_bootstrap(
-    statistic: Callable[[np.ndarray, np.ndarray], tuple[float, float]],
-    units: int,
-    resamples: int = SET_RESAMPLES,
-    seed: int = SEED,
-) -> PairedTest:
-    """Difference of a set statistic between two paired sets, resampling ``units`` (prompts) jointly for both.
-
-    ``statistic(indices_a, indices_b)`` returns the statistic of each set restricted to the resampled units.
-    The contrast (-1, +1) of ``contrast_bootstrap``: see there for the interval and the p-value.
-    """
-    test = contrast_bootstrap(
-        lambda chosen: np.asarray(statistic(chosen, chosen), dtype=np.float64), (-1.0, 1.0), units, resamples, seed
-    )
-    return PairedTest(
-        test.difference,
-        test.low,
-        test.high,
-        test.p_value,
-        units,
-        f"paired bootstrap over prompts, {resamples} resamples, normal p",
-    )
-
-
-def contrast_bootstrap(
-    statistic: Callable[[np.ndarray], np.ndarray],
-    weights: Sequence[float],
-    units: int,
-    resamples: int = SET_RESAMPLES,
-    seed: int = SEED,
-) -> PairedTest:
-    """A contrast ``weights . values`` of a statistic over k paired sets, resampling ``units`` jointly for all k.
-
-    ``statistic(indices)`` returns the k sets' values restricted to the resampled units (prompts): with
-    weights (-1, 1) it is a paired difference; over a 2x2 design's cells (-1/2, -1/2, 1/2, 1/2) a main
-    effect and (1, -1, -1, 1) the interaction, the difference of differences. Interval: bias-shifted
-    percentiles of the resampled contrasts. p-value: two-sided normal approximation with the bootstrap
-    standard error, which, unlike counting resamples beyond zero, is not limited to multiples of
-    1 / resamples (that limit would hide every effect after Holm).
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    everything = np.arange(units)
-    estimate = float(weights @ statistic(everything))
-    rng = np.random.default_rng(seed)
-    contrasts = np.asarray([weights @ statistic(rng.integers(0, units, units)) for _ in range(resamples)])
-    bias = float(contrasts.mean()) - estimate
-    low, high = np.quantile(contrasts, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]) - bias
-    error = float(contrasts.std(ddof=1))
-    if error == 0:
-        p_value = 1.0 if estimate == 0 else 0.0
-    else:
-        p_value = float(2 * stats.norm.sf(abs(estimate) / error))
-    method = f"bootstrap over {units} units, {resamples} resamples, normal p"
-    return PairedTest(estimate, float(low), float(high), p_value, units, method)
+    low, high = of(confidence)
+    method = f"bootstrap over {units.describe()}, bias-shifted percentiles, {resamples} resamples"
+    return Interval(low, high, method, of)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -219,31 +254,104 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
+def family_confidence(size: int) -> float:
+    """The confidence of each interval of a family of ``size`` whose intervals hold together at 95% (Bonferroni)."""
+    return 1 - ALPHA / max(int(size), 1)
+
+
+def format_p(p: float, resolution: float = 0.0) -> str:
+    """A p-value for a report: ``< 1/B`` when it is below what B resamples can resolve (``resolution`` = 1/B)."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    if resolution and p <= resolution:
+        return f"< {resolution:.2g}"
+    return f"{p:.2g}"
+
+
 @dataclass(frozen=True)
 class FidInfinity:
-    value: float  # the intercept: FID extrapolated to an infinite number of generated images
+    value: float  # the intercept: FID extrapolated to an infinite number of generated images (NaN: refused)
     slope: float
     r_squared: float
     sizes: tuple[int, ...]
+    refused: str = ""  # why no extrapolation was made
+
+
+def fid_inf_sizes(count: int, dimension: int, points: int = 5) -> tuple[tuple[int, ...], str]:
+    """Subset sizes for the FID_inf fit, or why there are none.
+
+    The fit spans 1/n from the smallest subset to the whole set; the smallest is n/10 (as Chong & Forsyth's
+    5,000-50,000) but always more images than feature dimensions (below that the covariance is singular and
+    FID no longer linear in 1/n). The extrapolation (from 1/n to 0) must be at most half the span: smallest <= n/3.
+    """
+    if count <= dimension:
+        return (), f"n = {count} <= feature dimension {dimension}: the covariance is singular"
+    smallest = max(dimension + 1, math.ceil(count / 10))
+    if 3 * smallest > count:
+        return (
+            (),
+            f"n = {count} < {3 * smallest}: the fit from {smallest} images would extrapolate further than it spans",
+        )
+    inverse = np.linspace(1 / smallest, 1 / count, points)
+    return tuple(sorted({round(1 / value) for value in inverse})), ""
 
 
 def fid_infinity(
-    fid_at: Callable[[np.ndarray], float], count: int, points: int = 5, repeats: int = 8, seed: int = SEED
+    fid_at: Callable[[np.ndarray], float],
+    count: int,
+    dimension: int,
+    points: int = 5,
+    repeats: int = 8,
+    seed: int = SEED,
+    rows: np.ndarray | None = None,
 ) -> FidInfinity:
     """FID_inf (Chong & Forsyth, CVPR 2020): FID is linear in 1/n, so fit FID(n) = FID_inf + k / n and keep FID_inf.
 
-    FID is computed at ``points`` subset sizes from n/2 to n (each the mean of ``repeats`` random subsets drawn
-    without replacement; the whole set once at n), then fitted by least squares against 1/n.
+    FID is computed at ``points`` subset sizes evenly spaced in 1/n (``fid_inf_sizes``), each the mean of
+    ``repeats`` subsets drawn without replacement from ``rows`` (default: all ``count`` rows; a bootstrap
+    resample passes its own), the whole set once; then fitted by least squares against 1/n.
     """
+    sizes, refused = fid_inf_sizes(count, dimension, points)
+    if refused:
+        return FidInfinity(math.nan, math.nan, math.nan, (), refused)
+    rows = np.arange(count) if rows is None else rows
     rng = np.random.default_rng(seed)
-    sizes = sorted({round(float(size)) for size in np.linspace(count / 2, count, points)})
     means = []
     for size in sizes:
         draws = 1 if size == count else repeats
-        means.append(np.mean([fid_at(rng.choice(count, size, replace=False)) for _ in range(draws)]))
+        means.append(np.mean([fid_at(rows[rng.choice(count, size, replace=False)]) for _ in range(draws)]))
     inverse = 1.0 / np.asarray(sizes, dtype=np.float64)
     slope, intercept = np.polyfit(inverse, means, 1)
     predicted = intercept + slope * inverse
     total = np.sum((means - np.mean(means)) ** 2)
     r_squared = 1.0 - np.sum((means - predicted) ** 2) / total if total > 0 else 1.0
-    return FidInfinity(float(intercept), float(slope), float(r_squared), tuple(sizes))
+    return FidInfinity(float(intercept), float(slope), float(r_squared), sizes)
+
+
+def fid_infinity_interval(
+    fid_at: Callable[[np.ndarray], float],
+    units: Units,
+    dimension: int,
+    estimate: float,
+    resamples: int = FID_INF_RESAMPLES,
+    seed: int = SEED,
+) -> Interval:
+    """FID_inf's interval: resample units, refit the extrapolation on each resample, bias-shifted percentiles.
+
+    Refitting puts the fit's own error (subset draws, extrapolation) into the interval.
+    """
+    rng = np.random.default_rng(seed)
+    values = []
+    for repetition in range(resamples):
+        rows = units.rows(rng.integers(0, units.count, units.count))
+        values.append(fid_infinity(fid_at, len(rows), dimension, seed=seed + 1 + repetition, rows=rows).value)
+    values = np.asarray(values)
+    bias = float(np.nanmean(values)) - estimate
+
+    def of(level: float) -> tuple[float, float]:
+        low, high = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2]) - bias
+        return float(low), float(high)
+
+    low, high = of(CONFIDENCE)
+    method = f"bootstrap over {units.describe()}, fit refitted on each of {resamples} resamples, bias-shifted"
+    return Interval(low, high, method, of)

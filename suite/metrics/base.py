@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from suite.core import stats
+from suite.core import paired, stats
 from suite.metrics.reference import extract
 from suite.metrics.settings import Evaluation
 from suite.model.stages import StageSettings
@@ -56,6 +56,11 @@ class GridPoint:
     @property
     def prompts(self) -> list[str]:
         return list(self.rows["prompt"])
+
+    @property
+    def units(self) -> stats.Units:
+        """Each image's prompt: the unit every interval of this point resamples."""
+        return stats.Units.of(self.rows["prompt_index"].to_numpy())
 
     @property
     def evaluation(self) -> Evaluation:
@@ -147,7 +152,8 @@ def interval_columns(prefix: str, interval: stats.Interval) -> dict[str, Any]:
     }
 
 
-def comparison_row(metric: str, a: float, b: float, test: stats.PairedTest, higher_is_better: bool | None) -> dict:
+def comparison_row(metric: str, a: float, b: float, test: paired.PairedTest, higher_is_better: bool | None) -> dict:
+    """One row of comparisons.csv; ``interval_at`` stays with the row until the family's adjusted interval is set."""
     return {
         "metric": metric,
         "higher_is_better": higher_is_better,
@@ -157,8 +163,11 @@ def comparison_row(metric: str, a: float, b: float, test: stats.PairedTest, high
         "difference_ci95_low": test.low,
         "difference_ci95_high": test.high,
         "p_value": test.p_value,
+        "p_resolution": test.p_resolution,
         "n_pairs": test.n_pairs,
+        "n_prompts": test.n_prompts,
         "test": test.test,
+        "interval_at": test.interval_at,
     }
 
 
@@ -171,29 +180,31 @@ def paired_rows(a: PointRecord, b: PointRecord) -> tuple[np.ndarray, np.ndarray]
     return paired["row_a"].to_numpy(), paired["row_b"].to_numpy()
 
 
-def paired_set_test(
-    a: PointRecord, b: PointRecord, network: str, statistic: Callable[[np.ndarray], Callable[[np.ndarray], float]]
-) -> stats.PairedTest:
-    """A set statistic of b against a, resampling prompts jointly for both points (every seed of a prompt together).
+def paired_units(a: PointRecord, rows_a: np.ndarray) -> stats.Units:
+    """The prompt of each shared image: the unit paired tests resample and permute."""
+    return stats.Units.of(a.scores["prompt_index"].to_numpy()[rows_a])
 
-    ``statistic(features)`` returns a function of row indices into ``features``.
+
+def paired_set_test(
+    a: PointRecord,
+    b: PointRecord,
+    network: str,
+    statistic: Callable[[np.ndarray], Callable[[np.ndarray], float]],
+    resamples: int = stats.SET_RESAMPLES,
+) -> paired.PairedTest:
+    """A set statistic of b against a: bootstrap over prompts for the interval, whole prompts swapped for p.
+
+    ``statistic(features)`` returns a function of row indices into ``features`` (here both points' shared
+    images stacked, a's first).
     """
     rows_a, rows_b = paired_rows(a, b)
-    prompts = a.scores["prompt_index"].to_numpy()[rows_a]
-    unique, inverse = np.unique(prompts, return_inverse=True)
-    members = [np.flatnonzero(inverse == unit) for unit in range(len(unique))]
-    of_a, of_b = statistic(a.features(network)), statistic(b.features(network))
-
-    def both(chosen_a: np.ndarray, chosen_b: np.ndarray) -> tuple[float, float]:
-        picked = np.concatenate([members[unit] for unit in chosen_a])
-        return of_a(rows_a[picked]), of_b(rows_b[picked])
-
-    return stats.paired_bootstrap(both, len(unique))
+    stacked = np.concatenate([a.features(network)[rows_a], b.features(network)[rows_b]])
+    return paired.set_difference_test(statistic(stacked), paired_units(a, rows_a), resamples)
 
 
 class PerImageScore(Metric):
     """A metric that scores each image against its prompt on its own (CLIP score, preference models): per grid point
-    the mean with a BCa interval; points compared by a paired permutation test on the shared images."""
+    the mean with a BCa interval over prompts; points compared by a sign-flip test of whole prompts."""
 
     column: ClassVar[str]  # the per-image score's column in scores.parquet
 
@@ -216,14 +227,15 @@ class PerImageScore(Metric):
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
         scores, described = self.score(point)
-        row = {self.headline: float(scores.mean())} | interval_columns(self.headline, stats.mean_interval(scores))
+        interval = stats.mean_interval(scores, point.units)
+        row = {self.headline: float(scores.mean())} | interval_columns(self.headline, interval)
         return row | described, pd.DataFrame({self.column: scores})
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
         rows_a, rows_b = paired_rows(a, b)
         values_a = a.scores[self.column].to_numpy()[rows_a]
         values_b = b.scores[self.column].to_numpy()[rows_b]
-        test = stats.paired_permutation(values_a, values_b)
+        test = paired.paired_permutation(values_a, values_b, paired_units(a, rows_a))
         return [comparison_row(self.headline, values_a.mean(), values_b.mean(), test, self.higher_is_better)]
 
 

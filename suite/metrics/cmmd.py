@@ -17,14 +17,13 @@ def kernel_to(reference, features):
 
 class Cmmd(Metric):
     name = "cmmd"
-    description = (
-        "MMD with a Gaussian RBF kernel over CLIP image embeddings (Jayasumana et al. 2024), bootstrap interval"
-    )
+    description = "MMD with a Gaussian RBF kernel over CLIP image embeddings (Jayasumana et al. 2024), bootstrap interval over prompts"
     headline = "cmmd"
     higher_is_better = False
     display = ".4f"
     needs_reference = True
     best_rank = 3
+    flags = {"cmmd": "cmmd_rank_deficient"}  # from no more images than feature dimensions
 
     def networks(self, evaluation) -> set[str]:
         return {evaluation.cmmd_features}
@@ -34,16 +33,23 @@ class Cmmd(Metric):
         network = point.evaluator.network(evaluation.cmmd_features)
         reference = point.evaluator.reference(evaluation.cmmd_features)
         features = point.features(evaluation.cmmd_features)
-        row = {"cmmd": cmmd(features, reference.features), "cmmd_features": network.name, "cmmd_resize": network.resize}
+        row = {
+            "cmmd": cmmd(features, reference.features),
+            "cmmd_features": network.name,
+            "cmmd_resize": network.resize,
+            "cmmd_rank_deficient": bool(len(features) <= features.shape[1]),
+        }
         if evaluation.set_resamples:
             statistic = kernel_to(reference, features)
-            row |= interval_columns(
-                "cmmd", stats.bootstrap_interval(statistic, len(features), evaluation.set_resamples)
-            )
+            row |= interval_columns("cmmd", stats.bootstrap_interval(statistic, point.units, evaluation.set_resamples))
         return row, None
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
         network = a.row["cmmd_features"]
         reference = a.reference(network)
         test = paired_set_test(a, b, network, lambda features: kernel_to(reference, features))
-        return [comparison_row("cmmd", a.row["cmmd"], b.row["cmmd"], test, self.higher_is_better)]
+        comparable = not (a.row.get("cmmd_rank_deficient", False) or b.row.get("cmmd_rank_deficient", False))
+        return [
+            comparison_row("cmmd", a.row["cmmd"], b.row["cmmd"], test, self.higher_is_better)
+            | {"comparable": comparable}
+        ]

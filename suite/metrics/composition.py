@@ -1,4 +1,4 @@
-"""The toy world's exact compositional score: per image 0/1 answers, accuracies with BCa and Wilson intervals."""
+"""The toy world's exact compositional score: per image 0/1 answers, accuracies with BCa and Wilson intervals over prompts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from suite.core import stats
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+from suite.core import paired, stats
+from suite.metrics.base import (
+    GridPoint,
+    Metric,
+    PointRecord,
+    comparison_row,
+    interval_columns,
+    paired_rows,
+    paired_units,
+)
 from suite.toy.score import QUESTIONS, score_prompt_image
 from suite.toy.world import prompt_category
 
@@ -23,15 +31,17 @@ def former_accuracy_name(column: str) -> str:
     return column
 
 
-def accuracy_columns(column: str, values: np.ndarray) -> dict[str, Any]:
-    """Mean of 0/1 answers (NaN: not asked) with its BCa interval and its Wilson interval."""
-    asked = values[~np.isnan(values)]
-    if len(asked) == 0:
+def accuracy_columns(column: str, values: np.ndarray, units: stats.Units) -> dict[str, Any]:
+    """Mean of 0/1 answers (NaN: not asked) with its BCa interval over prompts and its Wilson interval at the
+    effective sample size; ``_n`` images asked, ``_n_prompts`` prompts they came from."""
+    asked = ~np.isnan(values)
+    if not asked.any():
         return {column: np.nan}
-    wilson = stats.wilson_interval(int(asked.sum()), len(asked))
+    wilson = stats.share_interval(values, units)
     return (
-        {column: float(asked.mean()), f"{column}_n": len(asked)}
-        | interval_columns(column, stats.mean_interval(asked))
+        {column: float(values[asked].mean()), f"{column}_n": int(asked.sum())}
+        | {f"{column}_n_prompts": units.restricted(asked).count}
+        | interval_columns(column, stats.mean_interval(values, units))
         | {f"{column}_wilson_ci95_low": wilson.low, f"{column}_wilson_ci95_high": wilson.high}
     )
 
@@ -78,15 +88,17 @@ class Composition(Metric):
             ]
         )
         row: dict[str, Any] = {}
+        units = point.units
         for question in QUESTIONS:
-            row |= accuracy_columns(f"toy_{question}", scores[f"toy_{question}"].to_numpy(dtype=np.float64))
+            row |= accuracy_columns(f"toy_{question}", scores[f"toy_{question}"].to_numpy(dtype=np.float64), units)
         for column, values in exact_match_subsets(scores).items():
             if column != "toy_correct":
-                row |= accuracy_columns(column, values)
+                row |= accuracy_columns(column, values, units)
         return row, scores
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
         rows_a, rows_b = paired_rows(a, b)
+        units = paired_units(a, rows_a)
         subsets_a = exact_match_subsets(a.scores.iloc[rows_a].reset_index(drop=True))
         subsets_b = exact_match_subsets(b.scores.iloc[rows_b].reset_index(drop=True))
         rows = []
@@ -94,6 +106,6 @@ class Composition(Metric):
             values_b = subsets_b[column]
             if np.all(np.isnan(values_a)):
                 continue
-            test = stats.mcnemar_exact(values_a, values_b)
+            test = paired.paired_binary(values_a, values_b, units)
             rows.append(comparison_row(column, np.nanmean(values_a), np.nanmean(values_b), test, self.higher_is_better))
         return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from suite.core import stats
@@ -20,7 +21,7 @@ def frechet_to(reference):
 
 class Fid(Metric):
     name = "fid"
-    description = "Frechet distance to the reference set (torchmetrics), bootstrap interval, FID_inf extrapolation"
+    description = "Frechet distance to the reference set (torchmetrics), bootstrap interval over prompts, FID_inf"
     headline = "fid"
     higher_is_better = False
     display = ".3f"
@@ -52,23 +53,29 @@ class Fid(Metric):
             "fid_feature_dim": dimension,
             "fid_rank_deficient": bool(count <= dimension),  # the generated covariance is singular: FID is biased
         }
+        units = point.units
         interval = None
         if evaluation.set_resamples:
-            interval = stats.bootstrap_interval(lambda rows: distance(features[rows]), count, evaluation.set_resamples)
-            row |= interval_columns("fid", interval)
-        if evaluation.fid_inf and count >= 8:
-            extrapolated = stats.fid_infinity(lambda rows: distance(features[rows]), count)
+            interval = stats.bootstrap_interval(lambda rows: distance(features[rows]), units, evaluation.set_resamples)
+            row |= interval_columns(
+                "fid", replace(interval, method=f"FID at n = {count}, reference fixed: {interval.method}")
+            )
+        if evaluation.fid_inf:
+            extrapolated = stats.fid_infinity(lambda rows: distance(features[rows]), count, dimension)
             row |= {
                 "fid_inf": extrapolated.value,
                 "fid_inf_slope": extrapolated.slope,
                 "fid_inf_r2": extrapolated.r_squared,
                 "fid_inf_sizes": " ".join(str(size) for size in extrapolated.sizes),
+                "fid_inf_refused": extrapolated.refused,
             }
-            if interval is not None:  # FID_inf is FID minus a fitted bias: it varies with the sample as FID does
-                spread = stats.Interval(
-                    extrapolated.value - (row["fid"] - interval.low),
-                    extrapolated.value + (interval.high - row["fid"]),
-                    f"FID's interval moved to FID_inf ({interval.method})",
+            if evaluation.fid_inf_resamples and not extrapolated.refused:
+                spread = stats.fid_infinity_interval(
+                    lambda rows: distance(features[rows]),
+                    units,
+                    dimension,
+                    extrapolated.value,
+                    evaluation.fid_inf_resamples,
                 )
                 row |= interval_columns("fid_inf", spread)
         return row, None
@@ -77,4 +84,7 @@ class Fid(Metric):
         network = a.row["features"]
         distance = frechet_to(a.reference(network))
         test = paired_set_test(a, b, network, lambda features: lambda rows: distance(features[rows]))
-        return [comparison_row("fid", a.row["fid"], b.row["fid"], test, self.higher_is_better)]
+        comparable = not (a.row.get("fid_rank_deficient", False) or b.row.get("fid_rank_deficient", False))
+        return [
+            comparison_row("fid", a.row["fid"], b.row["fid"], test, self.higher_is_better) | {"comparable": comparable}
+        ]

@@ -6,9 +6,10 @@ Mask2Former loaded through transformers from ``evaluation.geneval.detector``; co
 over GenEval's ten colours on each object's masked crop. The rules are ``suite.metrics.geneval_rules``.
 
 Per image: ``geneval_correct`` (0/1; NaN for prompts outside GenEval) and ``geneval_task``. Per grid point:
-each task's accuracy (BCa and Wilson intervals), and ``geneval_overall``, the mean of the task accuracies,
-with a bootstrap interval over images. Compared between points with exact McNemar tests (per task) and a
-paired bootstrap (overall).
+each task's accuracy (BCa and Wilson intervals over prompts), and ``geneval_overall``, the mean of the task
+accuracies, with a bootstrap interval over prompts. Compared between points with the prompt-level exact
+sign-flip test (per task; McNemar's with one seed per prompt) and a permutation test that swaps whole
+prompts (overall).
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from suite.core import stats
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_rows
+from suite.core import paired, stats
+from suite.metrics.base import (
+    GridPoint,
+    Metric,
+    PointRecord,
+    comparison_row,
+    interval_columns,
+    paired_rows,
+    paired_units,
+)
 from suite.metrics.composition import accuracy_columns, former_accuracy_name
 from suite.metrics.detector import LAYOUT, Mask2FormerDetector, check_detector_folder
 from suite.metrics.geneval_rules import COLOUR_TEMPLATES, COLOURS, TASKS, Detection, GenevalSettings, judge, select
@@ -68,14 +77,14 @@ def settings_of(spec) -> GenevalSettings:
     )
 
 
-def overall_interval(correct: np.ndarray, tasks: np.ndarray) -> stats.Interval:
-    """Bootstrap interval of the mean of per-task accuracies, resampling images."""
+def overall_interval(correct: np.ndarray, tasks: np.ndarray, units: stats.Units) -> stats.Interval:
+    """Bootstrap interval of the mean of per-task accuracies, resampling prompts with all of their images."""
 
     def overall(chosen: np.ndarray) -> float:
         values, labels = correct[chosen], tasks[chosen]
         return float(np.mean([values[labels == task].mean() for task in np.unique(labels)]))
 
-    return stats.bootstrap_interval(overall, len(correct))
+    return stats.bootstrap_interval(overall, units)
 
 
 def overall_value(correct: np.ndarray, tasks: np.ndarray) -> float:
@@ -122,13 +131,16 @@ class Geneval(Metric):
             )
             rows.append({"geneval_correct": float(correct), "geneval_task": metadata["tag"]})
         scores = pd.DataFrame(rows)
-        known = scores.dropna(subset=["geneval_correct"])
-        correct, tasks = known["geneval_correct"].to_numpy(), known["geneval_task"].to_numpy()
-        row: dict[str, Any] = {"geneval_overall": overall_value(correct, tasks), "geneval_n": len(known)}
-        row |= interval_columns("geneval_overall", overall_interval(correct, tasks)) if len(known) > 1 else {}
+        known = scores["geneval_correct"].notna().to_numpy()
+        correct, tasks = scores["geneval_correct"].to_numpy()[known], scores["geneval_task"].to_numpy()[known]
+        units = point.units
+        row: dict[str, Any] = {"geneval_overall": overall_value(correct, tasks), "geneval_n": int(known.sum())}
+        row["geneval_n_prompts"] = units.restricted(known).count
+        if row["geneval_n_prompts"] > 1:
+            row |= interval_columns("geneval_overall", overall_interval(correct, tasks, units.restricted(known)))
         for task in TASKS:
             values = np.where(scores["geneval_task"] == task, scores["geneval_correct"], np.nan).astype(np.float64)
-            row |= accuracy_columns(f"geneval_{task}", values)
+            row |= accuracy_columns(f"geneval_{task}", values, units)
         row |= {
             "geneval_detector": spec.detector,
             "geneval_settings": repr(settings),
@@ -139,18 +151,16 @@ class Geneval(Metric):
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
         rows_a, rows_b = paired_rows(a, b)
         left, right = a.scores.iloc[rows_a].reset_index(drop=True), b.scores.iloc[rows_b].reset_index(drop=True)
-        keep = left["geneval_correct"].notna() & right["geneval_correct"].notna()
+        keep = (left["geneval_correct"].notna() & right["geneval_correct"].notna()).to_numpy()
+        units = paired_units(a, rows_a).restricted(keep)
         left, right = left[keep].reset_index(drop=True), right[keep].reset_index(drop=True)
         if left.empty:
             return []
         tasks = left["geneval_task"].to_numpy()
         values_a, values_b = left["geneval_correct"].to_numpy(), right["geneval_correct"].to_numpy()
-        test = stats.paired_bootstrap(
-            lambda chosen_a, chosen_b: (
-                overall_value(values_a[chosen_a], tasks[chosen_a]),
-                overall_value(values_b[chosen_b], tasks[chosen_b]),
-            ),
-            len(values_a),
+        stacked_values, stacked_tasks = np.concatenate([values_a, values_b]), np.concatenate([tasks, tasks])
+        test = paired.set_difference_test(
+            lambda chosen: overall_value(stacked_values[chosen], stacked_tasks[chosen]), units
         )
         rows = [
             comparison_row(
@@ -160,7 +170,8 @@ class Geneval(Metric):
         for task in TASKS:
             chosen = tasks == task
             if chosen.any():
-                task_test = stats.mcnemar_exact(values_a[chosen], values_b[chosen])
+                task_units = units.restricted(chosen)
+                task_test = paired.paired_binary(values_a[chosen], values_b[chosen], task_units)
                 rows.append(
                     comparison_row(f"geneval_{task}", values_a[chosen].mean(), values_b[chosen].mean(), task_test, True)
                 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from suite.core import stats
 from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
 from suite.metrics.distribution import KernelToReference, kid, polynomial_kernel
@@ -15,12 +17,13 @@ def kernel_to(reference, features):
 
 class Kid(Metric):
     name = "kid"
-    description = "kernel inception distance (torchmetrics, mean and std over subsets), bootstrap interval"
+    description = "kernel inception distance (unbiased MMD^2, cubic kernel), bootstrap interval over prompts"
     headline = "kid_mean"
     higher_is_better = False
     display = ".4f"
     needs_reference = True
     best_rank = 4
+    flags = {"kid_mean": "kid_rank_deficient"}  # from no more images than feature dimensions
 
     def former_name(self, column: str) -> str:
         # its interval was named after the metric, not the mean it belongs to
@@ -34,12 +37,17 @@ class Kid(Metric):
         evaluation = point.evaluation
         reference = point.evaluator.reference(evaluation.features)
         features = point.features(evaluation.features)
-        mean, std = kid(features, reference.features)
-        row = {"kid_mean": mean, "kid_std": std}
+        statistic = kernel_to(reference, features)
+        subsets_mean, subsets_std = kid(features, reference.features)
+        row = {
+            "kid_mean": statistic(np.arange(len(features))),  # the estimator the interval resamples
+            "kid_std": subsets_std,
+            "kid_subsets_mean": subsets_mean,  # torchmetrics' mean over random subsets: the same in expectation
+            "kid_rank_deficient": bool(len(features) <= features.shape[1]),
+        }
         if evaluation.set_resamples:
-            statistic = kernel_to(reference, features)
             row |= interval_columns(
-                "kid_mean", stats.bootstrap_interval(statistic, len(features), evaluation.set_resamples)
+                "kid_mean", stats.bootstrap_interval(statistic, point.units, evaluation.set_resamples)
             )
         return row, None
 
@@ -47,4 +55,6 @@ class Kid(Metric):
         network = a.row["features"]
         reference = a.reference(network)
         test = paired_set_test(a, b, network, lambda features: kernel_to(reference, features))
-        return [comparison_row("kid_mean", a.row["kid_mean"], b.row["kid_mean"], test, self.higher_is_better)]
+        comparable = not (a.row.get("kid_rank_deficient", False) or b.row.get("kid_rank_deficient", False))
+        row = comparison_row("kid_mean", a.row["kid_mean"], b.row["kid_mean"], test, self.higher_is_better)
+        return [row | {"comparable": comparable}]

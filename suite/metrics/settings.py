@@ -72,8 +72,9 @@ class Evaluation(Frozen):
     cmmd_features: str = "clip"  # CMMD's CLIP image embeddings
     clip_model: str = "openai-vit-l-14"  # CLIP score
     reference: ReferenceSpec | None = None
-    set_resamples: int = Field(default=200, ge=0, strict=True)  # bootstrap of FID / KID / CMMD; 0: no interval
+    set_resamples: int = Field(default=1000, ge=0, strict=True)  # bootstrap of FID / KID / CMMD; 0: no interval
     fid_inf: bool = Field(default=True, strict=True)  # FID extrapolated to infinitely many images
+    fid_inf_resamples: int = Field(default=200, ge=0, strict=True)  # FID_inf's interval, refitted per resample
     baseline: BaselineSpec | None = None  # suite compare's within-preset baseline; default: the most expensive point
     geneval: GenevalSpec | None = None  # the geneval metric's detector; colours use clip_model, as GenEval does
     pickscore: str | None = None  # the pickscore metric's local CLIPModel + processor folder

@@ -146,6 +146,7 @@ def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> 
     row = {
         "backend": first["backend"],
         "n_images": len(group),  # images with a PNG; non-finite ones are counted in n_non_finite
+        "n_prompts": int(group["prompt_index"].nunique()),  # the unit every interval resamples
         "batch_size": int(first["batch_size"]),
         "device": first["device"],
         "dtype": first["dtype"],
@@ -167,13 +168,17 @@ def timing_columns(group: pd.DataFrame, settings: tuple[StageSettings, ...]) -> 
 
 
 def seconds_interval(group: pd.DataFrame) -> dict[str, Any]:
-    """A percentile bootstrap interval of the median seconds per image, resampling work items (batches)."""
+    """A percentile bootstrap interval of the median seconds per image, resampling work items (batches).
+
+    A clock measures a whole work item, so the item (not the prompt) is the unit a timing varies with.
+    """
     per_item = group.groupby("item_id", sort=False)["seconds_per_image"].median().to_numpy()
-    interval = stats.bootstrap_interval(lambda rows: float(np.median(per_item[rows])), len(per_item))
+    units = stats.Units.each(len(per_item), "work items")
+    interval = stats.bootstrap_interval(lambda rows: float(np.median(per_item[rows])), units, stats.RESAMPLES)
     return {
         "seconds_per_image_median_ci95_low": interval.low,
         "seconds_per_image_median_ci95_high": interval.high,
-        "seconds_per_image_median_interval": interval.method.replace("generated images", "work items"),
+        "seconds_per_image_median_interval": interval.method,
     }
 
 

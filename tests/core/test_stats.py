@@ -8,7 +8,7 @@ import pytest
 from scipy import linalg
 from scipy import stats as scipy_stats
 
-from suite.core import stats
+from suite.core import paired, stats
 from suite.metrics.distribution import FrechetToReference
 
 
@@ -43,10 +43,10 @@ def test_permutation_and_mcnemar_p_values_are_uniform_under_the_null():
     for repetition in range(200):
         a = rng.normal(size=40)
         permutation.append(
-            stats.paired_permutation(a, a + rng.normal(size=40), permutations=999, seed=repetition).p_value
+            paired.paired_permutation(a, a + rng.normal(size=40), permutations=999, seed=repetition).p_value
         )
         x, y = rng.random(80) < 0.5, rng.random(80) < 0.5
-        mcnemar.append(stats.mcnemar_exact(x, y).p_value)
+        mcnemar.append(paired.paired_binary(x, y).p_value)
     assert scipy_stats.kstest(permutation, "uniform").pvalue > 0.01
     # The exact test is discrete (many p = 1), so its p-values cannot be exactly uniform; they must not be
     # anti-conservative: the one-sided KS test of "P(p <= x) > x somewhere" must not reject.
@@ -57,22 +57,26 @@ def test_permutation_and_mcnemar_p_values_are_uniform_under_the_null():
 def test_a_planted_difference_is_rejected():
     rng = np.random.default_rng(3)
     a = rng.normal(size=60)
-    shifted = stats.paired_permutation(a, a + 0.5 + 0.5 * rng.normal(size=60))
+    shifted = paired.paired_permutation(a, a + 0.5 + 0.5 * rng.normal(size=60))
     assert shifted.p_value < 0.001 and shifted.low > 0
     worse, better = rng.random(100) < 0.5, rng.random(100) < 0.9
-    test = stats.mcnemar_exact(worse, better)
+    test = paired.paired_binary(worse, better)
     assert test.p_value < 0.001 and test.low > 0 and test.difference == pytest.approx(better.mean() - worse.mean())
+    stacked = np.concatenate([a, a + 0.5 + 0.5 * rng.normal(size=60)])
+    test = paired.set_difference_test(lambda rows: float(stacked[rows].mean()), stats.Units.each(60), resamples=500)
+    assert test.p_value <= 1 / 501 and test.low > 0 and test.p_resolution == 1 / 501
 
 
 def test_a_point_compared_with_itself_differs_by_zero_with_p_one():
     values = np.random.default_rng(4).normal(size=30)
-    assert (stats.paired_permutation(values, values).difference, stats.paired_permutation(values, values).p_value) == (
+    assert (paired.paired_permutation(values, values).difference, paired.paired_permutation(values, values).p_value) == (
         0.0,
         1.0,
     )
     answers = values > 0
-    assert (stats.mcnemar_exact(answers, answers).difference, stats.mcnemar_exact(answers, answers).p_value) == (0, 1)
-    test = stats.paired_bootstrap(lambda ia, ib: (float(values[ia].mean()), float(values[ib].mean())), 30)
+    assert (paired.paired_binary(answers, answers).difference, paired.paired_binary(answers, answers).p_value) == (0, 1)
+    stacked = np.concatenate([values, values])
+    test = paired.set_difference_test(lambda rows: float(stacked[rows].mean()), stats.Units.each(30), resamples=200)
     assert (test.difference, test.p_value, test.low, test.high) == (0.0, 1.0, 0.0, 0.0)
 
 
@@ -85,9 +89,11 @@ def test_holm_matches_the_step_down_definition():
 
 
 def test_fid_inf_on_gaussians_is_closer_to_the_true_fid_than_fid_at_64_images():
-    """Chong & Forsyth: FID at n images is biased by about k / n; extrapolating to 1/n = 0 removes most of it."""
+    """Chong & Forsyth: FID at n images is biased by about k / n; extrapolating to 1/n = 0 removes most of it.
+
+    With 16 dimensions the fit runs from 17 to 64 images (n / 10 would be below the dimension), 3.8x apart."""
     rng = np.random.default_rng(5)
-    dimension = 32
+    dimension = 16
     a, b = rng.normal(size=(2, dimension, dimension))
     covariance_g, covariance_r = (
         a @ a.T / dimension + 0.5 * np.eye(dimension),
@@ -107,7 +113,9 @@ def test_fid_inf_on_gaussians_is_closer_to_the_true_fid_than_fid_at_64_images():
         errors_64.append(abs(distance(generated) - true))
         errors_inf.append(
             abs(
-                stats.fid_infinity(lambda rows, sample=generated: distance(sample[rows]), 64, seed=repetition).value
+                stats.fid_infinity(
+                    lambda rows, sample=generated: distance(sample[rows]), 64, dimension, seed=repetition
+                ).value
                 - true
             )
         )

@@ -30,6 +30,10 @@ class AblationConfig(BaseModel):
     sweep: dict[str, Any]  # an ordinary sweep without ``presets`` (the cells are its presets)
     timing: TimingSettings = TimingSettings()
     resamples: int = Field(1000, ge=100)  # bootstrap resamples of every contrast
+    # Holm families: name -> the kinds of contrast (main, interaction, simple) adjusted together, fixed here
+    families: dict[str, list[str]] = Field(
+        default_factory=lambda: {"main effects and interaction": ["main", "interaction"], "simple effects": ["simple"]}
+    )
     notes: list[str] = Field(default_factory=list)  # what the report must say about the design (shared parts, ...)
     name: str = ""  # the file's stem, filled in by ``load_ablation``
 
@@ -60,7 +64,7 @@ MEASURES = (
 )
 
 
-MAIN_EFFECTS = ("main", "interaction")  # kinds of contrast tested as one Holm family; simple effects are another
+KINDS = ("main", "interaction", "simple")  # the kinds of contrast ``contrasts`` returns
 
 
 def load_ablation(path: Path) -> AblationConfig:
@@ -73,6 +77,9 @@ def load_ablation(path: Path) -> AblationConfig:
     wanted = {(a, b) for a in next(iter(factors.values())) for b in list(factors.values())[1]}
     if len(config.cells) != 4 or combinations != wanted:
         raise UserError(f"{path}: cells: give one preset for each of the 4 level combinations of {list(factors)}")
+    named = [kind for kinds in config.families.values() for kind in kinds]
+    if sorted(named) != sorted(KINDS):
+        raise UserError(f"{path}: families: name each kind of contrast {list(KINDS)} in exactly one family")
     if "presets" in config.sweep:
         raise UserError(f"{path}: sweep.presets: leave it out; the sweep runs the cells' presets")
     resolved = ablation_sweep(config, path.parent)

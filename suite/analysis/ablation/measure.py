@@ -12,7 +12,6 @@ import yaml
 
 from suite.analysis.ablation.design import (
     DATA,
-    MAIN_EFFECTS,
     MEASURES,
     AblationConfig,
     Measure,
@@ -23,6 +22,7 @@ from suite.analysis.ablation.design import (
 )
 from suite.analysis.claims.common import device_name, median_row
 from suite.analysis.compare import load_records
+from suite.core import paired as paired_tests
 from suite.core import stats
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_bytes
@@ -64,9 +64,7 @@ class PairedCells:
             for cell in self.cells
         }
         self.records = records
-        prompts = common.get_level_values("prompt_index").to_numpy()
-        self.units, self.unit_of_row = np.unique(prompts, return_inverse=True)
-        self.members = [np.flatnonzero(self.unit_of_row == unit) for unit in range(len(self.units))]
+        self.units = stats.Units.of(common.get_level_values("prompt_index").to_numpy())
 
     def scores(self, cell: str) -> pd.DataFrame:
         return self.records[cell].scores.iloc[self.rows[cell]].reset_index(drop=True)
@@ -85,18 +83,11 @@ class PairedCells:
             return self._fid_statistic()
         values = np.stack([self.values(cell, measure) for cell in self.cells])
         asked = ~np.isnan(values)
-        sums = np.stack(
-            [
-                np.bincount(self.unit_of_row, np.where(row_asked, row, 0.0), len(self.units))
-                for row, row_asked in zip(values, asked)
-            ]
-        )
-        counts = np.stack(
-            [np.bincount(self.unit_of_row, row_asked.astype(np.float64), len(self.units)) for row_asked in asked]
-        )
+        sums = np.stack([self.units.sums(np.where(row_asked, row, 0.0)) for row, row_asked in zip(values, asked)])
+        counts = np.stack([self.units.sums(row_asked.astype(np.float64)) for row_asked in asked])
 
         def of(chosen: np.ndarray) -> np.ndarray:
-            weights = np.bincount(chosen, minlength=len(self.units)).astype(np.float64)
+            weights = np.bincount(chosen, minlength=self.units.count).astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 return (sums @ weights) / (counts @ weights)
 
@@ -109,28 +100,29 @@ class PairedCells:
         features = [self.records[cell].features(network)[self.rows[cell]] for cell in self.cells]
 
         def of(chosen: np.ndarray) -> np.ndarray:
-            picked = np.concatenate([self.members[unit] for unit in chosen])
+            picked = self.units.rows(chosen)
             return np.asarray([distance(cell_features[picked]) for cell_features in features])
 
         return of
 
 
 def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFrame) -> pd.DataFrame:
-    """Each measure of each cell with its 95% interval: BCa bootstrap of per-image means (``stats.mean_interval``),
-    and FID's bootstrap interval from the evaluation."""
+    """Each measure of each cell with its 95% interval over prompts: BCa bootstrap of per-image means
+    (``stats.mean_interval``), and FID's bootstrap interval from the evaluation; ``n`` images, ``n_prompts`` prompts."""
     rows = []
     for preset in paired.cells:
         point = metrics[metrics["preset"] == preset].iloc[0]
         for measure in MEASURES:
             if measure.per_image:
                 values = paired.values(preset, measure)
-                values = values[~np.isnan(values)]
-                interval = stats.mean_interval(values)
-                value, n = (float(values.mean()) if len(values) else np.nan), len(values)
+                asked = ~np.isnan(values)
+                interval = stats.mean_interval(values, paired.units)
+                value = float(values[asked].mean()) if asked.any() else np.nan
+                n, n_prompts = int(asked.sum()), paired.units.restricted(asked).count
                 low, high, method = interval.low, interval.high, interval.method
             else:
                 value, low, high = point["fid"], point.get("fid_ci95_low"), point.get("fid_ci95_high")
-                n, method = point["fid_n"], point.get("fid_interval")
+                n, n_prompts, method = point["fid_n"], paired.units.count, point.get("fid_interval")
             rows.append(
                 {
                     "cell": preset,
@@ -141,6 +133,7 @@ def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFram
                     "value_ci95_low": low,
                     "value_ci95_high": high,
                     "n": n,
+                    "n_prompts": n_prompts,
                     "value_interval": method,
                 }
             )
@@ -148,13 +141,16 @@ def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFram
 
 
 def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
-    """Every contrast of every measure, with its bootstrap interval; Holm within main effects + interactions and
-    within simple effects."""
-    rows = []
+    """Every contrast of every measure, with its bootstrap interval over prompts; Holm within each family the
+    ablation file names (``families``, each across every measure), and each estimate's interval at its family's Bonferroni width."""
+    family_of = {kind: family for family, kinds in config.families.items() for kind in kinds}
+    rows, widen = [], []
     for measure in MEASURES:
         statistic = paired.statistic(measure)
+        prompts = measured_prompts(paired, measure)
         for effect, kind, reads, weights in contrasts(config):
-            test = stats.contrast_bootstrap(statistic, weights, len(paired.units), config.resamples)
+            test = paired_tests.contrast_bootstrap(statistic, weights, paired.units.count, config.resamples)
+            widen.append(test.interval_at)
             rows.append(
                 {
                     "measure": measure.column,
@@ -162,20 +158,35 @@ def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
                     "higher_is_better": measure.higher_is_better,
                     "effect": effect,
                     "kind": kind,
+                    "family": family_of[kind],
                     "reads": reads,
                     "estimate": test.difference,
                     "estimate_ci95_low": test.low,
                     "estimate_ci95_high": test.high,
                     "p_value": test.p_value,
-                    "n_prompts": test.n_pairs,
-                    "method": test.test,
+                    "p_resolution": test.p_resolution,
+                    "n_prompts": prompts,
+                    "method": test.test.replace(f"{paired.units.count} units", f"{paired.units.count} prompts"),
                 }
             )
     table = pd.DataFrame(rows)
     table["p_holm"] = np.nan
-    for family in (table["kind"].isin(MAIN_EFFECTS), table["kind"] == "simple"):
-        table.loc[family, "p_holm"] = stats.holm(table.loc[family, "p_value"].to_numpy())
+    table["estimate_family_ci95_low"], table["estimate_family_ci95_high"] = np.nan, np.nan
+    for _, family in table.groupby("family", sort=False):  # a family spans every measure
+        table.loc[family.index, "p_holm"] = stats.holm(family["p_value"].to_numpy())
+        confidence = stats.family_confidence(len(family))
+        for index in family.index:
+            low, high = widen[index](confidence)
+            table.loc[index, ["estimate_family_ci95_low", "estimate_family_ci95_high"]] = low, high
     return table
+
+
+def measured_prompts(paired: PairedCells, measure: Measure) -> int:
+    """How many prompts a measure reads (its categories' prompts): the unit count behind its intervals."""
+    if not measure.per_image:
+        return paired.units.count
+    asked = ~np.isnan(np.stack([paired.values(cell, measure) for cell in paired.cells])).all(axis=0)
+    return paired.units.restricted(asked).count
 
 
 def cost_tables(
@@ -214,7 +225,7 @@ def cost_tables(
 
     rows = []
     for effect, kind, reads, weights in contrasts(config):
-        test = stats.contrast_bootstrap(log_median, weights, repeats, config.resamples)
+        test = paired_tests.contrast_bootstrap(log_median, weights, repeats, config.resamples)
         flops_ratio = float(np.exp(np.dot(weights, np.log([flops[preset] for preset in cells]))))
         rows.append(
             {

@@ -22,7 +22,7 @@ from suite.analysis.ablation.design import DATA, MEASURES
 from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
 from suite.analysis.report.tables import with_interval
 from suite.core.files import atomic_write_text
-from suite.core.stats import ALPHA
+from suite.core.stats import ALPHA, format_p
 
 FIGURE = Path("figures") / "interaction.png"
 
@@ -50,7 +50,10 @@ def _effect_text(row, spec: str) -> str:
     """``+0.12 [0.05, 0.19] (better, Holm p 0.001)``: the direction from the measure's orientation."""
     text = with_interval(row.estimate, row.estimate_ci95_low, row.estimate_ci95_high, spec)
     better = (row.estimate > 0) == bool(row.higher_is_better)
-    return f"{text} ({'better' if better else 'worse'}, Holm p {row.p_holm:.2g})"
+    holm = f"{row.p_holm:.2g}"
+    if getattr(row, "p_resolution", 0) and row.p_holm <= row.p_resolution:  # below what the resamples resolve
+        holm = format_p(row.p_holm, row.p_resolution)
+    return f"{text} ({'better' if better else 'worse'}, Holm p {holm})"
 
 
 def verdict_lines(config: dict, effects: pd.DataFrame, cost_effects: pd.DataFrame) -> list[str]:
@@ -100,19 +103,34 @@ def _two_by_two(config: dict, cells: pd.DataFrame, measure: str) -> pd.DataFrame
 
 
 def _effects_for(effects: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """A measure's effects; data measured at the prompt unit also show the prompts, the family (Bonferroni-wide)
+    interval beside Holm's p, and p-values below what the resamples resolve as "< 1/B"."""
     spec = _display(measure)
     rows = effects[effects["measure"] == measure]
-    return pd.DataFrame(
-        {
-            "effect": rows["effect"],
-            "reads": rows["reads"],
-            "estimate [95% CI]": [
-                with_interval(r.estimate, r.estimate_ci95_low, r.estimate_ci95_high, spec) for r in rows.itertuples()
+    table = {
+        "effect": rows["effect"],
+        "reads": rows["reads"],
+        "estimate [95% CI]": [
+            with_interval(r.estimate, r.estimate_ci95_low, r.estimate_ci95_high, spec) for r in rows.itertuples()
+        ],
+        "p": rows["p_value"].map(lambda value: f"{value:.2g}"),
+        "p (Holm)": rows["p_holm"].map(lambda value: f"{value:.2g}"),
+    }
+    if "estimate_family_ci95_low" in rows:
+        family_sizes = effects.groupby("family")["family"].transform("size").loc[rows.index]
+        table |= {
+            "p": [format_p(r.p_value, r.p_resolution) for r in rows.itertuples()],
+            "family": rows["family"],
+            "family CI (Bonferroni)": [
+                with_interval(r.estimate, r.estimate_family_ci95_low, r.estimate_family_ci95_high, spec)
+                for r in rows.itertuples()
             ],
-            "p": rows["p_value"].map(lambda value: f"{value:.2g}"),
-            "p (Holm)": rows["p_holm"].map(lambda value: f"{value:.2g}"),
+            "p (Holm)": [
+                format_p(r.p_holm, min(1.0, r.p_resolution * size)) for r, size in zip(rows.itertuples(), family_sizes)
+            ],
+            "prompts": rows["n_prompts"],
         }
-    )
+    return pd.DataFrame(table)
 
 
 def interaction_figure(config: dict, cells: pd.DataFrame, report: Path) -> Path:

@@ -32,7 +32,7 @@ from suite.analysis.claims.common import (
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
 from suite.analysis.claims.report import save_figure
 from suite.analysis.report.render import Figure, Table, Text
-from suite.core import stats
+from suite.core import paired, stats
 from suite.core.stats import ALPHA
 from suite.toy.score import score_prompt_image
 from suite.toy.world import parse_caption
@@ -90,10 +90,11 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
     summary = []
     for (family, side), rows in per_image.groupby(["family", "side"], sort=True):
         rows = rows.dropna(subset=["bleed", "chance"])
-        versus_chance = stats.paired_permutation(rows["chance"], rows["bleed"])
+        units = stats.Units.of(rows["prompt_index"].to_numpy())
+        versus_chance = paired.paired_permutation(rows["chance"], rows["bleed"], units)
         correct, wrong = rows.loc[rows["binding"] == 1, "bleed"], rows.loc[rows["binding"] == 0, "bleed"]
         row = {"family": family, "side": side, "images": len(rows)}
-        row |= mean_row("bleed", rows["bleed"].to_numpy()) | mean_row("chance", rows["chance"].to_numpy())
+        row |= mean_row("bleed", rows["bleed"].to_numpy(), units) | mean_row("chance", rows["chance"].to_numpy(), units)
         row |= {
             "bleed_minus_chance": versus_chance.difference,
             "bleed_minus_chance_ci95_low": versus_chance.low,
@@ -101,7 +102,7 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
             "bleed_minus_chance_p": versus_chance.p_value,
             "text_mass": float(rows["text_mass"].mean()),
             "binding_errors": len(wrong),
-            **proportion_row("binding", rows["binding"].to_numpy(dtype=float)),
+            **proportion_row("binding", rows["binding"].to_numpy(dtype=float), units),
         }
         if len(correct) >= 2 and len(wrong) >= 2:
             test = scipy_stats.permutation_test(

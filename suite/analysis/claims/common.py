@@ -18,7 +18,7 @@ from suite.analysis.bench import processor_name
 from suite.analysis.claims.claim_file import ClaimConfig, claim_sweep
 from suite.analysis.report.render import Section
 from suite.analysis.report.tables import with_interval
-from suite.core import stats
+from suite.core import paired, stats
 from suite.core.errors import UserError
 from suite.core.stats import ALPHA
 from suite.model.presets import PRESETS
@@ -133,17 +133,18 @@ def interval_row(prefix: str, interval: stats.Interval, value: float) -> dict[st
     return {prefix: value, f"{prefix}_ci95_low": interval.low, f"{prefix}_ci95_high": interval.high}
 
 
-def proportion_row(prefix: str, values: np.ndarray) -> dict[str, float]:
-    values = values[~np.isnan(values)]
-    interval = stats.wilson_interval(int(values.sum()), len(values))
-    return interval_row(prefix, interval, float(values.mean()) if len(values) else math.nan) | {
-        f"{prefix}_n": len(values)
-    }
-
-
-def mean_row(prefix: str, values: np.ndarray) -> dict[str, float]:
+def proportion_row(prefix: str, values: np.ndarray, units: stats.Units | None = None) -> dict[str, float]:
+    """A share of 0/1 answers with its Wilson interval (at the effective sample size when ``units`` group them)."""
     values = np.asarray(values, dtype=np.float64)
-    return interval_row(prefix, stats.mean_interval(values), float(np.nanmean(values)))
+    interval = stats.share_interval(values, units)
+    asked = values[~np.isnan(values)]
+    return interval_row(prefix, interval, float(asked.mean()) if len(asked) else math.nan) | {f"{prefix}_n": len(asked)}
+
+
+def mean_row(prefix: str, values: np.ndarray, units: stats.Units | None = None) -> dict[str, float]:
+    """A mean with its BCa interval, resampling ``units`` (prompts) when given."""
+    values = np.asarray(values, dtype=np.float64)
+    return interval_row(prefix, stats.mean_interval(values, units), float(np.nanmean(values)))
 
 
 def median_row(prefix: str, values) -> dict[str, float]:
@@ -179,8 +180,9 @@ def paired_tests(images: pd.DataFrame, reference: tuple, candidates: list[tuple]
     rows = []
     for candidate in candidates:
         other = indexed.loc[candidate].reindex(base.index)
-        exact = stats.mcnemar_exact(base["toy_correct"], other["toy_correct"])
-        clip = stats.paired_permutation(base["clip_score"], other["clip_score"])
+        units = stats.Units.of(base.index.get_level_values("prompt_index"))
+        exact = paired.paired_binary(base["toy_correct"], other["toy_correct"], units)
+        clip = paired.paired_permutation(base["clip_score"], other["clip_score"], units)
         rows.append(
             dict(zip(keys, candidate))
             | {
@@ -193,6 +195,7 @@ def paired_tests(images: pd.DataFrame, reference: tuple, candidates: list[tuple]
                 "clip_difference_ci95_high": clip.high,
                 "clip_p": clip.p_value,
                 "n_pairs": exact.n_pairs,
+                "n_prompts": exact.n_prompts,
             }
         )
     table = pd.DataFrame(rows)

@@ -30,7 +30,7 @@ from suite.analysis.claims.report import copy_image, errorbar, save_figure
 from suite.analysis.claims.saturation import MEASURES, saturation_scores
 from suite.analysis.report.render import Figure, Table, Text
 from suite.analysis.report.tables import with_interval
-from suite.core import stats
+from suite.core import paired, stats
 from suite.core.stats import ALPHA
 from suite.toy.world import sample_batch
 
@@ -62,8 +62,9 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
 
     def prompt_following(name: str, base: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
         other = other.reindex(base.index)
-        exact = stats.mcnemar_exact(base["toy_correct"], other["toy_correct"])
-        clip = stats.paired_permutation(base["clip_score"], other["clip_score"])
+        units = stats.Units.of(base.index.get_level_values("prompt_index"))
+        exact = paired.paired_binary(base["toy_correct"], other["toy_correct"], units)
+        clip = paired.paired_permutation(base["clip_score"], other["clip_score"], units)
         return {
             f"exact_vs_{name}": exact.difference,
             f"exact_vs_{name}_ci95_low": exact.low,
@@ -88,8 +89,10 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
             if unconditional is not None and guidance == 1.0:
                 row |= prompt_following("unconditional", unconditional, other)
             for measure_name in MEASURES:
-                test = stats.paired_permutation(
-                    base_reference[measure_name], other.reindex(base_reference.index)[measure_name]
+                test = paired.paired_permutation(
+                    base_reference[measure_name],
+                    other.reindex(base_reference.index)[measure_name],
+                    stats.Units.of(base_reference.index.get_level_values("prompt_index")),
                 )
                 row |= {
                     f"{measure_name}_vs_reference": test.difference,

@@ -35,10 +35,12 @@ def _formats() -> dict[str, str]:
 
 METRICS_NOTE = (
     "Each number is shown with its 95% interval in brackets; the method of each interval is in metrics.csv "
-    "(`*_interval`): BCa bootstrap over images for per-image means (CLIP score, toy accuracies, which also get "
-    "Wilson intervals), bootstrap over the generated images with the reference fixed for FID, KID and CMMD "
-    "(percentiles shifted by the bootstrap's bias estimate). fid_inf is FID extrapolated to infinitely many images (Chong & Forsyth 2020). † marks FID computed "
-    "from no more images than feature dimensions: its covariance is singular and the number is biased upward."
+    "(`*_interval`). Every interval resamples prompts with all of their seeds, so it covers the variation of "
+    "both prompts and seeds: BCa bootstrap for per-image means (CLIP score, toy accuracies, which also get "
+    "Wilson intervals at the effective sample size), bias-shifted percentile bootstrap with the reference fixed "
+    "for FID, KID and CMMD (FID at this n, not at infinitely many images). fid_inf is FID extrapolated to "
+    "infinitely many images (Chong & Forsyth 2020), refitted on every resample. † marks FID, KID or CMMD "
+    "from no more images than feature dimensions: not comparable with anything."
 )
 BUDGETS_NOTE = (
     "Budgets are quantiles of the measured median seconds per image. Within a budget, every point not "
@@ -75,9 +77,11 @@ def _comparisons_section(run: RunFolder) -> Section:
     shown = comparisons[(comparisons["kind"] == "across presets") | (comparisons["p_holm"] < ALPHA)]
     note = (
         f"Paired tests (b - a) from comparisons.csv ({len(comparisons)} rows; shown: every cross-preset row and "
-        f"every significant one, at most {SHOWN_COMPARISONS}). Per-image scores: paired permutation test; "
-        "exact match: exact McNemar; FID / KID / CMMD: paired bootstrap resampling prompts for both points. "
-        "p_holm is Holm-Bonferroni adjusted across the whole table."
+        f"every significant one, at most {SHOWN_COMPARISONS}). Every test works at the unit of the prompt: "
+        "per-image scores, sign-flip test of whole prompts; exact match, exact sign-flip test of each prompt's "
+        "discordant count (McNemar's with one seed per prompt) with Newcombe's score interval; FID / KID / CMMD, "
+        "permutation test swapping whole prompts, bootstrap over prompts for the interval. p_holm is Holm-Bonferroni "
+        "within each family (kind of comparison x metric); the family interval is Bonferroni-wide at its size."
     )
     blocks += [
         Text(note),

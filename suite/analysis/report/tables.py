@@ -176,19 +176,38 @@ def _findings(rows: pd.DataFrame, vary: str) -> str:
 
 
 def comparisons_table(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The comparisons as the report shows them: which points, which number, the difference with its interval."""
+    """The comparisons as the report shows them: which points, which number, the difference with its interval,
+    the family's (Bonferroni-wide) interval beside Holm's p, and p-values as far as their resamples resolve them."""
+    rows = list(comparisons.iterrows())
+
+    def family(row: pd.Series) -> str:
+        if "difference_family_ci95_low" not in row or pd.isna(row["difference_family_ci95_low"]):
+            return ""
+        return with_interval(
+            row["difference"], row["difference_family_ci95_low"], row["difference_family_ci95_high"], "+.3g"
+        )
+
+    def p(row: pd.Series, column: str) -> str:
+        resolution = row.get("p_resolution", 0.0)
+        resolution = 0.0 if pd.isna(resolution) else float(resolution)
+        if column == "p_holm" and resolution:
+            resolution *= row.get("family_size", 1) or 1
+        return stats.format_p(row[column], min(resolution, 1.0))
+
     shown = pd.DataFrame(
         {
             "kind": comparisons["kind"],
-            "a": [f"{row['a_preset']} / {_label(_side(row, 'a'))}" for _, row in comparisons.iterrows()],
-            "b": [f"{row['b_preset']} / {_label(_side(row, 'b'))}" for _, row in comparisons.iterrows()],
+            "a": [f"{row['a_preset']} / {_label(_side(row, 'a'))}" for _, row in rows],
+            "b": [f"{row['b_preset']} / {_label(_side(row, 'b'))}" for _, row in rows],
             "metric": comparisons["metric"],
             "b - a (95% CI)": [
                 with_interval(row["difference"], row["difference_ci95_low"], row["difference_ci95_high"], "+.3g")
-                for _, row in comparisons.iterrows()
+                for _, row in rows
             ],
-            "p": comparisons["p_value"],
-            "p_holm": comparisons["p_holm"],
+            "p": [p(row, "p_value") for _, row in rows],
+            "family CI (Bonferroni)": [family(row) for _, row in rows],
+            "p_holm": [p(row, "p_holm") for _, row in rows],
+            "prompts": comparisons.get("n_prompts", ""),
             "verdict": comparisons["verdict"],
         }
     )

@@ -1,0 +1,258 @@
+"""Paired tests between two grid points that share prompts and seeds, at the unit of the prompt.
+
+Under the null hypothesis the two points are exchangeable *within each prompt*, so every test here swaps
+or sign-flips whole prompts (all of their seeds together), and every interval resamples prompts:
+
+- ``paired_permutation``: per-image scores; mean of b - a, BCa interval over prompts, sign-flip test of
+  the prompts' summed differences;
+- ``paired_binary``: 0/1 answers; difference of shares with Newcombe's score interval (method 10) at the
+  effective sample size, and an exact sign-flip test of the prompts' discordant counts (a clustered McNemar
+  test; with one seed per prompt it is the exact McNemar test);
+- ``set_difference_test``: a set statistic (FID, KID, CMMD, GenEval overall); bootstrap over prompts for the
+  interval, a permutation test that swaps a whole prompt's images between the points for p;
+- ``contrast_bootstrap``: any contrast over k paired sets (a 2x2 design's main effects, interaction),
+  resampling prompts jointly; p from the bootstrap standard error, where no permutation test exists.
+
+Each ``PairedTest`` carries ``p_resolution``, the smallest p its resamples can support (0: exact), and can
+give its interval at a family's Bonferroni confidence from the same resamples (``interval_at``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
+
+from suite.core.stats import (
+    CONFIDENCE,
+    PERMUTATIONS,
+    SEED,
+    SET_RESAMPLES,
+    Units,
+    design_effect,
+    mean_interval,
+    units_or_each,
+)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison: difference (b - a), its interval, a two-sided p-value, and what it was computed over."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    n_pairs: int  # images compared in pairs
+    test: str
+    n_prompts: int = 0  # the units resampled and permuted
+    p_resolution: float = 0.0  # smallest p the resamples can support (0: exact)
+    at: Callable[[float], tuple[float, float]] | None = field(default=None, compare=False, repr=False)
+
+    def interval_at(self, confidence: float) -> tuple[float, float]:
+        """The interval at another confidence (a family's Bonferroni width), from the same resamples."""
+        if self.at is None or not math.isfinite(self.low):
+            return self.low, self.high
+        return self.at(confidence)
+
+
+def _kept(a, b, units: Units | None) -> tuple[np.ndarray, np.ndarray, Units]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    units = units_or_each(units, len(a))
+    keep = ~(np.isnan(a) | np.isnan(b))
+    return a[keep], b[keep], units.restricted(keep)
+
+
+def paired_permutation(
+    a: Sequence[float],
+    b: Sequence[float],
+    units: Units | None = None,
+    permutations: int = PERMUTATIONS,
+    seed: int = SEED,
+) -> PairedTest:
+    """Mean of ``b - a`` with a BCa interval over prompts, and a sign-flip permutation test that flips each prompt's
+    summed difference as a whole (one seed per prompt: the usual paired sign-flip test)."""
+    a, b, units = _kept(a, b, units)
+    differences = b - a
+    n = len(differences)
+    name = f"paired sign-flip test over {units.describe()} ({permutations}), BCa interval over {units.name}"
+    if units.count < 2:
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, n, name, units.count)
+    interval = mean_interval(differences, units, seed=seed)
+    if np.all(differences == 0):
+        return PairedTest(0.0, 0.0, 0.0, 1.0, n, name, units.count, at=lambda level: (0.0, 0.0))
+    result = stats.permutation_test(
+        (units.sums(differences),),
+        lambda sums, axis=-1: np.sum(sums, axis=axis) / n,
+        permutation_type="samples",
+        n_resamples=permutations,
+        vectorized=True,
+        alternative="two-sided",
+        random_state=np.random.default_rng(seed),
+    )
+    exact = 2**units.count <= permutations
+    return PairedTest(
+        float(differences.mean()),
+        interval.low,
+        interval.high,
+        float(result.pvalue),
+        n,
+        name,
+        units.count,
+        0.0 if exact else 1 / (permutations + 1),
+        interval.at_confidence,
+    )
+
+
+def sign_flip_exact(totals: np.ndarray) -> float:
+    """Two-sided p of the exact sign-flip test of integer per-prompt totals: P(|sum of +-t_u| >= |sum of t_u|).
+
+    With every |t_u| <= 1 this is the exact McNemar test (a binomial test of the discordant pairs);
+    otherwise the permutation distribution is built exactly, one prompt at a time.
+    """
+    totals = np.asarray(totals, dtype=np.int64)
+    totals = totals[totals != 0]
+    observed = abs(int(totals.sum()))
+    if len(totals) == 0:
+        return 1.0
+    if np.all(np.abs(totals) == 1):
+        return float(stats.binomtest(int(np.sum(totals > 0)), len(totals)).pvalue)
+    span = int(np.abs(totals).sum())
+    distribution = np.zeros(2 * span + 1)
+    distribution[span] = 1.0  # index = value + span
+    for magnitude in np.abs(totals):
+        shifted = np.zeros_like(distribution)
+        shifted[magnitude:] += 0.5 * distribution[:-magnitude]
+        shifted[:-magnitude] += 0.5 * distribution[magnitude:]
+        distribution = shifted
+    values = np.arange(-span, span + 1)
+    return float(min(1.0, distribution[np.abs(values) >= observed].sum()))
+
+
+def newcombe_interval(
+    both: float, only_a: float, only_b: float, neither: float, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Newcombe's score interval (1998, method 10) of a difference of paired proportions, p_b - p_a.
+
+    Wilson intervals of both marginal shares, combined by square-and-add with the (continuity-corrected) phi
+    correlation of the paired answers; never degenerate at zero discordant pairs. Counts may be fractional (effective counts under clustering).
+    """
+    n = both + only_a + only_b + neither
+    p_b, p_a = (both + only_b) / n, (both + only_a) / n
+    low_b, high_b = proportion_confint(both + only_b, n, alpha=1 - confidence, method="wilson")
+    low_a, high_a = proportion_confint(both + only_a, n, alpha=1 - confidence, method="wilson")
+    margins = (both + only_b) * (only_a + neither) * (both + only_a) * (only_b + neither)
+    # phi, continuity-corrected as Newcombe defines it: a positive cross-product shrinks by n/2, to no less than 0
+    cross = both * neither - only_b * only_a
+    corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = corrected / math.sqrt(margins) if margins > 0 else 0.0
+    below = math.sqrt(max((p_b - low_b) ** 2 - 2 * phi * (p_b - low_b) * (high_a - p_a) + (high_a - p_a) ** 2, 0.0))
+    above = math.sqrt(max((high_b - p_b) ** 2 - 2 * phi * (high_b - p_b) * (p_a - low_a) + (p_a - low_a) ** 2, 0.0))
+    difference = p_b - p_a
+    return float(difference - below), float(difference + above)
+
+
+def paired_binary(a: Sequence[float], b: Sequence[float], units: Units | None = None) -> PairedTest:
+    """Difference of paired shares of 0/1 answers (b - a): Newcombe's interval at n / design effect, and the exact
+    sign-flip test of each prompt's discordant count (b right, a wrong minus a right, b wrong)."""
+    a, b, units = _kept(a, b, units)
+    a, b = a.astype(bool), b.astype(bool)
+    n = len(a)
+    test = "exact McNemar" if units.singletons else f"exact sign-flip test of discordant counts over {units.describe()}"
+    if n == 0:
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, test, 0)
+    both, only_a, only_b = int(np.sum(a & b)), int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    neither = n - both - only_a - only_b
+    differences = b.astype(np.float64) - a.astype(np.float64)
+    deff = design_effect(differences, units)
+    name = f"{test}; Newcombe score interval" + (f" at n / {deff:.2f} (design effect)" if deff != 1.0 else "")
+    p_value = sign_flip_exact(np.rint(units.sums(differences)).astype(np.int64))
+
+    def at(level: float) -> tuple[float, float]:
+        return newcombe_interval(both / deff, only_a / deff, only_b / deff, neither / deff, level)
+
+    low, high = at(CONFIDENCE)
+    return PairedTest((only_b - only_a) / n, low, high, p_value, n, name, units.count, 0.0, at)
+
+
+def set_difference_test(
+    statistic: Callable[[np.ndarray], float],
+    units: Units,
+    resamples: int = SET_RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
+    """A set statistic of b minus the same of a, where ``statistic(rows)`` reads the two points' images stacked:
+    rows 0..n-1 are a's, n..2n-1 b's, row i and n + i one pair (same prompt and seed); ``units`` labels the n pairs.
+
+    Interval: bootstrap over prompts (both points resampled jointly), bias-shifted percentiles. p: permutation
+    test that swaps a whole prompt's images between a and b (valid when, under the null, the points are
+    exchangeable within each prompt); (1 + count) / (1 + resamples), so never below 1 / (resamples + 1).
+    """
+    n = units.n
+    first, second = np.arange(n), n + np.arange(n)
+    estimate = float(statistic(second) - statistic(first))
+    rng = np.random.default_rng(seed)
+    resampled = []
+    for _ in range(resamples):
+        rows = units.rows(rng.integers(0, units.count, units.count))
+        resampled.append(statistic(n + rows) - statistic(rows))
+    resampled = np.asarray(resampled, dtype=np.float64)
+    bias = float(np.nanmean(resampled)) - estimate
+    extreme = 0
+    for _ in range(resamples):
+        swapped = (rng.random(units.count) < 0.5)[units.of_value]
+        left, right = np.where(swapped, second, first), np.where(swapped, first, second)
+        extreme += abs(statistic(right) - statistic(left)) >= abs(estimate) * (1 - 1e-12)
+    p_value = (extreme + 1) / (resamples + 1)
+
+    def at(level: float) -> tuple[float, float]:
+        low, high = np.nanquantile(resampled, [(1 - level) / 2, (1 + level) / 2]) - bias
+        return float(low), float(high)
+
+    low, high = at(CONFIDENCE)
+    name = (
+        f"permutation test swapping whole {units.name} ({resamples}); bootstrap over {units.describe()}, "
+        f"{resamples} resamples, bias-shifted"
+    )
+    return PairedTest(estimate, low, high, float(p_value), n, name, units.count, 1 / (resamples + 1), at)
+
+
+def contrast_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    weights: Sequence[float],
+    units: Units | int,
+    resamples: int = SET_RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
+    """A contrast ``weights . values`` of a statistic over k paired sets, resampling units jointly for all k.
+
+    ``statistic(units)`` returns the k sets' values restricted to the resampled unit positions (with repeats):
+    with weights (-1, 1) it is a paired difference; over a 2x2 design's cells (-1/2, -1/2, 1/2, 1/2) a main
+    effect and (1, -1, -1, 1) the interaction. Interval: bias-shifted percentiles of the resampled contrasts.
+    p: two-sided normal approximation with the bootstrap standard error; it is not limited to multiples of
+    1 / resamples, but its tail below 1 / resamples is not supported by them (``p_resolution``).
+    """
+    count = units if isinstance(units, int) else units.count
+    name = "units" if isinstance(units, int) else units.name
+    weights = np.asarray(weights, dtype=np.float64)
+    estimate = float(weights @ statistic(np.arange(count)))
+    rng = np.random.default_rng(seed)
+    contrasts = np.asarray([weights @ statistic(rng.integers(0, count, count)) for _ in range(resamples)])
+    bias = float(contrasts.mean()) - estimate
+    error = float(contrasts.std(ddof=1))
+    if error == 0:
+        p_value = 1.0 if estimate == 0 else 0.0
+    else:
+        p_value = float(2 * stats.norm.sf(abs(estimate) / error))
+
+    def at(level: float) -> tuple[float, float]:
+        low, high = np.quantile(contrasts, [(1 - level) / 2, (1 + level) / 2]) - bias
+        return float(low), float(high)
+
+    low, high = at(CONFIDENCE)
+    method = f"bootstrap over {count} {name}, {resamples} resamples, normal p"
+    return PairedTest(estimate, low, high, p_value, count, method, count, 1 / resamples, at)
