@@ -34,6 +34,7 @@ from suite.core.stats import (
     SET_RESAMPLES,
     Units,
     design_effect,
+    in_chunks,
     mean_interval,
     units_or_each,
 )
@@ -184,6 +185,7 @@ def set_difference_test(
     units: Units,
     resamples: int = SET_RESAMPLES,
     seed: int = SEED,
+    weighted: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> PairedTest:
     """A set statistic of b minus the same of a, where ``statistic(rows)`` reads the two points' images stacked:
     rows 0..n-1 are a's, n..2n-1 b's, row i and n + i one pair (same prompt and seed); ``units`` labels the n pairs.
@@ -191,22 +193,29 @@ def set_difference_test(
     Interval: bootstrap over prompts (both points resampled jointly), bias-shifted percentiles. p: permutation
     test that swaps a whole prompt's images between a and b (valid when, under the null, the points are
     exchangeable within each prompt); (1 + count) / (1 + resamples), so never below 1 / (resamples + 1).
+    ``weighted(counts)`` computes many resamples at once from counts per stacked row, where the statistic allows.
     """
     n = units.n
     first, second = np.arange(n), n + np.arange(n)
     estimate = float(statistic(second) - statistic(first))
     rng = np.random.default_rng(seed)
-    resampled = []
-    for _ in range(resamples):
-        rows = units.rows(rng.integers(0, units.count, units.count))
-        resampled.append(statistic(n + rows) - statistic(rows))
-    resampled = np.asarray(resampled, dtype=np.float64)
-    bias = float(np.nanmean(resampled)) - estimate
-    extreme = 0
+    resampled_rows = [units.rows(rng.integers(0, units.count, units.count)) for _ in range(resamples)]
+    sides = []  # each permutation's (a, b) rows: a whole prompt's images swapped between the points, or not
     for _ in range(resamples):
         swapped = (rng.random(units.count) < 0.5)[units.of_value]
-        left, right = np.where(swapped, second, first), np.where(swapped, first, second)
-        extreme += abs(statistic(right) - statistic(left)) >= abs(estimate) * (1 - 1e-12)
+        sides.append((np.where(swapped, second, first), np.where(swapped, first, second)))
+    if weighted is None:
+        resampled = np.asarray([statistic(n + rows) - statistic(rows) for rows in resampled_rows], dtype=np.float64)
+        permuted = np.asarray([statistic(right) - statistic(left) for left, right in sides])
+    else:
+        resampled = in_chunks(weighted, [n + rows for rows in resampled_rows], 2 * n) - in_chunks(
+            weighted, resampled_rows, 2 * n
+        )
+        permuted = in_chunks(weighted, [right for _, right in sides], 2 * n) - in_chunks(
+            weighted, [left for left, _ in sides], 2 * n
+        )
+    bias = float(np.nanmean(resampled)) - estimate
+    extreme = int(np.sum(np.abs(permuted) >= abs(estimate) * (1 - 1e-12)))
     p_value = (extreme + 1) / (resamples + 1)
 
     def at(level: float) -> tuple[float, float]:

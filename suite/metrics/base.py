@@ -199,7 +199,9 @@ def paired_set_test(
     """
     rows_a, rows_b = paired_rows(a, b)
     stacked = np.concatenate([a.features(network)[rows_a], b.features(network)[rows_b]])
-    return paired.set_difference_test(statistic(stacked), paired_units(a, rows_a), resamples)
+    of_rows = statistic(stacked)
+    weighted = getattr(of_rows, "weighted", None)  # kernel statistics take many resamples at once
+    return paired.set_difference_test(of_rows, paired_units(a, rows_a), resamples, weighted=weighted)
 
 
 class PerImageScore(Metric):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from suite.core import stats
@@ -41,7 +42,11 @@ class Cmmd(Metric):
         }
         if evaluation.set_resamples:
             statistic = kernel_to(reference, features)
-            row |= interval_columns("cmmd", stats.bootstrap_interval(statistic, point.units, evaluation.set_resamples))
+            interval = stats.bootstrap_interval(
+                statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
+            )
+            method = f"CMMD at n = {len(features)}, reference fixed: {interval.method}"
+            row |= interval_columns("cmmd", replace(interval, method=method))
         return row, None
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:

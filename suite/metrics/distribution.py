@@ -144,6 +144,19 @@ class KernelToReference:
             total += block.sum() - (np.trace(block[:, start : start + 4096]) if unbiased else 0.0)
         self.reference_mean = total / (count * (count - 1) if unbiased else count * count)
 
+    def weighted(self, weights: np.ndarray) -> np.ndarray:
+        """The statistic of many resamples at once, each given as counts per generated row (B x n): a resample that
+        holds row i w_i times. The same numbers as ``__call__`` on the rows, in matrix products."""
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        total = weights.sum(axis=1)
+        pairs = np.einsum("bi,bi->b", weights @ self.generated_pairs, weights)
+        if self.unbiased:  # pairs of a row with itself or its copies are left out
+            squares = weights**2
+            generated = (pairs - squares @ np.diag(self.generated_pairs)) / (total**2 - squares.sum(axis=1))
+        else:
+            generated = pairs / total**2
+        return self.scale * (generated + self.reference_mean - 2 * (weights @ self.cross_mean) / total)
+
     def __call__(self, indices: np.ndarray) -> float:
         pairs = self.generated_pairs[np.ix_(indices, indices)]
         if self.unbiased:

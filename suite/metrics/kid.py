@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -46,9 +47,11 @@ class Kid(Metric):
             "kid_rank_deficient": bool(len(features) <= features.shape[1]),
         }
         if evaluation.set_resamples:
-            row |= interval_columns(
-                "kid_mean", stats.bootstrap_interval(statistic, point.units, evaluation.set_resamples)
+            interval = stats.bootstrap_interval(
+                statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
             )
+            method = f"KID at n = {len(features)}, reference fixed: {interval.method}"
+            row |= interval_columns("kid_mean", replace(interval, method=method))
         return row, None
 
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:

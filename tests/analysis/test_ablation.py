@@ -17,7 +17,7 @@ import yaml
 from suite.analysis.ablation.design import contrasts, load_ablation, ordered_cells
 from suite.analysis.ablation.report import build_ablation_report
 from suite.cli import main
-from suite.core import stats
+from suite.core import paired, stats
 from suite.core.errors import UserError
 from suite.model.backends import BACKENDS
 from suite.model.loading import LoadOptions
@@ -170,27 +170,19 @@ def test_contrasts_recover_known_main_effects_and_interaction(tmp_path):
     expected = {"space": 7.0, "encoder": 4.0, "space x encoder": 4.0, "encoder within latent": 2.0}
     expected |= {"encoder within pixel": 6.0, "space within clip": 5.0, "space within t5": 9.0}
     for effect, _, _, weights in contrasts(config):
-        test = stats.contrast_bootstrap(statistic, weights, 50, resamples=200)
+        test = paired.contrast_bootstrap(statistic, weights, 50, resamples=200)
         assert test.difference == pytest.approx(expected[effect])
         assert test.low == pytest.approx(expected[effect]) and test.high == pytest.approx(expected[effect])
 
 
-def test_contrast_bootstrap_with_two_sets_is_the_paired_bootstrap():
+def test_contrast_bootstrap_of_two_sets_brackets_the_difference_and_widens_for_a_family():
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, 40), rng.normal(0.5, 1, 40)
-
-    def both(chosen_a, chosen_b):
-        return a[chosen_a].mean(), b[chosen_b].mean()
-
-    paired = stats.paired_bootstrap(both, 40)
-    contrast = stats.contrast_bootstrap(lambda chosen: np.array(both(chosen, chosen)), (-1, 1), 40)
-    assert (paired.difference, paired.low, paired.high, paired.p_value) == (
-        contrast.difference,
-        contrast.low,
-        contrast.high,
-        contrast.p_value,
-    )
-    assert paired.low < b.mean() - a.mean() < paired.high
+    contrast = paired.contrast_bootstrap(lambda chosen: np.array([a[chosen].mean(), b[chosen].mean()]), (-1, 1), 40)
+    assert contrast.low < b.mean() - a.mean() < contrast.high
+    low, high = contrast.interval_at(stats.family_confidence(7))
+    assert low < contrast.low and high > contrast.high
+    assert contrast.p_resolution == 1 / 1000
 
 
 # -- the ablation file -----------------------------------------------------------------------------------

@@ -68,7 +68,18 @@ def test_every_pair_of_points_and_number_is_one_row_with_holm_p_at_least_raw_p(c
         ["across presets", "tiny-latent", 3.0, "tiny-cascaded", 3.0],
     ]
     assert set(table["metric"]) >= {"fid", "kid_mean", "cmmd", "clip_score_mean", "toy_correct", "toy_correct_single"}
-    assert (table["p_holm"] >= table["p_value"] - 1e-12).all() and table["p_holm"].le(1).all()
+    comparable = table[table["comparable"]]
+    assert (comparable["p_holm"] >= comparable["p_value"] - 1e-12).all() and comparable["p_holm"].le(1).all()
+    # the tiny runs have fewer images than feature dimensions: their set metrics compare with nothing
+    excluded = table[~table["comparable"]]
+    assert set(excluded["metric"]) == {"fid", "kid_mean", "cmmd"} and excluded["p_holm"].isna().all()
+    assert (excluded["verdict"] == "not comparable (n <= feature dimension)").all()
+    # Holm within each (kind, metric) family: two pairs per kind here; the family interval is Bonferroni-wide
+    assert (comparable["family_size"] == 2).all()
+    assert (comparable["difference_family_ci95_low"] <= comparable["difference_ci95_low"] + 1e-12).all()
+    assert (comparable["difference_family_ci95_high"] >= comparable["difference_ci95_high"] - 1e-12).all()
+    assert (table["n_prompts"] == len(read_run(run).resolved.prompt_texts)).all()
+    assert table["n_pairs"].eq(table["n_prompts"] * 3).all()  # three seeds per prompt
     assert (table["difference_ci95_low"] <= table["difference"] + 1e-9).all() and (
         table["difference"] <= table["difference_ci95_high"] + 1e-9
     ).all()

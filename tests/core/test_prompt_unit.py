@@ -15,6 +15,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from suite.core import paired, stats
+from suite.metrics import distribution
 from suite.metrics.distribution import FrechetToReference
 
 PROMPTS, SEEDS, REPETITIONS = 30, 8, 400
@@ -185,3 +186,19 @@ def test_fid_interval_covers_the_expected_fid_at_n_and_fid_inf_is_refused_below_
     assert math.isnan(refused.value) and "feature dimension" in refused.refused
     assert stats.fid_infinity(lambda rows: 0.0, 150, 64).refused  # fit from 65 images would span too little
     assert not stats.fid_infinity(lambda rows: float(len(rows)), 400, 64).refused
+
+
+@pytest.mark.parametrize(("kernel", "unbiased"), [("polynomial", True), ("gaussian", False)])
+def test_kernel_statistics_of_many_resamples_at_once_equal_one_at_a_time(kernel, unbiased):
+    """KID's and CMMD's matrix form (counts per row) gives the numbers of the row-by-row form, copies included."""
+    rng = np.random.default_rng(11)
+    generated, reference = rng.normal(size=(60, 8)), rng.normal(size=(100, 8)) + 0.2
+    function = distribution.polynomial_kernel if kernel == "polynomial" else distribution.gaussian_kernel
+    units = stats.Units.of(np.repeat(np.arange(20), 3))
+    statistic = distribution.KernelToReference(generated, reference, function, unbiased=unbiased)
+    one, many = (stats.bootstrap_interval(statistic, units, 200, weighted=w) for w in (None, statistic.weighted))
+    assert (one.low, one.high) == pytest.approx((many.low, many.high), rel=1e-9)
+    stacked = np.concatenate([generated, generated + 0.1 * rng.normal(size=generated.shape)])
+    both = distribution.KernelToReference(stacked, reference, function, unbiased=unbiased)
+    one, many = (paired.set_difference_test(both, units, 200, weighted=w) for w in (None, both.weighted))
+    assert one.p_value == many.p_value and (one.low, one.high) == pytest.approx((many.low, many.high), rel=1e-9)

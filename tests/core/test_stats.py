@@ -69,7 +69,10 @@ def test_a_planted_difference_is_rejected():
 
 def test_a_point_compared_with_itself_differs_by_zero_with_p_one():
     values = np.random.default_rng(4).normal(size=30)
-    assert (paired.paired_permutation(values, values).difference, paired.paired_permutation(values, values).p_value) == (
+    assert (
+        paired.paired_permutation(values, values).difference,
+        paired.paired_permutation(values, values).p_value,
+    ) == (
         0.0,
         1.0,
     )

@@ -41,7 +41,8 @@ def test_sweep_writes_one_metrics_row_per_grid_point_and_evaluate_reproduces_it(
     assert main(["sweep", _sweep(tmp_path), "--out", str(run), "--quiet", "--device", "cpu"]) == 0
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 4  # 2 presets x 1 sampler x 1 step count x 2 guidance values
-    assert (metrics["n_images"] == len(PROMPTS) * 2).all()
+    assert (metrics["n_images"] == len(PROMPTS) * 2).all() and (metrics["n_prompts"] == len(PROMPTS)).all()
+    assert metrics["clip_score_mean_interval"].str.contains(f"over {len(PROMPTS)} prompts").all()
     columns = [
         "fid",
         "kid_mean",

@@ -10,7 +10,8 @@ guidance for all four). ``suite ablation`` runs in two phases, like ``suite clai
    - ``cells.csv``: each measure of each cell with its interval from the evaluation;
    - ``effects.csv``: both main effects, the interaction (difference of differences) and the four simple
      effects of each measure, each a contrast over the four cells with a bootstrap interval that
-     resamples prompts jointly for all cells (``stats.contrast_bootstrap``), Holm-adjusted;
+     resamples prompts jointly for all cells (``paired.contrast_bootstrap``), Holm-adjusted within the
+     families the ablation file names, with each estimate's interval at its family's Bonferroni width;
    - ``cost.csv`` / ``cost_effects.csv``: seconds and FLOPs per image, and the factors' effects on them
      as ratios (contrasts of log seconds, resampling timing rounds);
    - ``training.csv``: the cells' training budget from their ``training.json``.

@@ -133,6 +133,24 @@ def _effects_for(effects: pd.DataFrame, measure: str) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def _method_text(config: dict, cells: pd.DataFrame) -> str:
+    if "n_prompts" not in cells:  # data measured before intervals resampled prompts
+        return (
+            "Cells: the evaluation's 95% intervals (BCa for shares and means, bootstrap for FID). Effects: "
+            "contrasts over the four cells with a bootstrap interval that resamples prompts jointly for all "
+            "cells (every seed of a prompt together); simple effects are Holm-adjusted as their own family."
+        )
+    families = "; ".join(f"{name}: {', '.join(kinds)}" for name, kinds in config["families"].items())
+    return (
+        "Every interval resamples prompts with all of their seeds. Cells: BCa bootstrap over prompts for shares "
+        "and means, bootstrap over prompts with the reference fixed for FID (FID at this n). Effects: contrasts "
+        "over the four cells, bootstrap over prompts jointly for all cells (bias-shifted percentiles; p from the "
+        f"bootstrap standard error, shown as < 1/B where B resamples cannot resolve it). Holm families, fixed in "
+        f"the ablation file, each across every measure: {families}; the family interval is Bonferroni-wide "
+        "at the family's size."
+    )
+
+
 def interaction_figure(config: dict, cells: pd.DataFrame, report: Path) -> Path:
     """One panel per measure: the first factor's levels on x, one line per level of the second, 95% intervals."""
     (a, levels_a), (b, levels_b) = config["factors"].items()
@@ -208,19 +226,18 @@ def build_ablation_report(report: Path) -> Path:
         Section(
             "2x2 tables and effects",
             [
-                Text(
-                    "Cells: the evaluation's 95% intervals (BCa for shares and means, bootstrap for FID). Effects: "
-                    "contrasts over the four cells with a bootstrap interval that resamples prompts jointly for all "
-                    "cells (every seed of a prompt together); simple effects are Holm-adjusted as their own family."
-                ),
+                Text(_method_text(config, cells)),
                 Figure(interaction_figure(config, cells, report), "Each measure by cell, 95% intervals"),
             ],
         ),
     ]
     for measure in dict.fromkeys(cells["measure"]):
-        label = cells.loc[cells["measure"] == measure, "label"].iloc[0]
+        rows = cells.loc[cells["measure"] == measure]
+        label, read = rows["label"].iloc[0], ""
+        if "n_prompts" in rows:  # measured at the prompt unit: say how many prompts the measure reads
+            read = f", {int(rows['n_prompts'].iloc[0])} prompts, {int(rows['n'].iloc[0])} images per cell"
         sections[-1].blocks += [
-            Text(f"{label} (`{measure}`):"),
+            Text(f"{label} (`{measure}`{read}):"),
             Table(_two_by_two(config, cells, measure)),
             Table(_effects_for(effects, measure)),
         ]

@@ -19,7 +19,7 @@ from suite.analysis.report.render import Figure, Section, Table, Text, to_html, 
 from suite.core.files import atomic_write_text
 from suite.core.stats import ALPHA
 from suite.metrics import METRICS
-from suite.run.folder import RunFolder, read_run, upgraded
+from suite.run.folder import GRID_COLUMNS, RunFolder, read_run, upgraded
 from suite.run.options import EvaluateOptions
 
 REPORT_DIR = "report"
@@ -52,11 +52,21 @@ SHOWN_COMPARISONS = 120
 
 
 def _budget_test(run: RunFolder):
-    """The paired test of one grid point against another on a quality column, from what evaluation kept."""
+    """The paired test of one grid point against another on a quality column: its p from comparisons.csv where
+    ``suite compare`` tested that pair (either way round: the tests are two-sided), else tested from what
+    evaluation kept."""
 
-    records = {}
+    records, known = {}, {}
+    path = run.path / f"{COMPARISONS}.parquet"
+    if path.is_file():
+        for _, row in upgraded(pd.read_parquet(path)).iterrows():
+            a, b = (tuple(row[f"{side}_{field}"] for field in GRID_COLUMNS) for side in ("a", "b"))
+            known[(a, b, row["metric"])] = known[(b, a, row["metric"])] = row["p_value"]
 
     def test(best: pd.Series, other: pd.Series, column: str) -> float:
+        found = known.get((point_key(best), point_key(other), column))
+        if found is not None:
+            return float(found)
         if not records:
             records.update(load_records(run, EvaluateOptions(device="cpu", progress=False)))
         metric = next(metric for metric in METRICS.values() if metric.headline == column)
@@ -85,7 +95,7 @@ def _comparisons_section(run: RunFolder) -> Section:
     )
     blocks += [
         Text(note),
-        Table(tables.comparisons_table(shown.head(SHOWN_COMPARISONS)), {"p": ".3g", "p_holm": ".3g"}),
+        Table(tables.comparisons_table(shown.head(SHOWN_COMPARISONS)), {}),
     ]
     return Section("What is significant", blocks)
 

@@ -192,7 +192,7 @@ def comparisons_table(comparisons: pd.DataFrame) -> pd.DataFrame:
         resolution = 0.0 if pd.isna(resolution) else float(resolution)
         if column == "p_holm" and resolution:
             resolution *= row.get("family_size", 1) or 1
-        return stats.format_p(row[column], min(resolution, 1.0))
+        return stats.format_p(row[column], min(resolution, 1.0), ".3g")
 
     shown = pd.DataFrame(
         {
