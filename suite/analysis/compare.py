@@ -9,8 +9,8 @@ Two families of comparisons, each row a difference (b - a) with its 95% interval
 
 Each metric tests in its own way (``Metric.compare``), always at the unit of the prompt: per-image
 scores with a sign-flip test of whole prompts, per-image correctness with the exact sign-flip test of each
-prompt's discordant count (McNemar's with one seed per prompt), set metrics with a permutation test that
-swaps whole prompts between the points. A family is one kind of comparison and one compared number:
+prompt's discordant count (McNemar's with one seed per prompt), set metrics with a bootstrap over prompts
+that resamples both points jointly (interval and p). A family is one kind of comparison and one compared number:
 Holm-Bonferroni runs within it, and each row also gets its interval at the family's Bonferroni confidence
 (``difference_family_ci95_low/_high``: all of a family's intervals hold together at 95%). Rows of set
 metrics from no more images than feature dimensions are kept but marked not comparable and left out of

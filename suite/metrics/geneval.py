@@ -8,8 +8,8 @@ over GenEval's ten colours on each object's masked crop. The rules are ``suite.m
 Per image: ``geneval_correct`` (0/1; NaN for prompts outside GenEval) and ``geneval_task``. Per grid point:
 each task's accuracy (BCa and Wilson intervals over prompts), and ``geneval_overall``, the mean of the task
 accuracies, with a bootstrap interval over prompts. Compared between points with the prompt-level exact
-sign-flip test (per task; McNemar's with one seed per prompt) and a permutation test that swaps whole
-prompts (overall).
+sign-flip test (per task; McNemar's with one seed per prompt) and a bootstrap over prompts of both points
+jointly (overall).
 """
 
 from __future__ import annotations

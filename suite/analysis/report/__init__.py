@@ -90,7 +90,7 @@ def _comparisons_section(run: RunFolder) -> Section:
         f"every significant one, at most {SHOWN_COMPARISONS}). Every test works at the unit of the prompt: "
         "per-image scores, sign-flip test of whole prompts; exact match, exact sign-flip test of each prompt's "
         "discordant count (McNemar's with one seed per prompt) with Newcombe's score interval; FID / KID / CMMD, "
-        "permutation test swapping whole prompts, bootstrap over prompts for the interval. p_holm is Holm-Bonferroni "
+        "bootstrap over prompts, both points jointly, for the interval and (inverted) for p. p_holm is Holm-Bonferroni "
         "within each family (kind of comparison x metric); the family interval is Bonferroni-wide at its size."
     )
     blocks += [
