@@ -56,7 +56,9 @@ def load_records(run: RunFolder, options) -> dict[tuple, PointRecord]:
         def features(network: str, folder: Path = folder) -> np.ndarray:
             return np.load(folder / f"features-{network}.npy")
 
-        records[key] = PointRecord(rows[key], pd.read_parquet(folder / "scores.parquet"), features, evaluator.reference)
+        resamples = run.resolved.sweep.evaluation.set_resamples or stats.SET_RESAMPLES  # 0: no interval in metrics
+        scores = pd.read_parquet(folder / "scores.parquet")
+        records[key] = PointRecord(rows[key], scores, features, evaluator.reference, resamples)
     return records
 
 

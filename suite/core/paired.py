@@ -9,7 +9,9 @@ resamples prompts:
   effective sample size, and an exact sign-flip test of the prompts' discordant counts (a clustered McNemar
   test; with one seed per prompt it is the exact McNemar test);
 - ``set_difference_test``: a set statistic (FID, KID, CMMD, GenEval overall); bootstrap over prompts for the
-  interval and, inverted, for p (a prompt-swap permutation test exists but tests a sharper null, see there);
+  interval and, inverted, for p;
+- ``contrast_sign_flip``: a contrast of per-image means over k paired sets, sign-flip test of each prompt's
+  contrast (the ablation's main effects and interaction of per-image measures);
 - ``contrast_bootstrap``: any contrast over k paired sets (a 2x2 design's main effects, interaction),
   resampling prompts jointly; p from the bootstrap standard error, where no permutation test exists.
 
@@ -104,7 +106,7 @@ def paired_permutation(
         n,
         name,
         units.count,
-        0.0 if exact else 1 / (permutations + 1),
+        0.0 if exact else 2 / (permutations + 1),  # scipy's smallest two-sided Monte Carlo p
         interval.at_confidence,
     )
 
@@ -192,11 +194,12 @@ def set_difference_test(
 
     Interval: bootstrap over prompts (both points resampled jointly), bias-shifted percentiles. p: the same
     resamples, inverted: twice the share of bias-shifted resampled differences on the far side of zero,
-    (2 k + 2) / (resamples + 1), so p < 0.05 where the 95% interval excludes zero and never below
-    2 / (resamples + 1). A permutation test that swaps whole prompts between the points exists, but it tests
-    a sharper null (the same image distribution on every prompt, conditional on these prompts) than a
-    difference of FIDs over a population of prompts: on the default sweep it rejected where the FID interval
-    spans zero. ``weighted(counts)`` computes many resamples at once from counts per stacked row.
+    (2 k + 2) / (resamples + 1), so p < 0.05 about where the 95% interval excludes zero (slightly
+    conservative) and never below 2 / (resamples + 1). Not a permutation test that swaps whole prompts
+    between the points: that tests a sharper null (the same image distribution on every one of these prompts)
+    than a difference of FIDs over a population of prompts, and in a version of this suite that used it
+    (commit c0caa88) it rejected where the FID interval spans zero. ``weighted(counts)`` computes many
+    resamples at once from counts per stacked row.
     """
     n = units.n
     first, second = np.arange(n), n + np.arange(n)
@@ -224,6 +227,32 @@ def set_difference_test(
     return PairedTest(estimate, low, high, float(p_value), n, name, units.count, 2 / (resamples + 1), at)
 
 
+def contrast_sign_flip(
+    contributions: np.ndarray, permutations: int = PERMUTATIONS, seed: int = SEED
+) -> tuple[float, float]:
+    """Two-sided p of a contrast that is a sum over prompts, flipping the sign of each prompt's contribution.
+
+    For a contrast of k paired sets' per-image means, prompt u contributes sum over sets c of
+    w_c * S_cu / N_c (S_cu: the set's sum over the prompt's images, N_c: its number of images), and the
+    contributions add up to the contrast; under the null each is symmetric about zero. Returns (p, its
+    resolution: 0 when all sign patterns were enumerated, else 2 / (permutations + 1)).
+    """
+    contributions = np.asarray(contributions, dtype=np.float64)
+    if np.all(contributions == 0):
+        return 1.0, 0.0
+    result = stats.permutation_test(
+        (contributions,),
+        lambda values, axis=-1: np.sum(values, axis=axis),
+        permutation_type="samples",
+        n_resamples=permutations,
+        vectorized=True,
+        alternative="two-sided",
+        random_state=np.random.default_rng(seed),
+    )
+    exact = 2 ** len(contributions) <= permutations
+    return float(result.pvalue), 0.0 if exact else 2 / (permutations + 1)
+
+
 def contrast_bootstrap(
     statistic: Callable[[np.ndarray], np.ndarray],
     weights: Sequence[float],
@@ -245,6 +274,7 @@ def contrast_bootstrap(
     estimate = float(weights @ statistic(np.arange(count)))
     rng = np.random.default_rng(seed)
     contrasts = np.asarray([weights @ statistic(rng.integers(0, count, count)) for _ in range(resamples)])
+    contrasts = contrasts[~np.isnan(contrasts)]  # a resample without any prompt of a measure's categories
     bias = float(contrasts.mean()) - estimate
     error = float(contrasts.std(ddof=1))
     if error == 0:

@@ -166,16 +166,17 @@ def mean_interval(
 def design_effect(values: np.ndarray, units: Units) -> float:
     """Variance of the mean under resampling of units over its variance for independent values (Kish), at least 1.
 
-    One value per unit: exactly 1. Linearised variance of the ratio mean (sum over units of (S_u - mean * m_u)^2 / n^2)
-    over the independent-values variance (sum of (x - mean)^2 / n^2).
+    One value per unit: exactly 1. Linearised variance of the ratio mean (C / (C - 1) times the sum over the C units
+    of (S_u - mean * m_u)^2 / n^2, the small-sample factor of few prompts included) over the independent-values
+    variance (n / (n - 1) times the sum of (x - mean)^2 / n^2).
     """
-    if units.singletons or len(values) < 2:
+    if units.singletons or len(values) < 2 or units.count < 2:
         return 1.0
-    mean = values.mean()
-    independent = np.sum((values - mean) ** 2)
+    mean, n, count = values.mean(), len(values), units.count
+    independent = np.sum((values - mean) ** 2) * n / (n - 1)
     if independent == 0:
         return 1.0
-    clustered = np.sum((units.sums(values) - mean * units.sums(np.ones(len(values)))) ** 2)
+    clustered = np.sum((units.sums(values) - mean * units.sums(np.ones(n))) ** 2) * count / (count - 1)
     return max(1.0, float(clustered / independent))
 
 
@@ -358,17 +359,26 @@ def fid_infinity_interval(
     """FID_inf's interval: resample units, refit the extrapolation on each resample, bias-shifted percentiles.
 
     Refitting puts the fit's own error (subset draws, extrapolation) into the interval; each refit draws
-    ``FID_INF_REFIT_REPEATS`` subsets per size, which adds subset noise and widens the interval slightly.
+    ``FID_INF_REFIT_REPEATS`` subsets per size, which adds subset noise and widens the interval slightly. A
+    resample repeats images, so its smallest subset must hold more distinct images than feature dimensions;
+    where more than a tenth of the resamples cannot meet that, the interval is refused (NaN, the reason in its
+    method) rather than computed from singular covariances.
     """
     rng = np.random.default_rng(seed)
     values = []
     for repetition in range(resamples):
         rows = units.rows(rng.integers(0, units.count, units.count))
+        # a resample repeats images: its subsets must hold more distinct images than dimensions, not just rows
+        repeated = math.ceil((dimension + 1) * len(rows) / len(np.unique(rows))) - 1
         refit = fid_infinity(
-            fid_at, len(rows), dimension, repeats=FID_INF_REFIT_REPEATS, seed=seed + 1 + repetition, rows=rows
+            fid_at, len(rows), repeated, repeats=FID_INF_REFIT_REPEATS, seed=seed + 1 + repetition, rows=rows
         )
         values.append(refit.value)
     values = np.asarray(values)
+    method = f"bootstrap over {units.describe()}, reference fixed, fit refitted on each of {resamples} resamples"
+    if np.mean(np.isnan(values)) > 0.1:
+        reason = "refused: resamples hold too few distinct images for a fit above the feature dimension"
+        return Interval(math.nan, math.nan, f"{method}; {reason}")
     bias = float(np.nanmean(values)) - estimate
 
     def of(level: float) -> tuple[float, float]:
@@ -376,5 +386,4 @@ def fid_infinity_interval(
         return float(low), float(high)
 
     low, high = of(CONFIDENCE)
-    method = f"bootstrap over {units.describe()}, fit refitted on each of {resamples} resamples, bias-shifted"
-    return Interval(low, high, method, of)
+    return Interval(low, high, f"{method}, bias-shifted", of)

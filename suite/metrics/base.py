@@ -81,6 +81,7 @@ class PointRecord:
     scores: pd.DataFrame  # per image, in the order of its features: prompt_index, seed_index, per-image values
     features: Callable[[str], np.ndarray]  # network name -> features, one row per image of ``scores``
     reference: Callable[[str], Any]  # network name -> the run's ReferenceFeatures
+    set_resamples: int = stats.SET_RESAMPLES  # bootstrap resamples of set-metric comparisons (the run's setting)
 
 
 class Metric(ABC):
@@ -190,9 +191,9 @@ def paired_set_test(
     b: PointRecord,
     network: str,
     statistic: Callable[[np.ndarray], Callable[[np.ndarray], float]],
-    resamples: int = stats.SET_RESAMPLES,
+    resamples: int | None = None,
 ) -> paired.PairedTest:
-    """A set statistic of b against a: bootstrap over prompts for the interval, whole prompts swapped for p.
+    """A set statistic of b against a: bootstrap over prompts, both points jointly, for the interval and for p.
 
     ``statistic(features)`` returns a function of row indices into ``features`` (here both points' shared
     images stacked, a's first).
@@ -201,6 +202,7 @@ def paired_set_test(
     stacked = np.concatenate([a.features(network)[rows_a], b.features(network)[rows_b]])
     of_rows = statistic(stacked)
     weighted = getattr(of_rows, "weighted", None)  # kernel statistics take many resamples at once
+    resamples = resamples or a.set_resamples
     return paired.set_difference_test(of_rows, paired_units(a, rows_a), resamples, weighted=weighted)
 
 

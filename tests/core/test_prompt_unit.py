@@ -227,3 +227,19 @@ def test_fid_difference_test_holds_its_level_and_finds_a_planted_shift():
     stacked = pair(0.5)
     planted = paired.set_difference_test(lambda rows: reference(stacked[rows]), units, 200)
     assert planted.p_value < 0.05 and planted.low > 0
+
+
+@pytest.mark.parametrize("icc", [0.0, 0.3, 0.6])
+def test_paired_share_interval_over_prompts_covers_a_clustered_difference(icc):
+    """Paired 0/1 answers from correlated latent values (a above 0.5, b above 0.3; true difference
+    P(Z > 0.3) - P(Z > 0.5)): Newcombe's interval at the effective sample size covers at 92-98%."""
+    rng = np.random.default_rng(20 + int(icc * 10))
+    units = stats.Units.of(LABELS)
+    truth = float(scipy_stats.norm.sf(0.3) - scipy_stats.norm.sf(0.5))
+    intervals = []
+    for _ in range(REPETITIONS):
+        latent = two_level(rng, icc)
+        other = math.sqrt(0.5) * latent + math.sqrt(0.5) * two_level(rng, icc)
+        test = paired.paired_binary(latent > 0.5, other > 0.3, units)
+        intervals.append((test.low, test.high))
+    assert 0.92 <= coverage(intervals, truth) <= 0.98

@@ -77,14 +77,18 @@ class PairedCells:
             column = np.where(scores["toy_category"].isin(measure.categories).to_numpy(), column, np.nan)
         return column
 
+    def unit_sums(self, measure: Measure) -> tuple[np.ndarray, np.ndarray]:
+        """Per cell and prompt (4 x prompts): the sum of the measure's per-image values and how many there are."""
+        values = np.stack([self.values(cell, measure) for cell in self.cells])
+        asked = ~np.isnan(values)
+        sums = np.stack([self.units.sums(np.where(row_asked, row, 0.0)) for row, row_asked in zip(values, asked)])
+        return sums, np.stack([self.units.sums(row_asked.astype(np.float64)) for row_asked in asked])
+
     def statistic(self, measure: Measure) -> Any:
         """``statistic(units) -> the four cells' values`` on the resampled prompts."""
         if not measure.per_image:
             return self._fid_statistic()
-        values = np.stack([self.values(cell, measure) for cell in self.cells])
-        asked = ~np.isnan(values)
-        sums = np.stack([self.units.sums(np.where(row_asked, row, 0.0)) for row, row_asked in zip(values, asked)])
-        counts = np.stack([self.units.sums(row_asked.astype(np.float64)) for row_asked in asked])
+        sums, counts = self.unit_sums(measure)
 
         def of(chosen: np.ndarray) -> np.ndarray:
             weights = np.bincount(chosen, minlength=self.units.count).astype(np.float64)
@@ -150,6 +154,15 @@ def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
         prompts = measured_prompts(paired, measure)
         for effect, kind, reads, weights in contrasts(config):
             test = paired_tests.contrast_bootstrap(statistic, weights, paired.units.count, config.resamples)
+            p_value, resolution, method = test.p_value, test.p_resolution, test.test
+            method = method.replace("units", f"prompts ({prompts} read by this measure)")
+            if measure.per_image:  # a sum over prompts: the sign-flip test of each prompt's contribution
+                sums, counts = paired.unit_sums(measure)
+                contributions = np.asarray(weights) @ (sums / counts.sum(axis=1, keepdims=True))
+                p_value, resolution = paired_tests.contrast_sign_flip(contributions)
+                method = method.replace(
+                    "normal p", f"p: sign flips of each prompt's contribution ({stats.PERMUTATIONS})"
+                )
             widen.append(test.interval_at)
             rows.append(
                 {
@@ -163,10 +176,10 @@ def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
                     "estimate": test.difference,
                     "estimate_ci95_low": test.low,
                     "estimate_ci95_high": test.high,
-                    "p_value": test.p_value,
-                    "p_resolution": test.p_resolution,
+                    "p_value": p_value,
+                    "p_resolution": resolution,
                     "n_prompts": prompts,
-                    "method": test.test.replace(f"{paired.units.count} units", f"{paired.units.count} prompts"),
+                    "method": method,
                 }
             )
     table = pd.DataFrame(rows)
