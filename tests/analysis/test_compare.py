@@ -78,7 +78,10 @@ def test_every_pair_of_points_and_number_is_one_row_with_holm_p_at_least_raw_p(c
     assert (comparable["family_size"] == 2).all()
     assert (comparable["difference_family_ci95_low"] <= comparable["difference_ci95_low"] + 1e-12).all()
     assert (comparable["difference_family_ci95_high"] >= comparable["difference_ci95_high"] - 1e-12).all()
-    assert (table["n_prompts"] == len(read_run(run).resolved.prompt_texts)).all()
+    # the unit count: every prompt for whole-set numbers, a category's prompts for its accuracy
+    prompts = table.set_index("metric")["n_prompts"]
+    assert (prompts.loc[["fid", "clip_score_mean", "toy_correct"]] == len(read_run(run).resolved.prompt_texts)).all()
+    assert (prompts.loc["toy_correct_single"] == 2).all()  # two of the four prompts name one object
     assert table["n_pairs"].eq(table["n_prompts"] * 3).all()  # three seeds per prompt
     assert (table["difference_ci95_low"] <= table["difference"] + 1e-9).all() and (
         table["difference"] <= table["difference_ci95_high"] + 1e-9

@@ -175,10 +175,10 @@ def test_fid_interval_covers_the_expected_fid_at_n_and_fid_inf_is_refused_below_
 
     expected = float(np.mean([reference(draw()) for _ in range(2000)]))
     intervals = []
-    for repetition in range(300):
+    for repetition in range(250):
         features = draw()
         interval = stats.bootstrap_interval(
-            lambda rows, f=features: reference(f[rows]), units, resamples=200, seed=repetition
+            lambda rows, f=features: reference(f[rows]), units, resamples=150, seed=repetition
         )
         intervals.append((interval.low, interval.high))
     assert 0.92 <= coverage(intervals, expected) <= 0.98
@@ -221,7 +221,7 @@ def test_fid_difference_test_holds_its_level_and_finds_a_planted_shift():
     p_values = []
     for repetition in range(200):
         stacked = pair(0.0)
-        test = paired.set_difference_test(lambda rows, s=stacked: reference(s[rows]), units, 200, seed=repetition)
+        test = paired.set_difference_test(lambda rows, s=stacked: reference(s[rows]), units, 120, seed=repetition)
         p_values.append(test.p_value)
     assert np.mean(np.array(p_values) <= 0.05) <= 0.05 + 0.03
     stacked = pair(0.5)
