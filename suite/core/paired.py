@@ -280,6 +280,9 @@ def contrast_bootstrap(
     rng = np.random.default_rng(seed)
     contrasts = np.asarray([weights @ statistic(rng.integers(0, count, count)) for _ in range(resamples)])
     contrasts = contrasts[~np.isnan(contrasts)]  # a resample without any prompt of a measure's categories
+    method = f"bootstrap over {count} {name}, {resamples} resamples, normal p"
+    if len(contrasts) < 2 or math.isnan(estimate):  # the measure has no values at all
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, count, method, count)
     bias = float(contrasts.mean()) - estimate
     error = float(contrasts.std(ddof=1))
     if error == 0:
