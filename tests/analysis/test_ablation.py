@@ -252,7 +252,12 @@ def test_data_measured_before_the_interval_convention_rebuilds_the_same_report(t
     shutil.copytree(COMMITTED / "data", report / "data")
     former = {
         "cells.csv": {"value_ci95_low": "low", "value_ci95_high": "high", "value_interval": "interval"},
-        "effects.csv": {"estimate_ci95_low": "low", "estimate_ci95_high": "high"},
+        "effects.csv": {
+            "estimate_ci95_low": "low",
+            "estimate_ci95_high": "high",
+            "estimate_family_ci95_low": "estimate_family_low",
+            "estimate_family_ci95_high": "estimate_family_high",
+        },
     }
     for path in (report / "data").glob("*.csv"):
         table = pd.read_csv(path)

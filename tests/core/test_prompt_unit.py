@@ -46,9 +46,9 @@ def test_intervals_over_prompts_cover_means_shares_and_paired_differences(icc):
     means, shares_bca, shares_wilson, differences = [], [], [], []
     for repetition in range(REPETITIONS):
         values = two_level(rng, icc)
-        means.append(astuple(stats.mean_interval(values, units, resamples=999, seed=repetition)))
+        means.append(astuple(stats.mean_interval(values, units, resamples=499, seed=repetition)))
         answers = (two_level(rng, icc) > 0.5).astype(float)
-        shares_bca.append(astuple(stats.mean_interval(answers, units, resamples=999, seed=repetition)))
+        shares_bca.append(astuple(stats.mean_interval(answers, units, resamples=499, seed=repetition)))
         shares_wilson.append(astuple(stats.share_interval(answers, units)))
         a = two_level(rng, icc)
         b = a + 0.2 + two_level(rng, icc)
@@ -160,6 +160,7 @@ def test_paired_share_interval_is_a_score_interval_that_covers_and_never_collaps
     assert paired.newcombe_interval(1, 7, 1, 12) == pytest.approx((-0.507, -0.026), abs=5e-4)
 
 
+@pytest.mark.slow  # about 15 s each on 2 cores: `pytest -m slow`
 def test_fid_interval_covers_the_expected_fid_at_n_and_fid_inf_is_refused_below_the_dimension():
     """FID at n images has a mean E[FID_n] above the true FID; the interval over prompts (reference fixed)
     must cover E[FID_n] for n > d. Generated features: 40 prompts x 3 seeds in 4 dimensions, a prompt effect
@@ -204,6 +205,7 @@ def test_kernel_statistics_of_many_resamples_at_once_equal_one_at_a_time(kernel,
     assert one.p_value == many.p_value and (one.low, one.high) == pytest.approx((many.low, many.high), rel=1e-9)
 
 
+@pytest.mark.slow  # about 15 s each on 2 cores: `pytest -m slow`
 def test_fid_difference_test_holds_its_level_and_finds_a_planted_shift():
     """Two points that share prompts (the same prompt centres) and differ only in their seeds' noise: the
     bootstrap-over-prompts p of their FID difference rejects at most about 5% of the time; a shift of b's
