@@ -152,12 +152,12 @@ def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
     for measure in MEASURES:
         statistic = paired.statistic(measure)
         prompts = measured_prompts(paired, measure)
+        sums, counts = paired.unit_sums(measure) if measure.per_image else (None, None)
         for effect, kind, reads, weights in contrasts(config):
             test = paired_tests.contrast_bootstrap(statistic, weights, paired.units.count, config.resamples)
             p_value, resolution, method = test.p_value, test.p_resolution, test.test
             method = method.replace("units", f"prompts ({prompts} read by this measure)")
             if measure.per_image and not np.isnan(test.difference):  # a sum over prompts: sign-flip each prompt
-                sums, counts = paired.unit_sums(measure)
                 contributions = np.asarray(weights) @ (sums / counts.sum(axis=1, keepdims=True))
                 p_value, resolution = paired_tests.contrast_sign_flip(contributions)
                 method = method.replace(
