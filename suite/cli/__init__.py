@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the 2x2 ablation {latent, pixel} x {CLIP-style, T5-style} at one matched budget "
         "(default --out: the package's suite/toy/weights/ablation)",
     )
+    train.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="with --ablation: training runs per cell, the first N of training seeds 6, 7, 8 (default 3)",
+    )
     train.set_defaults(handler=handlers.command_train)
 
     claims = commands.add_parser(
@@ -141,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     claims.add_argument("--out", default="results/claims", help="runs/ (large, not committed) and report/ go here")
     claims.add_argument("--device", default="auto")
     claims.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
+    claims.add_argument(
+        "--register",
+        action="store_true",
+        help="record each claim file's rules in experiments/registry.yaml (before measuring; a change needs --reason)",
+    )
+    claims.add_argument(
+        "--reason", default="", help="with --register: why the rules changed (printed beside the verdict)"
+    )
+    claims.add_argument(
+        "--plan",
+        action="store_true",
+        help="print how many prompts each comparison needs for 80%% power at its margin, from the pilot",
+    )
+    claims.add_argument("--pilot", default="results/claims/pilot", help="with --plan: the pilot's tables")
     claims.add_argument("--quiet", action="store_true")
     claims.set_defaults(handler=handlers.command_claims)
 
@@ -152,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--out", default="results/ablation", help="run/ (large, not committed) and report/ go here")
     ablation.add_argument("--device", default="auto")
     ablation.add_argument("--report-only", action="store_true", help="rebuild the report from report/data alone")
+    ablation.add_argument(
+        "--register",
+        action="store_true",
+        help="record the file's rules, families and grid points in experiments/registry.yaml (a change needs --reason)",
+    )
+    ablation.add_argument("--reason", default="", help="with --register: why the rules changed")
     ablation.add_argument("--quiet", action="store_true")
     ablation.set_defaults(handler=handlers.command_ablation)
 

@@ -11,13 +11,15 @@ from suite.analysis.ablation import run_ablation
 from suite.analysis.ablation.design import load_ablation
 from suite.analysis.ablation.report import build_ablation_report
 from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, write_bench
-from suite.analysis.claims import ClaimsOptions, run_claims
+from suite.analysis.claims import ClaimsOptions, register_claims, run_claims
 from suite.analysis.claims.claim_file import load_claims
 from suite.analysis.claims.experiments import EXPERIMENTS
+from suite.analysis.claims.plan import plan_claims
 from suite.analysis.claims.report import build_claims_report
 from suite.analysis.compare import compare_run
 from suite.analysis.costs import ProfileSettings, profile_presets, write_profile
 from suite.analysis.diff import diff_runs
+from suite.analysis.registration import registry_path
 from suite.analysis.report import build_report
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_table, ensure_writable
@@ -39,6 +41,7 @@ from suite.run.preflight import check_evaluation
 from suite.run.resume import check_run, elect_evaluator, evaluation_finished
 from suite.run.runner import run_sweep
 from suite.run.topology import device_for, topology
+from suite.toy.recipes import ABLATION_SEEDS
 from suite.toy.train import train_ablation, train_toy
 
 DEFAULT_SWEEP = "experiments/toy.yaml"
@@ -268,9 +271,13 @@ def command_train(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     work = Path(args.work) if args.work else cache_root() / "train" / "toy"
+    if not 1 <= args.seeds <= len(ABLATION_SEEDS):
+        raise UserError(
+            f"--seeds must be 1 to {len(ABLATION_SEEDS)} (training seeds {ABLATION_SEEDS}), got {args.seeds}"
+        )
     if args.ablation:
         out = Path(args.out) if args.out else TOY_WEIGHTS / "ablation"
-        train_ablation(work, out, args.jobs)
+        train_ablation(work, out, args.jobs, args.seeds)
     else:
         out = Path(args.out) if args.out else TOY_WEIGHTS
         train_toy(work, out, args.jobs)
@@ -280,11 +287,24 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_claims(args: argparse.Namespace) -> int:
     options = ClaimsOptions(Path(args.claims_dir), Path(args.out), args.device, tuple(args.only), not args.quiet)
-    load_claims(options.claims_dir, list(options.names) or None)  # every claim file checked before anything runs
+    configs = load_claims(options.claims_dir, list(options.names) or None)  # every claim file checked first
+    if args.reason and not args.register:
+        raise UserError("--reason goes with --register")
+    if args.register:
+        register_claims(options, args.reason)
+        return 0
+    if args.plan:
+        table = plan_claims(Path(args.pilot), {config.name: config.rules for config in configs})
+        print(markdown_table(table, {column: ".3g" for column in table.columns if table[column].dtype.kind == "f"}))
+        print(
+            "prompts_to_resolve: the smaller of the two plans, one seed per prompt, 80% power; "
+            f"the toy grammar has {len(PROMPT_SETS.get('toy-all'))} distinct prompts"
+        )
+        return 0
     if args.report_only:
         if not (options.out / "report" / "data").is_dir():
             raise UserError(f"no measured claims in {options.out / 'report' / 'data'}: run `suite claims` first")
-        folder = build_claims_report(options.out / "report")
+        folder = build_claims_report(options.out / "report", registry_path(options.claims_dir.parent))
     else:
         folder = run_claims(options)
     print(f"claims report: {folder / 'report.md'} and {folder / 'index.html'}")

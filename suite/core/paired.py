@@ -13,7 +13,9 @@ resamples prompts:
 - ``contrast_sign_flip``: a contrast of per-image means over k paired sets, sign-flip test of each prompt's
   contrast (the ablation's main effects and interaction of per-image measures);
 - ``contrast_bootstrap``: any contrast over k paired sets (a 2x2 design's main effects, interaction),
-  resampling prompts jointly; p from the bootstrap standard error, where no permutation test exists.
+  resampling prompts jointly; p from the bootstrap standard error, where no permutation test exists;
+- ``group_difference_within``: a per-image value in two groups of images (binding errors vs correct images),
+  labels permuted within each prompt for p, prompts resampled for the interval.
 
 Each ``PairedTest`` carries ``p_resolution``, the smallest p its resamples can support (0: exact), and can
 give its interval at a family's Bonferroni confidence from the same resamples (``interval_at``).
@@ -35,6 +37,7 @@ from suite.core.stats import (
     SEED,
     SET_RESAMPLES,
     Units,
+    bootstrap_interval,
     design_effect,
     in_chunks,
     mean_interval,
@@ -297,3 +300,71 @@ def contrast_bootstrap(
     low, high = at(CONFIDENCE)
     method = f"bootstrap over {count} {name}, {resamples} resamples, normal p"
     return PairedTest(estimate, low, high, p_value, count, method, count, 1 / resamples, at)
+
+
+def group_difference_within(
+    values: Sequence[float],
+    in_group: Sequence[bool],
+    units: Units,
+    permutations: int = PERMUTATIONS,
+    seed: int = SEED,
+) -> PairedTest:
+    """How much higher ``values`` are in the group's images than in the other images of the same prompt.
+
+    The within-prompt (fixed-effects) estimate: with v and g (1 in the group, else 0) each centred on its prompt's
+    mean, sum(v g) / sum(g g); prompts whose images all fall on one side contribute nothing, and prompts that
+    differ in level and in how often they fall in the group cannot make a difference. Tested by permuting the
+    labels within each prompt (a stratified permutation test); the interval resamples prompts (bias-shifted
+    percentiles)."""
+    values, labels = np.asarray(values, dtype=np.float64), np.asarray(in_group, dtype=np.float64)
+    keep = ~np.isnan(values)
+    values, labels, of_value = values[keep], labels[keep], units.of_value[keep]
+    units = Units.of(of_value, units.name)
+    name = f"within-prompt estimate, labels permuted within {units.describe()} ({permutations}), interval resampling {units.name}"
+
+    def centred(chosen_values: np.ndarray, of: np.ndarray) -> np.ndarray:
+        return chosen_values - (np.bincount(of, chosen_values) / np.bincount(of))[of]
+
+    def within(chosen_values: np.ndarray, chosen_labels: np.ndarray, of: np.ndarray) -> float:
+        g = centred(chosen_labels, of)
+        spread = float(g @ g)
+        return float(centred(chosen_values, of) @ g / spread) if spread > 1e-12 else math.nan
+
+    estimate = within(values, labels, units.of_value)
+    if math.isnan(estimate):
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, len(values), name, units.count)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(units.of_value, kind="stable")  # images grouped by prompt, to shuffle within blocks
+    sorted_units = units.of_value[order]
+    sorted_values = centred(values, units.of_value)[order]
+    sorted_labels = labels[order]
+    g = centred(sorted_labels, sorted_units)
+    spread = float(g @ g)
+    permuted = np.empty(permutations)
+    for index in range(permutations):
+        keys = np.lexsort((rng.random(len(values)), sorted_units))  # a random order within each prompt
+        permuted[index] = sorted_values[keys] @ g / spread
+    extreme = np.sum(np.abs(permuted) >= abs(estimate) - 1e-12 * max(1.0, abs(estimate)))
+    p_value = float((extreme + 1) / (permutations + 1))
+    rows_of_unit = [np.flatnonzero(units.of_value == unit) for unit in range(units.count)]
+
+    def resampled(rows: np.ndarray) -> float:
+        # ``rows`` lists each drawn prompt's images, prompt after prompt; a prompt drawn twice counts twice
+        counts = np.bincount(units.of_value[rows], minlength=units.count)
+        drawn = np.repeat(np.arange(units.count), counts)
+        copies = np.concatenate([np.full(len(rows_of_unit[unit]), copy) for copy, unit in enumerate(drawn)])
+        chosen = np.concatenate([rows_of_unit[unit] for unit in drawn])
+        return within(values[chosen], labels[chosen], copies)
+
+    interval = bootstrap_interval(resampled, units, seed=seed)
+    return PairedTest(
+        estimate,
+        interval.low,
+        interval.high,
+        p_value,
+        len(values),
+        name,
+        units.count,
+        1 / (permutations + 1),
+        interval.at,
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from suite.core.errors import UserError
 from suite.core.registry import Registry
-from suite.toy.world import evaluation_prompts
+from suite.toy.world import evaluation_prompts, every_prompt
 
 PROMPT_SETS: Registry[tuple[str, ...]] = Registry("prompt set")
 PROMPT_SETS.register(
@@ -29,6 +29,7 @@ PROMPT_SETS.register(
     "toy",
     tuple(evaluation_prompts()),  # the toy world's: single objects, pairs per relation, binding swaps, held-out pairs
 )
+PROMPT_SETS.register("toy-all", tuple(every_prompt()))  # every caption of the toy grammar (540), shuffled
 PROMPT_SETS.register(
     "showcase",
     (

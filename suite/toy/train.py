@@ -27,7 +27,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from suite.toy.jobs import JOBS, Job
-from suite.toy.recipes import ABLATION_CELLS, ABLATION_RECIPES, ABLATION_TRACKS, RECIPES, TRACKS, Recipe
+from suite.toy.recipes import (
+    ABLATION_RECIPES,
+    RECIPES,
+    TRACKS,
+    Recipe,
+    ablation_tracks,
+    snapshot_name,
+)
 
 
 def _learning_rate(recipe: Recipe, step: int) -> float:
@@ -89,6 +96,8 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
         _update_ema(ema, job.trained, recipe.ema_decay, step)
         losses.append(loss.item())
         done = step + 1
+        if done in recipe.snapshots:
+            _export_snapshot(job, ema, folder, done, time.perf_counter() - began)
         if done % recipe.log_every == 0 or done == recipe.iterations:
             elapsed = time.perf_counter() - began
             rate = (done - start) / max(elapsed - seconds, 1e-9)
@@ -105,6 +114,14 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
     evaluation = job.export(ema, staging)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
+    snapshots = {
+        str(step): {
+            "images_seen": step * recipe.batch_size,
+            "training_flops": flops_per_iteration * step,
+            "wall_seconds": json.loads((folder / f"snapshot-{step}.json").read_text())["wall_seconds"],
+        }
+        for step in recipe.snapshots
+    }
     summary = {
         "recipe": asdict(recipe),
         "images_seen": recipe.iterations * recipe.batch_size,
@@ -115,11 +132,22 @@ def run_recipe(recipe: Recipe, work: Path, log: Callable[[str], None] = print) -
         "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        **({"snapshots": snapshots} if snapshots else {}),
         **evaluation,
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     log(f"[{recipe.name}] done in {seconds / 60:.1f} min: {json.dumps(evaluation)}")
     return summary
+
+
+def _export_snapshot(job: Job, ema: dict, folder: Path, step: int, seconds: float) -> None:
+    """Export a copy of the EMA weights at ``step`` (export casts modules in place; training goes on)."""
+    staging, target = folder / f"snapshot-{step}.tmp", folder / f"snapshot-{step}"
+    shutil.rmtree(staging, ignore_errors=True)
+    job.export({name: copy.deepcopy(module) for name, module in ema.items()}, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    (folder / f"snapshot-{step}.json").write_text(json.dumps({"wall_seconds": round(seconds, 1)}) + "\n")
 
 
 def training_step_flops(job: Job, step: int) -> int:
@@ -205,21 +233,41 @@ def train_toy(work: Path, out: Path, jobs: int = 2) -> None:
     assemble(work, out)
 
 
-def assemble_ablation(work: Path, out: Path) -> None:
-    """Lay the four cells out as ``out/<cell>/`` (the shared VAE and SR stay where they ship) + training.json."""
+def assemble_ablation(work: Path, out: Path, seeds: int = 3) -> None:
+    """Lay the cells' training runs out as ``out/<run>/`` (shared VAE and SR stay where they ship) + training.json.
+
+    Snapshots (the compute-matched pixel runs) are laid out as ``out/<run>-step<step>/`` with their own entry.
+    """
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for cell in ABLATION_CELLS:
-        shutil.copytree(work / cell / "final", staging / cell)
-    summaries = {cell: json.loads((work / cell / "summary.json").read_text()) for cell in ABLATION_CELLS}
-    (staging / "training.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    summaries = {}
+    for name in [name for track in ablation_tracks(seeds) for name in track]:
+        shutil.copytree(work / name / "final", staging / name)
+        summary = json.loads((work / name / "summary.json").read_text())
+        summaries[name] = summary
+        for step, numbers in summary.get("snapshots", {}).items():
+            shutil.copytree(work / name / f"snapshot-{step}", staging / snapshot_name(name, int(step)))
+            recipe = {**summary["recipe"], "name": snapshot_name(name, int(step)), "iterations": int(step)}
+            summaries[snapshot_name(name, int(step))] = {
+                **{key: value for key, value in summary.items() if key != "snapshots"},
+                "recipe": recipe,
+                **numbers,
+                "snapshot_of": name,
+            }
+    ordered = {name: summaries[name] for name in sorted(summaries, key=_run_order)}
+    (staging / "training.json").write_text(json.dumps(ordered, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
 
 
-def train_ablation(work: Path, out: Path, jobs: int = 2) -> None:
-    """Train the 2x2 ablation's four cells to one budget (two balanced tracks), then assemble them."""
-    _run_tracks(ABLATION_TRACKS, work, jobs)
-    assemble_ablation(work, out)
+def _run_order(name: str) -> tuple[int, str]:
+    recipe = ABLATION_RECIPES.get(name)
+    return (recipe.seed if recipe else 99, name)
+
+
+def train_ablation(work: Path, out: Path, jobs: int = 2, seeds: int = 3) -> None:
+    """Train the 2x2 ablation's cells to one budget, ``seeds`` training runs each (two balanced tracks), then assemble."""
+    _run_tracks(ablation_tracks(seeds), work, jobs)
+    assemble_ablation(work, out, seeds)

@@ -207,6 +207,19 @@ def evaluation_prompts() -> list[str]:
     return prompts
 
 
+def every_prompt() -> list[str]:
+    """Every caption of the world's grammar once, in a fixed shuffled order (the ``toy-all`` prompt set).
+
+    540 prompts: 12 single objects, 463 seen pairs and 65 held-out pairs (categories by ``prompt_category``).
+    The grammar has no more distinct captions, so no toy prompt set can hold more distinct prompts; the
+    order is a seeded permutation, so the first n (``prompts: {set: toy-all, limit: n}``) are a simple
+    random sample of the captions, each category in about its share.
+    """
+    captions = [caption.text for caption in all_captions()]
+    order = np.random.default_rng(2026).permutation(len(captions))
+    return [captions[index] for index in order]
+
+
 def _binding_couple(rng: np.random.Generator, relation: str, seen: list[Caption]) -> tuple[Caption, Caption]:
     """Two seen captions that swap colours between the same two shapes in the same relation."""
     seen_texts = {caption.text for caption in seen}

@@ -23,6 +23,7 @@ from suite.model.backends import BACKENDS
 from suite.model.loading import LoadOptions
 from suite.model.presets import PRESETS, TOY_WEIGHTS
 from suite.toy import models
+from suite.toy.recipes import COMPUTE_MATCHED_STEPS
 from suite.toy.world import WORDS
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -89,6 +90,47 @@ def test_a_killed_ablation_cell_resumes_to_the_same_weights(tmp_path, cell):
         assert weights[0].keys() == weights[1].keys()
         for name in weights[0]:
             assert torch.equal(weights[0][name], weights[1][name]), (part, name)
+
+
+def test_a_snapshot_equals_the_same_recipe_trained_to_that_step(tmp_path):
+    """The compute-matched pixel runs are EMA snapshots of longer runs: equal to training to that step, and the
+    snapshot's export does not disturb the run that goes on (its final weights equal a run without snapshots)."""
+    from safetensors.torch import load_file
+
+    from suite.toy import train
+
+    recipe = replace(
+        train.ABLATION_RECIPES["pixel-clip-seed7"],
+        iterations=4,
+        batch_size=2,
+        checkpoint_every=2,
+        log_every=2,
+        warmup=2,
+    )
+    assert train.ABLATION_RECIPES["pixel-clip-seed7"].snapshots == (COMPUTE_MATCHED_STEPS["pixel-clip"],)
+    train.run_recipe(replace(recipe, snapshots=(2,)), tmp_path / "long", log=lambda line: None)
+    train.run_recipe(replace(recipe, iterations=2, snapshots=()), tmp_path / "short", log=lambda line: None)
+    train.run_recipe(replace(recipe, snapshots=()), tmp_path / "plain", log=lambda line: None)
+    folder = tmp_path / "long" / recipe.name
+    for part in ("unet", "text_encoder"):
+        pairs = [
+            (folder / "snapshot-2", tmp_path / "short" / recipe.name / "final"),
+            (folder / "final", tmp_path / "plain" / recipe.name / "final"),
+        ]
+        for first, second in pairs:
+            a, b = (load_file(next((path / part).glob("*.safetensors"))) for path in (first, second))
+            assert all(torch.equal(a[name], b[name]) for name in a), (part, first.name)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["snapshots"]["2"]["training_flops"] * 2 == summary["training_flops"]
+
+
+def test_compute_matched_steps_spend_the_latent_cells_training_flops():
+    """The registered matched step of each pixel cell: its latent twin's total FLOPs over its FLOPs per step."""
+    training = json.loads((TOY_WEIGHTS / "ablation" / "training.json").read_text())
+    for cell, step in COMPUTE_MATCHED_STEPS.items():
+        twin = cell.replace("pixel", "latent")
+        per_step = training[cell]["training_flops"] / training[cell]["recipe"]["iterations"]
+        assert step == round(training[twin]["training_flops"] / per_step)
 
 
 # -- the presets -----------------------------------------------------------------------------------------

@@ -189,10 +189,18 @@ def test_every_shipped_claim_file_validates_and_the_eight_claims_are_there():
 
 def test_a_bad_claim_file_is_one_line_naming_it(tmp_path):
     path = tmp_path / "01-bad.yaml"
-    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: nonsense\n")
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: nonsense\nrules: {method: steps/v1}\n")
     with pytest.raises(UserError, match="unknown claim experiment 'nonsense'"):
         load_claim(path)
-    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: steps\nsweeps: {a: {presets: [nope]}}\n")
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: steps\n")
+    with pytest.raises(UserError, match="rules: Field required"):
+        load_claim(path)
+    path.write_text("claim: 1\ntitle: t\nstatement: s\nexperiment: steps\nrules: {method: steps/v9}\n")
+    with pytest.raises(UserError, match=r"rules\.method: 'steps/v9' is not a judge of 'steps'"):
+        load_claim(path)
+    path.write_text(
+        "claim: 1\ntitle: t\nstatement: s\nexperiment: steps\nrules: {method: steps/v1}\nsweeps: {a: {presets: [nope]}}\n"
+    )
     with pytest.raises(UserError, match=r"01-bad: sweeps\.a"):
         load_claim(path)
     assert main(["claims", "--claims-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2

@@ -50,3 +50,18 @@ def test_bad_filters_are_one_line(prompts, message):
     with pytest.raises(UserError, match=message) as error:
         _resolve(prompts)
     assert "\n" not in str(error.value)
+
+
+def test_toy_all_is_every_caption_of_the_grammar_once_in_a_shuffled_order():
+    from suite.toy.world import all_captions, prompt_category
+
+    prompts = list(PROMPT_SETS.get("toy-all"))
+    assert sorted(prompts) == sorted(caption.text for caption in all_captions()) and len(set(prompts)) == 540
+    categories = [prompt_category(prompt) for prompt in prompts]
+    assert {name: categories.count(name) for name in set(categories)} == {
+        "single": 12,
+        "pair": 463,
+        "held-out pair": 65,
+    }
+    first = [prompt_category(prompt) for prompt in prompts[:270]]  # a prefix is a sample of every category
+    assert 0.05 < first.count("held-out pair") / 270 < 0.20 and first.count("single") >= 2

@@ -6,10 +6,11 @@ layer it may import ``suite.run``, ``suite.metrics``, ``suite.prompts``, ``suite
 ``suite.core`` and its ``suite.analysis`` siblings (bench, costs, diff, report), never ``suite.cli``.
 Its modules import one way, and none imports this package file:
 
-- ``experiments``: the registry (claim file's ``experiment:`` -> measure and judge); ``claim_file``: the files;
+- ``experiments``: the registry (claim file's ``experiment:`` -> measure and judges, one per rules method);
+  ``claim_file``: the files; ``plan``: prompts each comparison needs for 80% power, from a pilot;
 - ``common``: what the claim modules share; ``report``: figures, and the report built from the judges;
 - one module per claim, each registering its experiment: ``values_per_step`` (1), ``structure`` (2),
-  ``steps`` (3), ``guidance`` (4), ``determinism`` (5), ``attention_bleed`` (6, with the recorder in
+  ``steps`` (3), ``guidance`` (4, its rules in ``guidance_rules``), ``determinism`` (5), ``attention_bleed`` (6, with the recorder in
   ``attention``), ``cost`` (7), ``step_time`` (8); ``saturation`` holds claim 4's image measures.
 
 ``suite claims`` runs in two phases:
@@ -42,7 +43,7 @@ from suite.analysis.claims import (  # each claim module registers its experimen
     structure,
     values_per_step,
 )
-from suite.analysis.claims.claim_file import ClaimConfig, load_claims
+from suite.analysis.claims.claim_file import ClaimConfig, load_claims, registered_rules, registry_key
 from suite.analysis.claims.common import (
     INCONCLUSIVE,
     NOT_RUN,
@@ -55,6 +56,7 @@ from suite.analysis.claims.common import (
 )
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.claims.report import build_claims_report
+from suite.analysis.registration import register, registry_path, require_registered, write_measured
 from suite.core.files import atomic_write_bytes
 
 CLAIM_MODULES = (values_per_step, structure, steps, guidance, determinism, attention_bleed, cost, step_time)
@@ -68,11 +70,15 @@ def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
     if (folder / "claim.yaml").is_file():
         log(f"{config.name}: measured already ({folder})")
         return folder
+    registration = require_registered(
+        registry_path(options.claims_dir.parent), registry_key(config), registered_rules(config)
+    )
     experiment = EXPERIMENTS.get(config.experiment)
     runs = run_claim_sweeps(config, options)
     tables = experiment.measure(config, runs, options)
     for name, frame in tables.items():
         atomic_write_bytes(folder / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    write_measured(folder, registration)
     claim = config.model_dump(exclude={"name"})
     atomic_write_bytes(folder / "claim.yaml", yaml.safe_dump(claim, sort_keys=False).encode())  # written last
     log(f"{config.name}: measured ({', '.join(sorted(tables))})")
@@ -82,9 +88,30 @@ def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
 def run_claims(options: ClaimsOptions, log=print) -> Path:
     """Measure every claim that has no tables yet, then build the report from the tables."""
 
-    for config in load_claims(options.claims_dir, list(options.names) or None):
+    configs = load_claims(options.claims_dir, list(options.names) or None)
+    for config in configs:  # every claim's rules checked before anything is measured
+        require_registered(registry_path(options.claims_dir.parent), registry_key(config), registered_rules(config))
+    for config in configs:
         measure(config, options, log)
-    return build_claims_report(options.out / "report")
+    return build_claims_report(options.out / "report", registry_path(options.claims_dir.parent))
+
+
+def register_claims(options: ClaimsOptions, reason: str = "", log=print) -> list[str]:
+    """Register every claim file's rules (those named, or all) that differ from their latest registration."""
+    path = registry_path(options.claims_dir.parent)
+    changed = []
+    for config in load_claims(options.claims_dir, list(options.names) or None):
+        data_exist = (data_dir(options.out, config) / "claim.yaml").is_file()
+        entry = register(path, registry_key(config), registered_rules(config), reason, data_exist)
+        if entry is None:
+            log(f"{config.name}: registered already ({path})")
+        else:
+            changed.append(config.name)
+            log(
+                f"{config.name}: registered {entry.hash} at {entry.registered}"
+                + (" (after data)" if entry.after_data else "")
+            )
+    return changed
 
 
 __all__ = [
@@ -100,5 +127,6 @@ __all__ = [
     "build_claims_report",
     "load_claims",
     "measure",
+    "register_claims",
     "run_claims",
 ]

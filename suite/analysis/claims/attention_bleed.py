@@ -16,6 +16,7 @@ from scipy import stats as scipy_stats
 from suite.analysis.claims.attention import AttentionRecorder, bleed, colour_masks, downsample, token_positions
 from suite.analysis.claims.claim_file import ClaimConfig
 from suite.analysis.claims.common import (
+    INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
     ClaimsOptions,
@@ -132,39 +133,125 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
     }
 
 
-def judge_attention(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    """(a) "Works at several resolutions": per family, at two or more UNet resolutions the colour words' attention
-    lands on their own object more than uniform attention would (bleed significantly below chance, Holm across
-    the table). (b) "Attributes can bleed": pair images with a colour on the wrong object (binding errors) occur,
-    the binding accuracy's Wilson interval staying below 1. Whether attention bleed is higher in those images
-    (Holm) is reported as the mechanism, not judged."""
-    summary, maps = tables["summary"], tables["example_maps"]
-    summary = summary.assign(bleed_minus_chance_p_holm=stats.holm(summary.bleed_minus_chance_p.to_numpy()))
-    if "bleed_errors_minus_correct_p" in summary:
-        tested = summary.bleed_errors_minus_correct_p.notna().to_numpy()
-        adjusted = np.full(len(summary), np.nan)
-        adjusted[tested] = stats.holm(summary.bleed_errors_minus_correct_p.to_numpy()[tested])
-        summary = summary.assign(bleed_errors_minus_correct_p_holm=adjusted)
+def _localised(summary: pd.DataFrame, column: str, alpha: float, needed: int) -> tuple[list[str], list[str]]:
+    """(a) per family: attention on the own object at ``needed`` or more resolutions (bleed below chance by ``column``)."""
     verdicts, lines = [], []
     for family, rows in summary.groupby("family", sort=True):
-        localised = rows[(rows.bleed_minus_chance_p_holm < ALPHA) & (rows.bleed_minus_chance < 0)]
-        verdicts.append(SUPPORTED if len(localised) >= 2 else NOT_SUPPORTED)
+        localised = rows[(rows[column] < alpha) & (rows.bleed_minus_chance < 0)]
+        verdicts.append(SUPPORTED if len(localised) >= needed else NOT_SUPPORTED)
         lines.append(f"{family}: localised at {', '.join(f'{s}x{s}' for s in localised.side) or 'no resolution'}")
+    return verdicts, lines
+
+
+def _holm_column(summary: pd.DataFrame, column: str) -> np.ndarray:
+    tested = summary[column].notna().to_numpy()
+    adjusted = np.full(len(summary), np.nan)
+    adjusted[tested] = stats.holm(summary[column].to_numpy()[tested])
+    return adjusted
+
+
+def _decide_v1(summary, per_image, rules) -> tuple[list[str], list[str]]:
+    """The rule before the first data: (a) on unadjusted p; (b) binding errors carry significantly more attention
+    bleed than correct images at some resolution of some family (unadjusted; else inconclusive)."""
+    alpha = rules["alpha"]
+    verdicts, lines = _localised(summary, "bleed_minus_chance_p", alpha, rules["resolutions_needed"])
+    if "bleed_errors_minus_correct_p" in summary:
+        related = summary[(summary.bleed_errors_minus_correct_p < alpha) & (summary.bleed_errors_minus_correct > 0)]
+        verdicts.append(SUPPORTED if len(related) else INCONCLUSIVE)
+        lines.append(
+            "more bleed in binding errors at "
+            + (", ".join(f"{r.family} {r.side}x{r.side}" for r in related.itertuples()) or "no resolution")
+        )
+    return verdicts, lines
+
+
+def _decide_v2(summary, per_image, rules) -> tuple[list[str], list[str]]:
+    """The rule changed 51 s after the first data: (a) Holm across the table; (b) binding errors occur (the binding
+    accuracy's Wilson interval below 1). Attention bleed in those images is reported, not judged."""
+    alpha = rules["alpha"]
+    verdicts, lines = _localised(summary, "bleed_minus_chance_p_holm", alpha, rules["resolutions_needed"])
     binding = summary.drop_duplicates("family")
-    bleeds = bool((binding.binding_ci95_high < 1).all())
-    verdicts.append(SUPPORTED if bleeds else NOT_SUPPORTED)
+    verdicts.append(SUPPORTED if bool((binding.binding_ci95_high < 1).all()) else NOT_SUPPORTED)
     lines.append(
         "binding accuracy on pair prompts "
         + ", ".join(f"{row.family} {ci(row, 'binding')}" for row in binding.itertuples())
     )
     if "bleed_errors_minus_correct_p_holm" in summary:
         related = summary[
-            (summary.bleed_errors_minus_correct_p_holm < ALPHA) & (summary.bleed_errors_minus_correct > 0)
+            (summary.bleed_errors_minus_correct_p_holm < alpha) & (summary.bleed_errors_minus_correct > 0)
         ]
         lines.append(
             "more attention bleed in binding errors (Holm) at "
             + (", ".join(f"{r.family} {r.side}x{r.side}" for r in related.itertuples()) or "no resolution")
         )
+    return verdicts, lines
+
+
+def within_prompt_table(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per family and resolution: how much more attention bleed binding errors carry than correct images of the
+    same prompt (``paired.group_difference_within``)."""
+    rows = []
+    for (family, side), frame in per_image.groupby(["family", "side"], sort=True):
+        frame = frame.dropna(subset=["bleed"])
+        test = paired.group_difference_within(
+            frame["bleed"].to_numpy(), (frame["binding"] == 0).to_numpy(), stats.Units.of(frame["prompt_index"])
+        )
+        rows.append(
+            {
+                "family": family,
+                "side": side,
+                "errors_minus_correct_within": test.difference,
+                "errors_minus_correct_within_ci95_low": test.low,
+                "errors_minus_correct_within_ci95_high": test.high,
+                "errors_minus_correct_within_p": test.p_value,
+                "n_prompts": test.n_prompts,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _decide_v3(summary, per_image, rules) -> tuple[list[str], list[str]]:
+    """Rules that can fail, registered before the data on the larger prompt set: (a) as before, Holm across the
+    table; (b) "attributes can bleed": binding errors carry more attention bleed than correct images of the same
+    prompt at some resolution of some family (within-prompt estimate, labels permuted within prompts, Holm across
+    the table) is supported; every resolution's interval below the margin (shown not to) not supported; else
+    inconclusive."""
+    alpha = rules["alpha"]
+    verdicts, lines = _localised(summary, "bleed_minus_chance_p_holm", alpha, rules["resolutions_needed"])
+    within = within_prompt_table(per_image)
+    within = within.assign(errors_minus_correct_within_p_holm=_holm_column(within, "errors_minus_correct_within_p"))
+    related = within[(within.errors_minus_correct_within_p_holm < alpha) & (within.errors_minus_correct_within > 0)]
+    if len(related):
+        verdicts.append(SUPPORTED)
+    elif (within.errors_minus_correct_within_ci95_high < rules["bleed_margin"]).all():
+        verdicts.append(NOT_SUPPORTED)
+    else:
+        verdicts.append(INCONCLUSIVE)
+    lines.append(
+        "more attention bleed in binding errors than in correct images of the same prompt (Holm) at "
+        + (
+            ", ".join(
+                f"{r.family} {r.side}x{r.side} {ci(r, 'errors_minus_correct_within')}" for r in related.itertuples()
+            )
+            or "no resolution"
+        )
+    )
+    return verdicts, lines
+
+
+DECIDE = {"attention/v1": _decide_v1, "attention/v2": _decide_v2, "attention/v3": _decide_v3}
+
+
+def judge_attention(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    """Sub-claims (a) "works at several resolutions" and (b) "attributes can bleed", under the registered rules
+    (``DECIDE``); the table and maps are the same under every rule."""
+    summary, maps = tables["summary"], tables["example_maps"]
+    summary = summary.assign(bleed_minus_chance_p_holm=stats.holm(summary.bleed_minus_chance_p.to_numpy()))
+    if "bleed_errors_minus_correct_p" in summary:
+        summary = summary.assign(
+            bleed_errors_minus_correct_p_holm=_holm_column(summary, "bleed_errors_minus_correct_p")
+        )
+    verdicts, lines = DECIDE[rules["method"]](summary, tables["per_image"], rules)
     verdict = overall(verdicts)
     shown = summary.assign(
         bleed=[ci(row, "bleed") for _, row in summary.iterrows()],
@@ -236,7 +323,7 @@ EXPERIMENTS.register(
     "attention",
     Experiment(
         measure_attention,
-        judge_attention,
+        {method: judge_attention for method in DECIDE},
         "cross-attention maps per UNet resolution; colour-word attention on the wrong object vs binding",
     ),
 )

@@ -8,7 +8,13 @@ experiment: steps              # which experiment (suite.analysis.claims.experim
 sweeps:                        # optional: ordinary sweeps, each run into runs/<claim name>/<sweep name>
   ddpm: {presets: [...], samplers: [ddpm], steps: [25, 1000], ...}
 settings: {reference: ...}     # optional: the experiment's own parameters
+rules:                         # how the data are judged, registered before data (suite claims --register)
+  method: steps/v2             # the judge (a version of the experiment's judging code)
+  alpha: 0.05
+  margins: {exact: 0.1, clip: 5.0}
 ```
+
+The rules (and the experiment they belong to) are what ``suite claims --register`` hashes and records.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class ClaimConfig(BaseModel):
     experiment: str  # a name in suite.analysis.claims.experiments.EXPERIMENTS
     sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
+    rules: dict[str, Any]  # the judging rules: ``method`` (which judge) and its thresholds, margins, families
     name: str = ""  # the file's stem, filled in by ``load_claim``
 
     @model_validator(mode="before")
@@ -46,7 +53,12 @@ def load_claim(path: Path) -> ClaimConfig:
     """Read and validate one claim file: its sweeps are validated as sweeps, its experiment must exist."""
 
     config = load_named_file(path, ClaimConfig, "claim file")
-    EXPERIMENTS.get(config.experiment)
+    experiment = EXPERIMENTS.get(config.experiment)
+    method = config.rules.get("method")
+    if method not in experiment.judges:
+        raise UserError(
+            f"{path}: rules.method: {method!r} is not a judge of {config.experiment!r}; known: {', '.join(experiment.judges)}"
+        )
     for sweep_name in config.sweeps:
         claim_sweep(config, sweep_name, path.parent)
     return config
@@ -71,3 +83,12 @@ def claim_sweep(config: ClaimConfig, sweep_name: str, base_dir: Path) -> Resolve
     """One of the claim's sweeps, validated and resolved like a sweep file; named ``<claim>-<sweep>``."""
     data = {"name": f"{config.name}-{sweep_name}", **config.sweeps[sweep_name]}
     return resolve(parse_sweep(data, f"{config.name}: sweeps.{sweep_name}"), base_dir, config.name)
+
+
+def registered_rules(config: ClaimConfig) -> dict[str, Any]:
+    """What a claim registers: its experiment and its rules (the hash covers both)."""
+    return {"experiment": config.experiment, **config.rules}
+
+
+def registry_key(config: ClaimConfig) -> str:
+    return f"claims/{config.name}"

@@ -51,11 +51,19 @@ def matched_points(points: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Serie
 
 def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dict[str, pd.DataFrame]:
     settings = config.settings
-    source = load_claim(options.claims_dir / f"{settings['quality_from']}.yaml")
     keys = ["family", "preset", "sampler", "num_inference_steps", "guidance_scale"]
-    points = pd.concat(
-        [point_quality(run, keys)[1] for run in run_claim_sweeps(source, options).values()], ignore_index=True
-    )
+    if not runs:  # the grid of another claim (the first design: claim 3's)
+        source = load_claim(options.claims_dir / f"{settings['quality_from']}.yaml")
+        runs = run_claim_sweeps(source, options)
+    measured = [point_quality(run, keys) for run in runs.values()]
+    points = pd.concat([frame for _, frame in measured], ignore_index=True)
+    images = pd.concat([frame for frame, _ in measured], ignore_index=True)
+    prompt_quality = images.groupby([*keys, "prompt_index"], sort=True)["toy_correct"].mean().reset_index()
+    profile_settings = ProfileSettings(**settings.get("profile_settings", {}))
+    real = profile_presets(settings["profile_presets"], profile_settings).pipelines
+    real_table = real[["preset", "image", "parameters", "tflops_per_image"]]
+    if config.rules["method"] != "cost/v1":  # the frontier rules judge from the grid alone; nothing is re-timed
+        return {"points": points, "prompt_quality": prompt_quality, "real": real_table}
     target, latent, cascaded = matched_points(points)
 
     timing = timing_of(config)
@@ -111,8 +119,6 @@ def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dic
             "note": "exact count: no interval",
         },
     ]
-    profile_settings = ProfileSettings(**settings.get("profile_settings", {}))
-    real = profile_presets(settings["profile_presets"], profile_settings).pipelines
     base_row, other_row = real.iloc[0], real.iloc[1]
     ratios.append(
         {
@@ -124,11 +130,10 @@ def measure_cost(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dic
             f"{base_row.image} vs {other_row.image}",
         }
     )
-    real_table = real[["preset", "image", "parameters", "tflops_per_image"]]
     return {"points": points, "matched": pd.DataFrame(matched), "ratios": pd.DataFrame(ratios), "real": real_table}
 
 
-def judge_cost(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+def judge_cost(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Supported when the measured seconds ratio (cascaded / latent) at matched quality has its interval above 1
     and the counted FLOPs ratios (toy and real architectures) are above 1."""
     ratios, matched, real = tables["ratios"], tables["matched"], tables["real"]
@@ -170,11 +175,115 @@ def judge_cost(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement
     return Judgement(verdict, numbers, claim_section(claim, blocks))
 
 
+def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: dict) -> pd.DataFrame:
+    """Per quality level: each family's cheapest grid point whose exact match reaches it, and the cost ratio
+    cascaded / latent, with percentile intervals from resampling prompts (all points together: they share prompts).
+
+    A resample in which a family reaches no point at the level has no ratio; the share of such resamples is kept.
+    """
+    cost = rules["cost"]
+    keys = ["family", "preset", "sampler", "num_inference_steps", "guidance_scale"]
+    wide = prompt_quality.pivot_table(index="prompt_index", columns=keys, values="toy_correct").dropna()
+    columns = list(wide.columns)
+    costs = points.set_index(keys).loc[columns, cost].to_numpy(dtype=float)
+    family_of = np.array([column[0] for column in columns])
+    matrix = wide.to_numpy()
+    rng = np.random.default_rng(rules.get("seed", 0))
+    draws = [np.arange(len(matrix))] + [rng.integers(0, len(matrix), len(matrix)) for _ in range(rules["resamples"])]
+    quality = np.stack([matrix[draw].mean(axis=0) for draw in draws])  # (1 + B) x points
+    rows = []
+    for level in rules["quality_levels"]:
+        cheapest = {}
+        for family in ("latent", "cascaded"):
+            reach = np.where((quality >= level) & (family_of == family)[None], costs[None], np.inf)
+            cheapest[family] = reach.min(axis=1)
+        reached = np.isfinite(cheapest["cascaded"]) & np.isfinite(cheapest["latent"])
+        ratio = np.where(reached, cheapest["cascaded"] / np.where(reached, cheapest["latent"], 1.0), np.nan)
+        finite = np.isfinite(ratio[1:])
+        low, high = np.quantile(ratio[1:][finite], [0.025, 0.975]) if finite.any() else (np.nan, np.nan)
+        row = {"level": level, "measure": cost}
+        for family in ("latent", "cascaded"):
+            point = cheapest[family][0]
+            chosen = [c for c, f, k in zip(columns, family_of, costs) if f == family and k == point]
+            row[f"{family}_point"] = (
+                f"{chosen[0][2]} {chosen[0][3]}" if np.isfinite(point) and chosen else "not reached"
+            )
+            row[f"{family}_cost"] = point if np.isfinite(point) else np.nan
+        row |= {
+            "ratio": ratio[0] if np.isfinite(ratio[0]) else np.nan,
+            "ratio_ci95_low": low,
+            "ratio_ci95_high": high,
+            "resamples_unreached": float(1 - finite.mean()),
+            "n_prompts": len(matrix),
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    """Cost at equal quality along each family's frontier: at each registered exact-match level, the cheapest point
+    of each family that reaches it (FLOPs per image, an exact count), compared as a ratio with its interval over
+    prompts. Supported when every level both families reach has the ratio's interval above 1; not supported when
+    some level's interval lies below 1; else (or no level reached by both) inconclusive."""
+    if "prompt_quality" not in tables:
+        return Judgement(
+            INCONCLUSIVE,
+            "the data predate this rule's measurements (per-prompt quality)",
+            claim_section(claim, [Text("Not measured under this rule.")]),
+        )
+    frontier = frontier_costs(tables["points"], tables["prompt_quality"], rules)
+    both = frontier[frontier.ratio.notna()]
+    if len(both) == 0:
+        verdict = INCONCLUSIVE
+    elif (both.ratio_ci95_low > 1).all() and (both.resamples_unreached <= rules["max_unreached"]).all():
+        verdict = SUPPORTED
+    elif (both.ratio_ci95_high < 1).any():
+        verdict = NOT_SUPPORTED
+    else:
+        verdict = INCONCLUSIVE
+    numbers = "; ".join(
+        f"exact match {row.level:g}: {ci(row, 'ratio', '.2f')}x {rules['cost']} ({row.cascaded_point} vs {row.latent_point})"
+        if not pd.isna(row.ratio)
+        else f"exact match {row.level:g}: not reached by both"
+        for row in frontier.itertuples()
+    )
+    points = tables["points"].sort_values(["family", "sampler", "num_inference_steps"])
+    shown = points.assign(exact_match=[ci(row, "toy_correct") for _, row in points.iterrows()])[
+        [
+            "family",
+            "sampler",
+            "num_inference_steps",
+            "guidance_scale",
+            "exact_match",
+            "gflops_per_image",
+            "seconds_per_image_median",
+        ]
+    ]
+    blocks = [
+        Text(
+            f"Each family's frontier: at each exact-match level ({', '.join(f'{q:g}' for q in rules['quality_levels'])}), "
+            f"its cheapest grid point reaching it, by {rules['cost']} (counted, exact). The ratio cascaded / latent "
+            f"has a percentile interval from {rules['resamples']} resamples of prompts (all points resampled together; "
+            "a resample can pick other points). resamples_unreached: the share of resamples in which a family reached "
+            f"no point at that level (more than {rules['max_unreached']:g} withholds support)."
+        ),
+        Table(
+            frontier.assign(ratio=[ci(row, "ratio", ".2f") for _, row in frontier.iterrows()]),
+            {"latent_cost": ".4g", "cascaded_cost": ".4g", "resamples_unreached": ".3f"},
+        ),
+        Text("The grid (exact match with its interval over prompts; seconds per image as measured while sampling):"),
+        Table(shown, {"gflops_per_image": ".4g", "seconds_per_image_median": ".4f"}),
+        Text("Real architectures, counted from their public configs (`suite profile`):"),
+        Table(tables["real"], {"tflops_per_image": ".4g"}),
+    ]
+    return Judgement(verdict, numbers, claim_section(claim, blocks))
+
+
 EXPERIMENTS.register(
     "cost",
     Experiment(
         measure_cost,
-        judge_cost,
+        {"cost/v1": judge_cost, "cost/v2": judge_frontier},
         "seconds and FLOPs per image, latent vs cascaded, at matched quality; real architectures from configs",
     ),
 )

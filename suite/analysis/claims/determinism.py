@@ -112,17 +112,18 @@ def measure_determinism(config: ClaimConfig, runs: dict, options: ClaimsOptions)
     return {"comparisons": pd.DataFrame(rows)}
 
 
-def judge_determinism(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+def judge_determinism(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Supported on one machine when every rerun, shard and resume gives identical sha256 and another batch size
     stays within 1/255; the device rows (CPU vs GPU) are reported, and make it partly supported if they differ."""
     comparisons = tables["comparisons"]
     here = comparisons[~comparisons.comparison.str.startswith("CPU vs GPU")]
     exact = here[here.comparison != "batch size"]
     batch = here[here.comparison == "batch size"]
-    same_machine = bool((exact.sha256_match == 1).all() and (batch.max_pixel_difference <= 1).all())
+    tolerance = rules["batch_size_max_pixel_difference"]
+    same_machine = bool((exact.sha256_match == 1).all() and (batch.max_pixel_difference <= tolerance).all())
     devices = comparisons[comparisons.comparison.str.startswith("CPU vs GPU")]
     verdict = SUPPORTED if same_machine else NOT_SUPPORTED
-    if same_machine and len(devices) and (devices.max_pixel_difference > 1).any():
+    if same_machine and len(devices) and (devices.max_pixel_difference > tolerance).any():
         verdict = PARTLY
     shown = comparisons.assign(sha256_match=[ci(row, "sha256_match") for _, row in comparisons.iterrows()])
     numbers = "; ".join(
@@ -150,7 +151,7 @@ EXPERIMENTS.register(
     "determinism",
     Experiment(
         measure_determinism,
-        judge_determinism,
+        {"determinism/v1": judge_determinism},
         "the same sweep rerun, sharded, killed and resumed, and at another batch size: sha256 compared",
     ),
 )

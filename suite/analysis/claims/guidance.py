@@ -14,9 +14,6 @@ from PIL import Image
 
 from suite.analysis.claims.claim_file import ClaimConfig
 from suite.analysis.claims.common import (
-    INCONCLUSIVE,
-    NOT_SUPPORTED,
-    SUPPORTED,
     ClaimsOptions,
     ci,
     claim_section,
@@ -26,12 +23,12 @@ from suite.analysis.claims.common import (
     point_quality,
 )
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
+from suite.analysis.claims.guidance_rules import METHODS, decide, threshold_table
 from suite.analysis.claims.report import copy_image, errorbar, save_figure
 from suite.analysis.claims.saturation import MEASURES, saturation_scores
 from suite.analysis.report.render import Figure, Table, Text
 from suite.analysis.report.tables import with_interval
 from suite.core import paired, stats
-from suite.core.stats import ALPHA
 from suite.toy.world import sample_batch
 
 
@@ -86,6 +83,7 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
             other = indexed.loc[(family, guidance)]
             row = {"family": family, "guidance_scale": guidance, "best_guidance": best}
             row |= prompt_following("best", base_best, other)
+            row |= prompt_following("reference", base_reference, other)
             if unconditional is not None and guidance == 1.0:
                 row |= prompt_following("unconditional", unconditional, other)
             for measure_name in MEASURES:
@@ -110,6 +108,9 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
         adjusted = adjusted.reshape(len(rows), len(p_columns))
         for position, column in enumerate(p_columns):
             tests.loc[rows.index, f"{column}_holm"] = adjusted[:, position]
+    # each prompt's mean of every saturation measure at each scale (over its seeds): what a rule on the shape of
+    # the saturation curve (a change of slope) is judged from, resampling prompts
+    prompt_saturation = images.groupby([*keys, "prompt_index"], sort=True)[list(MEASURES)].mean().reset_index()
     examples = images[images["prompt_index"] == int(config.settings.get("example_prompt", 0))]
     data = data_dir(options.out, config)
     data.mkdir(parents=True, exist_ok=True)
@@ -122,49 +123,17 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
             axis=1,
         )
         Image.fromarray(strip).save(data / f"guidance-strip-{family}.png")
-    return {"points": points, "tests": tests, "world_level": world_level}
+    return {"points": points, "tests": tests, "world_level": world_level, "prompt_saturation": prompt_saturation}
 
 
-def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    """Per family, Holm-adjusted within the family: (a) "1 ignores the prompt": guidance 1 follows the prompt no
-    better than guidance 0 (the model without its prompt) in exact match and CLIP score; not supported if it is
-    significantly better in either; (b) "7-12 follows the prompt": some scale in 7-12.5 is not significantly below
-    the best scale in either measure; (c) "above ~15 oversaturate": at 15 or more, some saturation measure is
-    significantly above its level at the reference scale."""
-    points, tests, world = tables["points"], tables["tests"], tables["world_level"]
-    verdicts, lines = [], []
-    for family, rows in tests.groupby("family", sort=True):
-        rows = rows.sort_values("guidance_scale")
-        at_one = rows[rows.guidance_scale == 1.0].iloc[0]
-        if "exact_vs_unconditional_p_holm" in rows and not pd.isna(at_one.exact_vs_unconditional_p_holm):
-            better = (at_one.exact_vs_unconditional_p_holm < ALPHA and at_one.exact_vs_unconditional > 0) or (
-                at_one.clip_vs_unconditional_p_holm < ALPHA and at_one.clip_vs_unconditional > 0
-            )
-            ignores = NOT_SUPPORTED if better else SUPPORTED
-            ignore_text = f"1 vs 0: exact {ci(at_one, 'exact_vs_unconditional')}, CLIP {ci(at_one, 'clip_vs_unconditional', '.2f')}"
-        else:
-            ignores, ignore_text = INCONCLUSIVE, "no guidance-0 baseline"
-        scales = rows[rows.guidance_scale >= 1]
-        worse = ((scales.exact_vs_best_p_holm < ALPHA) & (scales.exact_vs_best < 0)) | (
-            (scales.clip_vs_best_p_holm < ALPHA) & (scales.clip_vs_best < 0)
-        )
-        good = scales[~worse].guidance_scale
-        follows = bool(((good >= 7) & (good <= 12.5)).any())
-        high = rows[rows.guidance_scale >= 15]
-        saturates = bool(
-            (
-                ((high.mean_saturation_vs_reference_p_holm < ALPHA) & (high.mean_saturation_vs_reference > 0))
-                | ((high.clipped_fraction_vs_reference_p_holm < ALPHA) & (high.clipped_fraction_vs_reference > 0))
-                | ((high.palette_distance_vs_reference_p_holm < ALPHA) & (high.palette_distance_vs_reference > 0))
-            ).any()
-        )
-        verdicts += [ignores, *(SUPPORTED if holds else NOT_SUPPORTED for holds in (follows, saturates))]
-        best = rows.best_guidance.iloc[0]
-        lines.append(
-            f"{family}: best scale {best:g}; not significantly below it: {', '.join(f'{g:g}' for g in good)}; "
-            f"1 ignores the prompt: {ignores} ({ignore_text}); oversaturated at >= 15: {'yes' if saturates else 'no'}"
-        )
+def _judge(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    verdicts, lines = decide(tables["tests"], tables, rules)
     verdict = overall(verdicts)
+    return Judgement(verdict, "; ".join(lines), _section(claim, rules, tables, folder, data, lines))
+
+
+def _section(claim: dict, rules: dict, tables: dict, folder: Path, data: Path, lines: list[str]):
+    points, tests, world = tables["points"], tables["tests"], tables["world_level"]
     shown = points.sort_values(["family", "guidance_scale"]).assign(
         exact_match=[
             with_interval(r.toy_correct, r.toy_correct_ci95_low, r.toy_correct_ci95_high, ".3f")
@@ -240,15 +209,48 @@ def judge_guidance(claim: dict, tables: dict, folder: Path, data: Path) -> Judge
                 f"{path.stem.removeprefix('guidance-strip-')}: one prompt at guidance {scales}",
             )
         )
+    if "prompt_saturation" in tables and "threshold" in rules:
+        threshold = threshold_table(tables["prompt_saturation"], rules)
+        blocks.append(
+            Text(
+                f"Shape of the saturation curve ({rules['threshold']['measure']}, scales >= "
+                f"{rules['threshold']['fit_from']:g}): least squares on each scale's mean with a change of slope at "
+                f"{rules['threshold']['at']:g}; slopes per unit of guidance, and the excess of the slope above over "
+                f"{rules['threshold']['slope_ratio']:g}x the slope below, each a mean over prompts of that prompt's "
+                "own contrast (BCa interval, sign-flip p over prompts)."
+            )
+        )
+        blocks.append(
+            Table(
+                threshold.assign(
+                    **{
+                        name: [ci(row, name, ".4f") for _, row in threshold.iterrows()]
+                        for name in ("slope_below", "slope_above", "slope_excess")
+                    }
+                )[
+                    [
+                        "family",
+                        "measure",
+                        "scales",
+                        "n_prompts",
+                        "slope_below",
+                        "slope_above",
+                        "slope_excess",
+                        "slope_excess_p",
+                    ]
+                ],
+                {"slope_excess_p": ".3g"},
+            )
+        )
     blocks.append(Text("Sub-claims: " + "; ".join(lines) + "."))
-    return Judgement(verdict, "; ".join(lines), claim_section(claim, blocks))
+    return claim_section(claim, blocks)
 
 
 EXPERIMENTS.register(
     "guidance",
     Experiment(
         measure_guidance,
-        judge_guidance,
+        {method: _judge for method in METHODS},
         "prompt following and oversaturation against the guidance scale, paired per image",
     ),
 )

@@ -8,6 +8,7 @@ repeated in the report, so a reader can disagree with a rule.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,17 @@ import yaml
 
 from suite.analysis.bench.summary import FORMER_MILLISECONDS
 from suite.analysis.claims.experiments import EXPERIMENTS, Judgement
+from suite.analysis.registration import (
+    REGISTRY_NAME,
+    Judging,
+    Measured,
+    Registration,
+    exploratory_label,
+    history,
+    read_measured,
+    read_registry,
+    rules_for,
+)
 from suite.analysis.report.render import Section, Table, Text, to_html, to_markdown
 from suite.core.files import atomic_write_text
 from suite.metrics import former_name
@@ -72,29 +84,90 @@ def upgraded_data(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=lambda column: re.sub(r"(?<!_ci95)_(low|high)$", r"_ci95_\1", column))
 
 
-def judge_all(report: Path) -> list[tuple[dict, Judgement]]:
+@dataclass(frozen=True)
+class Judged:
+    """A claim's verdict under the rules in force when its data were measured, and under any rule registered later."""
+
+    claim: dict
+    judgement: Judgement
+    rule: str  # which registration judged it, and when
+    exploratory: tuple[tuple[Registration, Judgement], ...]
+
+
+def judging_of(entries: list[Registration], key: str, measured: Measured | None) -> Judging:
+    """Data without a measurement record (measured before registration began) have no confirmatory rule."""
+    if measured is None:
+        return Judging(None, tuple(history(entries, key)))
+    return rules_for(entries, key, measured)
+
+
+def judge_all(report: Path) -> list[Judged]:
+    entries = read_registry(report / "data" / REGISTRY_NAME)
     judged = []
     for folder in sorted((report / "data").iterdir()):
         if not (folder / "claim.yaml").is_file():
             continue
         claim, tables = read_claim(folder)
-        experiment = claim.get("experiment", claim.get("measure"))  # data measured before the key was renamed
-        judged.append((claim, EXPERIMENTS.get(experiment).judge(claim, tables, report, folder)))
-    return sorted(judged, key=lambda pair: pair[0]["claim"])
+        experiment = EXPERIMENTS.get(
+            claim.get("experiment", claim.get("measure"))
+        )  # data measured before the key was renamed
+        judging = judging_of(entries, f"claims/{folder.name}", read_measured(folder))
+        later = list(judging.exploratory)
+        if judging.confirmatory is not None:
+            main, rule = judging.confirmatory, f"registered {judging.confirmatory.registered[:10]}, before the data"
+        elif later:
+            main = later.pop(0)
+            rule = f"{exploratory_label(main)} (no rule was registered before these data)"
+        else:
+            raise ValueError(f"{folder}: no registered rules judge these data ({report / 'data' / REGISTRY_NAME})")
+        judgement = experiment.judge(main.rules["method"])(claim, main.rules, tables, report, folder)
+        exploratory = tuple(
+            (entry, experiment.judge(entry.rules["method"])(claim, entry.rules, tables, report, folder))
+            for entry in later
+        )
+        if exploratory:
+            judgement = Judgement(
+                judgement.verdict,
+                judgement.numbers,
+                Section(
+                    judgement.section.title,
+                    [
+                        *judgement.section.blocks,
+                        *(
+                            Text(
+                                f"Verdict under a rule registered after the data ({exploratory_label(entry)}): "
+                                f"{other.verdict}. {other.numbers}."
+                            )
+                            for entry, other in exploratory
+                        ),
+                    ],
+                ),
+            )
+        judged.append(Judged(claim, judgement, rule, exploratory))
+    return sorted(judged, key=lambda one: one.claim["claim"])
 
 
-def build_claims_report(report: Path) -> Path:
-    """Write ``report.md`` and ``index.html`` from ``report/data`` alone; return the folder."""
+def build_claims_report(report: Path, registry: Path | None = None) -> Path:
+    """Write ``report.md`` and ``index.html`` from ``report/data`` alone; return the folder.
+
+    ``registry``, where given, is copied into ``report/data`` first, so a rebuild from the data alone judges alike.
+    """
+    if registry is not None and registry.is_file():
+        atomic_write_text(report / "data" / REGISTRY_NAME, registry.read_text(encoding="utf-8"))
     judged = judge_all(report)
     overview = pd.DataFrame(
         [
             {
-                "claim": claim["claim"],
-                "statement": claim["statement"],
-                "verdict": judgement.verdict,
-                "numbers": judgement.numbers,
+                "claim": one.claim["claim"],
+                "statement": one.claim["statement"],
+                "verdict": one.judgement.verdict,
+                "numbers": one.judgement.numbers,
+                "rule": one.rule,
+                "after the data": " / ".join(
+                    f"{other.verdict} ({exploratory_label(entry)})" for entry, other in one.exploratory
+                ),
             }
-            for claim, judgement in judged
+            for one in judged
         ]
     )
     sections = [
@@ -106,13 +179,16 @@ def build_claims_report(report: Path) -> Path:
                     "Verdicts: supported, partly supported (some sub-claims hold; the others do not, or cannot be told "
                     "yet), not supported, "
                     "inconclusive (the tests cannot tell), not run here (needs hardware this build did not have). "
-                    "Every number carries its 95% interval; rules are stated in each section. Rebuild with "
-                    "`suite claims --report-only`; remeasure with `suite claims` after deleting a claim's data folder."
+                    "Every number carries its 95% interval; rules are stated in each section. Each verdict is judged "
+                    "under the rules registered before its data were measured (experiments/registry.yaml, "
+                    "`suite claims --register`); a rule registered after the data is judged too and shown as "
+                    "exploratory with its reason. Rebuild with `suite claims --report-only`; remeasure with "
+                    "`suite claims` after deleting a claim's data folder."
                 ),
                 Table(overview),
             ],
         ),
-        *(judgement.section for _, judgement in judged),
+        *(one.judgement.section for one in judged),
         Section(
             "Also: the DDIM collapse on the toy cascade",
             [

@@ -50,10 +50,10 @@ def measure_step_time(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
     return {"bench": pd.DataFrame(rows, columns=columns)}
 
 
-def judge_step_time(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+def judge_step_time(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Judged only from a consumer GPU's bench table: supported if its median ms/step lies in the claimed range."""
     bench = tables["bench"]
-    low, high = claim["settings"]["claimed_ms"]
+    low, high = rules["claimed_ms"]
     consumer = bench[bench.consumer_gpu.astype(bool)] if len(bench) else bench
     if len(consumer) == 0:
         verdict = NOT_RUN
@@ -89,7 +89,7 @@ EXPERIMENTS.register(
     "step-time",
     Experiment(
         measure_step_time,
-        judge_step_time,
+        {"step-time/v1": judge_step_time},
         "ms per denoising step at 512 px from `suite bench` tables, where a GPU measured them",
     ),
 )

@@ -104,13 +104,13 @@ def _paired_table(comparisons: pd.DataFrame, against: str) -> pd.DataFrame:
     return shown[["family", against, "num_inference_steps", *columns]]
 
 
-def judge_steps(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+def judge_steps(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Sub-claims per family, each from paired comparisons read by ``relation``: (a) 20 and 50 steps are
     equivalent for each solver; (b) DPM-Solver++ at 20 steps is equivalent to the reference (DDPM, 1000 steps);
     (c) DDIM at 50 is; (d) DDPM needs ~1000: its 250-step point differs from the reference (supported) or is
     equivalent to it (not supported)."""
     points, versus, short_long = tables["points"], tables["versus_reference"], tables["short_vs_long"]
-    reference, margins = claim["settings"]["reference"], claim["settings"]["equivalence_margins"]
+    reference, margins = claim["settings"]["reference"], rules["margins"]
     versus = versus.assign(relation=[relation(row, margins) for _, row in versus.iterrows()])
     short_long = short_long.assign(relation=[relation(row, margins) for _, row in short_long.iterrows()])
     verdicts, lines, onset_rows = [], [], []
@@ -185,7 +185,7 @@ EXPERIMENTS.register(
     "steps",
     Experiment(
         measure_steps,
-        judge_steps,
+        {"steps/v1": judge_steps},
         "quality against steps per sampler, paired against a 1000-step DDPM reference and 20 vs 50",
     ),
 )

@@ -137,10 +137,10 @@ def measure_trajectories(config: ClaimConfig, runs: dict, options: ClaimsOptions
     return {"per_step": pd.DataFrame(per_step), "settled": pd.DataFrame(settled)}
 
 
-def judge_trajectories(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+def judge_trajectories(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Per family and sampler: supported if colour, count and position settle (interval's upper end) by
     structure_by_step + tolerance; not supported if any settles (interval's lower end) after it."""
-    settings = claim["settings"]
+    settings = {**claim["settings"], **rules}  # the judging thresholds are the rules'; the measure's stay in settings
     limit = settings["structure_by_step"] + settings["tolerance_steps"]
     settled, per_step = tables["settled"], tables["per_step"]
     structure = settled[settled.attribute.isin(["count", "colour", "position"])]
@@ -211,7 +211,7 @@ EXPERIMENTS.register(
     "trajectories",
     Experiment(
         measure_trajectories,
-        judge_trajectories,
+        {"trajectories/v1": judge_trajectories},
         "x0 prediction at every step, decoded and scored: when each attribute settles",
     ),
 )

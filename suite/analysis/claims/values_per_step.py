@@ -83,13 +83,15 @@ def measure_values(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> d
     return {"profile": stages, "step_times": pd.DataFrame(timing_rows), "time_ratio": pd.DataFrame([ratio_row])}
 
 
-def judge_values(claim: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    """Supported when the configs give 48x at SD's 512 px (an exact count, no interval)."""
+def judge_values(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    """Supported when the configs give SD 1.5 ``latent_values_per_step`` (64x64x4) and ``factor`` (48x) fewer values
+    than 512 px pixels (exact counts, no interval)."""
     profile, times, ratio = tables["profile"], tables["step_times"], tables["time_ratio"].iloc[0]
     sd = profile[(profile.preset == "sd15") & (profile.kind == "latent")].iloc[0]
     pixel_values = 512 * 512 * 3
     factor = pixel_values / sd.values_per_step
-    verdict = SUPPORTED if sd.values_per_step == 64 * 64 * 4 and factor == 48 else NOT_SUPPORTED
+    expected = sd.values_per_step == rules["latent_values_per_step"] and factor == rules["factor"]
+    verdict = SUPPORTED if expected else NOT_SUPPORTED
     numbers = (
         f"SD 1.5 latent {sd.values_per_step:,} values/step vs {pixel_values:,} pixel values at 512 px: {factor:g}x; "
         f"toy pixel/latent time per step {ci(ratio, 'ratio', '.2f')} for {ratio.values_ratio:g}x the values"
@@ -126,7 +128,7 @@ EXPERIMENTS.register(
     "values",
     Experiment(
         measure_values,
-        judge_values,
+        {"values/v1": judge_values},
         "values per step and FLOPs from configs (suite profile), and measured time per step on the toy models",
     ),
 )

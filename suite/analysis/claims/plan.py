@@ -1,0 +1,206 @@
+"""``suite claims --plan``: how many prompts each comparison needs for 80% power at its margin, from a pilot.
+
+The pilot is an earlier measurement's tables (``results/claims/pilot/<claim>/``, the 64-prompt toy set with one
+seed per prompt). For each comparison a claim's rule reads, the spread of per-prompt differences is recovered
+from the pilot's 95% interval (sigma = half-width x sqrt(prompts) / 1.96) and its difference is taken as the
+true one. Then, normal approximations with one seed per prompt:
+
+- **equivalent** (both 95% interval ends inside +-margin, two one-sided tests at 2.5%): the n at which
+  P(|d| + 1.96 sigma / sqrt(n) < margin) reaches 80%; impossible when the pilot difference is beyond the margin;
+- **different** (a two-sided test at alpha / family size, Holm's first step): n = sigma^2 (z + z_0.8)^2 / d^2.
+
+A comparison resolves at the smaller n: the outcome the pilot points to. The toy grammar has 540 distinct prompts,
+so a comparison needing more cannot resolve with one seed per prompt; the table says so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+from scipy.stats import norm
+
+from suite.core.errors import UserError
+from suite.core.stats import ALPHA
+from suite.prompts.sets import PROMPT_SETS
+
+POWER = 0.8
+Z = norm.ppf(1 - ALPHA / 2)
+
+
+def spread(low: float, high: float, prompts: int) -> float:
+    """Standard deviation of per-prompt differences implied by a 95% interval over ``prompts`` prompts."""
+    return (high - low) / (2 * Z) * math.sqrt(prompts)
+
+
+def equivalence_prompts(difference: float, sigma: float, margin: float, power: float = POWER) -> float:
+    """Prompts for both 95% interval ends to fall inside +-margin with probability ``power`` (inf if never)."""
+    if abs(difference) >= margin or sigma <= 0:
+        return math.inf if sigma > 0 else 1.0
+
+    def achieved(n: float) -> float:
+        half = Z * sigma / math.sqrt(n)
+        return norm.cdf((margin - half - difference) / (sigma / math.sqrt(n))) - norm.cdf(
+            (-margin + half - difference) / (sigma / math.sqrt(n))
+        )
+
+    if achieved(1e7) < power:
+        return math.inf
+    return float(math.ceil(optimize.brentq(lambda n: achieved(n) - power, 1.0, 1e7)))
+
+
+def difference_prompts(difference: float, sigma: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Prompts for a two-sided test at ``alpha`` to detect ``difference`` with probability ``power``."""
+    if difference == 0:
+        return math.inf
+    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    return float(math.ceil((sigma * z / difference) ** 2))
+
+
+def _row(claim: str, comparison: str, measure: str, difference, low, high, prompts, margin, family_size) -> dict:
+    sigma = spread(low, high, prompts)
+    return {
+        "claim": claim,
+        "comparison": comparison,
+        "measure": measure,
+        "pilot_difference": difference,
+        "pilot_sigma": sigma,
+        "margin": margin,
+        "family_size": family_size,
+    }
+
+
+def _planned(row: dict) -> dict:
+    """The prompts a comparison needs (``row`` from ``_row``, its spread filled in where the pilot had none)."""
+    difference, sigma, margin = row["pilot_difference"], row["pilot_sigma"], row["margin"]
+    equivalent = equivalence_prompts(difference, sigma, margin)
+    different = difference_prompts(difference, sigma, ALPHA / row["family_size"])
+    needed = min(equivalent, different)
+    available = len(PROMPT_SETS.get("toy-all"))
+    return {
+        **{key: value for key, value in row.items() if key != "family_size"},
+        "prompts_equivalent": equivalent,
+        "prompts_different": different,
+        "prompts_to_resolve": needed,
+        "resolves_in_toy_grammar": bool(needed <= available),
+    }
+
+
+def plan_steps(folder: Path, rules: dict) -> list[dict]:
+    versus = pd.read_csv(folder / "versus_reference.csv")
+    short = pd.read_csv(folder / "short_vs_long.csv")
+    margins, rows = rules["margins"], []
+    wanted = {("dpm-solver++", 20), ("ddim", 50), ("ddpm", 250)}
+    family_size = 2 * len(versus) // versus.family.nunique()  # Holm within a family: every exact and CLIP p
+    for row in versus.itertuples():
+        if (row.sampler, row.num_inference_steps) not in wanted:
+            continue
+        rows.extend(
+            _row(
+                "03-steps",
+                f"{row.family} {row.sampler} {row.num_inference_steps} vs reference",
+                measure,
+                getattr(row, f"{measure}_difference"),
+                getattr(row, f"{measure}_difference_ci95_low"),
+                getattr(row, f"{measure}_difference_ci95_high"),
+                int(row.n_pairs),
+                margins[measure],
+                family_size,
+            )
+            for measure in ("exact", "clip")
+        )
+    for row in short.itertuples():
+        if row.sampler == "ddpm":
+            continue
+        rows.extend(
+            _row(
+                "03-steps",
+                f"{row.family} {row.sampler} 20 vs 50",
+                measure,
+                getattr(row, f"{measure}_difference"),
+                getattr(row, f"{measure}_difference_ci95_low"),
+                getattr(row, f"{measure}_difference_ci95_high"),
+                int(row.n_pairs),
+                margins[measure],
+                family_size,
+            )
+            for measure in ("exact", "clip")
+        )
+    return rows
+
+
+def plan_guidance(folder: Path, rules: dict) -> list[dict]:
+    """Guidance 1 against 0 (equivalence), and each scale outside the range against the reference scale; the
+    pilot has no vs-reference tests, so its spread comes from the same scale's test against the best scale and
+    its difference from the two points' exact match."""
+    tests = pd.read_csv(folder / "tests.csv")
+    points = pd.read_csv(folder / "points.csv").set_index(["family", "guidance_scale"])
+    margins, rows = rules["margins"], []
+    low, high = rules["follows_range"]
+    reference = 7.5
+    per_family = tests.groupby("family").size().iloc[0]
+    family_size = 2 * per_family + 2
+    prompts = int(points["n_images"].iloc[0])
+    for row in tests.itertuples():
+        if row.guidance_scale == 1.0 and not pd.isna(row.exact_vs_unconditional):
+            rows.extend(
+                _row(
+                    "04-guidance",
+                    f"{row.family} guidance 1 vs 0",
+                    measure,
+                    getattr(row, f"{measure}_vs_unconditional"),
+                    getattr(row, f"{measure}_vs_unconditional_ci95_low"),
+                    getattr(row, f"{measure}_vs_unconditional_ci95_high"),
+                    prompts,
+                    margins[measure],
+                    family_size,
+                )
+                for measure in ("exact", "clip")
+            )
+        if low <= row.guidance_scale <= high or row.guidance_scale < 1:
+            continue
+        column = {"exact": "toy_correct", "clip": "clip_score_mean"}
+        for measure in ("exact", "clip"):
+            difference = (
+                points.loc[(row.family, row.guidance_scale), column[measure]]
+                - points.loc[(row.family, reference), column[measure]]
+            )
+            rows.append(
+                _row(
+                    "04-guidance",
+                    f"{row.family} guidance {row.guidance_scale:g} vs {reference:g}",
+                    measure,
+                    difference,
+                    getattr(row, f"{measure}_vs_best_ci95_low"),
+                    getattr(row, f"{measure}_vs_best_ci95_high"),
+                    prompts,
+                    margins[measure],
+                    family_size,
+                )
+            )
+    return rows
+
+
+PLANS = {"03-steps": plan_steps, "04-guidance": plan_guidance}
+
+
+def plan_claims(pilot: Path, rules_by_claim: dict[str, dict]) -> pd.DataFrame:
+    """The plan for every claim with a pilot in ``pilot/<claim>/`` and a planner in ``PLANS``."""
+    if not pilot.is_dir():
+        raise UserError(f"no pilot data in {pilot}: the plan reads an earlier measurement's tables there")
+    rows = []
+    for name, planner in PLANS.items():
+        if (pilot / name).is_dir() and name in rules_by_claim:
+            rows += planner(pilot / name, rules_by_claim[name])
+    table = pd.DataFrame(rows)
+    if len(table):  # a pilot interval of zero width (a point compared with itself, no discordant pair) has no
+        # spread to plan from: it takes the median spread of the same claim and measure, and says so
+        median = table[table.pilot_sigma > 0].groupby(["claim", "measure"]).pilot_sigma.median()
+        zero = table.pilot_sigma <= 0
+        table["sigma_from"] = np.where(zero, "median of the claim's other comparisons", "pilot interval")
+        table.loc[zero, "pilot_sigma"] = [median[(c, m)] for c, m in zip(table.claim[zero], table.measure[zero])]
+        table = pd.DataFrame([_planned(row) for row in table.to_dict("records")])
+    return table.replace({np.inf: np.nan}) if len(table) else table

@@ -1,0 +1,146 @@
+"""Rules that can fail: the shape test, the frontier, within-prompt bleed and the power plan give known answers."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.stats.power import NormalIndPower
+
+from suite.analysis.claims.cost import frontier_costs
+from suite.analysis.claims.guidance_rules import slope_contrasts, threshold_table
+from suite.analysis.claims.plan import difference_prompts, equivalence_prompts, plan_claims
+from suite.analysis.claims.report import build_claims_report
+from suite.core.paired import group_difference_within
+from suite.core.stats import Units
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+COMMITTED = REPOSITORY / "results" / "claims" / "report"
+SCALES = np.array([2.0, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 25.0])
+
+
+def test_slopes_below_and_above_the_threshold_are_recovered_exactly():
+    curve = 0.1 + 0.01 * SCALES + 0.03 * np.maximum(0, SCALES - 15)
+    weights = slope_contrasts(SCALES, at=15, ratio=1.5)
+    assert weights["slope_below"] @ curve == pytest.approx(0.01)
+    assert weights["slope_above"] @ curve == pytest.approx(0.04)
+    assert weights["slope_excess"] @ curve == pytest.approx(0.04 - 1.5 * 0.01)
+    straight = 0.1 + 0.01 * SCALES  # a steady rise: the excess is -(ratio - 1) x slope
+    assert weights["slope_excess"] @ straight == pytest.approx(-0.005)
+
+
+def _saturation(curve, prompts=60, noise=0.01, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [
+        {
+            "family": "latent",
+            "guidance_scale": g,
+            "prompt_index": p,
+            "mean_saturation": value + level + rng.normal(0, noise),
+        }
+        for p, level in enumerate(rng.normal(0, 0.05, prompts))
+        for g, value in zip(SCALES, curve)
+    ]
+    return pd.DataFrame(rows)
+
+
+RULES = {"threshold": {"measure": "mean_saturation", "at": 15, "fit_from": 2, "slope_ratio": 1.5}}
+
+
+def test_the_threshold_test_tells_a_knee_from_a_steady_rise():
+    knee = threshold_table(_saturation(0.1 + 0.005 * SCALES + 0.02 * np.maximum(0, SCALES - 15)), RULES).iloc[0]
+    assert knee.slope_excess_ci95_low > 0 and knee.slope_excess_p < 0.01
+    steady = threshold_table(_saturation(0.1 + 0.005 * SCALES), RULES).iloc[0]
+    assert steady.slope_excess_ci95_high < 0  # the rule reads this as "no threshold"
+    assert steady.slope_below == pytest.approx(0.005, abs=0.001)
+
+
+def test_the_frontier_picks_each_familys_cheapest_point_reaching_the_level():
+    keys = ["family", "preset", "sampler", "num_inference_steps", "guidance_scale"]
+    points = pd.DataFrame(
+        [
+            ("latent", "l", "s", 5, 7.5, 1.0),
+            ("latent", "l", "s", 20, 7.5, 4.0),
+            ("cascaded", "c", "s", 5, 7.5, 10.0),
+            ("cascaded", "c", "s", 20, 7.5, 40.0),
+        ],
+        columns=[*keys, "gflops_per_image"],
+    )
+    share = {("latent", 5): 0.1, ("latent", 20): 0.5, ("cascaded", 5): 0.45, ("cascaded", 20): 0.6}
+    rng = np.random.default_rng(0)
+    rows = []
+    for prompt in range(400):
+        for (family, steps), p in share.items():
+            preset = "l" if family == "latent" else "c"
+            rows.append((family, preset, "s", steps, 7.5, prompt, float(rng.random() < p)))
+    quality = pd.DataFrame(rows, columns=[*keys, "prompt_index", "toy_correct"])
+    rules = {"cost": "gflops_per_image", "quality_levels": [0.3, 0.55, 0.9], "resamples": 300, "seed": 0}
+    frontier = frontier_costs(points, quality, rules).set_index("level")
+    assert frontier.loc[0.3, "ratio"] == pytest.approx(10.0 / 4.0)  # latent needs 20 steps, the cascade 5
+    assert math.isnan(frontier.loc[0.55, "ratio"]) and frontier.loc[0.55, "latent_point"] == "not reached"
+    assert frontier.loc[0.55, "cascaded_point"] == "s 20"
+    assert math.isnan(frontier.loc[0.9, "ratio"]) and frontier.loc[0.9, "latent_point"] == "not reached"
+
+
+def test_within_prompt_difference_ignores_what_differs_between_prompts():
+    rng = np.random.default_rng(1)
+    prompts = np.repeat(np.arange(150), 4)
+    level = rng.normal(0, 1, 150)
+    # prompts with a high level also fail more often: a pooled comparison would find a difference that is not there
+    errors = rng.random(len(prompts)) < 1 / (1 + np.exp(-2 * level[prompts]))
+    values = level[prompts] + rng.normal(0, 0.2, len(prompts))
+    pooled = values[errors].mean() - values[~errors].mean()
+    test = group_difference_within(values, errors, Units.of(prompts), permutations=2000)
+    assert pooled > 0.5
+    assert test.low < 0 < test.high and test.p_value > 0.05
+    shifted = values + 0.15 * errors
+    found = group_difference_within(shifted, errors, Units.of(prompts), permutations=2000)
+    assert found.difference == pytest.approx(0.15, abs=0.05) and found.p_value < 0.01
+
+
+def test_the_within_prompt_test_holds_its_level_under_the_null():
+    rejections = 0
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        prompts = np.repeat(np.arange(30), 3)
+        values = rng.normal(0, 1, 30)[prompts] + rng.normal(0, 0.5, len(prompts))
+        labels = rng.random(len(prompts)) < 0.4
+        rejections += group_difference_within(values, labels, Units.of(prompts), permutations=499).p_value < 0.05
+    assert rejections <= 6  # 5% of 40 is 2; more than 6 has probability < 0.5% at the nominal level
+
+
+def test_plan_sample_sizes_match_the_closed_forms():
+    sigma, margin = 0.4, 0.1
+    expected = math.ceil((sigma * (1.959964 + 1.281552) / margin) ** 2)  # difference 0: both one-sided tests at 0.9
+    assert equivalence_prompts(0.0, sigma, margin) == pytest.approx(expected, abs=1)
+    assert math.isinf(equivalence_prompts(0.12, sigma, margin))  # beyond the margin: never equivalent
+    n = NormalIndPower().solve_power(effect_size=0.05 / sigma, alpha=0.05, power=0.8, ratio=0)
+    assert difference_prompts(0.05, sigma) == math.ceil(n)
+
+
+def test_the_plan_reads_the_committed_pilot():
+    rules = {
+        "03-steps": {"margins": {"exact": 0.1, "clip": 5.0}},
+        "04-guidance": {"margins": {"exact": 0.1, "clip": 5.0}, "follows_range": [7, 12.5]},
+    }
+    table = plan_claims(REPOSITORY / "results" / "claims" / "pilot", rules)
+    steps = table[table.claim == "03-steps"]
+    assert {"cascaded dpm-solver++ 20 vs reference", "latent ddim 50 vs reference"} <= set(steps.comparison)
+    assert (table.pilot_sigma > 0).all() and (table.prompts_to_resolve.dropna() >= 1).all()
+
+
+@pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed claims report")
+def test_claims_4_and_6_are_judged_under_their_first_rules_and_later_rules_are_exploratory(tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(COMMITTED / "data", report / "data")
+    build_claims_report(report)
+    text = (report / "report.md").read_text()
+    overview = text.split("## Claim 1")[0]
+    for claim in ("| 4 |", "| 6 |"):
+        row = next(line for line in overview.splitlines() if line.startswith(claim))
+        assert "registered 2026-11-27, before the data" in row
+        assert row.count("exploratory: rule changed after data") == 2

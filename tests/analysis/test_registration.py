@@ -1,0 +1,100 @@
+"""Rules registered before data: the registry refuses what changed without a reason, and judges by measurement date."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from suite.analysis.claims.claim_file import load_claims, registered_rules, registry_key
+from suite.analysis.registration import (
+    Measured,
+    read_registry,
+    register,
+    require_registered,
+    rules_for,
+    rules_hash,
+    write_measured,
+)
+from suite.cli import main
+from suite.core.errors import UserError
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def test_the_hash_is_of_the_rules_not_of_their_spelling():
+    assert rules_hash({"a": 1, "b": [1, 2]}) == rules_hash({"b": [1, 2], "a": 1})
+    assert rules_hash({"a": 1}) != rules_hash({"a": 2})
+
+
+def test_a_change_needs_a_reason_and_is_marked_after_data(tmp_path):
+    path = tmp_path / "registry.yaml"
+    first = register(path, "claims/x", {"method": "m/v1", "alpha": 0.05}, now="2026-01-01T00:00:00Z")
+    assert first is not None and not first.after_data
+    assert register(path, "claims/x", {"alpha": 0.05, "method": "m/v1"}) is None  # unchanged: nothing appended
+    with pytest.raises(UserError, match="re-register with the reason"):
+        register(path, "claims/x", {"method": "m/v2", "alpha": 0.05})
+    second = register(path, "claims/x", {"method": "m/v2", "alpha": 0.05}, reason="why", data_exist=True)
+    assert second.after_data and second.reason == "why"
+    entries = read_registry(path)
+    assert [entry.rules["method"] for entry in entries] == ["m/v1", "m/v2"]
+    assert require_registered(path, "claims/x", {"method": "m/v2", "alpha": 0.05}) == second
+    with pytest.raises(UserError, match="differ from their registration"):
+        require_registered(path, "claims/x", {"method": "m/v1", "alpha": 0.05})
+    with pytest.raises(UserError, match="not registered"):
+        require_registered(path, "claims/y", {"method": "m/v1"})
+
+
+def test_data_are_judged_by_the_rule_in_force_when_measured(tmp_path):
+    path = tmp_path / "registry.yaml"
+    register(path, "k", {"method": "v1"}, now="2026-01-01T00:00:00Z")
+    register(path, "k", {"method": "v2"}, reason="r", now="2026-01-03T00:00:00Z")
+    entries = read_registry(path)
+    between = rules_for(entries, "k", Measured("2026-01-02T00:00:00Z", ""))
+    assert between.confirmatory.rules["method"] == "v1"
+    assert [entry.rules["method"] for entry in between.exploratory] == ["v2"]
+    at_second = rules_for(entries, "k", Measured("2026-01-03T00:00:00Z", ""))  # the same instant is not "before"
+    assert at_second.confirmatory.rules["method"] == "v1"
+    later = rules_for(entries, "k", Measured("2026-01-04T00:00:00Z", ""))
+    assert later.confirmatory.rules["method"] == "v2" and later.exploratory == ()
+    before_any = rules_for(entries, "k", Measured("2025-12-31T00:00:00Z", ""))
+    assert before_any.confirmatory is None and len(before_any.exploratory) == 2
+
+
+def test_every_shipped_claim_is_registered_as_it_reads_today():
+    configs = load_claims(REPOSITORY / "experiments" / "claims")
+    registry = REPOSITORY / "experiments" / "registry.yaml"
+    for config in configs:
+        require_registered(registry, registry_key(config), registered_rules(config))
+
+
+def test_measuring_under_changed_rules_refuses_before_anything_runs(tmp_path):
+    claims = tmp_path / "experiments" / "claims"
+    claims.mkdir(parents=True)
+    shutil.copy(REPOSITORY / "experiments" / "claims" / "05-same-seed-same-image.yaml", claims)
+    out = tmp_path / "out"
+    assert main(["claims", "--claims-dir", str(claims), "--out", str(out)]) == 2  # not registered
+    assert not out.exists()
+    assert main(["claims", "--claims-dir", str(claims), "--register"]) == 0
+    path = claims / "05-same-seed-same-image.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["rules"]["batch_size_max_pixel_difference"] = 3
+    path.write_text(yaml.safe_dump(data))
+    assert main(["claims", "--claims-dir", str(claims), "--out", str(out)]) == 2  # changed since registration
+    assert not out.exists()
+    assert main(["claims", "--claims-dir", str(claims), "--register"]) == 2  # a change needs its reason
+    assert main(["claims", "--claims-dir", str(claims), "--register", "--reason", "looser"]) == 0
+    entries = read_registry(tmp_path / "experiments" / "registry.yaml")
+    assert [entry.reason for entry in entries] == ["", "looser"]
+
+
+def test_the_measurement_record_names_the_rules(tmp_path):
+    path = tmp_path / "registry.yaml"
+    entry = register(path, "k", {"method": "v1"})
+    write_measured(tmp_path, entry, at="2026-02-01T00:00:00Z")
+    assert yaml.safe_load((tmp_path / "measured.json").read_text()) == {
+        "at": "2026-02-01T00:00:00Z",
+        "rules_hash": entry.hash,
+    }
