@@ -9,6 +9,8 @@ from pathlib import Path
 
 from suite.analysis.ablation import run_ablation
 from suite.analysis.ablation.design import load_ablation
+from suite.analysis.ablation.design import registered_rules as ablation_rules
+from suite.analysis.ablation.design import registry_key as ablation_key
 from suite.analysis.ablation.report import build_ablation_report
 from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, write_bench
 from suite.analysis.claims import ClaimsOptions, register_claims, run_claims
@@ -19,7 +21,7 @@ from suite.analysis.claims.report import build_claims_report
 from suite.analysis.compare import compare_run
 from suite.analysis.costs import ProfileSettings, profile_presets, write_profile
 from suite.analysis.diff import diff_runs
-from suite.analysis.registration import registry_path
+from suite.analysis.registration import register, registry_path
 from suite.analysis.report import build_report
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_table, ensure_writable
@@ -313,7 +315,19 @@ def command_claims(args: argparse.Namespace) -> int:
 
 def command_ablation(args: argparse.Namespace) -> int:
     path, out = Path(args.file), Path(args.out)
-    load_ablation(path)  # the file is checked before anything runs
+    config = load_ablation(path)  # the file is checked before anything runs
+    if args.reason and not args.register:
+        raise UserError("--reason goes with --register")
+    if args.register:
+        data_exist = (out / "report" / "data" / "ablation.yaml").is_file()
+        entry = register(
+            registry_path(path.parent), ablation_key(config), ablation_rules(config), args.reason, data_exist
+        )
+        print(
+            f"{config.name}: "
+            + ("registered already" if entry is None else f"registered {entry.hash} at {entry.registered}")
+        )
+        return 0
     if args.report_only:
         if not (out / "report" / "data" / "ablation.yaml").is_file():
             raise UserError(f"no measured ablation in {out / 'report' / 'data'}: run `suite ablation` first")

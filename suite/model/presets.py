@@ -287,8 +287,9 @@ PRESETS.register(
 _ABLATION_TEXT = {"clip": "CLIP-style (causal, no mask)", "t5": "T5-style (relative positions, mask)"}
 
 
-def _ablation_preset(space: str, text: str) -> Preset:
-    cell = f"{space}-{text}"
+def _ablation_preset(space: str, text: str, run: str = "") -> Preset:
+    """A cell's preset; ``run`` names another training run of it ("seed7", or "seed7-step2783" for a snapshot)."""
+    cell = f"{space}-{text}" + (f"-{run}" if run else "")
     folder = _toy_weights("ablation") / cell
     if space == "latent":
         stages = (StageSpec("latent", "latent", "model"),)
@@ -303,13 +304,25 @@ def _ablation_preset(space: str, text: str) -> Preset:
         }
         what = "IF-style 16 px pixel base, toy-cascaded's x4 SR"
     backend = "latent" if space == "latent" else "cascaded"
-    description = f"toy 2x2 ablation cell: {_ABLATION_TEXT[text]} encoder, {what}"
+    description = f"toy 2x2 ablation cell: {_ABLATION_TEXT[text]} encoder, {what}" + (
+        f" (training run {run})" if run else ""
+    )
     return _made_here(f"toy-{cell}", backend, stages, description, sources=sources)
 
 
+# Each cell's three training runs (seed 6 is the cell's own preset; `suite train toy --ablation --seeds 3`), and
+# the seed-7 pixel runs' snapshots at the step where they had spent their latent twin's training FLOPs
+# (suite.toy.recipes.COMPUTE_MATCHED_STEPS; a test checks the two agree).
+ABLATION_REPLICATE_SEEDS = (7, 8)
+ABLATION_MATCHED_RUNS = {"pixel-clip": "seed7-step2783", "pixel-t5": "seed7-step2860"}
 for _space in ("latent", "pixel"):
     for _text in ("clip", "t5"):
         PRESETS.register(f"toy-{_space}-{_text}", _ablation_preset(_space, _text))
+        for _seed in ABLATION_REPLICATE_SEEDS:
+            PRESETS.register(f"toy-{_space}-{_text}-seed{_seed}", _ablation_preset(_space, _text, f"seed{_seed}"))
+for _cell, _run in ABLATION_MATCHED_RUNS.items():
+    _space, _text = _cell.split("-")
+    PRESETS.register(f"toy-{_cell}-{_run}", _ablation_preset(_space, _text, _run))
 
 
 def materialise(preset: Preset) -> Preset:

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from suite.model.presets import TOY_WEIGHTS
 from suite.toy.jobs import JOBS, Job
 from suite.toy.recipes import (
     ABLATION_RECIPES,
@@ -233,6 +235,42 @@ def train_toy(work: Path, out: Path, jobs: int = 2) -> None:
     assemble(work, out)
 
 
+SHARED_PARTS = {  # what the ablation's cells share: latent cells decode with the VAE; pixel cells upsample with the
+    # x4 SR stage, which reads the T5-style encoder trained jointly with toy-cascaded's base
+    "vae": {"recipe": "vae", "used_by": "latent", "parameters": ("vae",)},
+    "super_resolution": {"recipe": "super_resolution", "used_by": "pixel", "parameters": ("unet",)},
+    "sr_text_encoder": {"recipe": "base", "used_by": "pixel", "parameters": ("text_encoder",)},
+}
+
+
+def shared_part_budgets(shipped: Path = TOY_WEIGHTS) -> dict:
+    """Images seen, training FLOPs and parameters of the shipped parts the ablation's cells share.
+
+    Those models were trained before training FLOPs were recorded: one training step of each recipe is counted
+    (forward and backward, as for the cells) and multiplied by its iterations. The T5-style encoder the SR stage
+    reads was trained jointly with toy-cascaded's whole base, so its FLOPs are that whole recipe's.
+    """
+    summaries = json.loads((shipped / "training.json").read_text())
+    budgets = {}
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        shutil.copytree(shipped / "toy-cascaded" / "stage_1" / "text_encoder", work / "base" / "final" / "text_encoder")
+        for part, spec in SHARED_PARTS.items():
+            recipe = RECIPES[spec["recipe"]]
+            job = JOBS[recipe.job or recipe.name](recipe, work)
+            summary = summaries[recipe.name]
+            budgets[part] = {
+                "recipe": recipe.name,
+                "used_by": spec["used_by"],
+                "images_seen": summary["images_seen"],
+                "training_flops": training_step_flops(job, recipe.iterations) * recipe.iterations,
+                "parameters": sum(summary["parameters"][name] for name in spec["parameters"]),
+                "wall_seconds": summary["wall_seconds"],
+                "flops_counted": "one training step x iterations (trained before FLOPs were recorded)",
+            }
+    return budgets
+
+
 def assemble_ablation(work: Path, out: Path, seeds: int = 3) -> None:
     """Lay the cells' training runs out as ``out/<run>/`` (shared VAE and SR stay where they ship) + training.json.
 
@@ -257,6 +295,7 @@ def assemble_ablation(work: Path, out: Path, seeds: int = 3) -> None:
             }
     ordered = {name: summaries[name] for name in sorted(summaries, key=_run_order)}
     (staging / "training.json").write_text(json.dumps(ordered, indent=2) + "\n")
+    (staging / "shared_parts.json").write_text(json.dumps(shared_part_budgets(), indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

@@ -4,6 +4,7 @@ contrasts with known answers, one-line errors, and a report that rebuilds byte f
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy import stats as scipy_stats
 
-from suite.analysis.ablation.design import contrasts, load_ablation, ordered_cells
+from suite.analysis.ablation.design import all_presets, contrasts, load_ablation, ordered_cells
 from suite.analysis.ablation.report import build_ablation_report
 from suite.cli import main
 from suite.core import paired, stats
@@ -36,18 +38,28 @@ CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 # -- the budget ------------------------------------------------------------------------------------------
 
 
-def test_the_four_cells_were_trained_to_one_budget():
+def test_every_training_run_of_the_cells_has_one_budget():
+    """Each cell's runs (and the four cells) share one recipe but for the training seed; snapshots stop earlier."""
     training = json.loads((TOY_WEIGHTS / "ablation" / "training.json").read_text())
-    assert set(training) == {"latent-clip", "latent-t5", "pixel-clip", "pixel-t5"}
-    assert len({summary["images_seen"] for summary in training.values()}) == 1
-    recipes = [
-        {k: v for k, v in summary["recipe"].items() if k not in ("name", "job")} for summary in training.values()
-    ]
-    assert all(recipe == recipes[0] for recipe in recipes)  # optimiser, schedule, EMA, caption dropout, data seed
-    unets = [summary["parameters"]["unet"] for summary in training.values()]
+    assert {"latent-clip", "latent-t5", "pixel-clip", "pixel-t5"} <= set(training)
+    runs = {name: summary for name, summary in training.items() if "snapshot_of" not in summary}
+    assert len({summary["images_seen"] for summary in runs.values()}) == 1
+    ignored = ("name", "job", "seed", "snapshots")
+    recipes = [{k: v for k, v in summary["recipe"].items() if k not in ignored} for summary in runs.values()]
+    assert all(recipe == recipes[0] for recipe in recipes)  # optimiser, schedule, EMA, caption dropout
+    for name, summary in runs.items():
+        seed = summary["recipe"]["seed"]
+        assert name.endswith(f"-seed{seed}") or (seed == 6 and "seed" not in name)
+    unets = [summary["parameters"]["unet"] for summary in runs.values()]
     assert max(unets) <= 1.10 * min(unets)
     for summary in training.values():
         assert summary["training_flops"] > 0 and summary["wall_seconds"] > 0 and summary["threads"] >= 1
+    for summary in training.values():
+        if "snapshot_of" in summary:  # a compute-matched snapshot: its own images and FLOPs at its step
+            parent = training[summary["snapshot_of"]]
+            step = summary["recipe"]["iterations"]
+            assert summary["images_seen"] == step * parent["recipe"]["batch_size"]
+            assert summary["training_flops"] * parent["recipe"]["iterations"] == parent["training_flops"] * step
 
 
 def test_training_flops_count_forward_and_backward(tmp_path):
@@ -189,13 +201,62 @@ def test_the_four_presets_sample_through_a_sweep(tmp_path):
 
 
 def _config(tmp_path: Path, **changes) -> Path:
+    """The shipped ablation file with one network per cell at guidance 3 (the replicates' weights need training),
+    edited by ``changes``."""
     data = yaml.safe_load(ABLATION_FILE.read_text())
     data["training"] = str(TOY_WEIGHTS / "ablation" / "training.json")
+    data.pop("runs"), data.pop("compute_matched")
+    data["sweep"]["guidance"] = [3.0]
+    data["rules"]["grid_points"] = {3.0: "the shipped file's first grid point"}
     changes["sweep"] = {**data["sweep"], **changes.get("sweep", {})}  # a sweep change edits the shipped sweep
     data.update(changes)
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))  # the first factor is the first key
     return path
+
+
+class _RunValues:
+    """A stand-in for PairedCells: each preset's per-prompt values, one image per prompt."""
+
+    def __init__(self, values: dict[str, np.ndarray]):
+        self.data = values
+        self.units = stats.Units.each(len(next(iter(values.values()))))
+
+    def statistic(self, measure, presets=None):
+        return lambda chosen: np.array([self.data[preset][chosen].mean() for preset in presets])
+
+    def values(self, preset, measure):
+        return self.data[preset]
+
+
+def test_effects_over_runs_add_the_training_run_variance_to_the_prompt_variance(tmp_path, monkeypatch):
+    """Three runs per cell whose levels differ by a known spread: the training-run term is sum(w^2) s^2 / R with s^2
+    the pooled between-run variance, the prompt term the bootstrap's, and t has 4 (R - 1) = 8 degrees of freedom."""
+    from suite.analysis.ablation import design, runs
+
+    monkeypatch.setattr(runs, "MEASURES", (design.MEASURES[4],))  # one per-image measure
+    monkeypatch.setattr(runs, "measured_prompts", lambda paired, measure: paired.units.count)
+    runs_of = {cell: [f"{cell}-seed7", f"{cell}-seed8"] for cell in CELLS}
+    config = load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 400})
+    rng = np.random.default_rng(0)
+    prompts = rng.normal(0, 1, 200)
+    levels = {"toy-latent-clip": 0.0, "toy-latent-t5": 0.0, "toy-pixel-clip": 1.0, "toy-pixel-t5": 1.0}
+    offsets = (-0.3, 0.0, 0.3)  # every cell's three runs: between-run variance 0.09
+    values = {
+        preset: levels[cell] + offset + prompts
+        for cell in CELLS
+        for preset, offset in zip([cell, *runs_of[cell]], offsets)
+    }
+    table = runs.over_runs_table(config, _RunValues(values)).set_index("effect")
+    space = table.loc["space"]
+    assert space.estimate == pytest.approx(1.0)
+    assert space.se_training_runs == pytest.approx(math.sqrt(4 * 0.25 * 0.09 / 3))
+    assert space.se_prompts == pytest.approx(0.0, abs=1e-9)  # a shared per-prompt offset cancels in the contrast
+    assert space.degrees_of_freedom == 8
+    half = space.estimate_ci95_high - space.estimate
+    assert half == pytest.approx(scipy_stats.t.ppf(0.975, 8) * space.standard_error)
+    spread = runs.run_values_table(config, _RunValues(values))
+    assert spread.run_sd.iloc[0] == pytest.approx(0.3)
 
 
 def test_contrasts_recover_known_main_effects_and_interaction(tmp_path):
@@ -236,7 +297,10 @@ def test_contrast_bootstrap_of_two_sets_brackets_the_difference_and_widens_for_a
         ({"factors": {"space": ["latent", "pixel", "other"], "encoder": ["clip", "t5"]}}, "two distinct levels"),
         ({"cells": {name: {"space": "latent", "encoder": "clip"} for name in CELLS}}, "one preset for each"),
         ({"sweep": {"presets": ["toy-latent"], "samplers": ["ddim"], "steps": [5], "guidance": [3.0]}}, "presets"),
-        ({"sweep": {"samplers": ["ddim"], "steps": [5, 10], "guidance": [3.0]}}, "one point per cell"),
+        ({"sweep": {"samplers": ["ddim"], "steps": [5, 10], "guidance": [3.0]}}, "one sampler and one step count"),
+        ({"sweep": {"guidance": [3.0, 5.0]}}, "rules.grid_points: give each guidance scale"),
+        ({"runs": {"toy-latent-clip": ["toy-latent-clip-seed7"]}}, "runs: give every cell"),
+        ({"compute_matched": {"toy-nope": "toy-pixel-t5"}}, "compute_matched: 'toy-nope'"),
         ({"training": "missing.json"}, "training: no file"),
         ({"resamples": 5}, "resamples"),
     ],
@@ -252,7 +316,13 @@ def test_a_bad_ablation_file_is_one_line_and_exit_2(tmp_path, capsys, changes, m
 
 def test_a_small_ablation_writes_every_table_and_a_report_that_rebuilds(tmp_path):
     sweep = yaml.safe_load(ABLATION_FILE.read_text())["sweep"]
-    sweep |= {"steps": [3], "seeds_per_prompt": 1, "batch_size": 8, "prompts": {"set": "toy", "limit": 16}}
+    sweep |= {
+        "steps": [3],
+        "guidance": [3.0],
+        "seeds_per_prompt": 1,
+        "batch_size": 8,
+        "prompts": {"set": "toy", "limit": 16},
+    }
     sweep["stages"] = {
         name: {"super_resolution_1": {**stage["super_resolution_1"], "steps": 2}}
         for name, stage in sweep["stages"].items()
@@ -260,6 +330,9 @@ def test_a_small_ablation_writes_every_table_and_a_report_that_rebuilds(tmp_path
     sweep["evaluation"] |= {"reference": {"builtin": "toy", "count": 32, "seed": 0}, "set_resamples": 10}
     path = _config(tmp_path, sweep=sweep, timing={"batch": 2, "repeats": 2}, resamples=100)
     out = tmp_path / "out"
+    assert main(["ablation", str(path), "--out", str(out), "--quiet", "--device", "cpu"]) == 2  # not registered
+    assert not out.exists()
+    assert main(["ablation", str(path), "--register"]) == 0
     assert main(["ablation", str(path), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     data = out / "report" / "data"
     effects = pd.read_csv(data / "effects.csv")
@@ -273,6 +346,11 @@ def test_a_small_ablation_writes_every_table_and_a_report_that_rebuilds(tmp_path
         if not np.isnan(difference):
             assert row.estimate == pytest.approx(difference, rel=1e-3, abs=1e-9), row.measure
     assert (pd.read_csv(data / "cost.csv").gflops_per_image > 0).all()
+    assert json.loads((data / "measured.json").read_text())["rules_hash"].startswith("sha256:")
+    budget = pd.read_csv(data / "training.csv").set_index("cell")
+    assert budget.loc["toy-latent-clip", "shared_parts"] == "vae"
+    assert budget.loc["toy-pixel-t5", "shared_parts"] == "super_resolution + sr_text_encoder"
+    assert (budget.pipeline_pflops > budget.training_pflops).all()
     first = (out / "report" / "report.md").read_bytes()
     assert main(["ablation", str(path), "--out", str(out), "--report-only"]) == 0
     assert (out / "report" / "report.md").read_bytes() == first
@@ -308,3 +386,17 @@ def test_data_measured_before_the_interval_convention_rebuilds_the_same_report(t
         assert not any("ci95" in column for column in pd.read_csv(path).columns)
     build_ablation_report(report)
     assert (report / "report.md").read_bytes() == (COMMITTED / "report.md").read_bytes()
+
+
+def test_the_replicate_presets_are_the_trained_runs():
+    """The presets of the cells' further runs and snapshots name the recipes ``suite train toy --ablation`` trains."""
+    from suite.model import presets
+    from suite.toy.recipes import ABLATION_SEEDS, COMPUTE_MATCHED_SEED, snapshot_name
+
+    assert ABLATION_SEEDS[1:] == presets.ABLATION_REPLICATE_SEEDS
+    for cell, step in COMPUTE_MATCHED_STEPS.items():
+        recipe = f"{cell}-seed{COMPUTE_MATCHED_SEED}"
+        assert f"{cell}-{presets.ABLATION_MATCHED_RUNS[cell]}" == snapshot_name(recipe, step)
+    config = load_ablation(ABLATION_FILE)
+    for preset in all_presets(config):
+        PRESETS.get(preset)  # every preset the shipped ablation runs exists

@@ -28,8 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from suite.analysis.ablation.design import load_ablation
-from suite.analysis.ablation.measure import measure
 from suite.analysis.ablation.report import build_ablation_report
+from suite.analysis.ablation.runs import measure
 
 
 def run_ablation(path: Path, out: Path, device: str = "auto", progress: bool = True) -> Path:

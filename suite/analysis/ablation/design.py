@@ -27,6 +27,11 @@ class AblationConfig(BaseModel):
     training: (
         str  # training.json of the cells, keyed by their levels joined by "-" ("latent-clip"); relative to the file
     )
+    # each cell's further training runs of the same recipe (other training seeds), as presets: cell -> [presets]
+    runs: dict[str, list[str]] = Field(default_factory=dict)
+    # a training run stopped where it had spent another cell's training FLOPs: run preset -> snapshot preset
+    compute_matched: dict[str, str] = Field(default_factory=dict)
+    rules: dict[str, Any] = Field(default_factory=lambda: {"method": "ablation/v1", "alpha": 0.05})
     sweep: dict[str, Any]  # an ordinary sweep without ``presets`` (the cells are its presets)
     timing: TimingSettings = TimingSettings()
     resamples: int = Field(1000, ge=100)  # bootstrap resamples of every contrast
@@ -82,18 +87,62 @@ def load_ablation(path: Path) -> AblationConfig:
         raise UserError(f"{path}: families: name each kind of contrast {list(KINDS)} in exactly one family")
     if "presets" in config.sweep:
         raise UserError(f"{path}: sweep.presets: leave it out; the sweep runs the cells' presets")
+    uneven = set(config.runs) != set(config.cells) or len({len(runs) for runs in config.runs.values()}) != 1
+    if config.runs and uneven:
+        raise UserError(f"{path}: runs: give every cell the same number of further training runs")
+    every = [*config.cells, *(preset for runs in config.runs.values() for preset in runs)]
+    if len(set(every)) != len(every):
+        raise UserError(f"{path}: runs: a preset appears twice among the cells and their runs")
+    unknown = sorted(set(config.compute_matched) - set(every))
+    if unknown:
+        raise UserError(f"{path}: compute_matched: {unknown[0]!r} is not a cell or one of its runs")
     resolved = ablation_sweep(config, path.parent)
     sweep = resolved.sweep
-    if len(sweep.samplers) * len(sweep.num_inference_steps) * len(sweep.guidance_scale) != 1:
-        raise UserError(f"{path}: sweep: one sampler, one step count and one guidance scale (one point per cell)")
+    if len(sweep.samplers) * len(sweep.num_inference_steps) != 1:
+        raise UserError(f"{path}: sweep: one sampler and one step count (each guidance scale is one grid point)")
+    reasons = {float(scale): reason for scale, reason in config.rules.get("grid_points", {}).items()}
+    if config.rules.get("method") != "ablation/v1" and set(reasons) != set(sweep.guidance_scale):
+        raise UserError(
+            f"{path}: rules.grid_points: give each guidance scale of the sweep, with the reason it was chosen"
+        )
     if not training_path(config, path.parent).is_file():
         raise UserError(f"{path}: training: no file at {training_path(config, path.parent)}")
     return config
 
 
 def ablation_sweep(config: AblationConfig, base_dir: Path) -> ResolvedSweep:
-    data = {"name": config.name, **config.sweep, "presets": list(config.cells)}
+    data = {"name": config.name, **config.sweep, "presets": all_presets(config)}
     return resolve(parse_sweep(data, f"{config.name}: sweep"), base_dir, config.name)
+
+
+def all_presets(config: AblationConfig) -> list[str]:
+    """The cells, their further training runs, and the compute-matched snapshots: every preset the sweep runs."""
+    runs = [preset for cell in config.cells for preset in config.runs.get(cell, [])]
+    return [*config.cells, *runs, *config.compute_matched.values()]
+
+
+def training_runs(config: AblationConfig) -> dict[str, list[str]]:
+    """Each cell's training runs as presets, the cell's own first (one run per cell without ``runs``)."""
+    return {cell: [cell, *config.runs.get(cell, [])] for cell in config.cells}
+
+
+def registered_rules(config: AblationConfig) -> dict[str, Any]:
+    """What the ablation registers: its rules, Holm families, design (factors, cells, runs) and grid points."""
+    sweep = config.sweep
+    grid = {key: sweep.get(key) for key in ("samplers", "steps", "guidance", "seeds_per_prompt", "prompts")}
+    return {
+        **config.rules,
+        "families": config.families,
+        "factors": config.factors,
+        "cells": config.cells,
+        "runs": config.runs,
+        "compute_matched": config.compute_matched,
+        "grid": grid,
+    }
+
+
+def registry_key(config: AblationConfig) -> str:
+    return f"ablation/{config.name}"
 
 
 def training_path(config: AblationConfig, base_dir: Path) -> Path:

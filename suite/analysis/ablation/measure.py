@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from suite.analysis.ablation.design import (
-    DATA,
     MEASURES,
     AblationConfig,
     Measure,
     ablation_sweep,
     contrasts,
     ordered_cells,
-    training_path,
 )
 from suite.analysis.claims.common import device_name, median_row
-from suite.analysis.compare import load_records
 from suite.core import paired as paired_tests
 from suite.core import stats
 from suite.core.errors import UserError
-from suite.core.files import atomic_write_bytes
 from suite.metrics.fid import frechet_to
 from suite.run.evaluate import evaluate_run
-from suite.run.folder import read_run
 from suite.run.options import EvaluateOptions, RunOptions
 from suite.run.runner import load_pipelines, run_sweep, time_alternately
 
@@ -45,13 +38,15 @@ def run_and_evaluate(config: AblationConfig, base_dir: Path, out: Path, device: 
 
 
 class PairedCells:
-    """The four cells' per-image scores and features, row-aligned by (prompt, seed), with prompts as the units."""
+    """Per-image scores and features of the four cells (and of any other presets given: their further training
+    runs, compute-matched snapshots), row-aligned by (prompt, seed), with prompts as the units."""
 
-    def __init__(self, config: AblationConfig, records: dict[str, Any]):
+    def __init__(self, config: AblationConfig, records: dict[str, Any], presets: list[str] | None = None):
         self.cells = ordered_cells(config)
+        self.presets = list(dict.fromkeys([*self.cells, *(presets or [])]))
         keys = ["prompt_index", "seed_index"]
         common = None
-        for cell in self.cells:
+        for cell in self.presets:
             index = pd.MultiIndex.from_frame(records[cell].scores[keys])
             common = index if common is None else common.intersection(index)
         common = common.sort_values()
@@ -61,7 +56,7 @@ class PairedCells:
             )
             .reindex(common)
             .to_numpy()
-            for cell in self.cells
+            for cell in self.presets
         }
         self.records = records
         self.units = stats.Units.of(common.get_level_values("prompt_index").to_numpy())
@@ -77,18 +72,19 @@ class PairedCells:
             column = np.where(scores["toy_category"].isin(measure.categories).to_numpy(), column, np.nan)
         return column
 
-    def unit_sums(self, measure: Measure) -> tuple[np.ndarray, np.ndarray]:
-        """Per cell and prompt (4 x prompts): the sum of the measure's per-image values and how many there are."""
-        values = np.stack([self.values(cell, measure) for cell in self.cells])
+    def unit_sums(self, measure: Measure, presets: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per preset (the four cells unless given) and prompt: the sum of the measure's per-image values and how
+        many there are."""
+        values = np.stack([self.values(cell, measure) for cell in presets or self.cells])
         asked = ~np.isnan(values)
         sums = np.stack([self.units.sums(np.where(row_asked, row, 0.0)) for row, row_asked in zip(values, asked)])
         return sums, np.stack([self.units.sums(row_asked.astype(np.float64)) for row_asked in asked])
 
-    def statistic(self, measure: Measure) -> Any:
-        """``statistic(units) -> the four cells' values`` on the resampled prompts."""
+    def statistic(self, measure: Measure, presets: list[str] | None = None) -> Any:
+        """``statistic(units) -> the presets' values`` (the four cells unless given) on the resampled prompts."""
         if not measure.per_image:
-            return self._fid_statistic()
-        sums, counts = self.unit_sums(measure)
+            return self._fid_statistic(presets or self.cells)
+        sums, counts = self.unit_sums(measure, presets)
 
         def of(chosen: np.ndarray) -> np.ndarray:
             weights = np.bincount(chosen, minlength=self.units.count).astype(np.float64)
@@ -97,11 +93,11 @@ class PairedCells:
 
         return of
 
-    def _fid_statistic(self) -> Any:
+    def _fid_statistic(self, presets: list[str]) -> Any:
         first = self.records[self.cells[0]]
         network = first.row["features"]
         distance = frechet_to(first.reference(network))
-        features = [self.records[cell].features(network)[self.rows[cell]] for cell in self.cells]
+        features = [self.records[cell].features(network)[self.rows[cell]] for cell in presets]
 
         def of(chosen: np.ndarray) -> np.ndarray:
             picked = self.units.rows(chosen)
@@ -144,16 +140,28 @@ def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFram
     return pd.DataFrame(rows)
 
 
-def effect_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame:
-    """Every contrast of every measure, with its bootstrap interval over prompts; Holm within each family the
-    ablation file names (``families``, each across every measure), and each estimate's interval at its family's Bonferroni width."""
-    family_of = {kind: family for family, kinds in config.families.items() for kind in kinds}
+def effect_table(
+    config: AblationConfig,
+    paired: PairedCells,
+    presets: list[str] | None = None,
+    effects: tuple[str, ...] = (),
+    family: str = "",
+) -> pd.DataFrame:
+    """Every contrast of every measure, with its bootstrap interval over prompts, conditional on the networks
+    compared; Holm within each family the ablation file names (``families``, each across every measure), and each
+    estimate's interval at its family's Bonferroni width.
+
+    ``presets`` (four, in the cells' order) replaces the cells (another training run, compute-matched snapshots);
+    ``effects`` keeps only those contrasts, all in one Holm ``family``."""
+    family_of = {kind: family or name for name, kinds in config.families.items() for kind in kinds}
     rows, widen = [], []
     for measure in MEASURES:
-        statistic = paired.statistic(measure)
+        statistic = paired.statistic(measure, presets)
         prompts = measured_prompts(paired, measure)
-        sums, counts = paired.unit_sums(measure) if measure.per_image else (None, None)
+        sums, counts = paired.unit_sums(measure, presets) if measure.per_image else (None, None)
         for effect, kind, reads, weights in contrasts(config):
+            if effects and effect not in effects:
+                continue
             test = paired_tests.contrast_bootstrap(statistic, weights, paired.units.count, config.resamples)
             p_value, resolution, method = test.p_value, test.p_resolution, test.test
             method = method.replace("units", f"prompts ({prompts} read by this measure)")
@@ -254,59 +262,3 @@ def cost_tables(
             }
         )
     return cost, pd.DataFrame(rows)
-
-
-def training_table(config: AblationConfig, base_dir: Path) -> pd.DataFrame:
-    """The budget each cell was trained with, from its training.json (one entry per cell, keyed by cell)."""
-    summaries = json.loads(training_path(config, base_dir).read_text())
-    rows = []
-    for preset in ordered_cells(config):
-        key = "-".join(config.cells[preset][factor] for factor in config.factors)
-        if key not in summaries:
-            raise UserError(f"{config.training}: no training record {key!r} for cell {preset!r}")
-        summary = summaries[key]
-        recipe = summary["recipe"]
-        rows.append(
-            {
-                "cell": preset,
-                **config.cells[preset],
-                "images_seen": summary["images_seen"],
-                "iterations": recipe["iterations"],
-                "batch_size": recipe["batch_size"],
-                "learning_rate": recipe["learning_rate"],
-                "ema_decay": recipe["ema_decay"],
-                "caption_dropout": recipe["caption_dropout"],
-                "seed": recipe["seed"],
-                "unet_parameters": summary["parameters"]["unet"],
-                "text_encoder_parameters": summary["parameters"]["text_encoder"],
-                "training_pflops": summary["training_flops"] / 1e15,
-                "wall_minutes": summary["wall_seconds"] / 60,
-                "threads": summary["threads"],
-                "processor": summary["processor"],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "auto", progress: bool = True) -> Path:
-    """Write the ablation's tables to ``out/report/data`` (the ablation file last) unless they exist."""
-
-    folder = out / "report" / DATA
-    if (folder / "ablation.yaml").is_file():
-        return folder
-    run = read_run(run_and_evaluate(config, base_dir, out, device, progress))
-    records = {key[0]: record for key, record in load_records(run, EvaluateOptions(device, progress=False)).items()}
-    paired = PairedCells(config, records)
-    cost, cost_effects = cost_tables(config, base_dir, out, run.metrics, device)
-    tables = {
-        "cells": cell_table(config, paired, run.metrics),
-        "effects": effect_table(config, paired),
-        "cost": cost,
-        "cost_effects": cost_effects,
-        "training": training_table(config, base_dir),
-    }
-    for name, frame in tables.items():
-        atomic_write_bytes(folder / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
-    written = config.model_dump(exclude={"name"}, mode="json")
-    atomic_write_bytes(folder / "ablation.yaml", yaml.safe_dump(written, sort_keys=False).encode())  # written last
-    return folder

@@ -179,6 +179,177 @@ def interaction_figure(config: dict, cells: pd.DataFrame, report: Path) -> Path:
     return FIGURE
 
 
+def _interval_column(frame: pd.DataFrame, column: str, spec: str) -> list[str]:
+    return [
+        with_interval(r[column], r[f"{column}_ci95_low"], r[f"{column}_ci95_high"], spec) for _, r in frame.iterrows()
+    ]
+
+
+def _cost_section(config: dict, cost: pd.DataFrame, cost_effects: pd.DataFrame) -> Section:
+    (a, _), (b, _) = config["factors"].items()
+    return Section(
+        "Cost",
+        [
+            Text(
+                f"Seconds per image: the four cells timed alternately ({int(cost['timing_repeats'].iloc[0])} "
+                f"rounds of {int(cost['timing_batch'].iloc[0])} images) on {cost['device'].iloc[0]}, median with a "
+                "bootstrap interval; FLOPs per image counted by the suite's counter (exact, no interval). Effects "
+                "on cost are ratios: exp of the contrast of log median seconds, resampling rounds."
+            ),
+            Table(
+                cost.assign(
+                    seconds_per_image=[
+                        with_interval(
+                            r.seconds_per_image, r.seconds_per_image_ci95_low, r.seconds_per_image_ci95_high, ".4f"
+                        )
+                        for r in cost.itertuples()
+                    ]
+                )[["cell", a, b, "seconds_per_image", "gflops_per_image"]],
+                {"gflops_per_image": ".4g"},
+            ),
+            Table(
+                cost_effects.assign(
+                    seconds_ratio=[
+                        with_interval(r.seconds_ratio, r.seconds_ratio_ci95_low, r.seconds_ratio_ci95_high, ".3f")
+                        for r in cost_effects.itertuples()
+                    ]
+                )[["effect", "reads", "seconds_ratio", "flops_ratio"]],
+                {"flops_ratio": ".3f"},
+            ),
+        ],
+    )
+
+
+def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: Path) -> list[Section]:
+    """The report of an ablation measured with several training runs per cell, at one or more grid points."""
+    (a, levels_a), (b, levels_b) = config["factors"].items()
+    cells, effects, over_runs = tables["cells"], tables["effects"], tables["effects_over_runs"]
+    runs, training, cost_effects = tables["run_values"], tables["training"], tables["cost_effects"]
+    count = int(over_runs["runs_per_cell"].iloc[0])
+    reasons = {float(scale): reason for scale, reason in config.get("rules", {}).get("grid_points", {}).items()}
+    verdict = [
+        Text(
+            f"Factors: {a} ({levels_a[0]} -> {levels_a[1]}) and {b} ({levels_b[0]} -> {levels_b[1]}); an effect is the "
+            f"second level minus the first. Each cell was trained {count} times (training seeds of one recipe). A "
+            f"factor moves a measure when its main effect *over training runs* has Holm-adjusted p < {ALPHA} "
+            "(the headline); the same effect conditional on one network per cell (the first run) is given beside it."
+        )
+    ]
+    sections = [Section("Verdict", verdict)]
+    details = []
+    for guidance, rows in over_runs.groupby("guidance_scale", sort=True):
+        conditional = effects[effects["guidance_scale"] == guidance]
+        verdict.append(Text(f"Guidance {guidance:g} ({reasons.get(float(guidance), 'no reason registered')}):"))
+        verdict.append(Text("Over training runs:\n" + "\n".join(verdict_lines(config, rows, cost_effects)[:-1])))
+        verdict.append(
+            Text(
+                "Conditional on the first run of each cell:\n"
+                + "\n".join(verdict_lines(config, conditional, cost_effects)[:-1])
+            )
+        )
+        details.append(Text(f"### Guidance {guidance:g}"))
+        for measure in dict.fromkeys(rows["measure"]):
+            spec = _display(measure)
+            mine = rows[rows["measure"] == measure]
+            shown = pd.DataFrame(
+                {
+                    "effect": mine["effect"],
+                    "over training runs [95% CI]": _interval_column(mine, "estimate", spec),
+                    "p (Holm)": [f"{value:.2g}" for value in mine["p_holm"]],
+                    "se: prompts / runs": [
+                        f"{r.se_prompts:{spec}} / {r.se_training_runs:{spec}}" for r in mine.itertuples()
+                    ],
+                    "conditional [95% CI]": _interval_column(
+                        conditional[conditional["measure"] == measure], "estimate", spec
+                    ),
+                    "conditional p (Holm)": [
+                        f"{value:.2g}" for value in conditional.loc[conditional["measure"] == measure, "p_holm"]
+                    ],
+                }
+            )
+            details += [Text(f"{mine['label'].iloc[0]} (`{measure}`):"), Table(shown)]
+    spread = runs[runs["measure"] == "exact_all"].drop_duplicates(["guidance_scale", "cell"])
+    details += [
+        Text(
+            "Between training runs: each cell's runs on the same prompts and seeds, and their standard deviation "
+            "(chi-square 95% interval, few runs give wide intervals). Exact match, all prompts:"
+        ),
+        Table(
+            spread.assign(
+                runs=[
+                    ", ".join(
+                        f"{v:.3f}"
+                        for v in runs[
+                            (runs.cell == r.cell)
+                            & (runs.guidance_scale == r.guidance_scale)
+                            & (runs.measure == "exact_all")
+                        ].value
+                    )
+                    for r in spread.itertuples()
+                ],
+                run_sd=_interval_column(spread, "run_sd", ".3f"),
+            )[["guidance_scale", "cell", "runs", "cell_mean", "run_sd"]],
+            {"cell_mean": ".3f"},
+        ),
+    ]
+    if "matched" in tables:
+        matched = tables["matched"]
+        shown = matched.assign(
+            estimate=[
+                with_interval(r.estimate, r.estimate_ci95_low, r.estimate_ci95_high, _display(r.measure))
+                for r in matched.itertuples()
+            ]
+        )
+        details += [
+            Text(
+                f"Matched images against matched compute: one training run per cell, the {a} effect as trained (equal "
+                "images seen) and with the pixel runs stopped where they had spent the latent runs' training FLOPs; "
+                "conditional on these networks, bootstrap over prompts, Holm within each comparison."
+            ),
+            Table(
+                shown[["guidance_scale", "comparison", "measure", "effect", "estimate", "p_holm", "presets"]],
+                {"p_holm": ".2g"},
+            ),
+        ]
+    budget = training.drop(columns=["processor"])
+    sections += [
+        Section(
+            "Design and budget",
+            [
+                Text(
+                    "Every training run with its budget. pipeline_pflops adds the shared parts each cell runs (latent: "
+                    "the VAE; pixel: the x4 SR stage and the T5-style encoder it reads, trained with toy-cascaded's "
+                    "base), counted on one training step x iterations; pipeline_parameters counts every network the "
+                    "cell's pipeline runs."
+                ),
+                Table(
+                    budget,
+                    {
+                        "training_pflops": ".3f",
+                        "shared_pflops": ".3f",
+                        "pipeline_pflops": ".3f",
+                        "wall_minutes": ".1f",
+                        "learning_rate": "g",
+                    },
+                ),
+                *(Text(f"- {note}") for note in config.get("notes", [])),
+            ],
+        ),
+        Section(
+            "Effects over training runs and conditional on one network",
+            [
+                Text(_method_text(config, cells)),
+                Figure(
+                    interaction_figure(config, cells[cells["guidance_scale"] == cells["guidance_scale"].min()], report),
+                    "Each measure by cell (first run), 95% intervals",
+                ),
+                *details,
+            ],
+        ),
+    ]
+    return sections
+
+
 def build_ablation_report(report: Path) -> Path:
     """Write ``report.md``, ``index.html`` and the figure from ``report/data``; return the folder."""
     config, tables = _read(report)
@@ -186,6 +357,13 @@ def build_ablation_report(report: Path) -> Path:
         tables[name] for name in ("cells", "effects", "cost", "cost_effects", "training")
     )
     (a, levels_a), (b, levels_b) = config["factors"].items()
+    if "effects_over_runs" in tables:
+        sections = replicated_sections(config, tables, report)
+        sections.append(_cost_section(config, cost, cost_effects))
+        title = config["title"]
+        atomic_write_text(report / "report.md", to_markdown(title, sections))
+        atomic_write_text(report / "index.html", to_html(title, sections, report))
+        return report
     equal_images = training["images_seen"].nunique() == 1
     unets = training["unet_parameters"]
     spread = unets.max() / unets.min() - 1
@@ -241,39 +419,7 @@ def build_ablation_report(report: Path) -> Path:
             Table(_two_by_two(config, cells, measure)),
             Table(_effects_for(effects, measure)),
         ]
-    sections.append(
-        Section(
-            "Cost",
-            [
-                Text(
-                    f"Seconds per image: the four cells timed alternately ({int(cost['timing_repeats'].iloc[0])} "
-                    f"rounds of {int(cost['timing_batch'].iloc[0])} images) on {cost['device'].iloc[0]}, median with a "
-                    "bootstrap interval; FLOPs per image counted by the suite's counter (exact, no interval). Effects "
-                    "on cost are ratios: exp of the contrast of log median seconds, resampling rounds."
-                ),
-                Table(
-                    cost.assign(
-                        seconds_per_image=[
-                            with_interval(
-                                r.seconds_per_image, r.seconds_per_image_ci95_low, r.seconds_per_image_ci95_high, ".4f"
-                            )
-                            for r in cost.itertuples()
-                        ]
-                    )[["cell", a, b, "seconds_per_image", "gflops_per_image"]],
-                    {"gflops_per_image": ".4g"},
-                ),
-                Table(
-                    cost_effects.assign(
-                        seconds_ratio=[
-                            with_interval(r.seconds_ratio, r.seconds_ratio_ci95_low, r.seconds_ratio_ci95_high, ".3f")
-                            for r in cost_effects.itertuples()
-                        ]
-                    )[["effect", "reads", "seconds_ratio", "flops_ratio"]],
-                    {"flops_ratio": ".3f"},
-                ),
-            ],
-        )
-    )
+    sections.append(_cost_section(config, cost, cost_effects))
     title = config["title"]
     atomic_write_text(report / "report.md", to_markdown(title, sections))
     atomic_write_text(report / "index.html", to_html(title, sections, report))
