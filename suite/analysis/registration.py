@@ -2,9 +2,10 @@
 
 A claim file and the ablation file carry their judging rules (``rules:``: the judge's ``method``, its
 thresholds, margins, alpha and Holm families). ``suite claims --register`` / ``suite ablation --register``
-append each file's rules, their hash and the date to the registry; nothing is ever removed from it.
+append each file's rules, their hash, the hash of its design (settings and sweeps: prompts, seeds, grid
+points, reference) and the date to the registry; nothing is ever removed from it.
 
-- Measuring refuses a file whose rules differ from their latest registration.
+- Measuring refuses a file whose rules or design differ from their latest registration.
 - Re-registering changed rules needs a reason, which the report prints beside the verdict.
 - Every measurement records when it was made and the hash of the rules it was made under. A report judges
   the data under the rules in force when they were measured (the latest registration strictly before the
@@ -53,12 +54,13 @@ class Registration:
     """One registered version of a file's rules."""
 
     key: str  # "claims/04-guidance", "ablation/ablation"
-    hash: str
+    hash: str  # of the rules
     registered: str  # ISO 8601 UTC
     rules: dict[str, Any]
-    reason: str = ""  # why the rules changed; empty for a first registration
+    reason: str = ""  # why the rules or the design changed; empty for a first registration
     after_data: bool = False  # registered while data measured under earlier rules existed
     source: str = ""  # where an entry reconstructed from history comes from (a commit), else empty
+    design_hash: str = ""  # of the design (settings, sweeps); empty in entries reconstructed from history
 
 
 @dataclass(frozen=True)
@@ -90,47 +92,82 @@ def write_registry(path: Path, entries: list[Registration]) -> None:
 
 def history(entries: list[Registration], key: str) -> list[Registration]:
     """A file's registrations, oldest first."""
-    return sorted((entry for entry in entries if entry.key == key), key=lambda entry: entry.registered)
+    return sorted((entry for entry in entries if entry.key == key), key=lambda entry: _instant(entry.registered))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file's rules and design as they read now, to register or to measure under."""
+
+    key: str
+    rules: dict[str, Any]
+    design: dict[str, Any]
+    data_exist: bool = False  # data measured under earlier registrations exist
+
+
+def _matches(entry: Registration, candidate: Candidate) -> bool:
+    return entry.hash == rules_hash(candidate.rules) and entry.design_hash == rules_hash(candidate.design)
+
+
+def register_all(
+    path: Path, candidates: list[Candidate], reason: str = "", now: str | None = None
+) -> list[Registration]:
+    """Append every candidate whose rules or design differ from its latest registration; returns the new entries.
+
+    A change needs a ``reason``. Every candidate is checked before anything is written, so a refusal leaves the
+    registry as it was. ``data_exist`` marks an entry ``after_data``.
+    """
+    entries = read_registry(path)
+    added = []
+    for candidate in candidates:
+        earlier = history(entries, candidate.key)
+        if earlier and _matches(earlier[-1], candidate):
+            continue
+        if earlier and not reason.strip():
+            what = "rules" if earlier[-1].hash != rules_hash(candidate.rules) else "design (settings, sweeps)"
+            raise UserError(
+                f"{candidate.key}: its {what} differ from their registration of {earlier[-1].registered}; "
+                "re-register with the reason: --register --reason '...'"
+            )
+        added.append(
+            Registration(
+                key=candidate.key,
+                hash=rules_hash(candidate.rules),
+                registered=now or utc_now(),
+                rules=json.loads(json.dumps(candidate.rules, default=str)),
+                reason=reason.strip(),
+                after_data=bool(earlier) and candidate.data_exist,
+                design_hash=rules_hash(candidate.design),
+            )
+        )
+    if added:
+        write_registry(path, [*entries, *added])
+    return added
 
 
 def register(
-    path: Path, key: str, rules: dict[str, Any], reason: str = "", data_exist: bool = False, now: str | None = None
+    path: Path,
+    key: str,
+    rules: dict[str, Any],
+    reason: str = "",
+    data_exist: bool = False,
+    now: str | None = None,
+    design: dict[str, Any] | None = None,
 ) -> Registration | None:
-    """Append ``rules`` for ``key`` unless they are its latest registration; returns the new entry (None: unchanged).
-
-    A change needs a ``reason``; ``data_exist`` (data measured under earlier rules exist) marks it ``after_data``.
-    """
-    entries = read_registry(path)
-    earlier = history(entries, key)
-    digest = rules_hash(rules)
-    if earlier and earlier[-1].hash == digest:
-        return None
-    if earlier and not reason.strip():
-        raise UserError(
-            f"{key}: its rules differ from their registration of {earlier[-1].registered}; "
-            "re-register with the reason: --register --reason '...'"
-        )
-    entry = Registration(
-        key=key,
-        hash=digest,
-        registered=now or utc_now(),
-        rules=json.loads(json.dumps(rules, default=str)),
-        reason=reason.strip(),
-        after_data=bool(earlier) and data_exist,
-    )
-    write_registry(path, [*entries, entry])
-    return entry
+    """Register one file (``register_all`` of one); None when its rules and design are registered already."""
+    added = register_all(path, [Candidate(key, rules, design or {}, data_exist)], reason, now)
+    return added[0] if added else None
 
 
-def require_registered(path: Path, key: str, rules: dict[str, Any]) -> Registration:
-    """The registration ``rules`` are measured under; one-line UserError if unregistered or changed since."""
-    earlier = history(read_registry(path), key)
+def require_registered(path: Path, candidate: Candidate) -> Registration:
+    """The registration a measurement is made under; one-line UserError if unregistered or changed since."""
+    earlier = history(read_registry(path), candidate.key)
     if not earlier:
-        raise UserError(f"{key}: its rules are not registered; register them before measuring: --register")
-    if earlier[-1].hash != rules_hash(rules):
+        raise UserError(f"{candidate.key}: its rules are not registered; register them before measuring: --register")
+    if not _matches(earlier[-1], candidate):
         raise UserError(
-            f"{key}: its rules differ from their registration of {earlier[-1].registered} ({path}); "
-            "measure under the registered rules, or re-register with the reason: --register --reason '...'"
+            f"{candidate.key}: its rules or design differ from their registration of {earlier[-1].registered} "
+            f"({path}); measure under the registered ones, or re-register with the reason: --register --reason '...'"
         )
     return earlier[-1]
 
@@ -144,14 +181,23 @@ class Judging:
 
 
 def rules_for(entries: list[Registration], key: str, measured: Measured) -> Judging:
-    """The latest registration strictly before the measurement is confirmatory; every later one is exploratory.
+    """The latest registration strictly before the measurement began, with the rules it was made under, is
+    confirmatory; every registration after it with other rules is exploratory (one that changed only the design
+    judges alike and is not repeated).
 
     Data measured before any registration have no confirmatory rule: every rule is then exploratory.
     """
     earlier = history(entries, key)
     before = [entry for entry in earlier if _instant(entry.registered) < _instant(measured.at)]
-    after = tuple(entry for entry in earlier if _instant(entry.registered) >= _instant(measured.at))
-    return Judging(before[-1] if before else None, after)
+    if measured.rules_hash:
+        before = [entry for entry in before if entry.hash == measured.rules_hash]
+    confirmatory = before[-1] if before else None
+    after, seen = [], {confirmatory.hash} if confirmatory else set()
+    for entry in earlier:
+        if _instant(entry.registered) >= _instant(measured.at) and entry.hash not in seen:
+            after.append(entry)
+            seen.add(entry.hash)
+    return Judging(confirmatory, tuple(after))
 
 
 def _instant(stamp: str) -> datetime:
@@ -166,9 +212,10 @@ def read_measured(folder: Path) -> Measured | None:
     return Measured(data["at"], data["rules_hash"])
 
 
-def write_measured(folder: Path, registration: Registration, at: str | None = None) -> None:
-    """Record beside the data when they were measured and under which registered rules."""
-    text = json.dumps({"at": at or utc_now(), "rules_hash": registration.hash}, indent=2) + "\n"
+def write_measured(folder: Path, registration: Registration, at: str) -> None:
+    """Record beside the data when their measurement began (``at``, taken when the rules were checked) and under
+    which registered rules."""
+    text = json.dumps({"at": at, "rules_hash": registration.hash}, indent=2) + "\n"
     atomic_write_text(folder / "measured.json", text)
 
 

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from suite.analysis.ablation import run_ablation
+from suite.analysis.ablation.design import candidate as ablation_candidate
 from suite.analysis.ablation.design import load_ablation
-from suite.analysis.ablation.design import registered_rules as ablation_rules
-from suite.analysis.ablation.design import registry_key as ablation_key
 from suite.analysis.ablation.report import build_ablation_report
 from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, write_bench
 from suite.analysis.claims import ClaimsOptions, register_claims, run_claims
@@ -21,7 +20,7 @@ from suite.analysis.claims.report import build_claims_report
 from suite.analysis.compare import compare_run
 from suite.analysis.costs import ProfileSettings, profile_presets, write_profile
 from suite.analysis.diff import diff_runs
-from suite.analysis.registration import register, registry_path
+from suite.analysis.registration import register_all, registry_path
 from suite.analysis.report import build_report
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_table, ensure_writable
@@ -296,7 +295,7 @@ def command_claims(args: argparse.Namespace) -> int:
         register_claims(options, args.reason)
         return 0
     if args.plan:
-        table = plan_claims(Path(args.pilot), {config.name: config.rules for config in configs})
+        table = plan_claims(Path(args.pilot), configs)
         print(markdown_table(table, {column: ".3g" for column in table.columns if table[column].dtype.kind == "f"}))
         print(
             "prompts_to_resolve: the smaller of the two plans, one seed per prompt, 80% power; "
@@ -320,12 +319,10 @@ def command_ablation(args: argparse.Namespace) -> int:
         raise UserError("--reason goes with --register")
     if args.register:
         data_exist = (out / "report" / "data" / "ablation.yaml").is_file()
-        entry = register(
-            registry_path(path.parent), ablation_key(config), ablation_rules(config), args.reason, data_exist
-        )
+        added = register_all(registry_path(path.parent), [ablation_candidate(config, data_exist)], args.reason)
         print(
             f"{config.name}: "
-            + ("registered already" if entry is None else f"registered {entry.hash} at {entry.registered}")
+            + (f"registered {added[0].hash} at {added[0].registered}" if added else "registered already")
         )
         return 0
     if args.report_only:

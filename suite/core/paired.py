@@ -347,11 +347,12 @@ def group_difference_within(
     extreme = np.sum(np.abs(permuted) >= abs(estimate) - 1e-12 * max(1.0, abs(estimate)))
     p_value = float((extreme + 1) / (permutations + 1))
     rows_of_unit = [np.flatnonzero(units.of_value == unit) for unit in range(units.count)]
+    sizes = np.bincount(units.of_value, minlength=units.count)
 
     def resampled(rows: np.ndarray) -> float:
         # ``rows`` lists each drawn prompt's images, prompt after prompt; a prompt drawn twice counts twice
-        counts = np.bincount(units.of_value[rows], minlength=units.count)
-        drawn = np.repeat(np.arange(units.count), counts)
+        draws = np.bincount(units.of_value[rows], minlength=units.count) // sizes  # images drawn / images per prompt
+        drawn = np.repeat(np.arange(units.count), draws)
         copies = np.concatenate([np.full(len(rows_of_unit[unit]), copy) for copy, unit in enumerate(drawn)])
         chosen = np.concatenate([rows_of_unit[unit] for unit in drawn])
         return within(values[chosen], labels[chosen], copies)

@@ -16,7 +16,7 @@ from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, PretrainedConfig
 
 from suite.core.errors import UserError
-from suite.model.presets import ReferenceConfigs, Source
+from suite.model.presets import TOY_WEIGHTS, ReferenceConfigs, Source
 from suite.model.stages import quiet_casts
 
 HALF = (torch.float16, torch.bfloat16)
@@ -183,6 +183,12 @@ def check_available(preset) -> None:
     """
     for key, location in preset.source_paths().items():
         if isinstance(location, Path):
+            if not location.is_dir() and location.is_relative_to(TOY_WEIGHTS):
+                ablation = location.is_relative_to(TOY_WEIGHTS / "ablation")
+                raise UserError(
+                    f"preset {preset.name!r}: no model folder at {location}; train it: "
+                    f"`suite train toy{' --ablation' if ablation else ''}` (resumable)"
+                )
             if not location.is_dir():
                 raise UserError(
                     f"preset {preset.name!r}: no model folder at {location}; download the checkpoint "

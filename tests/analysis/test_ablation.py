@@ -14,18 +14,22 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from scipy import stats as scipy_stats
+from torch.utils.flop_counter import FlopCounterMode
 
+from suite.analysis.ablation import design, runs
 from suite.analysis.ablation.design import all_presets, contrasts, load_ablation, ordered_cells
 from suite.analysis.ablation.report import build_ablation_report
 from suite.cli import main
 from suite.core import paired, stats
 from suite.core.errors import UserError
+from suite.model import presets
 from suite.model.backends import BACKENDS
 from suite.model.loading import LoadOptions
 from suite.model.presets import PRESETS, TOY_WEIGHTS
-from suite.toy import models
-from suite.toy.recipes import COMPUTE_MATCHED_STEPS
+from suite.toy import models, train
+from suite.toy.recipes import ABLATION_SEEDS, COMPUTE_MATCHED_SEED, COMPUTE_MATCHED_STEPS, snapshot_name
 from suite.toy.world import WORDS
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -64,10 +68,6 @@ def test_every_training_run_of_the_cells_has_one_budget():
 
 def test_training_flops_count_forward_and_backward(tmp_path):
     """One step's count is about 3x the forward pass (backward ~ 2x forward) and grows linearly with the batch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from suite.toy import train
-
     recipe = replace(train.ABLATION_RECIPES["pixel-t5"], batch_size=2)
     job = train.JOBS[recipe.job](recipe, tmp_path)
     step = train.training_step_flops(job, 0)
@@ -82,10 +82,6 @@ def test_training_flops_count_forward_and_backward(tmp_path):
 @pytest.mark.parametrize("cell", ["latent-t5", "pixel-clip"])
 def test_a_killed_ablation_cell_resumes_to_the_same_weights(tmp_path, cell):
     """Two steps, checkpoint, a fresh start, two more == four straight (T5-style and CLIP-style, both spaces)."""
-    from safetensors.torch import load_file
-
-    from suite.toy import train
-
     recipe = replace(
         train.ABLATION_RECIPES[cell], iterations=4, batch_size=2, checkpoint_every=2, log_every=2, warmup=2
     )
@@ -107,10 +103,6 @@ def test_a_killed_ablation_cell_resumes_to_the_same_weights(tmp_path, cell):
 def test_a_snapshot_equals_the_same_recipe_trained_to_that_step(tmp_path):
     """The compute-matched pixel runs are EMA snapshots of longer runs: equal to training to that step, and the
     snapshot's export does not disturb the run that goes on (its final weights equal a run without snapshots)."""
-    from safetensors.torch import load_file
-
-    from suite.toy import train
-
     recipe = replace(
         train.ABLATION_RECIPES["pixel-clip-seed7"],
         iterations=4,
@@ -230,33 +222,37 @@ class _RunValues:
 
 
 def test_effects_over_runs_add_the_training_run_variance_to_the_prompt_variance(tmp_path, monkeypatch):
-    """Three runs per cell whose levels differ by a known spread: the training-run term is sum(w^2) s^2 / R with s^2
-    the pooled between-run variance, the prompt term the bootstrap's, and t has 4 (R - 1) = 8 degrees of freedom."""
-    from suite.analysis.ablation import design, runs
-
+    """Three runs per cell whose levels differ by a known spread, on prompts with their own noise: the training-run
+    term is sum(w^2 s_c^2) / R, the prompt term the bootstrap's (close to the per-prompt contrast's variance / n),
+    and t has Welch-Satterthwaite degrees of freedom (8 when the cells vary alike and the prompt term is small)."""
     monkeypatch.setattr(runs, "MEASURES", (design.MEASURES[4],))  # one per-image measure
     monkeypatch.setattr(runs, "measured_prompts", lambda paired, measure: paired.units.count)
     runs_of = {cell: [f"{cell}-seed7", f"{cell}-seed8"] for cell in CELLS}
-    config = load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 400})
+    config = load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 1000})
     rng = np.random.default_rng(0)
-    prompts = rng.normal(0, 1, 200)
+    prompts = rng.normal(0, 1, 400)
     levels = {"toy-latent-clip": 0.0, "toy-latent-t5": 0.0, "toy-pixel-clip": 1.0, "toy-pixel-t5": 1.0}
     offsets = (-0.3, 0.0, 0.3)  # every cell's three runs: between-run variance 0.09
     values = {
-        preset: levels[cell] + offset + prompts
+        preset: levels[cell] + offset + prompts + rng.normal(0, 0.2, len(prompts))
         for cell in CELLS
         for preset, offset in zip([cell, *runs_of[cell]], offsets)
     }
     table = runs.over_runs_table(config, _RunValues(values)).set_index("effect")
     space = table.loc["space"]
-    assert space.estimate == pytest.approx(1.0)
-    assert space.se_training_runs == pytest.approx(math.sqrt(4 * 0.25 * 0.09 / 3))
-    assert space.se_prompts == pytest.approx(0.0, abs=1e-9)  # a shared per-prompt offset cancels in the contrast
-    assert space.degrees_of_freedom == 8
+    weights = np.array([-0.5, -0.5, 0.5, 0.5])
+    cell_means = np.stack([np.mean([values[p] for p in [cell, *runs_of[cell]]], axis=0) for cell in CELLS])
+    per_prompt = weights @ cell_means
+    assert space.estimate == pytest.approx(per_prompt.mean())
+    assert space.se_prompts == pytest.approx(per_prompt.std(ddof=1) / math.sqrt(len(prompts)), rel=0.15)
+    spreads = [np.var([values[p].mean() for p in [cell, *runs_of[cell]]], ddof=1) for cell in CELLS]
+    assert space.se_training_runs == pytest.approx(math.sqrt(0.25 * sum(spreads) / 3))
+    assert space.standard_error**2 == pytest.approx(space.se_prompts**2 + space.se_training_runs**2)
+    assert 7 < space.degrees_of_freedom < 8.5
     half = space.estimate_ci95_high - space.estimate
-    assert half == pytest.approx(scipy_stats.t.ppf(0.975, 8) * space.standard_error)
+    assert half == pytest.approx(scipy_stats.t.ppf(0.975, space.degrees_of_freedom) * space.standard_error)
     spread = runs.run_values_table(config, _RunValues(values))
-    assert spread.run_sd.iloc[0] == pytest.approx(0.3)
+    assert spread.run_sd.iloc[0] == pytest.approx(math.sqrt(spreads[0]))
 
 
 def test_contrasts_recover_known_main_effects_and_interaction(tmp_path):
@@ -390,9 +386,6 @@ def test_data_measured_before_the_interval_convention_rebuilds_the_same_report(t
 
 def test_the_replicate_presets_are_the_trained_runs():
     """The presets of the cells' further runs and snapshots name the recipes ``suite train toy --ablation`` trains."""
-    from suite.model import presets
-    from suite.toy.recipes import ABLATION_SEEDS, COMPUTE_MATCHED_SEED, snapshot_name
-
     assert ABLATION_SEEDS[1:] == presets.ABLATION_REPLICATE_SEEDS
     for cell, step in COMPUTE_MATCHED_STEPS.items():
         recipe = f"{cell}-seed{COMPUTE_MATCHED_SEED}"

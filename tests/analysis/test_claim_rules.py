@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from statsmodels.stats.power import NormalIndPower
 
+from suite.analysis.claims.claim_file import load_claims
 from suite.analysis.claims.cost import frontier_costs
-from suite.analysis.claims.guidance_rules import slope_contrasts, threshold_table
+from suite.analysis.claims.guidance_rules import decide, slope_contrasts, threshold_table
 from suite.analysis.claims.plan import difference_prompts, equivalence_prompts, plan_claims
 from suite.analysis.claims.report import build_claims_report
 from suite.core.paired import group_difference_within
@@ -123,11 +124,8 @@ def test_plan_sample_sizes_match_the_closed_forms():
 
 
 def test_the_plan_reads_the_committed_pilot():
-    rules = {
-        "03-steps": {"margins": {"exact": 0.1, "clip": 5.0}},
-        "04-guidance": {"margins": {"exact": 0.1, "clip": 5.0}, "follows_range": [7, 12.5]},
-    }
-    table = plan_claims(REPOSITORY / "results" / "claims" / "pilot", rules)
+    configs = load_claims(REPOSITORY / "experiments" / "claims", ["03-steps", "04-guidance"])
+    table = plan_claims(REPOSITORY / "results" / "claims" / "pilot", configs)
     steps = table[table.claim == "03-steps"]
     assert {"cascaded dpm-solver++ 20 vs reference", "latent ddim 50 vs reference"} <= set(steps.comparison)
     assert (table.pilot_sigma > 0).all() and (table.prompts_to_resolve.dropna() >= 1).all()
@@ -144,3 +142,59 @@ def test_claims_4_and_6_are_judged_under_their_first_rules_and_later_rules_are_e
         row = next(line for line in overview.splitlines() if line.startswith(claim))
         assert "registered 2026-11-27, before the data" in row
         assert row.count("exploratory: rule changed after data") == 2
+
+
+GUIDANCE_RULES = {
+    "method": "guidance/v3",
+    "alpha": 0.05,
+    "margins": {"exact": 0.1, "clip": 5.0},
+    "follows_range": [7, 12.5],
+    "oversaturated_from": 15,
+    "threshold": {"measure": "mean_saturation", "at": 15, "fit_from": 2, "slope_ratio": 1.5},
+}
+
+
+def _guidance_tests(one_vs_zero: tuple, outside: float, saturation: float) -> pd.DataFrame:
+    """A tests table for one family: guidance 1 against 0, outside scales against 7.5, saturation against 7.5."""
+    rows = []
+    for scale in (0.0, *SCALES[:4], 1.0, 10.0, 12.5, *SCALES[6:]):
+        difference, p = (outside, 1e-6) if not 7 <= scale <= 12.5 else (0.0, 1.0)
+        row = {"family": "latent", "guidance_scale": scale}
+        for name, (value, half, p_value) in {"exact": one_vs_zero[0], "clip": one_vs_zero[1]}.items():
+            row |= {f"{name}_vs_unconditional": value, f"{name}_vs_unconditional_ci95_low": value - half}
+            row |= {f"{name}_vs_unconditional_ci95_high": value + half, f"{name}_vs_unconditional_p": p_value}
+            row |= {f"{name}_vs_reference": difference, f"{name}_vs_reference_p": p}
+        for measure in ("mean_saturation", "clipped_fraction", "palette_distance"):
+            high = scale >= 15
+            row |= {
+                f"{measure}_vs_reference": saturation if high else 0.0,
+                f"{measure}_vs_reference_p": 1e-6 if high else 1.0,
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_guidance_rules_that_can_fail_read_each_sub_claim_both_ways():
+    knee = _saturation(0.1 + 0.005 * SCALES + 0.02 * np.maximum(0, SCALES - 15))
+    holds = _guidance_tests(((0.01, 0.04, 0.8), (1.0, 3.0, 0.6)), outside=-0.2, saturation=0.05)
+    verdicts, _ = decide(holds, {"prompt_saturation": knee}, GUIDANCE_RULES, 7.5)
+    assert verdicts == ["supported", "supported", "supported"]
+    steady = _saturation(0.1 + 0.005 * SCALES)
+    fails = _guidance_tests(((0.2, 0.05, 1e-6), (40.0, 5.0, 1e-6)), outside=0.2, saturation=0.05)
+    verdicts, _ = decide(fails, {"prompt_saturation": steady}, GUIDANCE_RULES, 7.5)
+    assert verdicts == ["not supported", "not supported", "not supported"]
+    unclear = _guidance_tests(((0.05, 0.1, 0.3), (2.0, 6.0, 0.5)), outside=0.0, saturation=0.05)
+    flat = _saturation(0.1 + 0.005 * SCALES + 0.0025 * np.maximum(0, SCALES - 15), noise=0.05)
+    verdicts, _ = decide(unclear, {"prompt_saturation": flat}, GUIDANCE_RULES, 7.5)
+    assert verdicts[:2] == ["inconclusive", "inconclusive"]
+
+
+def test_within_prompt_interval_holds_with_prompts_of_unequal_size():
+    rng = np.random.default_rng(3)
+    sizes = np.where(np.arange(60) % 2 == 0, 2, 8)
+    prompts = np.repeat(np.arange(60), sizes)
+    errors = rng.random(len(prompts)) < 0.5
+    values = rng.normal(0, 1, 60)[prompts] + rng.normal(0, 0.5, len(prompts)) - 0.8 * errors
+    test = group_difference_within(values, errors, Units.of(prompts), permutations=999)
+    assert test.low < test.difference < test.high
+    assert test.difference == pytest.approx(-0.8, abs=0.15) and test.high < -0.5

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from suite.analysis.claims.claim_file import load_claims, registered_rules, registry_key
+from suite.analysis.claims.claim_file import candidate, load_claims
 from suite.analysis.registration import (
+    Candidate,
     Measured,
     read_registry,
     register,
+    register_all,
     require_registered,
     rules_for,
     rules_hash,
@@ -40,18 +42,35 @@ def test_a_change_needs_a_reason_and_is_marked_after_data(tmp_path):
     assert second.after_data and second.reason == "why"
     entries = read_registry(path)
     assert [entry.rules["method"] for entry in entries] == ["m/v1", "m/v2"]
-    assert require_registered(path, "claims/x", {"method": "m/v2", "alpha": 0.05}) == second
+    assert require_registered(path, Candidate("claims/x", {"method": "m/v2", "alpha": 0.05}, {})) == second
     with pytest.raises(UserError, match="differ from their registration"):
-        require_registered(path, "claims/x", {"method": "m/v1", "alpha": 0.05})
+        require_registered(path, Candidate("claims/x", {"method": "m/v1", "alpha": 0.05}, {}))
+    with pytest.raises(UserError, match="differ from their registration"):  # the design is registered too
+        require_registered(path, Candidate("claims/x", {"method": "m/v2", "alpha": 0.05}, {"prompts": 540}))
     with pytest.raises(UserError, match="not registered"):
-        require_registered(path, "claims/y", {"method": "m/v1"})
+        require_registered(path, Candidate("claims/y", {"method": "m/v1"}, {}))
+
+
+def test_a_refused_registration_writes_nothing(tmp_path):
+    path = tmp_path / "registry.yaml"
+    register_all(path, [Candidate("a", {"method": "v1"}, {}), Candidate("b", {"method": "v1"}, {})])
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="b: its rules differ"):  # "a" is new, "b" changed without a reason
+        register_all(path, [Candidate("c", {"method": "v1"}, {}), Candidate("b", {"method": "v2"}, {})])
+    assert path.read_bytes() == before
 
 
 def test_data_are_judged_by_the_rule_in_force_when_measured(tmp_path):
     path = tmp_path / "registry.yaml"
     register(path, "k", {"method": "v1"}, now="2026-01-01T00:00:00Z")
     register(path, "k", {"method": "v2"}, reason="r", now="2026-01-03T00:00:00Z")
+    register(path, "k", {"method": "v2"}, reason="design only", now="2026-01-05T00:00:00Z", design={"n": 2})
     entries = read_registry(path)
+    # registered during a measurement under v1: v1 stays confirmatory, and v2 is shown once (the design-only
+    # entry judges alike)
+    during = rules_for(entries, "k", Measured("2026-01-02T00:00:00Z", rules_hash({"method": "v1"})))
+    assert during.confirmatory.rules["method"] == "v1"
+    assert [entry.rules["method"] for entry in during.exploratory] == ["v2"]
     between = rules_for(entries, "k", Measured("2026-01-02T00:00:00Z", ""))
     assert between.confirmatory.rules["method"] == "v1"
     assert [entry.rules["method"] for entry in between.exploratory] == ["v2"]
@@ -61,13 +80,19 @@ def test_data_are_judged_by_the_rule_in_force_when_measured(tmp_path):
     assert later.confirmatory.rules["method"] == "v2" and later.exploratory == ()
     before_any = rules_for(entries, "k", Measured("2025-12-31T00:00:00Z", ""))
     assert before_any.confirmatory is None and len(before_any.exploratory) == 2
+    stamps = [entry.registered for entry in read_registry(path)]
+    register(path, "k", {"method": "v3"}, reason="r", now="2026-01-05T00:00:00.5Z")  # sorted by time, not text
+    assert (
+        rules_for(read_registry(path), "k", Measured("2026-01-06T00:00:00Z", "")).confirmatory.rules["method"] == "v3"
+    )
+    assert stamps == sorted(stamps)
 
 
 def test_every_shipped_claim_is_registered_as_it_reads_today():
     configs = load_claims(REPOSITORY / "experiments" / "claims")
     registry = REPOSITORY / "experiments" / "registry.yaml"
     for config in configs:
-        require_registered(registry, registry_key(config), registered_rules(config))
+        require_registered(registry, candidate(config))
 
 
 def test_measuring_under_changed_rules_refuses_before_anything_runs(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from suite.core.errors import UserError
 from suite.prompts.sets import DATA, PROMPT_SETS, filtered_prompts, prompt_records
 from suite.run.config import parse_sweep, resolve
+from suite.toy.world import all_captions, prompt_category
 
 
 def _resolve(prompts: dict) -> tuple[str, ...]:
@@ -53,8 +54,6 @@ def test_bad_filters_are_one_line(prompts, message):
 
 
 def test_toy_all_is_every_caption_of_the_grammar_once_in_a_shuffled_order():
-    from suite.toy.world import all_captions, prompt_category
-
     prompts = list(PROMPT_SETS.get("toy-all"))
     assert sorted(prompts) == sorted(caption.text for caption in all_captions()) and len(set(prompts)) == 540
     categories = [prompt_category(prompt) for prompt in prompts]

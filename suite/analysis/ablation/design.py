@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from suite.analysis.registration import Candidate
 from suite.core.errors import UserError
 from suite.run.config import ResolvedSweep, load_named_file, parse_sweep, resolve
 from suite.run.options import TimingSettings
@@ -127,22 +128,26 @@ def training_runs(config: AblationConfig) -> dict[str, list[str]]:
 
 
 def registered_rules(config: AblationConfig) -> dict[str, Any]:
-    """What the ablation registers: its rules, Holm families, design (factors, cells, runs) and grid points."""
-    sweep = config.sweep
-    grid = {key: sweep.get(key) for key in ("samplers", "steps", "guidance", "seeds_per_prompt", "prompts")}
-    return {
-        **config.rules,
-        "families": config.families,
-        "factors": config.factors,
-        "cells": config.cells,
-        "runs": config.runs,
-        "compute_matched": config.compute_matched,
-        "grid": grid,
-    }
+    """The ablation's judging rules as registered: its ``rules:`` and its Holm families."""
+    return {**config.rules, "families": config.families}
 
 
 def registry_key(config: AblationConfig) -> str:
     return f"ablation/{config.name}"
+
+
+def candidate(config: AblationConfig, data_exist: bool = False) -> Candidate:
+    """What ``suite ablation --register`` records and measuring checks: the rules, and the design (factors, cells,
+    training runs, compute-matched snapshots, the whole sweep, resamples), each hashed."""
+    design = {
+        "factors": config.factors,
+        "cells": config.cells,
+        "runs": config.runs,
+        "compute_matched": config.compute_matched,
+        "sweep": config.sweep,
+        "resamples": config.resamples,
+    }
+    return Candidate(registry_key(config), registered_rules(config), design, data_exist)
 
 
 def training_path(config: AblationConfig, base_dir: Path) -> Path:

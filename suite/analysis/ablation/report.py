@@ -7,6 +7,7 @@ named when it passes the same test, and then the simple effects say at which lev
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -235,6 +236,16 @@ def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: P
             "(the headline); the same effect conditional on one network per cell (the first run) is given beside it."
         )
     ]
+    measured = report / DATA / "measured.json"
+    if measured.is_file():
+        record = json.loads(measured.read_text(encoding="utf-8"))
+        verdict.append(
+            Text(
+                f"Measured {record['at'][:10]} under the rules and design registered before it ({record['rules_hash']}, "
+                "experiments/registry.yaml): the grid points, Holm families and this reading rule were fixed before "
+                "these data."
+            )
+        )
     sections = [Section("Verdict", verdict)]
     details = []
     for guidance, rows in over_runs.groupby("guidance_scale", sort=True):

@@ -5,9 +5,12 @@ Conditional effects (``measure.effect_table``) hold the four networks fixed and 
 
 - each cell's value is the mean of its R runs' values (every run on the same prompts and seeds);
 - the contrast's variance is the prompt bootstrap's variance of that run-averaged contrast plus the
-  training-run term sum(w^2) s^2 / R, with s^2 the between-run variance pooled over the four cells
-  (4 (R - 1) degrees of freedom): a random training-run effect, estimated by moments;
-- the interval and p use Student's t with 4 (R - 1) degrees of freedom.
+  training-run term sum(w_c^2 s_c^2) / R, with s_c^2 cell c's between-run variance (R - 1 degrees of
+  freedom each): a random training-run effect, estimated by moments, each cell with its own variance;
+- the interval and p use Student's t with Welch-Satterthwaite degrees of freedom for the training-run
+  term (the prompt term, from hundreds of prompts, counted as known): 4 (R - 1) when the four cells vary
+  alike, as few as R - 1 when one cell's runs dominate. With 3 runs a cell that is few degrees of freedom,
+  and the intervals say so.
 
 The between-run deviations are measured on the same prompts, so they also hold part of the per-image noise
 the prompt term already counts: the interval is conservative by that much.
@@ -34,10 +37,9 @@ from suite.analysis.ablation.design import (
     MEASURES,
     AblationConfig,
     all_presets,
+    candidate,
     contrasts,
     ordered_cells,
-    registered_rules,
-    registry_key,
     training_path,
     training_runs,
 )
@@ -50,7 +52,7 @@ from suite.analysis.ablation.measure import (
     run_and_evaluate,
 )
 from suite.analysis.compare import load_records
-from suite.analysis.registration import registry_path, require_registered, write_measured
+from suite.analysis.registration import registry_path, require_registered, utc_now, write_measured
 from suite.core import stats
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_bytes
@@ -66,7 +68,6 @@ def over_runs_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame
     if count < 2:
         return pd.DataFrame()
     presets = [preset for cell in cells for preset in runs[cell]]
-    degrees = len(cells) * (count - 1)
     family_of = {kind: family for family, kinds in config.families.items() for kind in kinds}
     rng = np.random.default_rng(stats.SEED)
     draws = [rng.integers(0, paired.units.count, paired.units.count) for _ in range(config.resamples)]
@@ -75,13 +76,17 @@ def over_runs_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame
         statistic = paired.statistic(measure, presets)
         values = statistic(np.arange(paired.units.count)).reshape(len(cells), count)
         means = values.mean(axis=1)
-        pooled = float(((values - means[:, None]) ** 2).sum() / degrees)
+        spreads = values.var(axis=1, ddof=1)  # each cell's between-run variance
         resampled = np.stack([statistic(draw).reshape(len(cells), count).mean(axis=1) for draw in draws])
         for effect, kind, reads, weights in contrasts(config):
             weights = np.asarray(weights)
             prompt_variance = float(np.nanvar(resampled @ weights, ddof=1))
-            run_variance = float((weights**2).sum() * pooled / count)
+            terms = weights**2 * spreads / count
+            run_variance = float(terms.sum())
             error = math.sqrt(prompt_variance + run_variance)
+            # Welch-Satterthwaite: the prompt term's degrees of freedom are taken as infinite
+            degrees = (prompt_variance + run_variance) ** 2 / max(float((terms**2).sum() / (count - 1)), 1e-300)
+            degrees = float(min(degrees, 1e6))
             estimate = float(weights @ means)
             rows.append(
                 {
@@ -102,21 +107,29 @@ def over_runs_table(config: AblationConfig, paired: PairedCells) -> pd.DataFrame
                     "n_prompts": measured_prompts(paired, measure),
                     "method": (
                         f"mean of {count} training runs per cell; variance = bootstrap over prompts "
-                        f"({config.resamples}) + pooled between-run variance / {count}; t with {degrees} df"
+                        f"({config.resamples}) + each cell's between-run variance / {count}; t, Welch-Satterthwaite df"
                     ),
                 }
             )
     table = pd.DataFrame(rows)
-    quantile = scipy_stats.t.ppf(1 - stats.ALPHA / 2, degrees)
+    quantile = scipy_stats.t.ppf(1 - stats.ALPHA / 2, table["degrees_of_freedom"])
     table["estimate_ci95_low"] = table["estimate"] - quantile * table["standard_error"]
     table["estimate_ci95_high"] = table["estimate"] + quantile * table["standard_error"]
+    table["p_resolution"] = 0.0
+    return holm_over_runs(table)
+
+
+def holm_over_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """Holm within each family across every row given (every measure, and every grid point when the rows of
+    several are passed together), and each estimate's t interval at its family's Bonferroni width."""
+    table = table.copy()
     table["p_holm"] = np.nan
     for _, family in table.groupby("family", sort=False):
         table.loc[family.index, "p_holm"] = stats.holm(family["p_value"].to_numpy())
-        wide = scipy_stats.t.ppf(1 - (1 - stats.family_confidence(len(family))) / 2, degrees)
+        level = stats.family_confidence(len(family))
+        wide = scipy_stats.t.ppf(1 - (1 - level) / 2, family["degrees_of_freedom"])
         table.loc[family.index, "estimate_family_ci95_low"] = family["estimate"] - wide * family["standard_error"]
         table.loc[family.index, "estimate_family_ci95_high"] = family["estimate"] + wide * family["standard_error"]
-    table["p_resolution"] = 0.0
     return table
 
 
@@ -178,6 +191,18 @@ def _training_key(config: AblationConfig, cell: str, preset: str) -> str:
     return levels + preset.removeprefix(cell)
 
 
+def check_training_records(config: AblationConfig, base_dir: Path) -> None:
+    """Every run and snapshot the file names has its training record (before anything is sampled)."""
+    summaries = json.loads(training_path(config, base_dir).read_text())
+    for cell, presets in training_runs(config).items():
+        for preset in [*presets, *(config.compute_matched[run] for run in presets if run in config.compute_matched)]:
+            if _training_key(config, cell, preset) not in summaries:
+                raise UserError(
+                    f"{config.training}: no training record {_training_key(config, cell, preset)!r} for {preset!r}; "
+                    "train it: suite train toy --ablation"
+                )
+
+
 def budget_table(config: AblationConfig, base_dir: Path) -> pd.DataFrame:
     """Every training run (and snapshot) with its recipe and budget, and per cell what the whole pipeline cost to
     train: the cell's denoiser and encoder plus the shared parts it runs (``shared_parts.json``)."""
@@ -232,7 +257,9 @@ def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "au
     folder = out / "report" / DATA
     if (folder / "ablation.yaml").is_file():
         return folder
-    registration = require_registered(registry_path(base_dir), registry_key(config), registered_rules(config))
+    registration = require_registered(registry_path(base_dir), candidate(config))
+    began = utc_now()  # the measurement's time: after the rules were checked, before any data
+    check_training_records(config, base_dir)
     run = read_run(run_and_evaluate(config, base_dir, out, device, progress))
     loaded = load_records(run, EvaluateOptions(device, progress=False))
     presets = all_presets(config)
@@ -256,10 +283,12 @@ def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "au
     )
     cost, cost_effects = cost_tables(timed, base_dir, out, run.metrics[run.metrics["guidance_scale"] == first], device)
     tables = {name: pd.concat(frames, ignore_index=True) for name, frames in blocks.items()}
+    if "effects_over_runs" in tables:  # the headline: one Holm family across both grid points
+        tables["effects_over_runs"] = holm_over_runs(tables["effects_over_runs"])
     tables |= {"cost": cost, "cost_effects": cost_effects, "training": budget_table(config, base_dir)}
     for name, frame in tables.items():
         atomic_write_bytes(folder / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
-    write_measured(folder, registration)
+    write_measured(folder, registration, began)
     written = config.model_dump(exclude={"name"}, mode="json")
     atomic_write_bytes(folder / "ablation.yaml", yaml.safe_dump(written, sort_keys=False).encode())  # written last
     return folder

@@ -43,7 +43,7 @@ from suite.analysis.claims import (  # each claim module registers its experimen
     structure,
     values_per_step,
 )
-from suite.analysis.claims.claim_file import ClaimConfig, load_claims, registered_rules, registry_key
+from suite.analysis.claims.claim_file import ClaimConfig, candidate, load_claims
 from suite.analysis.claims.common import (
     INCONCLUSIVE,
     NOT_RUN,
@@ -56,7 +56,7 @@ from suite.analysis.claims.common import (
 )
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.claims.report import build_claims_report
-from suite.analysis.registration import register, registry_path, require_registered, write_measured
+from suite.analysis.registration import register_all, registry_path, require_registered, utc_now, write_measured
 from suite.core.files import atomic_write_bytes
 
 CLAIM_MODULES = (values_per_step, structure, steps, guidance, determinism, attention_bleed, cost, step_time)
@@ -70,15 +70,14 @@ def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
     if (folder / "claim.yaml").is_file():
         log(f"{config.name}: measured already ({folder})")
         return folder
-    registration = require_registered(
-        registry_path(options.claims_dir.parent), registry_key(config), registered_rules(config)
-    )
+    registration = require_registered(registry_path(options.claims_dir.parent), candidate(config))
+    began = utc_now()  # the measurement's time: after the rules were checked, before any data
     experiment = EXPERIMENTS.get(config.experiment)
     runs = run_claim_sweeps(config, options)
     tables = experiment.measure(config, runs, options)
     for name, frame in tables.items():
         atomic_write_bytes(folder / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
-    write_measured(folder, registration)
+    write_measured(folder, registration, began)
     claim = config.model_dump(exclude={"name"})
     atomic_write_bytes(folder / "claim.yaml", yaml.safe_dump(claim, sort_keys=False).encode())  # written last
     log(f"{config.name}: measured ({', '.join(sorted(tables))})")
@@ -90,28 +89,29 @@ def run_claims(options: ClaimsOptions, log=print) -> Path:
 
     configs = load_claims(options.claims_dir, list(options.names) or None)
     for config in configs:  # every claim's rules checked before anything is measured
-        require_registered(registry_path(options.claims_dir.parent), registry_key(config), registered_rules(config))
+        require_registered(registry_path(options.claims_dir.parent), candidate(config))
     for config in configs:
         measure(config, options, log)
     return build_claims_report(options.out / "report", registry_path(options.claims_dir.parent))
 
 
 def register_claims(options: ClaimsOptions, reason: str = "", log=print) -> list[str]:
-    """Register every claim file's rules (those named, or all) that differ from their latest registration."""
+    """Register every claim file's rules and design (those named, or all) that differ from their latest
+    registration; all are checked before the registry is written."""
     path = registry_path(options.claims_dir.parent)
-    changed = []
-    for config in load_claims(options.claims_dir, list(options.names) or None):
-        data_exist = (data_dir(options.out, config) / "claim.yaml").is_file()
-        entry = register(path, registry_key(config), registered_rules(config), reason, data_exist)
+    configs = load_claims(options.claims_dir, list(options.names) or None)
+    candidates = [candidate(config, (data_dir(options.out, config) / "claim.yaml").is_file()) for config in configs]
+    added = {entry.key: entry for entry in register_all(path, candidates, reason)}
+    for config, one in zip(configs, candidates):
+        entry = added.get(one.key)
         if entry is None:
             log(f"{config.name}: registered already ({path})")
         else:
-            changed.append(config.name)
             log(
                 f"{config.name}: registered {entry.hash} at {entry.registered}"
                 + (" (after data)" if entry.after_data else "")
             )
-    return changed
+    return [config.name for config, one in zip(configs, candidates) if one.key in added]
 
 
 __all__ = [

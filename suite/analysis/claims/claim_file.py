@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from suite.analysis.claims.experiments import EXPERIMENTS
+from suite.analysis.registration import Candidate
 from suite.core.errors import UserError
 from suite.run.config import ResolvedSweep, load_named_file, parse_sweep, resolve
 
@@ -86,9 +87,16 @@ def claim_sweep(config: ClaimConfig, sweep_name: str, base_dir: Path) -> Resolve
 
 
 def registered_rules(config: ClaimConfig) -> dict[str, Any]:
-    """What a claim registers: its experiment and its rules (the hash covers both)."""
+    """A claim's judging rules as registered: its experiment and its ``rules:``."""
     return {"experiment": config.experiment, **config.rules}
 
 
 def registry_key(config: ClaimConfig) -> str:
     return f"claims/{config.name}"
+
+
+def candidate(config: ClaimConfig, data_exist: bool = False) -> Candidate:
+    """What ``suite claims --register`` records and measuring checks: the rules, and the design (settings and
+    sweeps: prompts, seeds, grid points, reference), each hashed."""
+    design = {"settings": config.settings, "sweeps": config.sweeps}
+    return Candidate(registry_key(config), registered_rules(config), design, data_exist)

@@ -193,21 +193,19 @@ def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: di
     quality = np.stack([matrix[draw].mean(axis=0) for draw in draws])  # (1 + B) x points
     rows = []
     for level in rules["quality_levels"]:
-        cheapest = {}
+        cheapest, first = {}, {}
         for family in ("latent", "cascaded"):
             reach = np.where((quality >= level) & (family_of == family)[None], costs[None], np.inf)
             cheapest[family] = reach.min(axis=1)
+            first[family] = int(reach[0].argmin())  # the point itself on the full sample (ties: the first listed)
         reached = np.isfinite(cheapest["cascaded"]) & np.isfinite(cheapest["latent"])
         ratio = np.where(reached, cheapest["cascaded"] / np.where(reached, cheapest["latent"], 1.0), np.nan)
         finite = np.isfinite(ratio[1:])
         low, high = np.quantile(ratio[1:][finite], [0.025, 0.975]) if finite.any() else (np.nan, np.nan)
         row = {"level": level, "measure": cost}
         for family in ("latent", "cascaded"):
-            point = cheapest[family][0]
-            chosen = [c for c, f, k in zip(columns, family_of, costs) if f == family and k == point]
-            row[f"{family}_point"] = (
-                f"{chosen[0][2]} {chosen[0][3]}" if np.isfinite(point) and chosen else "not reached"
-            )
+            point, column = cheapest[family][0], columns[first[family]]
+            row[f"{family}_point"] = f"{column[2]} {column[3]}" if np.isfinite(point) else "not reached"
             row[f"{family}_cost"] = point if np.isfinite(point) else np.nan
         row |= {
             "ratio": ratio[0] if np.isfinite(ratio[0]) else np.nan,

@@ -127,7 +127,7 @@ def measure_guidance(config: ClaimConfig, runs: dict, options: ClaimsOptions) ->
 
 
 def _judge(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
-    verdicts, lines = decide(tables["tests"], tables, rules)
+    verdicts, lines = decide(tables["tests"], tables, rules, float(claim["settings"]["reference_guidance"]))
     verdict = overall(verdicts)
     return Judgement(verdict, "; ".join(lines), _section(claim, rules, tables, folder, data, lines))
 

@@ -144,7 +144,7 @@ def _equivalent(row, name: str, margin: float) -> bool:
     return bool(-margin <= row[f"{name}_ci95_low"] and row[f"{name}_ci95_high"] <= margin)
 
 
-def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict) -> tuple[list[str], list[str]]:
+def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict, reference: float) -> tuple[list[str], list[str]]:
     """Rules that can fail, registered before the data on the larger prompt set. Per family, Holm across this
     rule's tests: (a) "1 ignores the prompt": guidance 1 equivalent to guidance 0 (both differences' 95% intervals
     inside the margins) is supported, a significant difference either way not supported, else inconclusive;
@@ -226,7 +226,7 @@ def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict) -> tuple[list[str
         lines.append(
             f"{family}: 1 ignores the prompt: {ignores} (1 - 0: exact {ci(at_one, 'exact_vs_unconditional')}, CLIP "
             f"{ci(at_one, 'clip_vs_unconditional', '.2f')}); 7-12.5 follows best: {follows} (outside scales shown "
-            f"worse than {rules['reference_guidance']:g}: {', '.join(worse_at) or 'none'} of "
+            f"worse than {reference:g}: {', '.join(worse_at) or 'none'} of "
             f"{', '.join(f'{g:g}' for g in others.guidance_scale)}); threshold at {rules['threshold']['at']:g}: "
             f"{saturates} ({rules['threshold']['measure']} slope below {ci(shape, 'slope_below', '.4f')}, above "
             f"{ci(shape, 'slope_above', '.4f')} per unit of guidance)"
@@ -234,10 +234,10 @@ def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict) -> tuple[list[str
     return verdicts, lines
 
 
-def decide(tests: pd.DataFrame, tables: dict, rules: dict) -> tuple[list[str], list[str]]:
+def decide(tests: pd.DataFrame, tables: dict, rules: dict, reference: float) -> tuple[list[str], list[str]]:
     """Sub-verdicts and their lines under one registered version of the rules (``rules["method"]``)."""
     if rules["method"] == "guidance/v3":
-        return _decide_v3(tests, tables, rules)
+        return _decide_v3(tests, tables, rules, reference)
     earlier = {"guidance/v1": _decide_v1, "guidance/v2": _decide_v2}[rules["method"]]
     return earlier(_holm_within(tests, [column for column in tests if column.endswith("_p")]), rules)
 

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import optimize
 from scipy.stats import norm
 
+from suite.analysis.claims.claim_file import ClaimConfig
 from suite.core.errors import UserError
 from suite.core.stats import ALPHA
 from suite.prompts.sets import PROMPT_SETS
@@ -89,12 +90,21 @@ def _planned(row: dict) -> dict:
     }
 
 
-def plan_steps(folder: Path, rules: dict) -> list[dict]:
+def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
+    """Claim 3: the points its sub-claims read against the reference, and 20 against 50 steps per solver. The Holm
+    family is the registered design's: every exact and CLIP p of one family's points against the reference."""
     versus = pd.read_csv(folder / "versus_reference.csv")
     short = pd.read_csv(folder / "short_vs_long.csv")
-    margins, rows = rules["margins"], []
+    margins, rows = config.rules["margins"], []
     wanted = {("dpm-solver++", 20), ("ddim", 50), ("ddpm", 250)}
-    family_size = 2 * len(versus) // versus.family.nunique()  # Holm within a family: every exact and CLIP p
+    reference = config.settings["reference"]
+    points = {
+        (sampler, steps)
+        for sweep in config.sweeps.values()
+        for sampler in sweep["samplers"]
+        for steps in sweep["steps"]
+    }
+    family_size = 2 * len(points - {(reference["sampler"], reference["steps"])})
     for row in versus.itertuples():
         if (row.sampler, row.num_inference_steps) not in wanted:
             continue
@@ -132,17 +142,22 @@ def plan_steps(folder: Path, rules: dict) -> list[dict]:
     return rows
 
 
-def plan_guidance(folder: Path, rules: dict) -> list[dict]:
+def plan_guidance(folder: Path, config: ClaimConfig) -> list[dict]:
     """Guidance 1 against 0 (equivalence), and each scale outside the range against the reference scale; the
     pilot has no vs-reference tests, so its spread comes from the same scale's test against the best scale and
-    its difference from the two points' exact match."""
+    its difference from the two points' exact match. The Holm family is guidance/v3's over the registered
+    scales: 1 vs 0 (2 tests), each outside scale against the reference (2 each), each saturation measure at
+    the high scales (3 each) and the change of slope (1)."""
     tests = pd.read_csv(folder / "tests.csv")
     points = pd.read_csv(folder / "points.csv").set_index(["family", "guidance_scale"])
+    rules = config.rules
     margins, rows = rules["margins"], []
     low, high = rules["follows_range"]
-    reference = 7.5
-    per_family = tests.groupby("family").size().iloc[0]
-    family_size = 2 * per_family + 2
+    reference = float(config.settings["reference_guidance"])
+    scales = {scale for sweep in config.sweeps.values() for scale in sweep["guidance"] if scale >= 1}
+    outside = [scale for scale in scales if not low <= scale <= high]
+    at_high = [scale for scale in scales if scale >= rules["oversaturated_from"]]
+    family_size = 2 + 2 * len(outside) + 3 * len(at_high) + 1
     prompts = int(points["n_images"].iloc[0])
     for row in tests.itertuples():
         if row.guidance_scale == 1.0 and not pd.isna(row.exact_vs_unconditional):
@@ -187,14 +202,14 @@ def plan_guidance(folder: Path, rules: dict) -> list[dict]:
 PLANS = {"03-steps": plan_steps, "04-guidance": plan_guidance}
 
 
-def plan_claims(pilot: Path, rules_by_claim: dict[str, dict]) -> pd.DataFrame:
-    """The plan for every claim with a pilot in ``pilot/<claim>/`` and a planner in ``PLANS``."""
+def plan_claims(pilot: Path, configs: list[ClaimConfig]) -> pd.DataFrame:
+    """The plan for every claim given with a pilot in ``pilot/<claim>/`` and a planner in ``PLANS``."""
     if not pilot.is_dir():
         raise UserError(f"no pilot data in {pilot}: the plan reads an earlier measurement's tables there")
     rows = []
-    for name, planner in PLANS.items():
-        if (pilot / name).is_dir() and name in rules_by_claim:
-            rows += planner(pilot / name, rules_by_claim[name])
+    for config in configs:
+        if (pilot / config.name).is_dir() and config.name in PLANS:
+            rows += PLANS[config.name](pilot / config.name, config)
     table = pd.DataFrame(rows)
     if len(table):  # a pilot interval of zero width (a point compared with itself, no discordant pair) has no
         # spread to plan from: it takes the median spread of the same claim and measure, and says so
