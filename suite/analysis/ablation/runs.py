@@ -40,6 +40,7 @@ from suite.analysis.ablation.design import (
     candidate,
     contrasts,
     ordered_cells,
+    registry_key,
     training_path,
     training_runs,
 )
@@ -52,7 +53,15 @@ from suite.analysis.ablation.measure import (
     run_and_evaluate,
 )
 from suite.analysis.compare import load_records
-from suite.analysis.registration import registry_path, require_registered, utc_now, write_measured
+from suite.analysis.registration import (
+    history,
+    read_measured,
+    read_registry,
+    registry_path,
+    require_registered,
+    utc_now,
+    write_measured,
+)
 from suite.core import stats
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_bytes
@@ -256,6 +265,12 @@ def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "au
     """
     folder = out / "report" / DATA
     if (folder / "ablation.yaml").is_file():
+        measured = read_measured(folder)
+        latest = history(read_registry(registry_path(base_dir)), registry_key(config))
+        if progress and latest and (measured is None or measured.rules_hash != latest[-1].hash):
+            print(
+                f"{folder}: measured under earlier rules than the file's; delete it to measure under the current ones"
+            )
         return folder
     registration = require_registered(registry_path(base_dir), candidate(config))
     began = utc_now()  # the measurement's time: after the rules were checked, before any data
