@@ -3,6 +3,7 @@ contrasts with known answers, one-line errors, and a report that rebuilds byte f
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -100,13 +101,31 @@ def test_a_killed_ablation_cell_resumes_to_the_same_weights(tmp_path, cell):
             assert torch.equal(weights[0][name], weights[1][name]), (part, name)
 
 
+def test_exporting_a_snapshot_leaves_the_training_weights_as_they_were(tmp_path):
+    """Export casts modules to fp16 in place; a snapshot exports copies, so the EMA weights training goes on with
+    keep their dtype and values."""
+    recipe = replace(train.ABLATION_RECIPES["pixel-clip-seed7"], batch_size=1)
+    job = train.JOBS[recipe.job](recipe, tmp_path)
+    ema = {name: copy.deepcopy(module) for name, module in job.trained.items()}
+    before = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in ema.items()}
+    train._export_snapshot(job, ema, tmp_path, 7, 1.5)
+    for name, module in ema.items():
+        state = module.state_dict()
+        assert all(state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in before[name].items()), name
+    exported = load_file(next((tmp_path / "snapshot-7" / "unet").glob("*.safetensors")))
+    assert all(tensor.dtype == torch.float16 for tensor in exported.values() if tensor.is_floating_point())
+    assert json.loads((tmp_path / "snapshot-7.json").read_text()) == {"wall_seconds": 1.5}
+
+
+@pytest.mark.slow
 def test_a_snapshot_equals_the_same_recipe_trained_to_that_step(tmp_path):
     """The compute-matched pixel runs are EMA snapshots of longer runs: equal to training to that step, and the
-    snapshot's export does not disturb the run that goes on (its final weights equal a run without snapshots)."""
+    snapshot's export does not disturb the run that goes on (its final weights equal a run without snapshots).
+    Three short trainings with FLOP counts: slow (pytest -m slow)."""
     recipe = replace(
         train.ABLATION_RECIPES["pixel-clip-seed7"],
         iterations=4,
-        batch_size=2,
+        batch_size=1,
         checkpoint_every=2,
         log_every=2,
         warmup=2,

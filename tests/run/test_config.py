@@ -145,6 +145,7 @@ def test_every_shipped_sweep_file_validates():
     import yaml
 
     from suite.analysis.ablation.design import load_ablation
+    from suite.analysis.registration import read_registry
     from suite.run.config import parse_sweep
 
     files = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
@@ -152,6 +153,8 @@ def test_every_shipped_sweep_file_validates():
     for path in files:
         if path.name == "ablation.yaml":  # an ablation file: a 2x2 design around one sweep
             load_ablation(path)
+        elif path.name == "registry.yaml":  # the rules registry (suite claims/ablation --register), not a sweep
+            assert read_registry(path)
         else:
             parse_sweep(yaml.safe_load(path.read_text()), str(path))
 
