@@ -222,7 +222,8 @@ def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: P
     """Cost at equal quality along each family's frontier: at each registered exact-match level, the cheapest point
     of each family that reaches it (FLOPs per image, an exact count), compared as a ratio with its interval over
     prompts. Supported when every level both families reach has the ratio's interval above 1; not supported when
-    some level's interval lies below 1; else (or no level reached by both) inconclusive."""
+    some level's interval lies below 1; else (or no level reached by both) inconclusive. A level that a family
+    misses in more than ``max_unreached`` of the resamples supports neither verdict."""
     if "prompt_quality" not in tables:
         return Judgement(
             INCONCLUSIVE,
@@ -235,7 +236,7 @@ def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: P
         verdict = INCONCLUSIVE
     elif (both.ratio_ci95_low > 1).all() and (both.resamples_unreached <= rules["max_unreached"]).all():
         verdict = SUPPORTED
-    elif (both.ratio_ci95_high < 1).any():
+    elif ((both.ratio_ci95_high < 1) & (both.resamples_unreached <= rules["max_unreached"])).any():
         verdict = NOT_SUPPORTED
     else:
         verdict = INCONCLUSIVE
