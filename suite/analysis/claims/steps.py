@@ -65,7 +65,7 @@ def measure_steps(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> di
     }
 
 
-def relation(row, margins: dict) -> str:
+def relation(row, margins: dict, alpha: float = ALPHA) -> str:
     """A paired comparison's reading: ``equivalent`` if both differences' 95% intervals lie inside the equivalence
     margins (a conservative two one-sided tests: a difference can be detectable and still too small to matter);
     else ``different`` if a Holm-adjusted test rejects at 5%; else ``unresolved`` (too few images to tell)."""
@@ -75,7 +75,7 @@ def relation(row, margins: dict) -> str:
     )
     if inside:
         return EQUIVALENT
-    return DIFFERENT if row["exact_p_holm"] < ALPHA or row["clip_p_holm"] < ALPHA else UNRESOLVED
+    return DIFFERENT if row["exact_p_holm"] < alpha or row["clip_p_holm"] < alpha else UNRESOLVED
 
 
 def _equivalent_from(rows: pd.DataFrame) -> float:
@@ -111,8 +111,9 @@ def judge_steps(claim: dict, rules: dict, tables: dict, folder: Path, data: Path
     equivalent to it (not supported)."""
     points, versus, short_long = tables["points"], tables["versus_reference"], tables["short_vs_long"]
     reference, margins = claim["settings"]["reference"], rules["margins"]
-    versus = versus.assign(relation=[relation(row, margins) for _, row in versus.iterrows()])
-    short_long = short_long.assign(relation=[relation(row, margins) for _, row in short_long.iterrows()])
+    alpha = rules["alpha"]
+    versus = versus.assign(relation=[relation(row, margins, alpha) for _, row in versus.iterrows()])
+    short_long = short_long.assign(relation=[relation(row, margins, alpha) for _, row in short_long.iterrows()])
     verdicts, lines, onset_rows = [], [], []
     for family, rows in versus.groupby("family", sort=True):
         for sampler, group in rows.groupby("sampler", sort=True):
