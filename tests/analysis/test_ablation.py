@@ -412,3 +412,73 @@ def test_the_replicate_presets_are_the_trained_runs():
     config = load_ablation(ABLATION_FILE)
     for preset in all_presets(config):
         PRESETS.get(preset)  # every preset the shipped ablation runs exists
+
+
+@pytest.mark.slow
+def test_a_replicated_ablation_measures_effects_over_runs_end_to_end(tmp_path, monkeypatch):
+    """Two training runs per cell at two grid points, with compute-matched snapshots: every table, a report that
+    rebuilds byte for byte. The latent cells' second runs are the shipped seed-7 runs; the pixel cells' second runs
+    and snapshots stand in with the first runs' weights (their own are trained separately)."""
+    training = json.loads((TOY_WEIGHTS / "ablation" / "training.json").read_text())
+    matched = {
+        "toy-pixel-clip-seed7": "toy-pixel-clip-seed7-step2783",
+        "toy-pixel-t5-seed7": "toy-pixel-t5-seed7-step2860",
+    }
+    for run, snapshot in matched.items():
+        cell = run.removesuffix("-seed7")
+        for name in (run, snapshot):
+            monkeypatch.setitem(PRESETS._entries, name, replace(PRESETS.get(cell), name=name))
+            key = name.removeprefix("toy-")
+            stand_in = json.loads(json.dumps(training[cell.removeprefix("toy-")]))
+            stand_in["recipe"] |= {"name": key, "seed": 7}
+            if name == snapshot:
+                stand_in |= {"snapshot_of": run.removeprefix("toy-"), "training_flops": stand_in["training_flops"] // 2}
+            training.setdefault(key, stand_in)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "training.json").write_text(json.dumps(training))
+    shutil.copy(TOY_WEIGHTS / "ablation" / "shared_parts.json", folder)
+    sweep = yaml.safe_load(ABLATION_FILE.read_text())["sweep"]
+    sweep |= {
+        "steps": [3],
+        "guidance": [3.0, 7.5],
+        "seeds_per_prompt": 1,
+        "batch_size": 8,
+        "prompts": {"set": "toy", "limit": 16},
+    }
+    sweep["stages"] = {
+        name: {"super_resolution_1": {**stage["super_resolution_1"], "steps": 2}}
+        for name, stage in sweep["stages"].items()
+    }
+    sweep["evaluation"] |= {"reference": {"builtin": "toy", "count": 32, "seed": 0}, "set_resamples": 10}
+    rules = yaml.safe_load(ABLATION_FILE.read_text())["rules"]
+    path = _config(
+        tmp_path,
+        sweep=sweep,
+        timing={"batch": 2, "repeats": 2},
+        resamples=100,
+        training=str(folder / "training.json"),
+        runs={cell: [f"{cell}-seed7"] for cell in CELLS},
+        compute_matched=matched,
+        rules=rules,
+    )
+    out = tmp_path / "out"
+    assert main(["ablation", str(path), "--register"]) == 0
+    assert main(["ablation", str(path), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    data = out / "report" / "data"
+    over = pd.read_csv(data / "effects_over_runs.csv")
+    assert sorted(over.guidance_scale.unique()) == [3.0, 7.5] and (over.runs_per_cell == 2).all()
+    total = over.se_prompts**2 + over.se_training_runs**2  # tables at 6 digits
+    assert np.allclose(over.standard_error**2, total, rtol=1e-4, equal_nan=True)
+    main_rows = over[over.kind.isin(["main", "interaction"])]
+    assert (main_rows.groupby("family").size() == 2 * 3 * 7).all()  # one Holm family across both grid points
+    runs_table = pd.read_csv(data / "run_values.csv")
+    assert set(runs_table.run) == {*CELLS, *(f"{cell}-seed7" for cell in CELLS)}
+    matched_table = pd.read_csv(data / "matched.csv")
+    assert set(matched_table.comparison) == {"matched images", "matched training FLOPs"}
+    budget = pd.read_csv(data / "training.csv")
+    assert set(budget.run) == {*CELLS, *(f"{cell}-seed7" for cell in CELLS), *matched.values()}
+    first = (out / "report" / "report.md").read_bytes()
+    assert b"Effects over training runs" in first and b"matched training FLOPs" in first
+    assert main(["ablation", str(path), "--out", str(out), "--report-only"]) == 0
+    assert (out / "report" / "report.md").read_bytes() == first
