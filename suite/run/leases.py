@@ -3,9 +3,10 @@
 A lease is a small JSON file naming its owner (host, pid, rank). It is created atomically with
 its content (written to a private file, then hard-linked into place, which fails if the name
 exists), so no reader ever sees an empty lease. A lease is stale, and may be taken over, when
-its owner is a process on this host that no longer exists, or when its file has not been
-touched for ``stale_after()`` seconds: every process refreshes the leases it holds from a
-heartbeat thread, so a lease of a live process on another machine stays fresh.
+its file has not been touched for ``stale_after()`` seconds (every process refreshes the leases
+it holds from a heartbeat thread, so a live owner's lease stays fresh, on any host), or when its
+owner is a process on this host that no longer exists, or whose pid now belongs to a process
+started at another time (pids are reused: the owner records its process start time).
 
 Used for work items (``items/<id>.lease``: no image is generated twice, even by two sweeps
 started on one folder) and for the one evaluation of a finished run (``evaluation.lease``).
@@ -24,20 +25,33 @@ from pathlib import Path
 from typing import Any
 
 HEARTBEAT_SECONDS = 30.0
-DEFAULT_STALE_SECONDS = 600.0  # a lease from another host untouched this long is abandoned
+DEFAULT_STALE_SECONDS = 600.0  # a lease untouched this long is abandoned, whoever its pid names now
 
 
 def stale_after() -> float:
-    """Seconds after which a lease from another host counts as abandoned ($SUITE_LEASE_STALE_S)."""
+    """Seconds without a heartbeat after which a lease counts as abandoned ($SUITE_LEASE_STALE_S)."""
     try:
         return float(os.environ.get("SUITE_LEASE_STALE_S", DEFAULT_STALE_SECONDS))
     except ValueError:
         return DEFAULT_STALE_SECONDS
 
 
+def process_start(pid: Any) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``); None where unknown."""
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (OSError, ValueError, IndexError, TypeError, OverflowError):
+        return None
+
+
 def owner_record(**extra: Any) -> dict[str, Any]:
     """Who this process is, as a lease records it."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, **extra}
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+    started = process_start(os.getpid())
+    if started is not None:
+        owner["started"] = started
+    return {**owner, **extra}
 
 
 def describe(owner: dict[str, Any]) -> str:
@@ -67,13 +81,18 @@ def _process_alive(pid: Any) -> bool:
 
 def is_stale(path: Path, owner: dict[str, Any]) -> bool:
     """Whether the lease at ``path`` (with ``owner`` as read) has been abandoned."""
-    if owner.get("host") == socket.gethostname() and "pid" in owner:
-        return not _process_alive(owner["pid"])
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return True
-    return age > stale_after()
+    if age > stale_after():  # no heartbeat: whoever the pid is now, it is not holding this lease
+        return True
+    if owner.get("host") == socket.gethostname() and "pid" in owner:
+        if not _process_alive(owner["pid"]):
+            return True
+        started = owner.get("started")
+        return started is not None and process_start(owner["pid"]) not in (None, started)
+    return False
 
 
 class _Heartbeat:

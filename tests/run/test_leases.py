@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from suite.run import leases
 from suite.run.resume import has_started
 
@@ -50,3 +52,24 @@ def test_a_lease_of_an_earlier_version_still_marks_a_folder_as_started(tmp_path)
     assert not has_started(from_before)
     (from_before / "items" / "0123456789abcdef.claim").write_text("{}")
     assert has_started(from_before)
+
+
+def test_a_lease_whose_pid_lives_on_is_stale_once_its_heartbeat_stops(tmp_path):
+    """pid 1 always lives: a two-day-old lease naming it was held by an earlier process with that pid."""
+    path = tmp_path / "x.lease"
+    path.write_text(json.dumps({"host": os.uname().nodename, "pid": 1, "token": "old"}))
+    assert leases.acquire(path, leases.owner_record()) is not None  # fresh: it may be working
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(path, (two_days_ago, two_days_ago))
+    mine = leases.owner_record()
+    assert leases.acquire(path, mine) is None
+    assert leases.read_owner(path) == mine
+
+
+def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path):
+    path = tmp_path / "x.lease"
+    me = leases.owner_record()
+    if "started" not in me:
+        pytest.skip("no /proc: only the heartbeat's age tells (the test above)")
+    path.write_text(json.dumps({**me, "started": me["started"] - 1, "token": "earlier"}))
+    assert leases.acquire(path, leases.owner_record()) is None
