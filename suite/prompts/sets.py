@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 from pathlib import Path
 
@@ -109,19 +110,22 @@ def filtered_prompts(set_name: str, filters: dict[str, tuple[str, ...]]) -> list
 
 
 def _csv_prompts(path: Path, text: str) -> list[str]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # a quoted field may hold a line break
     if reader.fieldnames is not None and "prompt" not in reader.fieldnames:
         raise UserError(f"{path}: a CSV prompt file needs a 'prompt' column, found {reader.fieldnames}")
     prompts = []
     for row in reader:
         if row.get("prompt") is None:
             raise UserError(f"{path}:{reader.line_num}: the row has no 'prompt' field")
+        if not row["prompt"].strip():
+            raise UserError(f"{path}:{reader.line_num}: the prompt is blank; remove the row")
         prompts.append(row["prompt"].strip())
     return prompts
 
 
 def read_prompt_file(path: Path) -> list[str]:
-    """One prompt per line (.txt), a 'prompt' column (.csv), or a 'prompt' field per line (.jsonl)."""
+    """One prompt per line (.txt; blank lines are skipped), a 'prompt' column (.csv; quoted fields may span
+    lines), or a 'prompt' field per line (.jsonl); a blank prompt in a .csv or .jsonl is an error."""
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}")
     suffix = path.suffix.lower()
@@ -139,9 +143,12 @@ def read_prompt_file(path: Path) -> list[str]:
             if not line.strip():
                 continue
             try:
-                prompts.append(str(json.loads(line)["prompt"]).strip())
+                prompt = str(json.loads(line)["prompt"]).strip()
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserError(f"{path}:{number}: expected a JSON object with a 'prompt' field") from None
+            if not prompt:
+                raise UserError(f"{path}:{number}: the prompt is blank; remove the line")
+            prompts.append(prompt)
     else:
         raise UserError(f"{path}: prompt files must be .txt, .csv or .jsonl")
     return [prompt for prompt in prompts if prompt]

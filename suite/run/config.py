@@ -19,7 +19,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -32,6 +31,7 @@ from pydantic import (
 from suite.core.errors import UserError
 from suite.core.registry import known
 from suite.core.settings import Frozen, Number
+from suite.core.yamlfile import read_yaml
 from suite.metrics import METRICS, needing_reference
 from suite.metrics.settings import Evaluation, without_unset_added_keys
 from suite.model.presets import PRESETS
@@ -255,16 +255,15 @@ def _first_error_line(source: str, error: ValidationError) -> str:
 
 def load_named_file(path: Path, model: type[BaseModel], what: str) -> Any:
     """A YAML file validated as ``model`` with its stem as ``name`` (claim and ablation files); one-line errors."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"{path}: cannot read the {what}: {error}".splitlines()[0]) from None
+    data = read_yaml(path, what)
     if not isinstance(data, dict):
         raise UserError(f"{path}: a {what} must be a YAML mapping")
     try:
         return model.model_validate({**data, "name": path.stem})
     except ValidationError as error:
         raise UserError(_first_error_line(str(path), error)) from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a {what}") from None
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
@@ -305,13 +304,38 @@ def resolve(sweep: Sweep, base_dir: Path, source: str = "sweep") -> ResolvedSwee
         path = Path(spec.file)
         prompts = read_prompt_file(path if path.is_absolute() else base_dir / path)
     else:
-        prompts = [prompt.strip() for prompt in spec.list if prompt.strip()]
+        prompts = [prompt.strip() for prompt in spec.list]
+        if "" in prompts:
+            raise UserError(
+                f"{source}: prompts.list[{prompts.index('')}] is blank; remove it (every later prompt's index would shift)"
+            )
     if spec.limit is not None:
         prompts = prompts[: spec.limit]
     if not prompts:
         raise UserError(f"{source}: prompts: the prompt set is empty")
+    check_size(sweep, len(prompts), source)
     sweep = _absolute_model_paths(_absolute_reference(sweep, base_dir), base_dir)
     return ResolvedSweep(sweep=sweep, prompt_texts=tuple(prompts))
+
+
+MAX_IMAGES_PER_POINT = 1_000_000  # 33 times COCO-30k
+MAX_IMAGES = 10_000_000
+
+
+def check_size(sweep: Sweep, n_prompts: int, source: str = "sweep") -> None:
+    """Refuse, before the grid is built in memory, a sweep larger than any real one."""
+    per_point = n_prompts * sweep.seeds_per_prompt
+    if per_point > MAX_IMAGES_PER_POINT:
+        raise UserError(
+            f"{source}: {n_prompts:,} prompts x seeds_per_prompt {sweep.seeds_per_prompt:,} = {per_point:,} images "
+            f"per grid point; the suite takes at most {MAX_IMAGES_PER_POINT:,}"
+        )
+    points = len(sweep.presets) * len(sweep.samplers) * len(sweep.num_inference_steps) * len(sweep.guidance_scale)
+    if points * per_point > MAX_IMAGES:
+        raise UserError(
+            f"{source}: {points:,} grid points x {per_point:,} images = {points * per_point:,} images; "
+            f"the suite takes at most {MAX_IMAGES:,} in one sweep (split it into several)"
+        )
 
 
 def _absolute_model_paths(sweep: Sweep, base_dir: Path) -> Sweep:
@@ -338,18 +362,7 @@ def _absolute_reference(sweep: Sweep, base_dir: Path) -> Sweep:
 
 def load_sweep(path: Path) -> ResolvedSweep:
     """Read, validate and resolve a sweep file; every problem is a one-line UserError."""
-    if not path.is_file():
-        raise UserError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save the sweep file as UTF-8") from None
-    except RecursionError:
-        raise UserError(f"{path}: YAML nested too deeply to be a sweep") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    data = read_yaml(path, "sweep file")
     if isinstance(data, dict):
         data = {key: value for key, value in data.items() if key != "config_hash"}  # a run's config.yaml is a sweep
     sweep = parse_sweep(data, str(path))

@@ -41,7 +41,8 @@ def run_cli(args, capsys):
         (("guidance: [1.0]", "guidance: [-1.0]"), "guidance: every guidance scale must be a finite number >= 0"),
         (("guidance: [1.0]", "guidance: [.nan]"), "guidance: every guidance scale must be a finite number >= 0"),
         (("guidance: [1.0]", "guidance: [.inf]"), "guidance: every guidance scale must be a finite number >= 0"),
-        (('prompts: {list: ["a red circle"]}', 'prompts: {list: ["  "]}'), "prompts: the prompt set is empty"),
+        (('prompts: {list: ["a red circle"]}', 'prompts: {list: ["  "]}'), "prompts.list[0] is blank"),
+        (('prompts: {list: ["a red circle"]}', "prompts: {list: []}"), "prompts: the prompt set is empty"),
         (('prompts: {list: ["a red circle"]}', "prompts: {set: nope}"), "unknown prompt set 'nope'"),
         (("steps: [2]", "steps: [2, 2]"), "steps: values repeat"),
         (

@@ -1,0 +1,88 @@
+"""A second adversarial pass: inputs that once exhausted memory, changed silently, or ended in a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from suite.cli import main
+from suite.run.config import load_sweep
+from tests.run.test_reliability import SWEEP, one_line_exit_2, sweep, sweep_file
+
+LIST = 'prompts: {list: ["a red circle", "a blue square", "a green triangle"]}'
+
+
+def laughs(levels: int) -> str:
+    """A YAML alias chain: each level a list of ten aliases of the level below."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 10)}]" for level in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_billion_seeds_per_prompt_is_one_line_before_the_grid_is_built(tmp_path, capsys):
+    path = sweep_file(tmp_path, **{"batch_size: 2": "batch_size: 2\nseeds_per_prompt: 1000000000"})
+    error = one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+    assert "3,000,000,000 images per grid point" in error and "at most 1,000,000" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_of_more_than_ten_million_images_is_refused(tmp_path, capsys):
+    path = sweep_file(tmp_path, **{"batch_size: 2": "batch_size: 2\nseeds_per_prompt: 300000"})
+    path.write_text(path.read_text().replace("steps: [2]", "steps: [1, 2, 3, 4, 5, 6]"))
+    assert "split it into several" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
+def test_an_alias_chain_in_a_sweep_is_refused(tmp_path, capsys):
+    path = sweep_file(tmp_path, SWEEP + "notes:\n" + "".join(f"  {line}\n" for line in laughs(10).splitlines()))
+    assert "aliases expand to" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("settings:\n" + "".join(f"  {line}\n" for line in laughs(6).splitlines()), "aliases expand to"),
+        ("settings: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        (b"title: caf\xe9\n", "not UTF-8"),
+    ],
+    ids=["alias chain", "5000 deep", "latin-1"],
+)
+def test_a_hostile_claim_file_is_one_line(tmp_path, capsys, body, expected):
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    target = claims / "09-hostile.yaml"
+    target.write_bytes(body if isinstance(body, bytes) else body.encode())
+    code = main(["claims", "--claims-dir", str(claims), "--only", "09-hostile", "--out", str(tmp_path / "out")])
+    assert expected in one_line_exit_2(code, capsys)
+    assert not (tmp_path / "out").exists()
+    assert target.stat().st_size == len(body if isinstance(body, bytes) else body.encode())
+
+
+def test_a_repeated_key_is_refused_not_overwritten(tmp_path, capsys):
+    path = sweep_file(tmp_path, SWEEP + "steps: [4]\n")
+    assert "key 'steps' is given twice" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
+def test_a_nul_byte_in_a_sweep_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "nul.yaml"
+    path.write_bytes(SWEEP.replace("a blue square", "a blue\x00square").encode())
+    assert "U+0000" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
+def test_a_blank_prompt_in_a_list_is_refused_not_dropped(tmp_path, capsys):
+    path = sweep_file(tmp_path, **{LIST: 'prompts: {list: ["a red circle", "  ", "a green triangle"]}'})
+    assert "prompts.list[1] is blank" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
+def test_a_quoted_line_break_in_a_csv_prompt_is_kept(tmp_path):
+    (tmp_path / "prompts.csv").write_text('id,prompt\n1,"a red\ncircle"\n2,a blue square\n')
+    path = sweep_file(tmp_path, **{LIST: "prompts: {file: prompts.csv}"})
+    assert load_sweep(path).prompt_texts == ("a red\ncircle", "a blue square")
+
+
+def test_a_blank_csv_prompt_is_refused(tmp_path, capsys):
+    (tmp_path / "prompts.csv").write_text("id,prompt\n1,a red circle\n2, \n3,a blue square\n")
+    path = sweep_file(tmp_path, **{LIST: "prompts: {file: prompts.csv}"})
+    assert "prompts.csv:3: the prompt is blank" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
