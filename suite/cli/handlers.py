@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from suite.analysis.ablation import run_ablation
@@ -38,7 +39,7 @@ from suite.run.config import load_sweep
 from suite.run.evaluate import evaluate_run, evaluate_share
 from suite.run.leases import describe
 from suite.run.options import EvaluateOptions, RunOptions
-from suite.run.preflight import check_evaluation
+from suite.run.preflight import check_evaluation, check_point_steps
 from suite.run.resume import check_run, elect_evaluator, evaluation_finished
 from suite.run.runner import run_sweep
 from suite.run.topology import device_for, topology
@@ -195,8 +196,14 @@ def command_profile(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise UserError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    model_dirs = _model_dirs(args.model_dir)
+    for name in names:
+        preset = PRESETS.get(name)
+        if name in model_dirs:
+            preset = replace(preset, local_dir=Path(model_dirs[name]))
+        check_point_steps(materialise(preset).without_weights(), args.sampler, args.steps, args.guidance)
     settings = ProfileSettings(args.sampler, args.steps, args.guidance)
-    profile = profile_presets(names, settings, _model_dirs(args.model_dir))
+    profile = profile_presets(names, settings, model_dirs)
     print(write_profile(profile, settings, Path(args.out)))
     print(f"tables: {args.out}/{{pipelines,stages,components}}.{{csv,parquet}}, {args.out}/profile.md")
     return 0
@@ -218,6 +225,8 @@ def command_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     if args.attention not in ATTENTION:
         raise UserError(f"--attention must be one of {', '.join(ATTENTION)}, got {args.attention!r}")
+    for name in names:
+        check_point_steps(materialise(PRESETS.get(name)).without_weights(), args.sampler, args.steps, args.guidance)
     resolve_device(args.device)
     settings = BenchSettings(
         device=args.device,
@@ -276,11 +285,12 @@ def command_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"--seeds must be 1 to {len(ABLATION_SEEDS)} (training seeds {ABLATION_SEEDS}), got {args.seeds}"
         )
+    out = Path(args.out) if args.out else TOY_WEIGHTS / "ablation" if args.ablation else TOY_WEIGHTS
+    ensure_writable(work)
+    ensure_writable(out)
     if args.ablation:
-        out = Path(args.out) if args.out else TOY_WEIGHTS / "ablation"
         train_ablation(work, out, args.jobs, args.seeds)
     else:
-        out = Path(args.out) if args.out else TOY_WEIGHTS
         train_toy(work, out, args.jobs)
     print(f"toy models written to {out} (training state in {work})")
     return 0

@@ -22,8 +22,9 @@ from suite.metrics.reference import check_reference
 from suite.model.devices import resolve_device
 from suite.model.loading import ComponentLoader, check_available
 from suite.model.presets import PRESETS, Preset, materialise
+from suite.model.stages import StageSettings
 from suite.run.config import ResolvedSweep, Sweep
-from suite.run.grid import stage_settings
+from suite.run.grid import preset_stage_settings, stage_settings
 from suite.run.options import EvaluateOptions, RunOptions
 
 DEFAULT_TRAIN_TIMESTEPS = 1000  # diffusers' schedulers' default num_train_timesteps
@@ -66,13 +67,26 @@ def check_steps(resolved: ResolvedSweep, presets: dict[str, Preset]) -> None:
         for sampler in sweep.samplers:
             for steps in sweep.num_inference_steps:
                 for guidance in sweep.guidance_scale:
-                    for spec, settings in zip(preset.stages, stage_settings(resolved, name, sampler, steps, guidance)):
-                        schedule = math.ceil(settings.num_inference_steps / settings.strength - 1e-9)
-                        if schedule > limits[spec.name]:
-                            raise UserError(
-                                f"steps: {settings.num_inference_steps} steps for {name} stage {spec.name!r} exceed "
-                                f"its model's {limits[spec.name]} training timesteps"
-                            )
+                    check_stage_steps(preset, stage_settings(resolved, name, sampler, steps, guidance), limits)
+
+
+def check_point_steps(preset: Preset, sampler: str, steps: int, guidance: float, option: str = "--steps") -> None:
+    """One grid point of ``preset`` (as ``suite bench`` and ``suite profile`` take it) against its training timesteps."""
+    check_stage_steps(preset, preset_stage_settings(preset, sampler, steps, guidance), option=option)
+
+
+def check_stage_steps(
+    preset: Preset, settings: tuple[StageSettings, ...], limits: dict[str, int] | None = None, option: str = "steps"
+) -> None:
+    """One grid point's stages against their models' training timesteps (read from the schedulers if not given)."""
+    limits = train_timesteps(preset) if limits is None else limits
+    for spec, stage in zip(preset.stages, settings):
+        schedule = math.ceil(stage.num_inference_steps / stage.strength - 1e-9)
+        if schedule > limits[spec.name]:
+            raise UserError(
+                f"{option}: {stage.num_inference_steps} steps for {preset.name} stage {spec.name!r} exceed "
+                f"its model's {limits[spec.name]} training timesteps"
+            )
 
 
 def check_generation(resolved: ResolvedSweep, options: RunOptions) -> tuple[torch.device, dict[str, Preset]]:

@@ -86,3 +86,35 @@ def test_a_blank_csv_prompt_is_refused(tmp_path, capsys):
     assert "prompts.csv:3: the prompt is blank" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
 
 
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sweep", "--bogus"], "unrecognized arguments: --bogus"),
+        (["frob"], "invalid choice: 'frob'"),
+        (["bench", "--steps", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_a_usage_error_is_one_line(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and error.count("\n") == 1 and expected in error, error
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["bench", "tiny-latent", "--steps", "1001", "--no-baseline"], ["profile", "tiny-latent", "--steps", "100000"]],
+    ids=["bench", "profile"],
+)
+def test_more_steps_than_training_timesteps_is_one_line_in_bench_and_profile(tmp_path, capsys, argv):
+    code = main([*argv, "--out", str(tmp_path / "out")])
+    assert "exceed its model's 1000 training timesteps" in one_line_exit_2(code, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_into_an_unwritable_folder_is_one_line_before_training(tmp_path, capsys):
+    code = main(["train", "toy", "--out", "/proc/nope", "--work", str(tmp_path / "work")])
+    assert "/proc/nope is not writable" in one_line_exit_2(code, capsys)
+    assert not (tmp_path / "work").exists()
