@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from suite.cli import main
@@ -84,8 +82,6 @@ def test_a_blank_csv_prompt_is_refused(tmp_path, capsys):
     (tmp_path / "prompts.csv").write_text("id,prompt\n1,a red circle\n2, \n3,a blue square\n")
     path = sweep_file(tmp_path, **{LIST: "prompts: {file: prompts.csv}"})
     assert "prompts.csv:3: the prompt is blank" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
-
-
 
 
 @pytest.mark.parametrize(
