@@ -173,8 +173,7 @@ def seconds_interval(group: pd.DataFrame) -> dict[str, Any]:
     A clock measures a whole work item, so the item (not the prompt) is the unit a timing varies with.
     """
     per_item = group.groupby("item_id", sort=False)["seconds_per_image"].median().to_numpy()
-    units = stats.Units.each(len(per_item), "work items")
-    interval = stats.bootstrap_interval(lambda rows: float(np.median(per_item[rows])), units, stats.RESAMPLES)
+    interval = stats.median_interval(per_item, "work items")
     return {
         "seconds_per_image_median_ci95_low": interval.low,
         "seconds_per_image_median_ci95_high": interval.high,

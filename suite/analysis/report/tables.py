@@ -236,7 +236,7 @@ def time_per_stage(samples: pd.DataFrame) -> pd.DataFrame:
         parts["total (median image)"] = group["seconds_per_image"]
         for part, values in parts.items():
             per_item = values.groupby(group["item_id"], sort=False).median().to_numpy()
-            interval = stats.bootstrap_interval(lambda items, v=per_item: float(np.median(v[items])), len(per_item))
+            interval = stats.median_interval(per_item, "work items")
             rows.append(
                 {
                     "preset": preset,
