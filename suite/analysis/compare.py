@@ -132,7 +132,7 @@ def compare_run(run_path: Path, options=None) -> pd.DataFrame:
     metrics = list(run.resolved.sweep.metrics)
     rows = []
     for kind, a, b in pairs(run):
-        if a == b:  # a point against itself tests nothing
+        if a == b or a not in records or b not in records:  # nothing to test against itself or without images
             continue
         identity = {"kind": kind} | {f"a_{field}": value for field, value in zip(GRID_COLUMNS, a)}
         identity |= {f"b_{field}": value for field, value in zip(GRID_COLUMNS, b)}

@@ -191,6 +191,22 @@ def _non_finite(unusable: pd.DataFrame | None, point: pd.Series) -> int:
     return int(same.sum())
 
 
+def unmeasured_points(run: RunFolder, groups: list[pd.DataFrame]) -> list[dict[str, Any]]:
+    """A metrics row for each grid point whose every image stayed non-finite: its timings, ``n_images`` 0 and
+    ``n_non_finite``, no metric (the point stays in the tables, saying why it has no numbers)."""
+    if run.unusable is None or run.unusable.empty:
+        return []
+    measured = {tuple(group.iloc[0][column] for column in GRID_COLUMNS) for group in groups}
+    rows = []
+    for key, lost in run.unusable.groupby(list(GRID_COLUMNS), sort=False):
+        if tuple(key) in measured:
+            continue
+        settings = run.stage_settings(*key)
+        row = dict(zip(GRID_COLUMNS, key)) | timing_columns(lost, settings)
+        rows.append(row | {"n_images": 0, "n_prompts": 0, "n_non_finite": len(lost)})
+    return rows
+
+
 def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, GridPoint]:
     """One grid point's metrics row, its per-image scores (keyed by item and image) and its extracted features."""
     first = group.iloc[0]
@@ -304,6 +320,7 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
         rows.append(upgraded(pd.read_parquet(folder / "row.parquet")))
         per_image.append(pd.read_parquet(folder / "scores.parquet"))
         stage_count = max(stage_count, len(run.stage_settings(*(group.iloc[0][column] for column in GRID_COLUMNS))))
+    rows.extend(pd.DataFrame([row]) for row in unmeasured_points(run, groups))
     table = _ordered(pd.concat(rows, ignore_index=True), stage_count)
     atomic_write_table(table, run.path / METRICS_TABLE)
     atomic_write_table(pd.concat(per_image, ignore_index=True), run.path / SCORES)

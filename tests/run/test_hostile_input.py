@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from suite.cli import main
@@ -114,3 +116,16 @@ def test_train_into_an_unwritable_folder_is_one_line_before_training(tmp_path, c
     code = main(["train", "toy", "--out", "/proc/nope", "--work", str(tmp_path / "work")])
     assert "/proc/nope is not writable" in one_line_exit_2(code, capsys)
     assert not (tmp_path / "work").exists()
+
+
+def test_a_grid_point_whose_images_are_all_non_finite_keeps_its_row(tmp_path, test_networks):
+    path = sweep_file(tmp_path, **{"guidance: [1.0, 3.0]": "guidance: [1.0, 1.0e+38]"})
+    path.write_text(path.read_text() + "metrics: [clip_score]\nevaluation: {clip_model: test-clip}\n")
+    out = tmp_path / "run"
+    assert sweep(path, out) == 0
+    metrics = pd.read_csv(out / "metrics.csv").set_index("guidance_scale")
+    assert set(metrics.index) == {1.0, 1.0e38}
+    lost = metrics.loc[1.0e38]
+    assert lost["n_images"] == 0 and lost["n_non_finite"] == 3 and np.isnan(lost["clip_score_mean"])
+    assert metrics.loc[1.0, "n_images"] == 3 and pd.notna(metrics.loc[1.0, "clip_score_mean"])
+    assert "1e+38" in (out / "report" / "report.md").read_text()
