@@ -58,6 +58,7 @@ from suite.run.preflight import check_evaluation
 from suite.run.resume import process_owner
 
 EVALUATION_DIR = "evaluation"
+TIMED = ("seconds_per_image", "text_encode_s", "decode_s", "peak_memory_bytes", "batch_size")
 EVALUATION_VERSION = 3  # part of each grid point's cache key: bump when a row's columns change
 POLL_SECONDS = 2.0  # how often the assembling process looks at grid points other processes compute
 STAGE_METRIC_FIELDS = ("name", "num_inference_steps", "guidance_scale", "model_evaluations", "step_median_s")
@@ -232,12 +233,16 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def grid_key(evaluator: Evaluator, group: pd.DataFrame) -> str:
-    """The cache key of one grid point's evaluation: its grid values, the evaluation settings and its images."""
+    """The cache key of one grid point's evaluation: its grid values, the evaluation settings, its images and
+    their timings (a regenerated item may give the same bytes in another time)."""
     first = group.iloc[0]
+    timed = group.sort_values("image_path")
+    timing_names = [name for name in timed.columns if name in TIMED or name.endswith(("_loop_s", "_step_median_s"))]
     content = {
         "grid": [str(first[column]) for column in GRID_COLUMNS],
         "evaluation": evaluator.describe(),
         "images": sorted(group["sha256"]),
+        "timings": timed[["image_path", *timing_names]].astype(str).to_numpy().tolist(),
         "version": EVALUATION_VERSION,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]

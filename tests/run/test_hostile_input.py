@@ -129,3 +129,17 @@ def test_a_grid_point_whose_images_are_all_non_finite_keeps_its_row(tmp_path, te
     assert lost["n_images"] == 0 and lost["n_non_finite"] == 3 and np.isnan(lost["clip_score_mean"])
     assert metrics.loc[1.0, "n_images"] == 3 and pd.notna(metrics.loc[1.0, "clip_score_mean"])
     assert "1e+38" in (out / "report" / "report.md").read_text()
+
+
+def test_a_regenerated_item_refreshes_the_timings_in_metrics(tmp_path, capsys, test_networks):
+    text = SWEEP.replace("batch_size: 2", "batch_size: 3")  # one item per grid point: all of its times change
+    path = sweep_file(tmp_path, text + "metrics: [clip_score]\nevaluation: {clip_model: test-clip}\n")
+    out = tmp_path / "run"
+    assert sweep(path, out) == 0
+    item = sorted((out / "items").glob("*.parquet"))[0]
+    item.write_bytes(b"")  # damaged: made again, with new timings and the same image bytes
+    assert sweep(path, out) == 0
+    samples = pd.read_parquet(out / "samples.parquet")
+    metrics = pd.read_parquet(out / "metrics.parquet").set_index("guidance_scale")
+    for guidance, group in samples.groupby("guidance_scale"):
+        assert metrics.loc[guidance, "seconds_per_image_median"] == group["seconds_per_image"].median()
