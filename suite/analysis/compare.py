@@ -34,6 +34,7 @@ from suite.metrics import METRICS
 from suite.metrics.base import PointRecord
 from suite.run.evaluate import EVALUATION_DIR, Evaluator, grid_key
 from suite.run.folder import GRID_COLUMNS, RunFolder, read_run
+from suite.run.integrity import point_problem, record_tables
 from suite.run.options import EvaluateOptions
 
 COMPARISONS = "comparisons"
@@ -52,6 +53,9 @@ def load_records(run: RunFolder, options) -> dict[tuple, PointRecord]:
     for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False):
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
         key = point_key(group.iloc[0])
+        problem = point_problem(folder)
+        if problem is not None:
+            raise UserError(f"{folder}: {problem}; `suite evaluate {run.path}` computes it again")
 
         def features(network: str, folder: Path = folder) -> np.ndarray:
             return np.load(folder / f"features-{network}.npy")
@@ -142,6 +146,7 @@ def compare_run(run_path: Path, options=None) -> pd.DataFrame:
         ]
     table = adjusted_within_families(pd.DataFrame(rows))
     atomic_write_table(table, run.path / COMPARISONS)
+    record_tables(run.path, [f"{COMPARISONS}.parquet", f"{COMPARISONS}.csv"])
     return table
 
 

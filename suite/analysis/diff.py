@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from suite.core.errors import UserError
+from suite.core.files import sha256_bytes
 from suite.core.paired import paired_binary, paired_permutation
 from suite.core.stats import Units, share_interval
 from suite.metrics import METRICS
@@ -35,8 +37,18 @@ def _images(run: Path) -> pd.DataFrame:
     return folder.images().set_index(PAIR_COLUMNS)
 
 
-def _pixels(run: Path, relative: str) -> np.ndarray:
-    return np.asarray(Image.open(run / relative).convert("RGB"), dtype=np.int16)
+def _pixels(run: Path, relative: str, recorded: str) -> np.ndarray:
+    """The image's pixels, after checking its file against the sha256 its run recorded (a replaced, missing or
+    truncated PNG is one line, never a comparison of other bytes than the table says)."""
+    path = run / relative
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: {error.strerror or error}; `suite check {run}` lists what is damaged") from None
+    if sha256_bytes(data) != recorded:
+        raise UserError(f"{path} does not match its recorded sha256; `suite sweep` with the run's sweep regenerates it")
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def diff_runs(a: Path, b: Path) -> pd.DataFrame:
@@ -57,7 +69,10 @@ def diff_runs(a: Path, b: Path) -> pd.DataFrame:
     for point, left in first.groupby(level=list(GRID_COLUMNS), sort=True):
         right = second.loc[left.index]
         same = int((left["sha256"] == right["sha256"]).sum())
-        differences = [np.abs(_pixels(a, x) - _pixels(b, y)) for x, y in zip(left["image_path"], right["image_path"])]
+        differences = [
+            np.abs(_pixels(a, x, sha_x) - _pixels(b, y, sha_y))
+            for x, sha_x, y, sha_y in zip(left["image_path"], left["sha256"], right["image_path"], right["sha256"])
+        ]
         units = Units.of(left.index.get_level_values("prompt_index").to_numpy())
         interval = share_interval((left["sha256"] == right["sha256"]).to_numpy(dtype=np.float64), units)
         row = dict(zip(GRID_COLUMNS, point)) | {

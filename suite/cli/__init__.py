@@ -201,9 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"suite: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # the file system refused (full, read-only, file too large, name too long)
+        print(f"suite: error: {describe_os_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("suite: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a refused read or write: what, where, and that finished work is kept (writes are atomic)."""
+    where = f": {error.filename}" if error.filename else ""
+    return (
+        f"{error.strerror or error}{where}; finished work is kept (every file is written whole or not at all): "
+        "fix this and re-run the same command to resume"
+    )
 
 
 def _quiet_libraries() -> None:

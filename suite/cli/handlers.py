@@ -37,6 +37,7 @@ from suite.model.samplers import SAMPLERS
 from suite.prompts.sets import FILTERS, PROMPT_SETS
 from suite.run.config import load_sweep
 from suite.run.evaluate import evaluate_run, evaluate_share
+from suite.run.integrity import damaged_points, damaged_tables
 from suite.run.leases import describe
 from suite.run.options import EvaluateOptions, RunOptions
 from suite.run.preflight import check_evaluation, check_point_steps
@@ -122,6 +123,18 @@ def _finish(run: Path, args: argparse.Namespace, metrics: bool) -> None:
         evaluation_finished(run, completed)
 
 
+def _repair_evaluation(run: Path) -> None:
+    """Compute again the evaluation's damaged or missing tables and grid points (from the cached points, with the
+    feature networks only where a point itself is damaged) before a report reads them."""
+    damaged = damaged_tables(run) + [f"evaluation/{point}" for point in damaged_points(run)]
+    if not damaged:
+        return
+    print(f"suite: {', '.join(damaged)} missing or damaged; computing the evaluation again", file=sys.stderr)
+    args = argparse.Namespace(device="auto", inception_weights=None, quiet=True)
+    _evaluate(run, args)
+    _compare(run, args)
+
+
 def _evaluate_options(args: argparse.Namespace):
     weights = Path(args.inception_weights) if args.inception_weights else None
     return EvaluateOptions(args.device, weights, getattr(args, "recompute", False), progress=not args.quiet)
@@ -151,6 +164,7 @@ def command_report(args: argparse.Namespace) -> int:
         raise UserError(f"{run} is not a run folder (no config.yaml)")
     out = Path(args.out) if args.out else None
     ensure_writable(out or run / "report")
+    _repair_evaluation(run)
     folder = build_report(run, out)
     print(f"report: {folder / 'report.md'}, {folder / 'index.html'}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,11 +82,21 @@ def ensure_writable(folder: Path) -> None:
     Permission bits are not enough (root may write anywhere, /proc and /sys refuse new files), so a
     temporary file is created and removed in the nearest existing folder.
     """
+    try:
+        str(folder.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # bytes the locale could not decode (LANG=C with a non-ASCII name)
+        raise UserError(
+            f"output folder {str(folder).encode('utf-8', 'backslashreplace').decode()} is not text in this locale "
+            f"({sys.getfilesystemencoding()}); set LANG=C.UTF-8 (or PYTHONUTF8=1) or use an ASCII name"
+        ) from None
     probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise UserError(f"output folder {str(folder)[:80]}... is not usable: {error.strerror or error}") from None
     if not probe.is_dir():
         raise UserError(f"output folder {folder} is not writable: {probe} is not a directory")
     try:

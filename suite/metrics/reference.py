@@ -106,13 +106,35 @@ def check_reference(spec, base_dir: Path) -> None:
     if spec.statistics is not None:
         _statistics(_reference_path(spec.statistics, base_dir))
     elif spec.folder is not None:
-        _image_files(_reference_path(spec.folder, base_dir))
+        for path in _image_files(_reference_path(spec.folder, base_dir)):
+            _check_image(path)
     elif spec.files:
         missing = [file for file in spec.files if not Path(file).is_file()]
         if missing:
             raise UserError(
                 f"reference: {len(missing)} of {len(spec.files)} listed images are missing, e.g. {missing[0]}"
             )
+
+
+def _check_image(path: Path) -> None:
+    """A reference image that would fail when its features are extracted (truncated, not an image) fails now."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # PNG: every chunk and its checksum, without decoding
+    except Exception as error:
+        raise UserError(
+            f"reference image {path} is not readable ({type(error).__name__}); remove or replace it"
+        ) from None
+
+
+def check_statistics_dimension(spec, base_dir: Path, network: FeatureNetwork) -> None:
+    """FID statistics must have the feature network's dimension (inception: 2048)."""
+    mean = _statistics(_reference_path(spec.statistics, base_dir)).statistics[0]
+    if len(mean) != network.num_features:
+        raise UserError(
+            f"reference statistics {spec.statistics} have dimension {len(mean)}, but feature network "
+            f"{network.name!r} gives {network.num_features}; compute them with that network"
+        )
 
 
 def load_reference(spec, network: FeatureNetwork, base_dir: Path, cache_dir: Path) -> ReferenceFeatures:

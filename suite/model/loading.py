@@ -13,6 +13,7 @@ from typing import Any
 import diffusers
 import torch
 from huggingface_hub import snapshot_download
+from safetensors import safe_open
 from transformers import AutoTokenizer, PretrainedConfig
 
 from suite.core.errors import UserError
@@ -194,12 +195,30 @@ def check_available(preset) -> None:
                     f"preset {preset.name!r}: no model folder at {location}; download the checkpoint "
                     f"(`hf download <repo> --local-dir {location}`) or fix --model-dir"
                 )
+            check_weight_files(preset.name, location)
             continue
 
         try:
             snapshot_download(location.repo_id, revision=location.revision, allow_patterns=["*.json"])
         except Exception as error:
             raise ComponentLoader(preset.name, key, location)._failure("config", error) from error
+
+
+def check_weight_files(preset_name: str, folder: Path) -> None:
+    """Every safetensors file under a local model folder opens: its header parses and its data is all there
+    (``safe_open`` maps the file and checks the header's offsets against its size; no tensor is read)."""
+    for path in sorted(folder.rglob("*.safetensors")):
+        _open_safetensors(preset_name, path)
+
+
+def _open_safetensors(preset_name: str, path: Path) -> None:
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as error:
+        raise UserError(
+            f"preset {preset_name!r}: {path} is not a whole safetensors file ({str(error).splitlines()[0][:80]})"
+        ) from None
 
 
 def describe_location(location: Path | Source) -> str | dict[str, Any]:

@@ -53,6 +53,7 @@ from suite.run.folder import (
     stage_columns,
     upgraded,
 )
+from suite.run.integrity import point_problem, record_tables, seal_point
 from suite.run.options import EvaluateOptions
 from suite.run.preflight import check_evaluation
 from suite.run.resume import process_owner
@@ -257,7 +258,8 @@ def _ordered(table: pd.DataFrame, stage_count: int) -> pd.DataFrame:
 
 
 def _finished(folder: Path) -> bool:
-    return (folder / "row.parquet").is_file() and (folder / "scores.parquet").is_file()
+    """The point's files are all there and match the hashes recorded when it was computed."""
+    return point_problem(folder) is None
 
 
 def _evaluate_points(
@@ -284,10 +286,13 @@ def _evaluate_points(
             if not computed:  # inputs are checked (one line on a problem) before the first point is computed
                 check_evaluation(run.resolved.sweep, options, run.path)
             row, scores, point = evaluate_grid_point(evaluator, group)
+            written = ["scores.parquet", "row.parquet"]
             for network, features in point.features_by_network.items():  # kept for paired comparisons
                 atomic_write_bytes(folder / f"features-{network}.npy", _npy(features))
+                written.append(f"features-{network}.npy")
             atomic_write_table(scores, folder / "scores", csv=False)
             atomic_write_table(pd.DataFrame([row]), folder / "row", csv=False)
+            seal_point(folder, written)
             computed += 1
         finally:
             leases.release(lease, process_owner())
@@ -329,8 +334,11 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     table = _ordered(pd.concat(rows, ignore_index=True), stage_count)
     atomic_write_table(table, run.path / METRICS_TABLE)
     atomic_write_table(pd.concat(per_image, ignore_index=True), run.path / SCORES)
+    written = [f"{METRICS_TABLE}.parquet", f"{METRICS_TABLE}.csv", f"{SCORES}.parquet"]
     needs_costs = any(METRICS.get(name).needs_costs for name in run.resolved.sweep.metrics)
-    if needs_costs and (run.costs is None or computed):
+    if needs_costs and (run.costs is None or computed or f"{COSTS}.parquet" in run.damaged):
         atomic_write_table(evaluator.cost_table(), run.path / COSTS)
+        written += [f"{COSTS}.parquet", f"{COSTS}.csv"]
+    record_tables(run.path, written)
     table.attrs["computed_here"] = computed
     return table

@@ -31,6 +31,7 @@ from suite.model.devices import spelled
 from suite.model.stages import StageSettings, StageTiming
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
 from suite.run.grid import stage_settings
+from suite.run.integrity import damaged_tables
 
 SAMPLES = "samples"  # one row per image, written by generation
 SCORES = "scores"  # one row per image, written by evaluation: per-image metric values
@@ -162,15 +163,27 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
+MANIFEST = "manifest.json"
+
+
+def read_manifest(run: Path) -> dict[str, Any] | None:
+    """RUN/manifest.json, or None if it is missing or not a JSON object (damaged)."""
+    try:
+        manifest = json.loads((run / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def write_manifest(run: Path, device: torch.device, environment: Any, seeds: dict[str, Any], fresh: bool) -> None:
     """manifest.json: versions, git commit + dirty flag, hardware, dtypes, model sources, seeds.
 
     ``fresh``: a new run's manifest; otherwise the first process's manifest is kept and this
     invocation is appended to ``resumed_by``.
     """
-    path = run / "manifest.json"
-    if not fresh and path.is_file():
-        manifest = json.loads(path.read_text())
+    path = run / MANIFEST
+    manifest = None if fresh else read_manifest(run)
+    if manifest is not None:
         invocation = {"argv": sys.argv, "device": str(device), "dtypes": dict(environment.dtypes)}
         manifest.setdefault("resumed_by", []).append(invocation)
     else:
@@ -217,6 +230,7 @@ class RunFolder:
     metrics: pd.DataFrame | None
     costs: pd.DataFrame | None
     unusable: pd.DataFrame | None = None  # rows recorded without an image (status non_finite): never measured
+    damaged: tuple[str, ...] = ()  # recorded tables found missing or changed (read as None; evaluation rewrites them)
 
     def images(self) -> pd.DataFrame:
         """One row per image: the samples table joined with the per-image scores, if evaluated."""
@@ -233,9 +247,17 @@ class RunFolder:
         return stage_settings(self.resolved, preset, sampler, int(num_inference_steps), float(guidance_scale))
 
 
-def _table(run: Path, name: str) -> pd.DataFrame | None:
+def _table(run: Path, name: str, damaged: list[str] = ()) -> pd.DataFrame | None:
+    """A run table, None if absent or recorded as damaged; an unreadable one is a one-line error."""
     path = run / f"{name}.parquet"
-    return upgraded(pd.read_parquet(path)) if path.is_file() else None
+    if path.name in damaged or not path.is_file():
+        return None
+    try:
+        return upgraded(pd.read_parquet(path))
+    except Exception as error:  # pyarrow's errors for a truncated or junk file have no common base
+        raise UserError(
+            f"{path} is damaged ({type(error).__name__}); `suite sweep` with the run's sweep writes it again"
+        ) from None
 
 
 def read_run(run: Path) -> RunFolder:
@@ -244,13 +266,13 @@ def read_run(run: Path) -> RunFolder:
     config_path = run / "config.yaml"
     if not config_path.is_file():
         raise UserError(f"{run} is not a run folder (no config.yaml)")
+    damaged = damaged_tables(run)
     samples = _table(run, SAMPLES)
     if samples is None:
         raise UserError(f"{run} is not finished (no {SAMPLES}.parquet); re-run its sweep to complete it")
     config = read_config(run)
     sweep = parse_sweep({key: value for key, value in config.items() if key != HASH_KEY}, str(config_path))
-    manifest_path = run / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_manifest(run) or {}
     unusable = None
     if "status" in samples:  # images that stayed non-finite have a row but no PNG: metrics leave them out
         missing = samples["status"] == "non_finite"
@@ -261,10 +283,11 @@ def read_run(run: Path) -> RunFolder:
         resolve(sweep, run, str(config_path)),
         manifest,
         samples,
-        _table(run, SCORES),
-        _table(run, METRICS_TABLE),
-        _table(run, COSTS),
+        _table(run, SCORES, damaged),
+        _table(run, METRICS_TABLE, damaged),
+        _table(run, COSTS, damaged),
         unusable,
+        tuple(damaged),
     )
 
 

@@ -17,8 +17,8 @@ import torch
 from suite.core.errors import UserError
 from suite.core.files import ensure_writable
 from suite.metrics import METRICS
-from suite.metrics.networks import NetworkContext, check_local_networks
-from suite.metrics.reference import check_reference
+from suite.metrics.networks import FEATURE_NETWORKS, NetworkContext, check_local_networks
+from suite.metrics.reference import check_reference, check_statistics_dimension
 from suite.model.devices import resolve_device
 from suite.model.loading import ComponentLoader, check_available
 from suite.model.presets import PRESETS, Preset, materialise
@@ -89,11 +89,27 @@ def check_stage_steps(
             )
 
 
+RUN_FOLDERS = ("items", "images", "evaluation", "report")
+
+
+def check_layout(out: Path) -> None:
+    """The run's own sub-folders, where they exist already, are folders (not files or dangling links)."""
+    for name in RUN_FOLDERS:
+        path = out / name
+        if path.is_symlink() and not path.exists():
+            raise UserError(f"{path} is a symbolic link to nothing; remove it or choose another --out")
+        if path.exists() and not path.is_dir():
+            raise UserError(
+                f"{path} is a file where the run keeps its {name} folder; remove it or choose another --out"
+            )
+
+
 def check_generation(resolved: ResolvedSweep, options: RunOptions) -> tuple[torch.device, dict[str, Preset]]:
     """The device, a writable output folder, loadable presets and step counts they can take."""
 
     device = resolve_device(options.device)
     ensure_writable(options.out)
+    check_layout(options.out)
     presets = prepare_presets(resolved, options.model_dirs)
     check_steps(resolved, presets)
     return device, presets
@@ -110,5 +126,8 @@ def check_evaluation(sweep: Sweep, options: EvaluateOptions, base_dir: Path = Pa
     context = NetworkContext(torch.device("cpu"), options.inception_weights)
     reads_clip_model = any(metric.uses_clip_model for metric in metrics)
     check_local_networks(networks | ({evaluation.clip_model} if reads_clip_model else set()), context)
+    reference = evaluation.reference
+    if reference is not None and reference.statistics is not None and any(m.needs_reference for m in metrics):
+        check_statistics_dimension(reference, base_dir, FEATURE_NETWORKS.get(evaluation.features)(context))
     for metric in metrics:
         metric.check(evaluation)

@@ -30,8 +30,19 @@ from suite.core.files import atomic_write_text, sha256_bytes
 from suite.model.devices import spelled
 from suite.run import leases
 from suite.run.config import ResolvedSweep, content_hash, parse_sweep, resolve
-from suite.run.folder import CONFIG, HASH_KEY, ITEMS_DIR, SAMPLES, item_path, read_config, write_manifest
+from suite.run.folder import (
+    CONFIG,
+    HASH_KEY,
+    ITEMS_DIR,
+    MANIFEST,
+    SAMPLES,
+    item_path,
+    read_config,
+    read_manifest,
+    write_manifest,
+)
 from suite.run.grid import WorkItem, expand
+from suite.run.integrity import damaged_points, damaged_tables
 
 EVALUATION_KEYS = ("metrics", "evaluation")  # change what is measured, never an image
 
@@ -101,8 +112,11 @@ def open_run(
                 f"{run} holds a different sweep (config hash {stored.get(HASH_KEY)}, this sweep {config_hash}); "
                 "choose another --out"
             )
-        manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
-        differences = environment.differences(Environment.from_manifest(manifest))
+        manifest = read_manifest(run)
+        if manifest is None:  # lost: the items still say which device type made them
+            differences = _item_device_differences(run, environment)
+        else:
+            differences = environment.differences(Environment.from_manifest(manifest))
         if differences:
             raise UserError(
                 f"{run} was generated with {'; '.join(differences)}; resume it with the same --device, --dtype and "
@@ -110,10 +124,24 @@ def open_run(
             )
         if stored.get(HASH_KEY) != config_hash:
             atomic_write_text(run / CONFIG, yaml.safe_dump({HASH_KEY: config_hash, **config}, sort_keys=False))
-        write_manifest(run, device, environment, dict(seeds), fresh=False)
+        write_manifest(run, device, environment, dict(seeds), fresh=manifest is None)
         return
     atomic_write_text(run / CONFIG, yaml.safe_dump({HASH_KEY: config_hash, **config}, sort_keys=False))
     write_manifest(run, device, environment, dict(seeds), fresh=True)
+
+
+def _item_device_differences(run: Path, environment: Environment) -> list[str]:
+    """With manifest.json lost: the device type the finished items record against this one (dtypes and model
+    sources are recorded only in the manifest; the rebuilt manifest says so)."""
+    for path in sorted((run / ITEMS_DIR).glob("*.parquet")):
+        try:
+            device = str(pd.read_parquet(path, columns=["device"])["device"].iloc[0])
+        except Exception:
+            continue
+        if device.split(":")[0] != environment.device_type:
+            return [f"device type {device.split(':')[0]} (now {environment.device_type})"]
+        return []
+    return []
 
 
 def item_problem(run: Path, item: WorkItem) -> str | None:
@@ -195,15 +223,20 @@ def elect_evaluator(run: Path, again: bool = False) -> tuple[str, dict[str, Any]
     A lease whose process died is taken over, so a later ``suite sweep`` or ``suite evaluate`` finishes.
     """
     key = evaluation_key(run)
-    if not again and _done(run).get("key") == key:
+    if not again and _done(run).get("key") == key and evaluation_whole(run):
         return "done", _done(run)
     holder = leases.acquire(run / EVALUATION_LEASE, process_owner())
     if holder is not None:
         return "elsewhere", holder
-    if not again and _done(run).get("key") == key:  # finished by another process just before we won
+    if not again and _done(run).get("key") == key and evaluation_whole(run):  # finished just before we won
         leases.release(run / EVALUATION_LEASE, process_owner())
         return "done", _done(run)
     return "elected", {}
+
+
+def evaluation_whole(run: Path) -> bool:
+    """No recorded table and no grid point of the evaluation is missing or damaged."""
+    return not damaged_tables(run) and not damaged_points(run)
 
 
 def evaluation_finished(run: Path, completed: bool) -> None:
@@ -239,6 +272,15 @@ def check_run(run: Path) -> tuple[int, list[str]]:
         if leases.is_stale(path, leases.read_owner(path) or {})
     ]
     problems += _samples_problems(run, items, complete=not missing and not damaged)
+    if has_started(run) and read_manifest(run) is None:
+        problems.append(f"{MANIFEST}: missing or damaged (the next `suite sweep` writes it again)")
+    problems += [
+        f"{name}: missing or damaged (the next `suite sweep` computes it again)" for name in damaged_tables(run)
+    ]
+    problems += [
+        f"evaluation/{point}: {problem} (the next `suite sweep` or `suite evaluate` computes it again)"
+        for point, problem in damaged_points(run).items()
+    ]
     verified = sum(_images_with_png(run, item) for item in items if item.id in finished)
     return verified, problems
 

@@ -75,3 +75,21 @@ def test_runs_that_share_no_images_are_one_line(run, tmp_path):
     samples.to_parquet(other / "samples.parquet", index=False)
     with pytest.raises(UserError, match="share no images"):
         diff_runs(run, other)
+
+
+@pytest.mark.parametrize("damage", ["replaced by another PNG", "truncated", "deleted"])
+def test_an_image_that_differs_from_its_recorded_hash_is_one_line(run, tmp_path, capsys, damage):
+    """The recorded sha256 said 'same' while the pixels said 225 apart: the files are checked, not trusted."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    samples = pd.read_parquet(damaged / "samples.parquet")
+    target, other = damaged / samples["image_path"].iloc[0], damaged / samples["image_path"].iloc[1]
+    if damage == "replaced by another PNG":
+        target.write_bytes(other.read_bytes())
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[:40])
+    else:
+        target.unlink()
+    code = main(["diff", str(run), str(damaged)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and samples["image_path"].iloc[0] in error, error

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from suite.cli import main
 from suite.run.config import load_sweep
-from tests.run.test_reliability import SWEEP, one_line_exit_2, sweep, sweep_file
+from tests.run.test_reliability import METRICS, SWEEP, one_line_exit_2, sweep, sweep_file
 
 LIST = 'prompts: {list: ["a red circle", "a blue square", "a green triangle"]}'
 
@@ -143,3 +149,135 @@ def test_a_regenerated_item_refreshes_the_timings_in_metrics(tmp_path, capsys, t
     metrics = pd.read_parquet(out / "metrics.parquet").set_index("guidance_scale")
     for guidance, group in samples.groupby("guidance_scale"):
         assert metrics.loc[guidance, "seconds_per_image_median"] == group["seconds_per_image"].median()
+
+
+def test_a_truncated_reference_image_is_one_line_before_any_image(tmp_path, test_networks, capsys):
+    from PIL import Image
+
+    from suite.toy import world
+
+    (tmp_path / "refs").mkdir()
+    images, _ = world.sample_batch(seed=1, count=4)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "refs" / f"{index}.png")
+    whole = (tmp_path / "refs" / "2.png").read_bytes()
+    (tmp_path / "refs" / "2.png").write_bytes(whole[: len(whole) // 2])
+    path = sweep_file(tmp_path, SWEEP + METRICS, REFERENCE="{folder: refs}")
+    assert "2.png is not readable" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_reference_statistics_of_another_dimension_are_one_line_before_any_image(tmp_path, test_networks, capsys):
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(5), sigma=np.eye(5))
+    text = SWEEP + METRICS.replace("[fid, clip_score]", "[fid]")
+    path = sweep_file(tmp_path, text, REFERENCE="{statistics: stats.npz}")
+    error = one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+    assert "have dimension 5" in error and "'test-net'" in error
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def finished(tmp_path) -> tuple[Path, Path]:
+    path = sweep_file(tmp_path)
+    out = tmp_path / "run"
+    assert sweep(path, out) == 0
+    return path, out
+
+
+def test_a_file_size_limit_during_generation_is_one_line_and_resumes(tmp_path):
+    """`ulimit -f` (EFBIG: Python ignores SIGXFSZ, so the write fails) ends the sweep with one line; once the
+    limit is lifted the same command finishes the run."""
+    path = sweep_file(tmp_path)
+    out = tmp_path / "run"
+    command = f"{sys.executable} -m suite sweep {path} --out {out} --quiet --device cpu"
+    limited = subprocess.run(["bash", "-c", f"ulimit -f 4 && {command}"], capture_output=True, text=True)
+    assert limited.returncode == 2 and limited.stderr.count("\n") == 1, limited.stderr
+    assert "File too large" in limited.stderr and "re-run the same command" in limited.stderr
+    assert subprocess.run(["bash", "-c", command], capture_output=True).returncode == 0
+    assert main(["check", str(out)]) == 0
+
+
+def test_a_refused_write_during_evaluation_is_one_line(finished, capsys, monkeypatch):
+    """A read-only run folder (simulated: the tests may run as root, whom permissions do not stop)."""
+    from suite.core import files
+
+    _, out = finished
+
+    def refused(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(files, "atomic_write_bytes", refused)
+    monkeypatch.setattr("suite.run.evaluate.atomic_write_bytes", refused)
+    code = main(["evaluate", str(out), "--quiet", "--device", "cpu", "--recompute"])
+    assert "Permission denied" in one_line_exit_2(code, capsys)
+
+
+@pytest.mark.parametrize("thing", ["file named items", "file named images", "dangling evaluation link"])
+def test_a_run_sub_folder_that_is_not_a_folder_is_one_line_before_anything_is_written(tmp_path, capsys, thing):
+    out = tmp_path / "run"
+    out.mkdir()
+    name = "evaluation" if thing == "dangling evaluation link" else thing.split()[-1]
+    if thing == "dangling evaluation link":
+        (out / name).symlink_to(tmp_path / "nowhere")
+    else:
+        (out / name).write_text("not a folder")
+    error = one_line_exit_2(sweep(sweep_file(tmp_path), out), capsys)
+    assert "remove it or choose another --out" in error
+    assert [path.name for path in out.iterdir()] == [name]  # no config.yaml, manifest.json or items/
+
+
+def test_an_out_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys):
+    assert "not usable" in one_line_exit_2(sweep(sweep_file(tmp_path), tmp_path / ("r" * 300)), capsys)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "diff"])
+def test_a_truncated_samples_table_is_one_line(finished, capsys, command):
+    _, out = finished
+    samples = out / "samples.parquet"
+    samples.write_bytes(samples.read_bytes()[:100])
+    argv = {
+        "evaluate": ["evaluate", str(out), "--quiet"],
+        "report": ["report", str(out)],
+        "diff": ["diff", str(out), str(out)],
+    }
+    assert "samples.parquet is damaged" in one_line_exit_2(main(argv[command]), capsys)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_damaged_png_in_a_report_grid_is_one_line(finished, capsys, damage):
+    _, out = finished
+    image = out / pd.read_parquet(out / "samples.parquet")["image_path"].iloc[0]
+    if damage == "deleted":
+        image.unlink()
+    else:
+        image.write_bytes(image.read_bytes()[:60])
+    assert "is missing or damaged" in one_line_exit_2(main(["report", str(out)]), capsys)
+
+
+def test_a_suite_cache_that_is_a_file_is_one_line(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("a file, not a folder")
+    monkeypatch.setenv("SUITE_CACHE", str(cache))
+    assert "re-run the same command" in one_line_exit_2(sweep(sweep_file(tmp_path), tmp_path / "run"), capsys)
+
+
+def test_a_truncated_safetensors_file_is_refused_before_the_run_folder_is_written(tmp_path, latent_folder, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(latent_folder, broken)
+    weights = next(broken.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    path = sweep_file(tmp_path, **{"presets: [tiny-latent]": "presets: [sd15]"})
+    out = tmp_path / "run"
+    error = one_line_exit_2(sweep(path, out, "--model-dir", f"sd15={broken}"), capsys)
+    assert "not a whole safetensors file" in error and not out.exists()
+
+
+def test_a_non_ascii_out_under_a_true_c_locale_is_one_line_before_generation(tmp_path):
+    path = sweep_file(tmp_path)
+    out = bytes(tmp_path) + "/r\u00e9sultats".encode()
+    environment = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    argv = [sys.executable, "-m", "suite", "sweep", str(path), "--out", out, "--quiet", "--device", "cpu"]
+    result = subprocess.run(argv, capture_output=True, env=environment)
+    error = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2 and error.count("\n") == 1 and "LANG=C.UTF-8" in error, error
+    assert not os.path.exists(out)

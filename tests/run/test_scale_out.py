@@ -140,25 +140,38 @@ def _evaluations(outputs: list[str]) -> int:
     return sum("metrics for" in output for output in outputs)
 
 
-def test_two_rank_torchrun_sweep_equals_one_process_and_evaluates_once(reference, tmp_path):
-    path, single = reference
+def _as_a_user_starts_it() -> dict[str, str]:
+    """The environment of a shell that set no thread count: a plain run uses every core."""
+    unset = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    environ = {key: value for key, value in os.environ.items() if key not in unset}
+    return environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))}
+
+
+def test_two_rank_torchrun_sweep_evaluates_once_and_is_within_one_level_of_a_plain_run(reference, tmp_path):
+    """torchrun sets OMP_NUM_THREADS=1 in every rank; a plain run uses every core, and CPU kernels then sum in
+    another order. Both started as a user starts them: byte-identical to a one-thread process, and within 1/255
+    of the plain run (the bound the README and claim 5 state)."""
+    path, one_thread = reference
     out = tmp_path / "torchrun"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "suite", "sweep"]
     command += [str(path), "--out", str(out), "--quiet", "--device", "cpu"]
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=_as_a_user_starts_it(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert _hashes(out).equals(_hashes(single))
     assert _evaluations([result.stdout]) == 1
     assert "shard 0/2 (torchrun/accelerate)" in result.stdout and "shard 1/2 (torchrun/accelerate)" in result.stdout
     assert json.loads((out / "evaluation.done").read_text())["key"]
     assert not (out / "evaluation.lease").exists()
+    assert _hashes(out).equals(_hashes(one_thread))  # shards of one launcher at one thread count: the same bytes
+
+    plain = tmp_path / "plain"
+    command = [sys.executable, "-m", "suite", "sweep", str(path), "--out", str(plain), "--quiet", "--device", "cpu"]
+    assert subprocess.run(command, env=_as_a_user_starts_it(), capture_output=True, timeout=600).returncode == 0
 
     from suite.analysis.diff import diff_runs
 
-    table = diff_runs(single, out)  # `suite diff`: the same images, the same scores
-    assert (table["sha256_match"] == 1.0).all() and (table["max_pixel_difference"] == 0).all()
-    assert (table["toy_correct_difference"] == 0).all() and (table["clip_score_difference"] == 0).all()
+    table = diff_runs(plain, out)  # `suite diff`, the documented way to check
     assert (table["images"] == 8).all()
+    assert (table["max_pixel_difference"] <= 1).all(), table[["preset", "sha256_match", "max_pixel_difference"]]
 
 
 def test_concurrent_sweeps_into_one_folder_generate_each_item_once(reference, tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from suite.analysis.report.tables import quality_column
+from suite.core.errors import UserError
 
 CELL = 96  # pixels per thumbnail side (small images are enlarged with nearest-neighbour, large ones reduced)
 LABEL = 18
@@ -23,7 +24,14 @@ class Grid:
 
 
 def _thumbnail(path: Path) -> Image.Image:
-    image = Image.open(path).convert("RGB")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, SyntaxError) as error:  # missing, truncated or not an image
+        raise UserError(
+            f"{path} is missing or damaged ({type(error).__name__}); `suite check` lists the damage and "
+            "`suite sweep` with the run's sweep regenerates it"
+        ) from None
     resample = Image.NEAREST if image.width <= CELL else Image.LANCZOS
     return image.resize((CELL, CELL), resample)
 
