@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,10 +33,14 @@ from suite.analysis.report.render import Table, Text
 from suite.core import stats
 
 
-def _suite_sweep(sweep_file: Path, out: Path, device: str, *extra: str) -> subprocess.Popen:
+def _suite_sweep(
+    sweep_file: Path, out: Path, device: str, *extra: str, launcher: tuple[str, ...] = (), **environment: str
+) -> subprocess.Popen:
+    """``suite sweep`` in a new process as a user starts it: the caller's environment (plus ``environment``),
+    optionally under a launcher (torchrun)."""
     command = [
         sys.executable,
-        "-m",
+        *(launcher or ("-m",)),
         "suite",
         "sweep",
         str(sweep_file),
@@ -45,7 +50,11 @@ def _suite_sweep(sweep_file: Path, out: Path, device: str, *extra: str) -> subpr
         "--device",
         device,
     ]
-    return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, **environment}
+    return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+TORCHRUN = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
 
 
 def _finish(process: subprocess.Popen) -> None:
@@ -96,6 +105,9 @@ def measure_determinism(config: ClaimConfig, runs: dict, options: ClaimsOptions)
     killed.communicate()
     _finish(_suite_sweep(sweep_file, work / "resumed", device))
     _finish(_suite_sweep(other_batch, work / "batch", device))
+    if config.rules.get("method") != "determinism/v1":  # v2: the thread count and the launcher as well
+        _finish(_suite_sweep(sweep_file, work / "one-thread", device, OMP_NUM_THREADS="1"))
+        _finish(_suite_sweep(sweep_file, work / "torchrun", device, launcher=TORCHRUN))
 
     here = device_name(torch.device("cuda" if device == "cuda" else "cpu"))
     variants = (
@@ -104,7 +116,17 @@ def measure_determinism(config: ClaimConfig, runs: dict, options: ClaimsOptions)
         ("resume", "killed (SIGKILL) after its first item, then the same command again", "resumed"),
         ("batch size", f"batch {sweep['batch_size']} vs {config.settings['other_batch_size']}", "batch"),
     )
+    if (work / "torchrun").is_dir():
+        variants += (
+            ("thread count", f"OMP_NUM_THREADS=1 vs the default ({torch.get_num_threads()} here)", "one-thread"),
+            ("torchrun", "torchrun --nproc_per_node 2 (each rank OMP_NUM_THREADS=1) vs a plain run", "torchrun"),
+        )
     rows = [_diff_summary(name, how, diff_runs(work / "first", work / folder), here) for name, how, folder in variants]
+    if (work / "torchrun").is_dir():
+        how = "torchrun's two ranks vs one process, both at OMP_NUM_THREADS=1"
+        rows.append(
+            _diff_summary("torchrun vs one thread", how, diff_runs(work / "one-thread", work / "torchrun"), here)
+        )
     for entry in config.settings.get("device_diffs", []):  # measured elsewhere with `suite diff`, committed
         path = Path(entry["file"])
         if path.is_file():
@@ -147,11 +169,51 @@ def judge_determinism(claim: dict, rules: dict, tables: dict, folder: Path, data
     return Judgement(verdict, numbers, claim_section(claim, blocks))
 
 
+def judge_determinism_v2(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
+    """Exact (sha256) where only the process or the shard changes, at one thread count; within
+    ``max_pixel_difference`` where the floating-point order may change (batch size, thread count, a launcher that
+    sets the thread count); the device rows as in v1."""
+    comparisons = tables["comparisons"]
+    devices = comparisons[comparisons.comparison.str.startswith("CPU vs GPU")]
+    here = comparisons[~comparisons.comparison.str.startswith("CPU vs GPU")]
+    bounded = here[here.comparison.isin(rules["within_tolerance"])]
+    exact = here[~here.comparison.isin(rules["within_tolerance"])]
+    tolerance = rules["max_pixel_difference"]
+    missing = set(rules["within_tolerance"]) - set(here.comparison)
+    same_machine = bool(
+        not missing and (exact.sha256_match == 1).all() and (bounded.max_pixel_difference <= tolerance).all()
+    )
+    verdict = SUPPORTED if same_machine else NOT_SUPPORTED
+    if same_machine and len(devices) and (devices.max_pixel_difference > tolerance).any():
+        verdict = PARTLY
+    numbers = "; ".join(
+        f"{row.comparison}: sha256 {ci(row, 'sha256_match')}, max pixel difference {row.max_pixel_difference}"
+        for row in comparisons.itertuples()
+    )
+    shown = comparisons.assign(sha256_match=[ci(row, "sha256_match") for _, row in comparisons.iterrows()])
+    blocks = [
+        Text(
+            "One small sweep (both toy families, a deterministic and a stochastic sampler) made several ways and "
+            "compared image by image with the first run (`suite diff`). Byte-identical is expected where only the "
+            "process, the shard or a resume changes at the same thread count: seeds are per image on CPU generators. "
+            f"Within {tolerance}/255 is the bound where the order of floating-point sums may change: another batch "
+            "size, another thread count, and so torchrun, which starts each rank with OMP_NUM_THREADS=1 while a "
+            "plain run uses every core. Across devices the kernels themselves differ (measured with `suite diff` "
+            "on a lent GPU; see results/gpu-check.md)."
+        ),
+        Table(
+            shown[["comparison", "how", "images", "sha256_match", "max_pixel_difference", "images_within_1", "device"]],
+            {"images_within_1": ".3f"},
+        ),
+    ]
+    return Judgement(verdict, numbers, claim_section(claim, blocks))
+
+
 EXPERIMENTS.register(
     "determinism",
     Experiment(
         measure_determinism,
-        {"determinism/v1": judge_determinism},
+        {"determinism/v1": judge_determinism, "determinism/v2": judge_determinism_v2},
         "the same sweep rerun, sharded, killed and resumed, and at another batch size: sha256 compared",
     ),
 )
