@@ -129,10 +129,16 @@ def _repair_evaluation(run: Path) -> None:
     damaged = damaged_tables(run) + [f"evaluation/{point}" for point in damaged_points(run)]
     if not damaged:
         return
+    state, owner = elect_evaluator(run, again=True)
+    if state == "elsewhere":
+        raise UserError(f"{describe(owner)} is evaluating {run}; wait for it, then run `suite report {run}` again")
     print(f"suite: {', '.join(damaged)} missing or damaged; computing the evaluation again", file=sys.stderr)
     args = argparse.Namespace(device="auto", inception_weights=None, quiet=True)
-    _evaluate(run, args)
-    _compare(run, args)
+    try:
+        _evaluate(run, args)
+        _compare(run, args)
+    finally:
+        evaluation_finished(run, completed=False)  # the report is still to come
 
 
 def _evaluate_options(args: argparse.Namespace):

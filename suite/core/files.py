@@ -39,6 +39,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(file.fileno())
         os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
+    except OSError as error:  # a failed write() or fsync() names no file: name the one being written
+        Path(temporary).unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

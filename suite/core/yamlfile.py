@@ -40,11 +40,14 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def expanded_size(node: yaml.Node, memo: dict[int, int] | None = None) -> int:
+def expanded_size(node: yaml.Node, memo: dict[int, int | None] | None = None) -> int:
     """How many nodes ``node`` holds once every alias is expanded (each shared node counted per use)."""
     memo = {} if memo is None else memo
     if id(node) in memo:
+        if memo[id(node)] is None:  # still being counted: the node contains itself
+            raise UserError(f"an alias at line {node.start_mark.line + 1} refers to a node that contains it")
         return memo[id(node)]
+    memo[id(node)] = None
     if isinstance(node, yaml.SequenceNode):
         size = 1 + sum(expanded_size(child, memo) for child in node.value)
     elif isinstance(node, yaml.MappingNode):
@@ -63,7 +66,10 @@ def parse_yaml(text: str, source: str, what: str = "YAML file") -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        size = expanded_size(node)
+        try:
+            size = expanded_size(node)
+        except UserError as error:
+            raise UserError(f"{source}: {error}") from None
         if size > MAX_NODES:
             raise UserError(
                 f"{source}: its aliases expand to {size:,} values (at most {MAX_NODES:,}); write the values out"

@@ -120,7 +120,10 @@ def _check_image(path: Path) -> None:
     """A reference image that would fail when its features are extracted (truncated, not an image) fails now."""
     try:
         with Image.open(path) as image:
-            image.verify()  # PNG: every chunk and its checksum, without decoding
+            if image.format == "PNG":
+                image.verify()  # every chunk and its checksum, without decoding
+            else:
+                image.load()  # other formats' verify() checks nothing: decode
     except Exception as error:
         raise UserError(
             f"reference image {path} is not readable ({type(error).__name__}); remove or replace it"

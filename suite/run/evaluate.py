@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -320,6 +321,12 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     evaluator = Evaluator(run, options)
     groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
     computed, elsewhere = _evaluate_points(run, evaluator, groups, options)
+    if elsewhere:
+        print(
+            f"{run.path}: waiting for {len(elsewhere)} grid points that another process is computing "
+            "(taken over if it stops)",
+            file=sys.stderr,
+        )
     while elsewhere:
         time.sleep(POLL_SECONDS)
         more, elsewhere = _evaluate_points(run, evaluator, elsewhere, replace(options, recompute=False, progress=False))
@@ -339,6 +346,6 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     if needs_costs and (run.costs is None or computed or f"{COSTS}.parquet" in run.damaged):
         atomic_write_table(evaluator.cost_table(), run.path / COSTS)
         written += [f"{COSTS}.parquet", f"{COSTS}.csv"]
-    record_tables(run.path, written)
+    record_tables(run.path, written, points=[grid_key(evaluator, group) for group in groups])
     table.attrs["computed_here"] = computed
     return table

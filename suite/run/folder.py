@@ -175,11 +175,14 @@ def read_manifest(run: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def write_manifest(run: Path, device: torch.device, environment: Any, seeds: dict[str, Any], fresh: bool) -> None:
+def write_manifest(
+    run: Path, device: torch.device, environment: Any, seeds: dict[str, Any], fresh: bool, rebuilt: bool = False
+) -> None:
     """manifest.json: versions, git commit + dirty flag, hardware, dtypes, model sources, seeds.
 
     ``fresh``: a new run's manifest; otherwise the first process's manifest is kept and this
-    invocation is appended to ``resumed_by``.
+    invocation is appended to ``resumed_by``. ``rebuilt``: the first manifest was lost, and this one records the
+    resuming process (checked against the items' device type and dtypes only).
     """
     path = run / MANIFEST
     manifest = None if fresh else read_manifest(run)
@@ -197,6 +200,11 @@ def write_manifest(run: Path, device: torch.device, environment: Any, seeds: dic
             "models": dict(environment.models),
             "seeds": seeds,
         }
+        if rebuilt:
+            manifest["rebuilt"] = (
+                "manifest.json was missing or damaged; rebuilt by this invocation after checking the items' device "
+                "type and dtypes (git state, versions and model sources are this invocation's, not the first run's)"
+            )
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 

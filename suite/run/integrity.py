@@ -5,8 +5,10 @@ is computed again.
   ``row.parquet``, ``scores.parquet`` and ``features-*.npy``. A point whose files differ from it, or that has
   none, is not finished: evaluation computes it again.
 - The run's tables (``metrics``, ``scores``, ``costs``, ``comparisons``) are recorded in
-  ``evaluation/tables.json`` when they are written. A recorded table that is missing or differs is damaged:
-  ``suite check`` lists it, the evaluation is not "done", and ``suite report`` recomputes it from the points.
+  ``evaluation/tables.json`` when they are written, with the keys of the grid points they were read from.
+  A recorded table or point that is missing or differs is damaged: ``suite check`` lists it, the evaluation
+  is not "done", and ``suite sweep`` and ``suite report`` compute it again. Point folders of earlier
+  evaluation settings (other keys) are left alone.
 """
 
 from __future__ import annotations
@@ -61,18 +63,31 @@ def point_problem(folder: Path) -> str | None:
     return None
 
 
-def record_tables(run: Path, names: Iterable[str]) -> None:
-    """Add the run tables ``names`` (paths relative to the run folder) as they are now to ``evaluation/tables.json``."""
-    path = run / "evaluation" / TABLES
-    recorded = _read(path) or {}
-    recorded |= {name: file_sha256(run / name) for name in names if (run / name).is_file()}
-    atomic_write_text(path, json.dumps(dict(sorted(recorded.items())), indent=1))
+def _record(run: Path) -> dict:
+    try:
+        data = json.loads((run / "evaluation" / TABLES).read_text())
+    except (OSError, ValueError):
+        return {"tables": {}, "points": []}
+    if not isinstance(data, dict):
+        return {"tables": {}, "points": []}
+    return {"tables": dict(data.get("tables") or {}), "points": list(data.get("points") or [])}
+
+
+def record_tables(run: Path, names: Iterable[str], points: Iterable[str] | None = None) -> None:
+    """Add the run tables ``names`` (paths relative to the run folder) as they are now to ``evaluation/tables.json``;
+    ``points``: the grid point folders (keys) the run's current evaluation reads."""
+    recorded = _record(run)
+    recorded["tables"] |= {name: file_sha256(run / name) for name in names if (run / name).is_file()}
+    if points is not None:
+        recorded["points"] = sorted(points)
+    recorded["tables"] = dict(sorted(recorded["tables"].items()))
+    atomic_write_text(run / "evaluation" / TABLES, json.dumps(recorded, indent=1))
 
 
 def damaged_tables(run: Path) -> list[str]:
     """Recorded run tables that are missing or differ from their recorded hash (and, for runs evaluated before
     tables were recorded, a table whose .csv is there without its .parquet)."""
-    recorded = _read(run / "evaluation" / TABLES) or {}
+    recorded = _record(run)["tables"]
     damaged = [name for name, expected in recorded.items() if file_sha256(run / name) != expected]
     damaged += [
         f"{stem}.parquet"
@@ -83,13 +98,11 @@ def damaged_tables(run: Path) -> list[str]:
 
 
 def damaged_points(run: Path) -> dict[str, str]:
-    """Each grid point folder under ``evaluation/`` that cannot be used as it is, with the reason."""
-    folder = run / "evaluation"
-    if not folder.is_dir():
-        return {}
+    """Each grid point folder the run's current evaluation reads (as recorded in ``evaluation/tables.json``) that
+    cannot be used as it is, with the reason. Folders of earlier evaluation settings are not judged."""
     problems = {}
-    for point in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        problem = point_problem(point)
+    for key in _record(run)["points"]:
+        problem = point_problem(run / "evaluation" / key)
         if problem is not None:
-            problems[point.name] = problem
+            problems[key] = problem
     return problems

@@ -31,9 +31,10 @@ DEFAULT_STALE_SECONDS = 600.0  # a lease untouched this long is abandoned, whoev
 def stale_after() -> float:
     """Seconds without a heartbeat after which a lease counts as abandoned ($SUITE_LEASE_STALE_S)."""
     try:
-        return float(os.environ.get("SUITE_LEASE_STALE_S", DEFAULT_STALE_SECONDS))
+        seconds = float(os.environ.get("SUITE_LEASE_STALE_S", DEFAULT_STALE_SECONDS))
     except ValueError:
         return DEFAULT_STALE_SECONDS
+    return max(seconds, 3 * HEARTBEAT_SECONDS)  # never so short that a live owner's heartbeat could miss it
 
 
 def process_start(pid: Any) -> int | None:

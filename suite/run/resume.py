@@ -124,24 +124,28 @@ def open_run(
             )
         if stored.get(HASH_KEY) != config_hash:
             atomic_write_text(run / CONFIG, yaml.safe_dump({HASH_KEY: config_hash, **config}, sort_keys=False))
-        write_manifest(run, device, environment, dict(seeds), fresh=manifest is None)
+        write_manifest(run, device, environment, dict(seeds), fresh=manifest is None, rebuilt=manifest is None)
         return
     atomic_write_text(run / CONFIG, yaml.safe_dump({HASH_KEY: config_hash, **config}, sort_keys=False))
     write_manifest(run, device, environment, dict(seeds), fresh=True)
 
 
 def _item_device_differences(run: Path, environment: Environment) -> list[str]:
-    """With manifest.json lost: the device type the finished items record against this one (dtypes and model
-    sources are recorded only in the manifest; the rebuilt manifest says so)."""
+    """With manifest.json lost: the device type and denoiser dtype each preset's finished items record, against
+    this process's (model sources were recorded only in the manifest; the rebuilt one says it was rebuilt)."""
+    found = []
     for path in sorted((run / ITEMS_DIR).glob("*.parquet")):
         try:
-            device = str(pd.read_parquet(path, columns=["device"])["device"].iloc[0])
+            row = pd.read_parquet(path, columns=["preset", "device", "dtype"]).iloc[0]
         except Exception:
             continue
-        if device.split(":")[0] != environment.device_type:
-            return [f"device type {device.split(':')[0]} (now {environment.device_type})"]
-        return []
-    return []
+        device_type = str(row["device"]).split(":")[0]
+        if device_type != environment.device_type:
+            found.append(f"device type {device_type} (now {environment.device_type})")
+        now = environment.dtypes.get(row["preset"], {}).get("denoiser")
+        if now is not None and row["dtype"] != now:
+            found.append(f"{row['preset']} denoiser dtype {row['dtype']} (now {now})")
+    return sorted(set(found))
 
 
 def item_problem(run: Path, item: WorkItem) -> str | None:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from suite.cli import main
+from suite.core import files
+from suite.run import leases
 from suite.run.config import load_sweep
+from suite.run.evaluate import seconds_interval
+from suite.run.grid import expand
+from suite.toy import world
 from tests.run.test_reliability import METRICS, SWEEP, one_line_exit_2, sweep, sweep_file
 
 LIST = 'prompts: {list: ["a red circle", "a blue square", "a green triangle"]}'
@@ -86,6 +94,25 @@ def test_a_quoted_line_break_in_a_csv_prompt_is_kept(tmp_path):
     assert load_sweep(path).prompt_texts == ("a red\ncircle", "a blue square")
 
 
+def test_a_blank_jsonl_prompt_is_refused(tmp_path, capsys):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a red circle"}\n{"prompt": "  "}\n')
+    path = sweep_file(tmp_path, **{LIST: "prompts: {file: prompts.jsonl}"})
+    assert "prompts.jsonl:2: the prompt is blank" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
+def test_a_hostile_ablation_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "ablation.yaml"
+    path.write_text("cells:\n" + "".join(f"  {line}\n" for line in laughs(7).splitlines()))
+    code = main(["ablation", str(path), "--out", str(tmp_path / "out")])
+    assert "aliases expand to" in one_line_exit_2(code, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_self_referencing_alias_is_named(tmp_path, capsys):
+    path = sweep_file(tmp_path, SWEEP + "notes: &a [1, *a]\n")
+    assert "refers to a node that contains it" in one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+
+
 def test_a_blank_csv_prompt_is_refused(tmp_path, capsys):
     (tmp_path / "prompts.csv").write_text("id,prompt\n1,a red circle\n2, \n3,a blue square\n")
     path = sweep_file(tmp_path, **{LIST: "prompts: {file: prompts.csv}"})
@@ -152,10 +179,6 @@ def test_a_regenerated_item_refreshes_the_timings_in_metrics(tmp_path, capsys, t
 
 
 def test_a_truncated_reference_image_is_one_line_before_any_image(tmp_path, test_networks, capsys):
-    from PIL import Image
-
-    from suite.toy import world
-
     (tmp_path / "refs").mkdir()
     images, _ = world.sample_batch(seed=1, count=4)
     for index, image in enumerate(images):
@@ -184,6 +207,7 @@ def finished(tmp_path) -> tuple[Path, Path]:
     return path, out
 
 
+@pytest.mark.slow  # two sweeps in new processes
 def test_a_file_size_limit_during_generation_is_one_line_and_resumes(tmp_path):
     """`ulimit -f` (EFBIG: Python ignores SIGXFSZ, so the write fails) ends the sweep with one line; once the
     limit is lifted the same command finishes the run."""
@@ -197,10 +221,41 @@ def test_a_file_size_limit_during_generation_is_one_line_and_resumes(tmp_path):
     assert main(["check", str(out)]) == 0
 
 
+@pytest.mark.parametrize("lease", ["item", "evaluation"])
+def test_a_two_day_old_lease_of_a_living_pid_does_not_block_the_sweep(tmp_path, capsys, lease):
+    """pid 1 always lives; its lease, untouched for two days, was left by an earlier process with that pid."""
+    path = sweep_file(tmp_path)
+    out = tmp_path / "run"
+    stale = {"host": os.uname().nodename, "pid": 1, "token": "earlier"}
+    if lease == "item":
+        first = expand(load_sweep(path))[0]
+        target = out / "items" / f"{first.id}.lease"
+    else:
+        assert sweep(path, out) == 0
+        (out / "evaluation.done").unlink()  # evaluate again, with the lease held
+        target = out / "evaluation.lease"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(stale))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(target, (two_days_ago, two_days_ago))
+    capsys.readouterr()
+    assert sweep(path, out) == 0
+    output = capsys.readouterr().out
+    assert "pid 1" not in output and "report:" in output
+    assert main(["check", str(out)]) == 0
+    assert leases.read_owner(target) is None  # taken over, then released
+
+
+def test_skewed_times_give_an_interval_inside_the_times(capsys):
+    """The metrics' time interval (and the report's stage table, through the same function) stays positive."""
+    group = pd.DataFrame({"item_id": list("abcde"), "seconds_per_image": [0.35, 0.36, 0.98, 4.1, 4.3]})
+    interval = seconds_interval(group)
+    assert 0.35 <= interval["seconds_per_image_median_ci95_low"] <= 0.98
+    assert interval["seconds_per_image_median_ci95_high"] <= 4.3
+
+
 def test_a_refused_write_during_evaluation_is_one_line(finished, capsys, monkeypatch):
     """A read-only run folder (simulated: the tests may run as root, whom permissions do not stop)."""
-    from suite.core import files
-
     _, out = finished
 
     def refused(path, data):
@@ -272,6 +327,7 @@ def test_a_truncated_safetensors_file_is_refused_before_the_run_folder_is_writte
     assert "not a whole safetensors file" in error and not out.exists()
 
 
+@pytest.mark.slow  # a new process under another locale
 def test_a_non_ascii_out_under_a_true_c_locale_is_one_line_before_generation(tmp_path):
     path = sweep_file(tmp_path)
     out = bytes(tmp_path) + "/r\u00e9sultats".encode()

@@ -50,10 +50,12 @@ def _suite_sweep(
         "--device",
         device,
     ]
-    env = {**os.environ, **environment}
+    inherited = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
+    env = {**inherited, **environment}  # a plain run uses every core, whatever this process was started with
     return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 TORCHRUN = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
 
 
@@ -118,7 +120,7 @@ def measure_determinism(config: ClaimConfig, runs: dict, options: ClaimsOptions)
     )
     if (work / "torchrun").is_dir():
         variants += (
-            ("thread count", f"OMP_NUM_THREADS=1 vs the default ({torch.get_num_threads()} here)", "one-thread"),
+            ("thread count", f"OMP_NUM_THREADS=1 vs the default (every core: {os.cpu_count()} here)", "one-thread"),
             ("torchrun", "torchrun --nproc_per_node 2 (each rank OMP_NUM_THREADS=1) vs a plain run", "torchrun"),
         )
     rows = [_diff_summary(name, how, diff_runs(work / "first", work / folder), here) for name, how, folder in variants]
