@@ -208,6 +208,23 @@ def write_manifest(
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def record_phases(run: Path, phases: dict[str, float]) -> None:
+    """Append this invocation's wall time per phase (seconds) to the manifest's ``phases`` list."""
+    manifest = read_manifest(run)
+    if manifest is None:
+        return
+    entry = {"argv": sys.argv, "seconds": {name: round(seconds, 3) for name, seconds in phases.items()}}
+    manifest.setdefault("phases", []).append(entry)
+    atomic_write_text(run / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def phase_lines(phases: dict[str, float]) -> list[str]:
+    """One line per phase: seconds and share of the total, then the total."""
+    total = sum(phases.values()) or 1.0
+    lines = [f"  {name:<9} {seconds:8.1f} s  {seconds / total:6.1%}" for name, seconds in phases.items()]
+    return [*lines, f"  {'total':<9} {sum(phases.values()):8.1f} s"]
+
+
 def item_path(run: Path, item_id: str) -> Path:
     return run / ITEMS_DIR / f"{item_id}.parquet"
 

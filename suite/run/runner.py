@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ class RunSummary:
     complete: bool
     repaired: dict[str, str] = field(default_factory=dict)  # item id -> why its files could not be trusted
     items_held_elsewhere: int = 0  # leased by another live process on this run folder
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds: load (checks, folder, models), generate
 
 
 SEED_RULE = {
@@ -66,6 +68,8 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     Example:
         >>> run_sweep(load_sweep(Path("experiments/tiny.yaml")), RunOptions(Path("results/tiny")))
     """
+    started = time.perf_counter()
+    loading = 0.0  # checks, the run folder and model loading; the rest of the wall time is generation
     device, presets = check_generation(resolved, options)
     items = expand(resolved)
     mine = shard(items, options.rank, options.world_size)
@@ -78,6 +82,7 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
         item_path(run, item_id).unlink(missing_ok=True)
 
     todo = [item for item in mine if item.id not in finished]
+    loading += time.perf_counter() - started
     progress = tqdm(
         total=sum(len(item.images) for item in mine),
         initial=sum(len(item.images) for item in mine if item.id in finished),
@@ -97,7 +102,9 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
                 continue
             try:
                 if pipeline is None:
+                    load_started = time.perf_counter()
                     pipeline = _load(presets[preset_name], device, options, group, resolved, clock)
+                    loading += time.perf_counter() - load_started
                 rows = generate_item(pipeline, item, run, clock, hooks)
                 atomic_write_table(pd.DataFrame(rows), item_path(run, item.id).with_suffix(""), csv=False)
             finally:
@@ -110,8 +117,9 @@ def run_sweep(resolved: ResolvedSweep, options: RunOptions, hooks: tuple = ()) -
     samples = collect_samples(run, [item.id for item in items], max(len(item.stages) for item in items))
     if samples is not None:
         atomic_write_table(samples, run / SAMPLES)
+    phases = {"load": loading, "generate": time.perf_counter() - started - loading}
     return RunSummary(
-        run, len(items), len(mine), len(generated), sum(generated), samples is not None, damaged, held_elsewhere
+        run, len(items), len(mine), len(generated), sum(generated), samples is not None, damaged, held_elsewhere, phases
     )
 
 

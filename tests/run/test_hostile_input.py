@@ -337,3 +337,18 @@ def test_a_non_ascii_out_under_a_true_c_locale_is_one_line_before_generation(tmp
     error = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2 and error.count("\n") == 1 and "LANG=C.UTF-8" in error, error
     assert not os.path.exists(out)
+
+
+def test_a_sweep_ends_with_where_the_time_went_and_records_it(tmp_path, capsys, test_networks):
+    path = sweep_file(tmp_path, SWEEP + "metrics: [clip_score]\nevaluation: {clip_model: test-clip}\n")
+    out = tmp_path / "run"
+    assert sweep(path, out) == 0
+    printed = capsys.readouterr().out
+    lines = printed.split("where the time went")[1].splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["load", "generate", "evaluate", "compare", "report", "total"]
+    recorded = json.loads((out / "manifest.json").read_text())["phases"][-1]["seconds"]
+    assert set(recorded) == {"load", "generate", "evaluate", "compare", "report"}
+    assert all(seconds > 0 for seconds in recorded.values())
+    assert sweep(path, out) == 0  # a rerun of a finished sweep: no generation, no evaluation
+    again = json.loads((out / "manifest.json").read_text())["phases"][-1]["seconds"]
+    assert set(again) == {"load", "generate"}
