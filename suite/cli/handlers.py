@@ -163,10 +163,16 @@ def _evaluate_options(args: argparse.Namespace):
     return EvaluateOptions(args.device, weights, getattr(args, "recompute", False), progress=not args.quiet)
 
 
-def _evaluate(run: Path, args: argparse.Namespace) -> None:
+def _evaluate(run: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Evaluate the run; print and return where the evaluation's time went, per metric part."""
     table = evaluate_run(run, _evaluate_options(args))
     here = table.attrs.get("computed_here", 0)
     print(f"{run}: metrics for {len(table)} grid points in {run / 'metrics.csv'} ({here} computed by this process)")
+    seconds = table.attrs.get("seconds", {})
+    if seconds:
+        print(f"{run}: evaluation time per metric part (wall seconds, this process)")
+        print("\n".join(phase_lines(seconds)))
+    return seconds
 
 
 def _compare(run: Path, args: argparse.Namespace) -> None:
@@ -202,9 +208,11 @@ def command_evaluate(args: argparse.Namespace) -> int:
             print(f"{run}: {computed} grid points computed by this process; {describe(owner)} writes the tables")
             return 0
         try:
-            _evaluate(run, args)
+            seconds = _evaluate(run, args)
         finally:
             evaluation_finished(run, completed=False)  # compare and report are still to come
+        if seconds:
+            record_phases(run, seconds)
         return 0
     _evaluate(run, args)
     return 0

@@ -9,8 +9,10 @@ evaluation kept of a point: its row, its per-image scores, its features).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -52,6 +54,16 @@ class GridPoint:
     images: list[np.ndarray]
     settings: tuple[StageSettings, ...]
     features_by_network: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per part ("features: inception", ...)
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the wall time of the block to ``seconds[part]`` (where evaluation's time goes, per metric part)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
 
     @property
     def prompts(self) -> list[str]:
@@ -69,7 +81,8 @@ class GridPoint:
     def features(self, network: str) -> np.ndarray:
         """This point's image features from ``network``, extracted once and shared by every metric."""
         if network not in self.features_by_network:
-            self.features_by_network[network] = extract(self.evaluator.network(network), self.images)
+            with self.timed(f"features: {network}"):
+                self.features_by_network[network] = extract(self.evaluator.network(network), self.images)
         return self.features_by_network[network]
 
 
@@ -231,7 +244,8 @@ class PerImageScore(Metric):
 
     def evaluate(self, point: GridPoint) -> tuple[dict[str, Any], pd.DataFrame]:
         scores, described = self.score(point)
-        interval = stats.mean_interval(scores, point.units)
+        with point.timed(f"{self.name}: interval"):
+            interval = stats.mean_interval(scores, point.units)
         row = {self.headline: float(scores.mean())} | interval_columns(self.headline, interval)
         return row | described, pd.DataFrame({self.column: scores})
 

@@ -42,9 +42,10 @@ class Cmmd(Metric):
         }
         if evaluation.set_resamples:
             statistic = kernel_to(reference, features)
-            interval = stats.bootstrap_interval(
-                statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
-            )
+            with point.timed("cmmd: interval"):
+                interval = stats.bootstrap_interval(
+                    statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
+                )
             method = f"CMMD at n = {len(features)}, reference fixed: {interval.method}"
             row |= interval_columns("cmmd", replace(interval, method=method))
         return row, None

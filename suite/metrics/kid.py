@@ -47,9 +47,10 @@ class Kid(Metric):
             "kid_rank_deficient": bool(len(features) <= features.shape[1]),
         }
         if evaluation.set_resamples:
-            interval = stats.bootstrap_interval(
-                statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
-            )
+            with point.timed("kid: interval"):
+                interval = stats.bootstrap_interval(
+                    statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
+                )
             method = f"KID at n = {len(features)}, reference fixed: {interval.method}"
             row |= interval_columns("kid_mean", replace(interval, method=method))
         return row, None

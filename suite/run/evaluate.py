@@ -221,7 +221,10 @@ def evaluate_grid_point(evaluator: Evaluator, group: pd.DataFrame) -> tuple[dict
     point = GridPoint(evaluator, group.reset_index(drop=True), images, settings)
     per_image = [group[[*IMAGE_KEY, "prompt_index", "seed_index"]].reset_index(drop=True)]
     for name in evaluator.sweep.metrics:
+        inner, started = sum(point.seconds.values()), time.perf_counter()
         metric_row, scores = METRICS.get(name).evaluate(point)
+        rest = time.perf_counter() - started - (sum(point.seconds.values()) - inner)  # its own parts timed apart
+        point.seconds[name] = point.seconds.get(name, 0.0) + rest
         row |= metric_row
         if scores is not None:
             per_image.append(scores.reset_index(drop=True))
@@ -272,7 +275,7 @@ def _evaluate_points(
     evaluating one run (``torchrun ... suite evaluate``) split the grid points between them.
     """
 
-    computed, elsewhere = 0, []
+    computed, elsewhere, seconds = 0, [], {}
     for group in tqdm(groups, desc="evaluate", unit="grid point", disable=not options.progress):
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
         if _finished(folder) and not options.recompute:
@@ -295,9 +298,11 @@ def _evaluate_points(
             atomic_write_table(pd.DataFrame([row]), folder / "row", csv=False)
             seal_point(folder, written)
             computed += 1
+            for part, spent in point.seconds.items():
+                seconds[part] = seconds.get(part, 0.0) + spent
         finally:
             leases.release(lease, process_owner())
-    return computed, elsewhere
+    return computed, elsewhere, seconds
 
 
 def evaluate_share(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -> int:
@@ -320,7 +325,7 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
     run = read_run(run_path)
     evaluator = Evaluator(run, options)
     groups = [group for _, group in run.samples.groupby(list(GRID_COLUMNS), sort=False)]
-    computed, elsewhere = _evaluate_points(run, evaluator, groups, options)
+    computed, elsewhere, seconds = _evaluate_points(run, evaluator, groups, options)
     if elsewhere:
         print(
             f"{run.path}: waiting for {len(elsewhere)} grid points that another process is computing "
@@ -329,8 +334,11 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
         )
     while elsewhere:
         time.sleep(POLL_SECONDS)
-        more, elsewhere = _evaluate_points(run, evaluator, elsewhere, replace(options, recompute=False, progress=False))
+        more, elsewhere, spent = _evaluate_points(
+            run, evaluator, elsewhere, replace(options, recompute=False, progress=False)
+        )
         computed += more
+        seconds = {part: seconds.get(part, 0.0) + spent.get(part, 0.0) for part in {*seconds, *spent}}
     rows, per_image, stage_count = [], [], 0
     for group in groups:
         folder = run.path / EVALUATION_DIR / grid_key(evaluator, group)
@@ -348,4 +356,5 @@ def evaluate_run(run_path: Path, options: EvaluateOptions = EvaluateOptions()) -
         written += [f"{COSTS}.parquet", f"{COSTS}.csv"]
     record_tables(run.path, written, points=[grid_key(evaluator, group) for group in groups])
     table.attrs["computed_here"] = computed
+    table.attrs["seconds"] = dict(sorted(seconds.items()))  # wall seconds per metric part, points computed here
     return table

@@ -221,8 +221,9 @@ def record_phases(run: Path, phases: dict[str, float]) -> None:
 def phase_lines(phases: dict[str, float]) -> list[str]:
     """One line per phase: seconds and share of the total, then the total."""
     total = sum(phases.values()) or 1.0
-    lines = [f"  {name:<9} {seconds:8.1f} s  {seconds / total:6.1%}" for name, seconds in phases.items()]
-    return [*lines, f"  {'total':<9} {sum(phases.values()):8.1f} s"]
+    width = max(len(name) for name in [*phases, "total"])
+    lines = [f"  {name:<{width}} {seconds:8.1f} s  {seconds / total:6.1%}" for name, seconds in phases.items()]
+    return [*lines, f"  {'total':<{width}} {sum(phases.values()):8.1f} s"]
 
 
 def item_path(run: Path, item_id: str) -> Path:

@@ -352,3 +352,17 @@ def test_a_sweep_ends_with_where_the_time_went_and_records_it(tmp_path, capsys, 
     assert sweep(path, out) == 0  # a rerun of a finished sweep: no generation, no evaluation
     again = json.loads((out / "manifest.json").read_text())["phases"][-1]["seconds"]
     assert set(again) == {"load", "generate"}
+
+
+def test_suite_evaluate_says_where_its_time_went_per_metric_part(tmp_path, capsys, test_networks):
+    text = SWEEP + METRICS.replace("[fid, clip_score]", "[fid, kid, clip_score]")
+    path = sweep_file(tmp_path, text, REFERENCE="{builtin: toy, count: 8}")
+    out = tmp_path / "run"
+    assert sweep(path, out) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--quiet", "--device", "cpu", "--recompute"]) == 0
+    printed = capsys.readouterr().out.split("evaluation time per metric part")[1]
+    recorded = json.loads((out / "manifest.json").read_text())["phases"][-1]["seconds"]
+    parts = {"features: test-net", "fid", "fid: interval", "kid", "kid: interval", "clip_score", "clip_score: interval"}
+    assert parts <= set(recorded), recorded
+    assert all(f"  {part} " in printed for part in parts)
