@@ -62,7 +62,8 @@ def load_records(run: RunFolder, options) -> dict[tuple, PointRecord]:
 
         resamples = run.resolved.sweep.evaluation.set_resamples or stats.SET_RESAMPLES  # 0: no interval in metrics
         scores = pd.read_parquet(folder / "scores.parquet")
-        records[key] = PointRecord(rows[key], scores, features, evaluator.reference, resamples)
+        interval = run.resolved.sweep.evaluation.set_interval
+        records[key] = PointRecord(rows[key], scores, features, evaluator.reference, resamples, interval)
     return records
 
 

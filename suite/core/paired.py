@@ -10,6 +10,8 @@ resamples prompts:
   test; with one seed per prompt it is the exact McNemar test);
 - ``set_difference_test``: a set statistic (FID, KID, CMMD, GenEval overall); bootstrap over prompts for the
   interval and, inverted, for p;
+- ``influence_difference_test``: the same difference by the delta method: each image's influence on its point's
+  statistic, differences summed per prompt, a t test over prompts;
 - ``contrast_sign_flip``: a contrast of per-image means over k paired sets, sign-flip test of each prompt's
   contrast (the ablation's main effects and interaction of per-image measures);
 - ``contrast_bootstrap``: any contrast over k paired sets (a 2x2 design's main effects, interaction),
@@ -31,6 +33,7 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
+from suite.core.influence import clustered_standard_error
 from suite.core.stats import (
     CONFIDENCE,
     PERMUTATIONS,
@@ -233,6 +236,38 @@ def set_difference_test(
     low, high = at(CONFIDENCE)
     name = f"bootstrap over {units.describe()}, {resamples} resamples, bias-shifted; p from the same resamples"
     return PairedTest(estimate, low, high, float(p_value), n, name, units.count, 2 / (resamples + 1), at)
+
+
+def influence_difference_test(
+    value_a: float, value_b: float, influence_a: np.ndarray, influence_b: np.ndarray, units: Units
+) -> PairedTest:
+    """A set statistic of b minus the same of a by the delta method: each is its value plus the mean of its images'
+    influences to first order, so the difference's error is that of the paired influence differences, summed per
+    prompt (``clustered_standard_error``); interval and p from Student's t with C - 1 degrees of freedom.
+
+    Row i of ``influence_a`` and ``influence_b`` is one pair (same prompt and seed); ``units`` labels the pairs.
+    The same comparison as ``set_difference_test`` at the cost of the two points' influences, with no resamples.
+    """
+    estimate = float(value_b) - float(value_a)
+    if abs(estimate) <= 1e-12 * (abs(value_a) + abs(value_b)):  # identical images summed in another order
+        estimate = 0.0
+    paired = np.asarray(influence_b, dtype=np.float64) - np.asarray(influence_a, dtype=np.float64)
+    error = clustered_standard_error(paired, units)
+    degrees = units.count - 1
+    name = f"delta method: paired influence differences summed per prompt over {units.describe()}, t with {degrees} df"
+    if not math.isfinite(error):
+        return PairedTest(estimate, math.nan, math.nan, math.nan, units.n, name, units.count)
+    if error == 0:
+        p_value = 1.0 if estimate == 0 else 0.0
+    else:
+        p_value = float(2 * stats.t.sf(abs(estimate) / error, degrees))
+
+    def at(level: float) -> tuple[float, float]:
+        half = float(stats.t.ppf((1 + level) / 2, degrees)) * error
+        return estimate - half, estimate + half
+
+    low, high = at(CONFIDENCE)
+    return PairedTest(estimate, low, high, p_value, units.n, name, units.count, 0.0, at)
 
 
 def contrast_sign_flip(

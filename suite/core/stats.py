@@ -315,6 +315,7 @@ class FidInfinity:
     r_squared: float
     sizes: tuple[int, ...]
     refused: str = ""  # why no extrapolation was made
+    intercept_error: float = math.nan  # the fit's standard error of FID_inf (least squares, k - 2 df)
 
 
 def fid_inf_sizes(count: int, dimension: int, points: int = 5) -> tuple[tuple[int, ...], str]:
@@ -364,8 +365,13 @@ def fid_infinity(
     slope, intercept = np.polyfit(inverse, means, 1)
     predicted = intercept + slope * inverse
     total = np.sum((means - np.mean(means)) ** 2)
-    r_squared = 1.0 - np.sum((means - predicted) ** 2) / total if total > 0 else 1.0
-    return FidInfinity(float(intercept), float(slope), float(r_squared), sizes)
+    residual = float(np.sum((means - predicted) ** 2))
+    r_squared = 1.0 - residual / total if total > 0 else 1.0
+    spread = np.sum((inverse - inverse.mean()) ** 2)
+    error = (
+        math.sqrt(residual / (len(sizes) - 2) * np.sum(inverse**2) / (len(sizes) * spread)) if len(sizes) > 2 else 0.0
+    )
+    return FidInfinity(float(intercept), float(slope), float(r_squared), sizes, "", error)
 
 
 def fid_infinity_interval(

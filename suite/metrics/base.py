@@ -95,6 +95,7 @@ class PointRecord:
     features: Callable[[str], np.ndarray]  # network name -> features, one row per image of ``scores``
     reference: Callable[[str], Any]  # network name -> the run's ReferenceFeatures
     set_resamples: int = stats.SET_RESAMPLES  # bootstrap resamples of set-metric comparisons (the run's setting)
+    set_interval: str = "bootstrap"  # how set metrics are compared: "delta" or "bootstrap" (the run's setting)
 
 
 class Metric(ABC):
@@ -203,20 +204,39 @@ def paired_set_test(
     a: PointRecord,
     b: PointRecord,
     network: str,
-    statistic: Callable[[np.ndarray], Callable[[np.ndarray], float]],
+    statistic: Callable[[np.ndarray, stats.Units], Callable[[np.ndarray], float]],
     resamples: int | None = None,
 ) -> paired.PairedTest:
     """A set statistic of b against a: bootstrap over prompts, both points jointly, for the interval and for p.
 
-    ``statistic(features)`` returns a function of row indices into ``features`` (here both points' shared
-    images stacked, a's first).
+    ``statistic(features, units)`` returns a function of row indices into ``features`` (here both points' shared
+    images stacked, a's first; ``units`` labels the pairs).
     """
     rows_a, rows_b = paired_rows(a, b)
     stacked = np.concatenate([a.features(network)[rows_a], b.features(network)[rows_b]])
-    of_rows = statistic(stacked)
+    units = paired_units(a, rows_a)
+    of_rows = statistic(stacked, units)
     weighted = getattr(of_rows, "weighted", None)  # kernel statistics take many resamples at once
     resamples = resamples or a.set_resamples
-    return paired.set_difference_test(of_rows, paired_units(a, rows_a), resamples, weighted=weighted)
+    return paired.set_difference_test(of_rows, units, resamples, weighted=weighted)
+
+
+def paired_influence_test(
+    a: PointRecord,
+    b: PointRecord,
+    network: str,
+    value_and_influence: Callable[[np.ndarray, stats.Units], tuple[float, np.ndarray]],
+) -> paired.PairedTest:
+    """A set statistic of b against a by the delta method (``paired.influence_difference_test``).
+
+    ``value_and_influence(features, units)`` gives the statistic of one point's shared images and each image's
+    influence on it.
+    """
+    rows_a, rows_b = paired_rows(a, b)
+    units = paired_units(a, rows_a)
+    value_a, influence_a = value_and_influence(a.features(network)[rows_a], units)
+    value_b, influence_b = value_and_influence(b.features(network)[rows_b], units)
+    return paired.influence_difference_test(value_a, value_b, influence_a, influence_b, units)
 
 
 class PerImageScore(Metric):

@@ -1,24 +1,43 @@
-"""CMMD (Jayasumana et al., CVPR 2024): MMD with a Gaussian RBF kernel over CLIP embeddings, bootstrap interval."""
+"""CMMD (Jayasumana et al., CVPR 2024): MMD with a Gaussian RBF kernel over CLIP embeddings, interval over prompts."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from suite.core import stats
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+from suite.core.influence import influence_interval
+from suite.metrics.base import (
+    GridPoint,
+    Metric,
+    PointRecord,
+    comparison_row,
+    interval_columns,
+    paired_influence_test,
+    paired_set_test,
+)
 from suite.metrics.distribution import CMMD_SCALE, KernelToReference, cmmd, gaussian_kernel, normalised
 
 
-def kernel_to(reference, features):
+def kernel_to(reference, features) -> KernelToReference:
+    """CMMD's plug-in (V-statistic) estimate on all images at once, as the paper's reference code computes it."""
     return KernelToReference(
         normalised(features), normalised(reference.features), gaussian_kernel, unbiased=False, scale=CMMD_SCALE
     )
 
 
+def _value_and_influence(reference, features) -> tuple[float, np.ndarray]:
+    statistic = kernel_to(reference, features)
+    return statistic(np.arange(len(features))), statistic.influence()
+
+
 class Cmmd(Metric):
     name = "cmmd"
-    description = "MMD with a Gaussian RBF kernel over CLIP image embeddings (Jayasumana et al. 2024), bootstrap interval over prompts"
+    description = (
+        "MMD with a Gaussian RBF kernel over CLIP image embeddings (Jayasumana et al. 2024), interval over prompts"
+    )
     headline = "cmmd"
     higher_is_better = False
     display = ".4f"
@@ -43,9 +62,13 @@ class Cmmd(Metric):
         if evaluation.set_resamples:
             statistic = kernel_to(reference, features)
             with point.timed("cmmd: interval"):
-                interval = stats.bootstrap_interval(
-                    statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
-                )
+                if evaluation.set_interval == "delta":
+                    value = statistic(np.arange(len(features)))
+                    interval = influence_interval(value, statistic.influence(), point.units)
+                else:
+                    interval = stats.bootstrap_interval(
+                        statistic, point.units, evaluation.set_resamples, weighted=statistic.weighted
+                    )
             method = f"CMMD at n = {len(features)}, reference fixed: {interval.method}"
             row |= interval_columns("cmmd", replace(interval, method=method))
         return row, None
@@ -53,7 +76,12 @@ class Cmmd(Metric):
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
         network = a.row["cmmd_features"]
         reference = a.reference(network)
-        test = paired_set_test(a, b, network, lambda features: kernel_to(reference, features))
+        if a.set_interval == "delta":
+            test = paired_influence_test(
+                a, b, network, lambda features, units: _value_and_influence(reference, features)
+            )
+        else:
+            test = paired_set_test(a, b, network, lambda features, units: kernel_to(reference, features))
         comparable = not (a.row.get("cmmd_rank_deficient", False) or b.row.get("cmmd_rank_deficient", False))
         return [
             comparison_row("cmmd", a.row["cmmd"], b.row["cmmd"], test, self.higher_is_better)

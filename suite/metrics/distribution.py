@@ -7,6 +7,7 @@ so one pass of the network serves FID, KID and the on-disk reference cache alike
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -18,6 +19,7 @@ CMMD_SIGMA = 10.0  # Jayasumana et al. 2024, as in their reference implementatio
 CMMD_SCALE = 1000.0
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
+KID_BLOCK = 1000  # images per block of the suite's own KID estimate beyond this many (``prompt_blocks``)
 
 
 class Passthrough(torch.nn.Module):
@@ -85,6 +87,30 @@ class FrechetToReference:
         gram = projected @ projected.T if len(features) < features.shape[1] else projected.T @ projected
         cross = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
         return float(np.sum((mean - self.mean) ** 2) + np.sum(centred**2) + self.trace - 2 * cross)
+
+    def influence(self, features: np.ndarray) -> np.ndarray:
+        """Each feature row's influence on the FID of the set (the reference fixed), for the delta method.
+
+        With mu, S the set's mean and covariance, R = S_r^1/2, M = R S R and A = R M^-1/2 R, the derivative of FID
+        towards one more image x is 2 (mu - mu_r).(x - mu) + |x - mu|^2 - tr S - [(x - mu)' A (x - mu) - tr(A S)],
+        the last term from d tr(M^1/2) = tr(M^-1/2 dM) / 2 (and tr(A S) = tr(M^1/2)). M's zero eigenvalues (fewer
+        images than dimensions) are left out of M^-1/2, where the derivative does not exist. One covariance, one
+        d x d eigendecomposition and one product with the features: seconds at 30,000 x 2,048.
+        """
+        features = np.asarray(features, dtype=np.float64)
+        mean = features.mean(axis=0)
+        centred = features - mean
+        covariance = centred.T @ centred / (len(features) - 1)
+        middle = self.root @ covariance @ self.root
+        values, vectors = np.linalg.eigh((middle + middle.T) / 2)
+        kept = values > max(values.max(), 0.0) * len(values) * np.finfo(np.float64).eps
+        halves = self.root @ (vectors[:, kept] * values[kept] ** -0.25)  # A = halves @ halves.T
+        projected = centred @ halves
+        quadratic = np.einsum("ij,ij->i", projected, projected)
+        squared = np.einsum("ij,ij->i", centred, centred)
+        influence = 2 * centred @ (mean - self.mean) + squared - np.trace(covariance) - quadratic
+        influence += np.sqrt(values[kept]).sum()
+        return influence - influence.mean()
 
 
 def kid(generated: np.ndarray, reference: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -157,6 +183,17 @@ class KernelToReference:
             generated = pairs / total**2
         return self.scale * (generated + self.reference_mean - 2 * (weights @ self.cross_mean) / total)
 
+    def influence(self) -> np.ndarray:
+        """Each generated row's influence on the statistic (Hoeffding's projection; reference fixed), for the delta
+        method: 2 (its mean kernel to the other generated rows - their average) - 2 (its mean kernel to the
+        reference - their average), times the scale."""
+        count = len(self.cross_mean)
+        if self.unbiased:
+            within = (self.generated_pairs.sum(axis=1) - np.diag(self.generated_pairs)) / (count - 1)
+        else:
+            within = self.generated_pairs.mean(axis=1)
+        return self.scale * 2 * ((within - within.mean()) - (self.cross_mean - self.cross_mean.mean()))
+
     def __call__(self, indices: np.ndarray) -> float:
         pairs = self.generated_pairs[np.ix_(indices, indices)]
         if self.unbiased:
@@ -165,6 +202,86 @@ class KernelToReference:
         else:
             generated_mean = pairs.mean()
         return float(self.scale * (generated_mean + self.reference_mean - 2 * self.cross_mean[indices].mean()))
+
+
+def prompt_blocks(units, size: int = KID_BLOCK, seed: int = 0) -> list[np.ndarray]:
+    """The rows of ``units`` (``suite.core.stats.Units``) in disjoint blocks of whole prompts, about ``size`` rows
+    each: one block when there are at most ``size`` rows, else ceil(n / size) blocks of prompts drawn in a seeded
+    random order (so each block is a random share of the prompts, not a run of neighbouring ones)."""
+    count = math.ceil(units.n / size)
+    if count <= 1:
+        return [np.arange(units.n)]
+    order = np.random.default_rng(seed).permutation(units.count)
+    sizes = np.bincount(units.of_value, minlength=units.count)[order]
+    block_of_unit = np.empty(units.count, dtype=np.int64)
+    block_of_unit[order] = np.minimum((np.cumsum(sizes) - sizes) * count // units.n, count - 1)
+    block_of_row = block_of_unit[units.of_value]
+    return [np.flatnonzero(block_of_row == block) for block in range(count)]
+
+
+class BlockedKernel:
+    """An MMD^2 statistic (``KernelToReference``) over disjoint blocks of generated rows, each against its own
+    share of the reference: the blocks' values averaged, weighted by their rows.
+
+    With one block this is ``KernelToReference`` on everything. With many, the unbiased (KID) estimate stays
+    unbiased while its cost falls from (n + m)^2 d to (n + m) d times the block size: KID at 30,000 images in
+    seconds, as torchmetrics and the KID paper estimate it on subsets. ``blocks`` and ``parts`` pair each block
+    of generated rows with its rows of the reference.
+    """
+
+    def __init__(self, generated, reference, blocks, parts, kernel, unbiased: bool, scale: float = 1.0):
+        self.blocks = [np.asarray(rows) for rows in blocks]
+        self.kernels = [
+            KernelToReference(generated[rows], reference[part], kernel, unbiased, scale)
+            for rows, part in zip(self.blocks, parts)
+        ]
+        self.count = len(generated)
+        self.block_of = np.empty(self.count, dtype=np.int64)
+        self.position = np.empty(self.count, dtype=np.int64)
+        for block, rows in enumerate(self.blocks):
+            self.block_of[rows], self.position[rows] = block, np.arange(len(rows))
+
+    @classmethod
+    def of(cls, generated, reference, units, kernel, unbiased: bool, scale: float = 1.0, halves: int = 1):
+        """Blocks of whole prompts (``prompt_blocks``) over ``halves`` stacked copies of the units' rows (2: two
+        paired points, a's rows then b's), the reference split into as many shares as there are blocks."""
+        blocks = prompt_blocks(units)
+        parts = [np.arange(len(reference))]
+        if len(blocks) > 1:
+            parts = np.array_split(np.random.default_rng(0).permutation(len(reference)), len(blocks))
+        shifted = [rows + half * units.n for half in range(halves) for rows in blocks]
+        return cls(generated, reference, shifted, list(parts) * halves, kernel, unbiased, scale)
+
+    def __call__(self, indices: np.ndarray) -> float:
+        indices = np.asarray(indices)
+        total, weight = 0.0, 0
+        for block, kernel in enumerate(self.kernels):
+            chosen = self.position[indices[self.block_of[indices] == block]]
+            if len(chosen) > 1:
+                total, weight = total + len(chosen) * kernel(chosen), weight + len(chosen)
+        return float(total / weight) if weight else math.nan
+
+    def weighted(self, weights: np.ndarray) -> np.ndarray:
+        """``__call__`` of many resamples given as counts per row (``KernelToReference.weighted``)."""
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        total, weight = np.zeros(len(weights)), np.zeros(len(weights))
+        for rows, kernel in zip(self.blocks, self.kernels):
+            counts = weights[:, rows]
+            sizes = counts.sum(axis=1)
+            present = sizes > 1
+            if np.any(present):
+                total[present] += sizes[present] * kernel.weighted(counts[present])
+                weight[present] += sizes[present]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / weight
+
+    def influence(self) -> np.ndarray:
+        """Each row's influence on the blocked statistic: its influence within its block (the blocks' weights are
+        their shares of the rows, so the statistic is T + (1/n) sum of these to first order)."""
+        influence = np.empty(self.count)
+        for rows, kernel in zip(self.blocks, self.kernels):
+            influence[rows] = kernel.influence()
+        return influence
 
 
 def cmmd(generated: np.ndarray, reference: np.ndarray, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:

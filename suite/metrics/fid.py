@@ -1,4 +1,4 @@
-"""FID (Heusel et al. 2017) through torchmetrics, with a bootstrap interval and FID_inf (Chong & Forsyth 2020)."""
+"""FID (Heusel et al. 2017) through torchmetrics, with an interval over prompts and FID_inf (Chong & Forsyth 2020)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,35 @@ from typing import Any
 import numpy as np
 
 from suite.core import stats
-from suite.metrics.base import GridPoint, Metric, PointRecord, comparison_row, interval_columns, paired_set_test
+from suite.core.influence import influence_interval
+from suite.metrics.base import (
+    GridPoint,
+    Metric,
+    PointRecord,
+    comparison_row,
+    interval_columns,
+    paired_influence_test,
+    paired_set_test,
+)
 from suite.metrics.distribution import FrechetToReference, fid
 
 
-def frechet_to(reference):
-    """A fast FID function of feature sets against the reference's features or its (mu, sigma) statistics."""
+def frechet_to(reference) -> FrechetToReference:
+    """A fast FID function of feature sets against the reference's features or its (mu, sigma) statistics, built
+    once per reference (its covariance's square root is the costly part at 2,048 dimensions)."""
 
-    if reference.features is not None:
-        return FrechetToReference.of(reference.features)
-    mean, covariance, _ = reference.statistics
-    return FrechetToReference(mean, covariance)
+    if "frechet" not in reference.derived:
+        if reference.features is not None:
+            reference.derived["frechet"] = FrechetToReference.of(reference.features)
+        else:
+            mean, covariance, _ = reference.statistics
+            reference.derived["frechet"] = FrechetToReference(mean, covariance)
+    return reference.derived["frechet"]
 
 
 class Fid(Metric):
     name = "fid"
-    description = "Frechet distance to the reference set (torchmetrics), bootstrap interval over prompts, FID_inf"
+    description = "Frechet distance to the reference set (torchmetrics), interval over prompts, FID_inf"
     headline = "fid"
     higher_is_better = False
     display = ".3f"
@@ -56,23 +69,32 @@ class Fid(Metric):
             "fid_rank_deficient": bool(count <= dimension),  # the generated covariance is singular: FID is biased
         }
         units = point.units
-        interval = None
+        delta = evaluation.set_interval == "delta"
+        influence = None
+        if delta and (evaluation.set_resamples or (evaluation.fid_inf and evaluation.fid_inf_resamples)):
+            with point.timed("fid: interval"):
+                influence = distance.influence(features)
         if evaluation.set_resamples:
             with point.timed("fid: interval"):
-                interval = stats.bootstrap_interval(
-                    lambda rows: distance(features[rows]), units, evaluation.set_resamples
-                )
+                if delta:
+                    interval = influence_interval(row["fid"], influence, units)
+                else:
+                    interval = stats.bootstrap_interval(
+                        lambda rows: distance(features[rows]), units, evaluation.set_resamples
+                    )
             row |= interval_columns(
                 "fid", replace(interval, method=f"FID at n = {count}, reference fixed: {interval.method}")
             )
         if evaluation.fid_inf:
             with point.timed("fid: fid_inf"):
-                row |= self._fid_inf(distance, features, units, evaluation)
+                row |= self._fid_inf(distance, features, units, evaluation, influence)
         return row, None
 
     @staticmethod
-    def _fid_inf(distance, features: np.ndarray, units, evaluation) -> dict[str, Any]:
-        """FID extrapolated to infinitely many images, and its interval where the settings ask for one."""
+    def _fid_inf(distance, features: np.ndarray, units, evaluation, influence: np.ndarray | None) -> dict[str, Any]:
+        """FID extrapolated to infinitely many images, and its interval where the settings ask for one: by the delta
+        method, FID's influences (FID_inf moves with the sample as FID does, to first order) plus the fit's own
+        standard error; or by refitting on each bootstrap resample."""
         count, dimension = features.shape
         extrapolated = stats.fid_infinity(lambda rows: distance(features[rows]), count, dimension)
         row = {
@@ -82,7 +104,11 @@ class Fid(Metric):
             "fid_inf_sizes": " ".join(str(size) for size in extrapolated.sizes),
             "fid_inf_refused": extrapolated.refused,
         }
-        if evaluation.fid_inf_resamples and not extrapolated.refused:
+        if evaluation.fid_inf_resamples and not extrapolated.refused and influence is not None:
+            spread = influence_interval(extrapolated.value, influence, units, extrapolated.intercept_error**2)
+            method = f"{spread.method}; plus the fit's standard error {extrapolated.intercept_error:.3g}"
+            row |= interval_columns("fid_inf", replace(spread, method=method))
+        elif evaluation.fid_inf_resamples and not extrapolated.refused:
             spread = stats.fid_infinity_interval(
                 lambda rows: distance(features[rows]),
                 units,
@@ -96,7 +122,12 @@ class Fid(Metric):
     def compare(self, a: PointRecord, b: PointRecord) -> list[dict[str, Any]]:
         network = a.row["features"]
         distance = frechet_to(a.reference(network))
-        test = paired_set_test(a, b, network, lambda features: lambda rows: distance(features[rows]))
+        if a.set_interval == "delta":
+            test = paired_influence_test(
+                a, b, network, lambda features, units: (distance(features), distance.influence(features))
+            )
+        else:
+            test = paired_set_test(a, b, network, lambda features, units: lambda rows: distance(features[rows]))
         comparable = not (a.row.get("fid_rank_deficient", False) or b.row.get("fid_rank_deficient", False))
         return [
             comparison_row("fid", a.row["fid"], b.row["fid"], test, self.higher_is_better) | {"comparable": comparable}

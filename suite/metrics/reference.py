@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class ReferenceFeatures:
     description: dict[str, Any]
     features: np.ndarray | None = None
     statistics: tuple[np.ndarray, np.ndarray, int] | None = None
+    # what metrics derive from the set once per run (FID's square root of its covariance)
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def count(self) -> int:

@@ -4,7 +4,7 @@ comparison baseline and the local models of GenEval, PickScore and HPS v2."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
@@ -73,6 +73,9 @@ class Evaluation(Frozen):
     clip_model: str = "openai-vit-l-14"  # CLIP score
     reference: ReferenceSpec | None = None
     set_resamples: int = Field(default=1000, ge=0, strict=True)  # bootstrap of FID / KID / CMMD; 0: no interval
+    # how FID / KID / CMMD (and FID_inf) get their intervals and comparisons: the delta method (influence functions
+    # summed per prompt: one pass) or the bootstrap over prompts (``set_resamples`` / ``fid_inf_resamples``)
+    set_interval: Literal["delta", "bootstrap"] = "delta"
     fid_inf: bool = Field(default=True, strict=True)  # FID extrapolated to infinitely many images
     fid_inf_resamples: int = Field(default=200, ge=0, strict=True)  # FID_inf's interval, refitted per resample
     baseline: BaselineSpec | None = None  # suite compare's within-preset baseline; default: the most expensive point

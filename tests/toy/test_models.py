@@ -24,7 +24,9 @@ def test_shipped_weights_are_safetensors_under_100_mb_with_their_training_budget
     files = list(TOY_WEIGHTS.rglob("*"))
     weights = [path for path in files if path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     assert weights and all(path.suffix == ".safetensors" for path in weights)
-    assert sum(path.stat().st_size for path in weights) < 100e6  # toy presets, the ablation cells and replicates, toy CLIP
+    assert (
+        sum(path.stat().st_size for path in weights) < 100e6
+    )  # toy presets, the ablation cells and replicates, toy CLIP
     training = json.loads((TOY_WEIGHTS / "training.json").read_text())
     assert set(training) == {"vae", "latent", "clip", "base", "super_resolution"}
     for summary in training.values():
