@@ -71,32 +71,31 @@ class Fid(Metric):
         units = point.units
         delta = evaluation.set_interval == "delta"
         influence = None
+        of_rows = distance.rows_of(features)  # the features times the reference's root, once for every FID below
         if delta and (evaluation.set_resamples or (evaluation.fid_inf and evaluation.fid_inf_resamples)):
             with point.timed("fid: interval"):
-                influence = distance.influence(features)
+                influence = of_rows.influence()
         if evaluation.set_resamples:
             with point.timed("fid: interval"):
                 if delta:
                     interval = influence_interval(row["fid"], influence, units)
                 else:
-                    interval = stats.bootstrap_interval(
-                        lambda rows: distance(features[rows]), units, evaluation.set_resamples
-                    )
+                    interval = stats.bootstrap_interval(of_rows, units, evaluation.set_resamples)
             row |= interval_columns(
                 "fid", replace(interval, method=f"FID at n = {count}, reference fixed: {interval.method}")
             )
         if evaluation.fid_inf:
             with point.timed("fid: fid_inf"):
-                row |= self._fid_inf(distance, features, units, evaluation, influence)
+                row |= self._fid_inf(of_rows, features, units, evaluation, influence)
         return row, None
 
     @staticmethod
-    def _fid_inf(distance, features: np.ndarray, units, evaluation, influence: np.ndarray | None) -> dict[str, Any]:
+    def _fid_inf(of_rows, features: np.ndarray, units, evaluation, influence: np.ndarray | None) -> dict[str, Any]:
         """FID extrapolated to infinitely many images, and its interval where the settings ask for one: by the delta
         method, FID's influences (FID_inf moves with the sample as FID does, to first order) plus the fit's own
         standard error; or by refitting on each bootstrap resample."""
         count, dimension = features.shape
-        extrapolated = stats.fid_infinity(lambda rows: distance(features[rows]), count, dimension)
+        extrapolated = stats.fid_infinity(of_rows, count, dimension)
         row = {
             "fid_inf": extrapolated.value,
             "fid_inf_slope": extrapolated.slope,
@@ -110,7 +109,7 @@ class Fid(Metric):
             row |= interval_columns("fid_inf", replace(spread, method=method))
         elif evaluation.fid_inf_resamples and not extrapolated.refused:
             spread = stats.fid_infinity_interval(
-                lambda rows: distance(features[rows]),
+                of_rows,
                 units,
                 dimension,
                 extrapolated.value,
@@ -124,11 +123,16 @@ class Fid(Metric):
         distance = frechet_to(a.reference(network))
         if a.set_interval == "delta":
             test = paired_influence_test(
-                a, b, network, lambda features, units: (distance(features), distance.influence(features))
+                a, b, network, lambda features, units: _value_and_influence(distance, features)
             )
         else:
-            test = paired_set_test(a, b, network, lambda features, units: lambda rows: distance(features[rows]))
+            test = paired_set_test(a, b, network, lambda features, units: distance.rows_of(features))
         comparable = not (a.row.get("fid_rank_deficient", False) or b.row.get("fid_rank_deficient", False))
         return [
             comparison_row("fid", a.row["fid"], b.row["fid"], test, self.higher_is_better) | {"comparable": comparable}
         ]
+
+
+def _value_and_influence(distance: FrechetToReference, features: np.ndarray) -> tuple[float, np.ndarray]:
+    of_rows = distance.rows_of(features)
+    return of_rows(np.arange(len(features))), of_rows.influence()
