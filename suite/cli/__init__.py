@@ -1,6 +1,6 @@
 """Command line: parses arguments and calls library functions. Bad input: one line, exit code 2.
 
-The top layer: may import every sub-package; nothing imports it but ``suite.__main__``.
+The top layer: may import every sub-package; nothing imports it but ``suite.__main__`` and ``suite.api``.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from suite.toy.train import train_ablation, train_toy
 DEFAULT_SWEEP = "experiments/toy.yaml"
 
 
-def _default_sweep() -> Path:
+def default_sweep() -> Path:
     """experiments/toy.yaml in the working directory, else in the source checkout of this package."""
     local = Path(DEFAULT_SWEEP)
     if local.is_file():
@@ -72,7 +72,7 @@ def _model_dirs(pairs: list[str]) -> dict[str, Path]:
 
 def command_sweep(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    resolved = load_sweep(Path(args.config) if args.config else _default_sweep())
+    resolved = load_sweep(Path(args.config) if args.config else default_sweep())
     place = topology(args.shard)
     rank, world_size = place.rank, place.world_size
     if resolved.sweep.metrics:
