@@ -18,6 +18,7 @@ import pandas as pd
 from suite.analysis.compare import COMPARISONS
 from suite.cli import build_parser
 from suite.cli.handlers import default_sweep
+from suite.core.errors import UserError
 from suite.run.config import load_sweep
 from suite.run.folder import read_run as read_run_folder
 
@@ -102,4 +103,7 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
 def _command(argv: list[str]) -> int:
     """One command's handler on its parsed arguments: the command line's behaviour, errors raised, not printed."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    code = args.handler(args)
+    if code:
+        raise UserError(f"suite {' '.join(argv)} ended with exit code {code}")
+    return code

@@ -266,10 +266,11 @@ class BlockedKernel:
     @classmethod
     def of(cls, generated, reference, units, kernel, unbiased: bool, scale: float = 1.0, halves: int = 1):
         """Blocks of whole prompts (``prompt_blocks``) over ``halves`` stacked copies of the units' rows (2: two
-        paired points, a's rows then b's), the reference split into as many shares as there are blocks."""
+        paired points, a's rows then b's), the reference split into as many shares as there are blocks where each
+        share still holds a block's worth of images; a smaller reference is whole in every block."""
         blocks = prompt_blocks(units)
-        parts = [np.arange(len(reference))]
-        if len(blocks) > 1:
+        parts = [np.arange(len(reference))] * len(blocks)
+        if len(blocks) > 1 and len(reference) >= len(blocks) * KID_BLOCK:
             parts = np.array_split(np.random.default_rng(0).permutation(len(reference)), len(blocks))
         shifted = [rows + half * units.n for half in range(halves) for rows in blocks]
         return cls(generated, reference, shifted, list(parts) * halves, kernel, unbiased, scale)
@@ -298,11 +299,13 @@ class BlockedKernel:
             return total / weight
 
     def influence(self) -> np.ndarray:
-        """Each row's influence on the blocked statistic: its influence within its block (the blocks' weights are
-        their shares of the rows, so the statistic is T + (1/n) sum of these to first order)."""
+        """Each row's influence on the blocked statistic: its influence within its block, plus its block's value less
+        the statistic (a row's weight moves its block's share of the statistic too), so the statistic is
+        T + (1/n) sum of these to first order."""
         influence = np.empty(self.count)
+        overall = self(np.arange(self.count))
         for rows, kernel in zip(self.blocks, self.kernels):
-            influence[rows] = kernel.influence()
+            influence[rows] = kernel.influence() + kernel(np.arange(len(rows))) - overall
         return influence
 
 

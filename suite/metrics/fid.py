@@ -105,7 +105,10 @@ class Fid(Metric):
         }
         if evaluation.fid_inf_resamples and not extrapolated.refused and influence is not None:
             spread = influence_interval(extrapolated.value, influence, units, extrapolated.intercept_error**2)
-            method = f"{spread.method}; plus the fit's standard error {extrapolated.intercept_error:.3g}"
+            method = (
+                f"{spread.method}; plus the fit's standard error {extrapolated.intercept_error:.3g} "
+                "(from 5 subset sizes, 3 df: an approximation where it dominates)"
+            )
             row |= interval_columns("fid_inf", replace(spread, method=method))
         elif evaluation.fid_inf_resamples and not extrapolated.refused:
             spread = stats.fid_infinity_interval(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -128,3 +130,21 @@ def test_suite_compare_reproduces_the_table_from_the_folder_alone(compared):
     before = (run / "comparisons.csv").read_bytes()
     assert main(["compare", str(run), "--quiet", "--device", "cpu"]) == 0
     assert (run / "comparisons.csv").read_bytes() == before
+
+
+def test_set_metrics_compare_by_the_bootstrap_too_with_the_same_differences(compared):
+    """``set_interval: bootstrap`` keeps the old paired bootstrap: the same differences as the delta method's, each
+    inside its own interval, from resamples (p resolution 1/B) rather than from t."""
+    run, _ = compared
+    folder = read_run(run)
+    records = list(load_records(folder, EvaluateOptions(device="cpu", progress=False)).values())
+    a, b = records[0], records[-1]
+    delta = compare_points(a, b, ["fid", "kid", "cmmd"])
+    bootstrap = compare_points(replace(a, set_interval="bootstrap", set_resamples=200), b, ["fid", "kid", "cmmd"])
+    assert [row["metric"] for row in delta] == [row["metric"] for row in bootstrap] == ["fid", "kid_mean", "cmmd"]
+    for by_delta, by_bootstrap in zip(delta, bootstrap):
+        assert by_bootstrap["difference"] == pytest.approx(by_delta["difference"], rel=1e-9, abs=1e-12)
+        assert "delta method" in by_delta["test"] and "bootstrap" in by_bootstrap["test"]
+        assert by_bootstrap["p_resolution"] == pytest.approx(2 / 201) and by_delta["p_resolution"] == 0
+        for row in (by_delta, by_bootstrap):
+            assert row["difference_ci95_low"] <= row["difference"] <= row["difference_ci95_high"]

@@ -38,7 +38,7 @@ def test_the_readme_example_runs_and_returns_the_run_tables(tmp_path, monkeypatc
     assert tables.metrics["fid"].tolist() == pytest.approx(metrics["fid"].tolist())
     assert len(tables.comparisons) == len(pd.read_csv(run / "comparisons.csv"))
     assert len(tables.images) == len(pd.read_csv(run / "samples.csv"))
-    # the other calls read a finished run back without computing anything new
+    # the other calls on a finished run give back the same numbers
     assert suite.evaluate_run(run, device="cpu")["fid"].tolist() == tables.metrics["fid"].tolist()
     assert len(suite.compare_run(run, device="cpu")) == len(tables.comparisons)
 

@@ -123,7 +123,7 @@ def test_paired_delta_test_agrees_with_the_paired_bootstrap(reference):
     both significant; and no difference between a point and itself."""
     distance = FrechetToReference.of(reference)
     a, units = clustered(3)
-    b = a + 0.25
+    b = 1.2 * a + 0.25 + 0.3 * np.random.default_rng(9).standard_normal(a.shape)  # another mean and covariance
     delta = paired.influence_difference_test(
         distance(a), distance(b), distance.influence(a), distance.influence(b), units
     )
@@ -151,7 +151,7 @@ def test_kid_blocks_hold_whole_prompts_and_one_block_is_the_whole_set(reference)
     assert blocked(np.arange(len(few))) == pytest.approx(whole(np.arange(len(few))), rel=1e-12)
 
 
-@pytest.mark.slow  # about 100 s: 24 draws of 264 toy images, each with its bootstrap
+@pytest.mark.slow  # about 35 s: 24 draws of 264 toy images, each with its bootstrap
 def test_on_toy_world_features_the_delta_interval_is_the_spread_over_new_prompts_and_seeds():
     """On a toy run's scale (44 prompts x 6 seeds, the toy CLIP's 128 features, n about 2d), drawn 24 times with new
     prompts and seeds: the delta interval's standard error is within 0.7-1.6x the statistics' actual spread over
@@ -193,3 +193,22 @@ def test_on_toy_world_features_the_delta_interval_is_the_spread_over_new_prompts
         assert covered >= 0.85, (name, covered)
         widths = [(delta.high - delta.low) / (bootstrap.high - bootstrap.low) for _, delta, bootstrap in draws]
         assert np.median(widths) <= 1.05, (name, np.median(widths))
+
+
+def test_blocked_kid_influence_is_its_derivative_and_a_small_reference_is_whole_in_every_block(reference):
+    """Past 1,000 images KID is a mean over blocks of prompts: its influences are still its derivatives; a reference
+    too small to split (800 images for two blocks) serves every block whole."""
+    features, units = clustered(6, prompts=500, seeds=3)
+    blocked = BlockedKernel.of(features, reference, units, polynomial_kernel, unbiased=True)
+    assert len(blocked.kernels) == 2
+    assert all(len(kernel.cross_mean) > 700 for kernel in blocked.kernels)
+    influence, step, count = blocked.influence(), 1e-4, len(features)
+    for image in (0, 700, 1400):
+        weights = np.ones((1, count))
+        more = weights.copy()
+        more[0, image] += step * count
+        derivative = float((blocked.weighted(more) - blocked.weighted(weights))[0]) / step
+        assert influence[image] == pytest.approx(derivative, rel=0.05, abs=0.02 * np.abs(influence).mean())
+    large = np.random.default_rng(8).standard_normal((2000, DIMENSION))
+    split = BlockedKernel.of(features, large, units, polynomial_kernel, unbiased=True)
+    assert np.isfinite(split(np.arange(count)))

@@ -108,7 +108,7 @@ class PairedCells:
 
 def cell_table(config: AblationConfig, paired: PairedCells, metrics: pd.DataFrame) -> pd.DataFrame:
     """Each measure of each cell with its 95% interval over prompts: BCa bootstrap of per-image means
-    (``stats.mean_interval``), and FID's bootstrap interval from the evaluation; ``n`` images, ``n_prompts`` prompts."""
+    (``stats.mean_interval``), and FID's interval from the evaluation (its method in ``value_interval``); ``n`` images, ``n_prompts`` prompts."""
     rows = []
     for preset in paired.cells:
         point = metrics[metrics["preset"] == preset].iloc[0]
