@@ -144,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="with --ablation: training runs per cell, the first N of training seeds 6, 7, 8 (default 3)",
     )
+    train.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="with --ablation: train every run again (default: runs already in --out are reused, only missing ones train)",
+    )
+    train.add_argument(
+        "--runs",
+        action="append",
+        metavar="RUN",
+        help="with --ablation: train only this run now (repeatable, e.g. latent-clip-seed8); the others already "
+        "finished are assembled, so training can be split across sessions or machines",
+    )
     train.set_defaults(handler=handlers.command_train)
 
     claims = commands.add_parser(

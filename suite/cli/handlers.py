@@ -46,7 +46,7 @@ from suite.run.preflight import check_evaluation, check_point_steps
 from suite.run.resume import check_run, elect_evaluator, evaluation_finished
 from suite.run.runner import run_sweep
 from suite.run.topology import device_for, topology
-from suite.toy.recipes import ABLATION_SEEDS
+from suite.toy.recipes import ABLATION_SEEDS, ablation_tracks
 from suite.toy.train import train_ablation, train_toy
 
 DEFAULT_SWEEP = "experiments/toy.yaml"
@@ -330,11 +330,18 @@ def command_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"--seeds must be 1 to {len(ABLATION_SEEDS)} (training seeds {ABLATION_SEEDS}), got {args.seeds}"
         )
+    if (args.runs or args.from_scratch) and not args.ablation:
+        raise UserError("--runs and --from-scratch go with --ablation")
+    runs = tuple(args.runs or ())
+    known = [name for track in ablation_tracks(args.seeds) for name in track]
+    unknown = [name for name in runs if name not in known]
+    if unknown:
+        raise UserError(f"--runs {', '.join(unknown)}: not a run of the first {args.seeds} seeds ({', '.join(known)})")
     out = Path(args.out) if args.out else TOY_WEIGHTS / "ablation" if args.ablation else TOY_WEIGHTS
     ensure_writable(work)
     ensure_writable(out)
     if args.ablation:
-        train_ablation(work, out, args.jobs, args.seeds)
+        train_ablation(work, out, args.jobs, args.seeds, reuse=not args.from_scratch, runs=runs)
     else:
         train_toy(work, out, args.jobs)
     print(f"toy models written to {out} (training state in {work})")

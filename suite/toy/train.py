@@ -271,16 +271,19 @@ def shared_part_budgets(shipped: Path = TOY_WEIGHTS) -> dict:
     return budgets
 
 
-def assemble_ablation(work: Path, out: Path, seeds: int = 3) -> None:
-    """Lay the cells' training runs out as ``out/<run>/`` (shared VAE and SR stay where they ship) + training.json.
+def assemble_ablation(work: Path, out: Path, seeds: int = 3) -> list[str]:
+    """Lay the cells' finished training runs out as ``out/<run>/`` (shared VAE and SR stay where they ship) + training.json.
 
     Snapshots (the compute-matched pixel runs) are laid out as ``out/<run>-step<step>/`` with their own entry.
+    Runs of the first ``seeds`` seeds that have not finished in ``work`` are left out; their names are returned.
     """
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     summaries = {}
-    for name in [name for track in ablation_tracks(seeds) for name in track]:
+    names = [name for track in ablation_tracks(seeds) for name in track]
+    missing = [name for name in names if not (work / name / "summary.json").is_file()]
+    for name in [name for name in names if name not in missing]:
         shutil.copytree(work / name / "final", staging / name)
         summary = json.loads((work / name / "summary.json").read_text())
         summaries[name] = summary
@@ -299,6 +302,7 @@ def assemble_ablation(work: Path, out: Path, seeds: int = 3) -> None:
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
+    return missing
 
 
 def _run_order(name: str) -> tuple[int, str]:
@@ -306,7 +310,59 @@ def _run_order(name: str) -> tuple[int, str]:
     return (recipe.seed if recipe else 99, name)
 
 
-def train_ablation(work: Path, out: Path, jobs: int = 2, seeds: int = 3) -> None:
-    """Train the 2x2 ablation's cells to one budget, ``seeds`` training runs each (two balanced tracks), then assemble."""
-    _run_tracks(ablation_tracks(seeds), work, jobs)
-    assemble_ablation(work, out, seeds)
+def restore_shipped_runs(work: Path, out: Path, names: list[str]) -> list[str]:
+    """Put runs already assembled in ``out`` back into ``work`` as finished, so only missing runs train.
+
+    A finished run in ``work`` is its ``final`` folder, its snapshots and its ``summary.json`` (written last, so a
+    restore cut short is redone). ``training.json`` in ``out`` holds each run's summary as training wrote it.
+    """
+    shipped_path = out / "training.json"
+    shipped = json.loads(shipped_path.read_text()) if shipped_path.is_file() else {}
+    restored = []
+    for name in names:
+        folder = work / name
+        if (folder / "summary.json").is_file() or name not in shipped or not (out / name).is_dir():
+            continue
+        summary = shipped[name]
+        snapshots = {int(step): out / snapshot_name(name, int(step)) for step in summary.get("snapshots", {})}
+        if not all(source.is_dir() for source in snapshots.values()):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder / "final", ignore_errors=True)
+        shutil.copytree(out / name, folder / "final")
+        for step, source in snapshots.items():
+            shutil.rmtree(folder / f"snapshot-{step}", ignore_errors=True)
+            shutil.copytree(source, folder / f"snapshot-{step}")
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        restored.append(name)
+    return restored
+
+
+def train_ablation(
+    work: Path,
+    out: Path,
+    jobs: int = 2,
+    seeds: int = 3,
+    reuse: bool = True,
+    runs: tuple[str, ...] = (),
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Train the 2x2 ablation's cells to one budget, ``seeds`` training runs each (two balanced tracks), then assemble.
+
+    With ``reuse`` the runs already in ``out`` are taken as trained (they were built by this same code, and their
+    summaries say how), so adding a seed trains only that seed's runs; ``reuse=False`` trains every run again.
+    ``runs`` names a subset to train now (training split across sessions or machines); the assembly then holds the
+    runs finished so far, and the names still missing are returned.
+    """
+    tracks = ablation_tracks(seeds)
+    if reuse:
+        restored = restore_shipped_runs(work, out, [name for track in tracks for name in track])
+        if restored:
+            log(f"reusing {len(restored)} trained runs from {out}: {', '.join(restored)}")
+    if runs:
+        tracks = tuple(track for track in (tuple(name for name in track if name in runs) for track in tracks) if track)
+    _run_tracks(tracks, work, jobs)
+    missing = assemble_ablation(work, out, seeds)
+    if missing:
+        log(f"not trained yet (left out of {out}): {', '.join(missing)}")
+    return missing

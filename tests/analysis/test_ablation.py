@@ -482,3 +482,26 @@ def test_a_replicated_ablation_measures_effects_over_runs_end_to_end(tmp_path, m
     assert b"Effects over training runs" in first and b"matched training FLOPs" in first
     assert main(["ablation", str(path), "--out", str(out), "--report-only"]) == 0
     assert (out / "report" / "report.md").read_bytes() == first
+
+
+def test_adding_a_seed_reuses_the_shipped_runs_and_assembles_what_has_finished(tmp_path):
+    """`suite train toy --ablation --runs R` with runs already shipped: nothing shipped trains again, the assembly
+    keeps every shipped run and its training.json entry as it was, and the seed's unfinished runs are named."""
+    shipped = TOY_WEIGHTS / "ablation"
+    out = tmp_path / "ablation"
+    shutil.copytree(shipped, out)
+    lines = []
+    missing = train.train_ablation(tmp_path / "work", out, jobs=1, seeds=3, runs=("latent-clip",), log=lines.append)
+    assert missing == [name for track in train.ablation_tracks(3) for name in track if name.endswith("seed8")]
+    assert lines[0].startswith("reusing 8 trained runs") and "not trained yet" in lines[1]
+    assert json.loads((out / "training.json").read_text()) == json.loads((shipped / "training.json").read_text())
+    for path in sorted(shipped.rglob("*.safetensors")):
+        assert (out / path.relative_to(shipped)).read_bytes() == path.read_bytes(), path
+    assert not any(path.name == "checkpoint.pt" for path in (tmp_path / "work").rglob("*"))
+
+
+def test_train_refuses_an_unknown_run_in_one_line(tmp_path, capsys):
+    code = main(["train", "toy", "--ablation", "--runs", "latent-clip-seed9", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "latent-clip-seed9" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
