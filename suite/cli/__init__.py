@@ -17,6 +17,7 @@ import transformers
 from suite.cli import handlers
 from suite.core.errors import UserError
 from suite.model.devices import DTYPES
+from suite.run.config import TRACKERS
 
 EXIT_USAGE = 2
 
@@ -28,7 +29,19 @@ def _evaluation_command(commands, name: str, help_text: str) -> argparse.Argumen
     command.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     command.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
+    _report_to(command)
     return command
+
+
+def _report_to(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--report-to",
+        action="append",
+        default=[],
+        choices=TRACKERS,
+        help="also log to this experiment tracker (repeatable; local and offline, under RUN/tracking/; "
+        "needs pip install 'diffusion-suite[tracking]', or [wandb])",
+    )
 
 
 def _device_and_dtype(command: argparse.ArgumentParser) -> None:
@@ -72,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--channels-last", action="store_true", help="channels-last memory format for UNets and VAEs")
     sweep.add_argument("--inception-weights", metavar="PATH", help="InceptionV3 FID weights (torch-fidelity's .pth)")
+    _report_to(sweep)
     sweep.set_defaults(handler=handlers.command_sweep)
 
     evaluate = _evaluation_command(commands, "evaluate", "(re)compute a finished run's metrics from its folder alone")

@@ -39,6 +39,8 @@ from suite.model.samplers import SAMPLERS
 from suite.prompts.coco import sample_coco
 from suite.prompts.sets import PROMPT_SETS, check_filters, filtered_prompts, read_prompt_file
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers a run can log to (suite.analysis.tracking)
+
 
 class StageOverride(Frozen):
     """Fixed values for one stage of a preset, replacing what the grid or preset would give it."""
@@ -125,6 +127,15 @@ class Sweep(Frozen):
     stages: dict[str, dict[str, StageOverride]] = Field(default_factory=dict)
     metrics: tuple[str, ...] = ()
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    tracking: tuple[str, ...] = ()  # experiment trackers to log to; where results go, not what they are: not hashed
+
+    @field_validator("tracking")
+    @classmethod
+    def _known_trackers(cls, values):
+        unknown = [value for value in values if value not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown trackers {unknown}; known: {list(TRACKERS)}")
+        return tuple(dict.fromkeys(values))
 
     @field_validator("presets", "samplers", "metrics")
     @classmethod
@@ -234,6 +245,7 @@ class ResolvedSweep(Frozen):
         data = self.sweep.model_dump(mode="json")
         data["prompts"] = {"list": list(self.prompt_texts)}
         data["evaluation"] = without_unset_added_keys(data["evaluation"])
+        data.pop("tracking")  # where results are logged does not change the run (nor its config hash)
         return data
 
     def config_hash(self) -> str:

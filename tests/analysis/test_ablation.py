@@ -501,7 +501,19 @@ def test_adding_a_seed_reuses_the_shipped_runs_and_assembles_what_has_finished(t
 
 
 def test_train_refuses_an_unknown_run_in_one_line(tmp_path, capsys):
-    code = main(["train", "toy", "--ablation", "--runs", "latent-clip-seed9", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "train",
+            "toy",
+            "--ablation",
+            "--runs",
+            "latent-clip-seed9",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "latent-clip-seed9" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -99,6 +99,17 @@ def families_side_by_side(
     return _labelled(cells, [f"prompt {index}" for index in prompt_indices], presets)
 
 
+def point_grid(run: Path, rows: pd.DataFrame, prompts: int = 4, seeds: int = 4) -> Image.Image:
+    """One grid point's images: rows = its first ``prompts`` prompts (labelled by index), columns = seeds."""
+    indices = sorted(rows["prompt_index"].unique())[:prompts]
+    seed_indices = sorted(rows["seed_index"].unique())[:seeds]
+    cells = [
+        [_path(run, rows[(rows.prompt_index == index) & (rows.seed_index == seed)]) for seed in seed_indices]
+        for index in indices
+    ]
+    return _labelled(cells, [f"p{index}" for index in indices], [f"seed {seed}" for seed in seed_indices])
+
+
 def headline_point(samples: pd.DataFrame, metrics: pd.DataFrame | None, guidance: float) -> tuple[str, int]:
     """The (sampler, steps) the side-by-side grid shows: at ``guidance``, the point whose worse family is best
     by the run's first quality metric, so a configuration where one family fails is never the headline.
