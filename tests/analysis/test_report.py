@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from suite.analysis.report.interactive import library_script
 from suite.cli import main
 
 PROMPTS = ["<script>alert('x')</script> a blue square", "a red circle", "a green triangle above a red circle"]
@@ -65,14 +67,28 @@ def test_sweep_builds_the_report_and_rebuilding_it_gives_the_same_bytes(finished
 
 def test_html_is_self_contained_and_escapes_prompts(finished_run):
     page = (finished_run / "report" / "index.html").read_text()
-    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
-    sources = re.findall(r'src="([^"]+)"', page)
+    # the page's only scripts: Bokeh's library, inlined once, and per interactive plot its JSON and one call
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.DOTALL)
+    assert scripts[0] == ("", library_script())
+    plots = scripts[1:]
+    assert len(plots) == 4 and [kind for kind, _ in plots] == [
+        ' type="application/json" id="quality_vs_cost-data"',
+        "",
+        ' type="application/json" id="quality_vs_guidance-data"',
+        "",
+    ]
+    for _, data in plots[0::2]:
+        assert json.loads(data)["doc"]["roots"] and "</" not in data
+    assert all(code.startswith("Bokeh.embed.embed_item(JSON.parse(") for _, code in plots[1::2])
+    outside = re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.DOTALL)
+    assert "<script" not in outside and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in outside
+    sources = re.findall(r'src="([^"]+)"', outside)
     assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
-    assert "http://" not in page and "https://" not in page.replace("https://github.com", "")
+    assert "http://" not in outside and "https://" not in outside.replace("https://github.com", "")
     markdown = (finished_run / "report" / "report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (finished_run / "report" / link).is_file()
-    assert len(sources) == len(re.findall(r"!\[", markdown))
+    assert len(sources) == len(re.findall(r"!\[", markdown)) - 2  # the two interactive plots: PNG in markdown only
 
 
 def test_tables_hold_one_row_per_grid_point_and_the_stage_times(finished_run):

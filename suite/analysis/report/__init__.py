@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from suite.analysis.compare import COMPARISONS, load_records, point_key
-from suite.analysis.report import grids, plots, tables
-from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
+from suite.analysis.report import grids, interactive, plots, tables
+from suite.analysis.report.render import Figure, Interactive, Section, Table, Text, to_html, to_markdown
 from suite.core.files import atomic_write_text
 from suite.core.stats import ALPHA
 from suite.metrics import METRICS
@@ -168,7 +168,7 @@ def build_sections(run: Path, folder: Path) -> list[Section]:
     ]
     stage_times = tables.time_per_stage(samples)
     plot_folder = folder / "plots"
-    figures = []
+    figures, interactive_plots = [], []
     if metrics is not None:
         summary = tables.metrics_summary(metrics)
         budgets = tables.best_at_budgets(metrics, _budget_test(run_folder))
@@ -183,6 +183,15 @@ def build_sections(run: Path, folder: Path) -> list[Section]:
                     [Text(BUDGETS_NOTE), Table(budgets, _formats())],
                 )
             )
+        for name, static, drawn in (
+            ("quality_vs_cost", plots.quality_vs_cost, interactive.quality_vs_cost),
+            ("quality_vs_guidance", plots.quality_vs_guidance, interactive.quality_vs_guidance),
+        ):
+            png = [path for path in static(metrics, plot_folder) if path.suffix == ".png"]
+            item = drawn(run, samples, metrics) if png else None
+            if item is not None:
+                caption = f"{name.replace('_', ' ')} (hover a point for its numbers and first image)"
+                interactive_plots.append(Interactive(name, item, Figure(png[0].relative_to(folder), caption)))
         figures += plots.quality_vs_clip(metrics, plot_folder) + plots.quality_vs_steps(metrics, plot_folder)
         figures += plots.seconds_vs_steps(metrics, plot_folder)
     _write_csv(stage_times, folder / "tables" / "time_per_stage.csv")
@@ -199,7 +208,8 @@ def build_sections(run: Path, folder: Path) -> list[Section]:
     sections.append(
         Section(
             "Plots",
-            [
+            interactive_plots
+            + [
                 Figure(path.relative_to(folder), path.stem.replace("_", " "))
                 for path in figures
                 if path.suffix == ".png"

@@ -23,7 +23,7 @@ class Grid:
     path: Path
 
 
-def _thumbnail(path: Path) -> Image.Image:
+def thumbnail(path: Path) -> Image.Image:
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB")
@@ -48,7 +48,7 @@ def _labelled(cells: list[list[Path | None]], row_labels: list[str], column_labe
         draw.text((4, LABEL + row * CELL + CELL // 2 - 6), label, fill=INK, font=font)
         for column, path in enumerate(cells[row]):
             if path is not None:
-                canvas.paste(_thumbnail(path), (margin + column * CELL, LABEL + row * CELL))
+                canvas.paste(thumbnail(path), (margin + column * CELL, LABEL + row * CELL))
     return canvas
 
 

@@ -146,3 +146,56 @@ def time_per_stage_bars(stage_times: pd.DataFrame, folder: Path) -> list[Path]:
     axes.set(ylabel="seconds per image (median, 95% CI)", title="where the time goes, per preset")
     axes.legend(fontsize=7)
     return _save(figure, folder, "time_per_stage")
+
+
+def _quality_lines(metrics: pd.DataFrame, x: str, x_label: str, title: str, name: str, folder: Path) -> list[Path]:
+    """The static twin of an interactive plot: quality (95% CI) against ``x``, one line per preset x sampler."""
+    chosen = quality_column(metrics)
+    if chosen is None:
+        return []
+    column = chosen[0]
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for (preset, sampler), group in metrics.groupby(["preset", "sampler"], sort=False):
+        group = group[group[column].notna() & group[x].notna()].sort_values(x)
+        if group.empty:
+            continue
+        x_error = _error(group, x) if x == "seconds_per_image_median" else None
+        axes.errorbar(
+            group[x],
+            group[column],
+            xerr=x_error,
+            yerr=_error(group, column),
+            marker="o",
+            capsize=2,
+            label=f"{preset} / {sampler}",
+        )
+    if x == "seconds_per_image_median":
+        axes.set_xscale("log")
+    axes.set(xlabel=x_label, ylabel=f"{column} (95% CI)", title=title)
+    axes.legend(fontsize=7)
+    return _save(figure, folder, name)
+
+
+def quality_vs_cost(metrics: pd.DataFrame, folder: Path) -> list[Path]:
+    """Quality against measured seconds per image, every grid point (the interactive report's first plot)."""
+    return _quality_lines(
+        metrics,
+        "seconds_per_image_median",
+        "seconds per image (median, 95% CI, log)",
+        "quality against cost, every grid point",
+        "quality_vs_cost",
+        folder,
+    )
+
+
+def quality_vs_guidance(metrics: pd.DataFrame, folder: Path) -> list[Path]:
+    """Quality against guidance at the largest step count (the interactive report's second plot)."""
+    steps = metrics["num_inference_steps"].max()
+    return _quality_lines(
+        metrics[metrics["num_inference_steps"] == steps],
+        "guidance_scale",
+        f"guidance scale ({steps} steps)",
+        f"quality against guidance ({steps} steps)",
+        "quality_vs_guidance",
+        folder,
+    )

@@ -2,7 +2,9 @@
 
 A report is a list of sections made of three kinds of block (text, table, figure), rendered
 to ``report.md`` (figures as relative links) and to ``index.html`` (figures embedded as data
-URIs, every string HTML-escaped), so the page opens from disk with no server or network.
+URIs, every string HTML-escaped), so the page opens from disk with no server or network. An
+interactive plot is drawn by Bokeh's inlined JavaScript in the page and shown as its static PNG
+in the markdown.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from suite.analysis.report.interactive import embed, library_script
 from suite.core.formatting import html_table, markdown_table
 
 
@@ -33,6 +36,15 @@ class Table:
 class Figure:
     path: Path  # inside the report folder
     caption: str
+
+
+@dataclass(frozen=True)
+class Interactive:
+    """A plot the HTML page draws interactively (a Bokeh JSON item) and the markdown shows as ``static``."""
+
+    name: str
+    item: dict
+    static: Figure
 
 
 @dataclass
@@ -59,6 +71,7 @@ def to_markdown(title: str, sections: list[Section]) -> str:
             elif isinstance(block, Table):
                 parts.append(markdown_table(block.frame, block.formats))
             else:
+                block = block.static if isinstance(block, Interactive) else block
                 caption = markdown_inline(block.caption)
                 parts.append(f"![{caption}]({block.path.as_posix()})\n\n*{caption}*\n")
     return "\n".join(parts)
@@ -75,6 +88,9 @@ def to_html(title: str, sections: list[Section], folder: Path) -> str:
                 body.append(f"<ul>{lines}</ul>" if block.text.startswith("- ") else f"<p>{html.escape(block.text)}</p>")
             elif isinstance(block, Table):
                 body.append(html_table(block.frame, block.formats))
+            elif isinstance(block, Interactive):
+                caption = html.escape(block.static.caption)
+                body.append(f"<figure>{embed(block.name, block.item)}<figcaption>{caption}</figcaption></figure>")
             else:
                 data = base64.b64encode((folder / block.path).read_bytes()).decode("ascii")
                 body.append(
@@ -87,7 +103,9 @@ def to_html(title: str, sections: list[Section], folder: Path) -> str:
         "th{background:#f3f3f3}figure{display:inline-block;margin:1em}img{max-width:100%}"
         "figcaption{font-size:12px;max-width:520px}"
     )
+    interactive = any(isinstance(block, Interactive) for section in sections for block in section.blocks)
+    library = f"<script>{library_script()}</script>" if interactive else ""
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<style>{style}</style>{library}</head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
