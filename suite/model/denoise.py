@@ -89,10 +89,21 @@ def uses_guidance(guidance_scale: float) -> bool:
 
 
 @dataclass
-class GuidedUNet:
-    """Wraps a diffusers UNet with the prompt, optional low-res conditioning and guidance.
+class TextMasks:
+    """Attention masks of the prompts and of the negative prompt, for a denoiser that masks padding tokens."""
 
-    With ``guidance_scale == 1`` the unconditional pass is skipped: the formula reduces to the
+    prompt: torch.Tensor
+    negative: torch.Tensor
+
+
+@dataclass
+class GuidedUNet:
+    """Wraps a diffusers denoiser with the prompt, optional low-res conditioning and guidance.
+
+    The denoiser is a UNet (``transformer=False``: called as ``unet(x, t, encoder_hidden_states, class_labels)``)
+    or a PixArt-style transformer (called as PixArtAlphaPipeline calls it: the timestep broadcast to the batch,
+    the text attention mask, and ``added_cond_kwargs`` with resolution and aspect ratio where the model takes
+    them). With ``guidance_scale == 1`` the unconditional pass is skipped: the formula reduces to the
     conditional output, so this is the same math at half the cost.
     """
 
@@ -102,19 +113,37 @@ class GuidedUNet:
     guidance_scale: float
     conditioning_image: torch.Tensor | None = None
     class_labels: torch.Tensor | None = None
+    transformer: bool = False
+    masks: TextMasks | None = None
+    added_cond_kwargs: dict[str, torch.Tensor | None] | None = None
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_input = sample
         if self.conditioning_image is not None:
             model_input = torch.cat([model_input, self.conditioning_image], dim=1)
         embeds, labels = self.prompt_embeds, self.class_labels
+        mask = None if self.masks is None else self.masks.prompt
+        added = dict(self.added_cond_kwargs or {})
         if uses_guidance(self.guidance_scale):
             model_input = torch.cat([model_input] * 2)
             embeds = torch.cat([self.negative_prompt_embeds, self.prompt_embeds])
             labels = None if labels is None else torch.cat([labels] * 2)
-        output = self.unet(model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[
-            0
-        ]
+            mask = None if mask is None else torch.cat([self.masks.negative, mask])
+            added = {key: None if value is None else torch.cat([value] * 2) for key, value in added.items()}
+        if self.transformer:
+            timesteps = torch.as_tensor(timestep, device=model_input.device).reshape(-1)[:1]
+            output = self.unet(
+                model_input,
+                encoder_hidden_states=embeds,
+                encoder_attention_mask=mask,
+                timestep=timesteps.expand(model_input.shape[0]),
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+        else:
+            output = self.unet(
+                model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False
+            )[0]
         if uses_guidance(self.guidance_scale):
             output = classifier_free_guidance(output, self.guidance_scale, sample.shape[1])
         return output

@@ -21,7 +21,7 @@ from suite.model.denoise import GuidedUNet, uses_guidance
 from suite.model.loading import model_on_meta
 from suite.model.presets import PRESETS
 from suite.model.samplers import model_evaluations
-from suite.model.stages import IMAGE_CHANNELS, Stage, StageSettings
+from suite.model.stages import IMAGE_CHANNELS, Stage, StageSettings, micro_conditions
 
 META = torch.device("meta")
 GB = 1e9
@@ -122,7 +122,10 @@ def _stage_cost(stage: Stage, low_res: torch.Tensor | None, max_length: int) -> 
     height, width = stage.sample_size(low_res)
     meta = {"device": META, "dtype": unet.dtype}
     sample = torch.empty(1, stage.sample_channels, height, width, **meta)
-    embedding_dim = unet.config.get("encoder_hid_dim") or unet.config["cross_attention_dim"]
+    if stage.transformer:  # PixArt-alpha: T5 states go in at caption_channels and are projected inside
+        embedding_dim = unet.config["caption_channels"]
+    else:
+        embedding_dim = unet.config.get("encoder_hid_dim") or unet.config["cross_attention_dim"]
     prompt_embeds = torch.empty(1, max_length, embedding_dim, **meta)
     conditioning_image = class_labels = None
     if stage.conditioning is not None:
@@ -131,7 +134,18 @@ def _stage_cost(stage: Stage, low_res: torch.Tensor | None, max_length: int) -> 
     timestep = torch.tensor(COUNTING_TIMESTEP, device=META)
 
     def evaluation_flops(guidance_scale: float) -> int:
-        denoiser = GuidedUNet(unet, prompt_embeds, prompt_embeds, guidance_scale, conditioning_image, class_labels)
+        denoiser = GuidedUNet(
+            unet,
+            prompt_embeds,
+            prompt_embeds,
+            guidance_scale,
+            conditioning_image,
+            class_labels,
+            transformer=stage.transformer,
+            added_cond_kwargs=micro_conditions(stage, (height, width), 1, unet.dtype, META)
+            if stage.transformer
+            else None,
+        )
         return count_flops(denoiser, sample, timestep)
 
     decode_flops, scale = 0, stage.scale_factor

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import cpu_offload_with_hook
 
-from suite.model.denoise import StepHook
+from suite.model.denoise import StepHook, TextMasks
 from suite.model.loading import LoadOptions
 from suite.model.stages import Stage, StageSettings, StageTiming, quiet_casts, run_stage
 from suite.model.text import NEGATIVE_PROMPT, EmbeddingCache, TextEncoder
@@ -112,6 +112,12 @@ class TextToImagePipeline:
             cache = self.caches[stage.text_encoder]
             prompt_embeds = cache.lookup(list(prompts))
             negative_embeds = cache.lookup([NEGATIVE_PROMPT] * len(prompts))
+            masks = None
+            if stage.transformer:
+                encoder = self.text_encoders[stage.text_encoder]
+                masks = TextMasks(
+                    encoder.attention_mask(list(prompts)), encoder.attention_mask([NEGATIVE_PROMPT] * len(prompts))
+                )
             image, timing = run_stage(
                 stage,
                 stage_settings,
@@ -122,6 +128,7 @@ class TextToImagePipeline:
                 image,
                 hooks,
                 device=self.options.device,
+                masks=masks,
             )
             timings.append(timing)
         self._offload_all()

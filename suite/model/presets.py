@@ -41,7 +41,7 @@ class StageSpec:
     """One stage of a preset: which kind of loop, from which source, and its default knobs."""
 
     name: str
-    kind: str  # "latent", "pixel-base", "pixel-sr" or "latent-sr"
+    kind: str  # "latent", "latent-dit" (a transformer denoiser), "pixel-base", "pixel-sr" or "latent-sr"
     source: str  # key into Preset.sources
     guidance_scale: float | None = None  # None: the sweep's guidance value
     noise_level: int | None = None  # super-resolution stages only
@@ -204,6 +204,46 @@ PRESETS.register(
 )
 
 
+def _pixart(name: str, repo_id: str, side: int, description: str) -> Preset:
+    """PixArt-alpha: T5-XXL (120 tokens) -> PixArt-XL/2 diffusion transformer on latents -> SD's VAE."""
+    configs = ReferenceConfigs(
+        {
+            "transformer": f"pixart-xl-2-{side}-transformer.json",
+            "text_encoder": "t5-v1_1-xxl-encoder.json",
+            "vae": "sd15-vae.json",
+            "scheduler": "pixart-scheduler.json",
+        }
+    )
+    return Preset(
+        name=name,
+        backend="latent",
+        stages=(StageSpec("latent", "latent-dit", name),),
+        sources={name: Source(repo_id)},  # default branch: no revision could be read offline to pin
+        description=description,
+        reference_configs={name: configs},
+    )
+
+
+PRESETS.register(
+    "pixart-512",
+    _pixart(
+        "pixart-512",
+        "PixArt-alpha/PixArt-XL-2-512x512",
+        512,
+        "PixArt-alpha: T5-XXL text (120 tokens), PixArt-XL/2 transformer (0.6B) on 64x64x4 latents, SD's VAE to 512 px",
+    ),
+)
+PRESETS.register(
+    "pixart-1024",
+    _pixart(
+        "pixart-1024",
+        "PixArt-alpha/PixArt-XL-2-1024-MS",
+        1024,
+        "PixArt-alpha 1024-MS: as pixart-512 on 128x128x4 latents with resolution and aspect-ratio conditions",
+    ),
+)
+
+
 def _made_here(name: str, backend: str, stages: tuple[StageSpec, ...], description: str, **where: Any) -> Preset:
     """A preset whose models this project makes (built from configs, or trained on the toy world): fp32, and one
     built-in folder per stage source unless ``where`` names its sources, folder or builder."""
@@ -244,6 +284,16 @@ PRESETS.register(
     ),
 )
 
+PRESETS.register(
+    "tiny-pixart",
+    _made_here(
+        "tiny-pixart",
+        "latent",
+        (StageSpec("latent", "latent-dit", "model"),),
+        "untrained PixArt-alpha-shaped model built from configs (T5, diffusion transformer on 8x8x4 latents, 64 px)",
+        build=tiny.build_pixart,
+    ),
+)
 
 # The toy world's trained models ship inside the package; `suite train toy` writes them here.
 TOY_WEIGHTS = Path(__file__).parents[1] / "toy" / "weights"

@@ -19,7 +19,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch._dynamo.utils import compilation_time_metrics
 
-from suite.model.denoise import GuidedUNet, StepHook, denoise
+from suite.model.denoise import GuidedUNet, StepHook, TextMasks, denoise
 from suite.model.samplers import make_scheduler, set_timesteps
 from suite.model.timing import Clock, StepTimer
 
@@ -62,6 +62,7 @@ class Stage:
     text_encoder: str
     vae: torch.nn.Module | None = None
     conditioning: LowResConditioning | None = None
+    transformer: bool = False  # the denoiser is a PixArt-style transformer: it reads the text mask and micro-conditions
 
     @property
     def sample_channels(self) -> int:
@@ -169,6 +170,19 @@ def augment_low_res(
     return conditioning.noising_scheduler.add_noise(image, noise, levels), levels
 
 
+def micro_conditions(
+    stage: Stage, size: tuple[int, int], batch: int, dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor | None]:
+    """PixArt-alpha's resolution and aspect-ratio conditioning: given to models trained with it (the 1024 px
+    checkpoints, ``use_additional_conditions``), ``None`` to the others, as PixArtAlphaPipeline decides."""
+    if not getattr(stage.unet, "use_additional_conditions", False):
+        return {"resolution": None, "aspect_ratio": None}
+    height, width = (side * stage.scale_factor for side in size)
+    resolution = torch.tensor([height, width]).repeat(batch, 1).to(dtype=dtype, device=device)
+    aspect_ratio = torch.tensor([float(height / width)]).repeat(batch, 1).to(dtype=dtype, device=device)
+    return {"resolution": resolution, "aspect_ratio": aspect_ratio}
+
+
 def _truncated_start(
     stage: Stage, scheduler, begin: int, low_res: torch.Tensor | None, size: tuple[int, int], noise: torch.Tensor
 ) -> torch.Tensor:
@@ -190,11 +204,13 @@ def run_stage(
     low_res: torch.Tensor | None = None,
     hooks: Sequence[StepHook] = (),
     device: torch.device | None = None,
+    masks: TextMasks | None = None,
 ) -> tuple[torch.Tensor, StageTiming]:
     """Denoise one stage for a batch (one generator per image); return images in [-1, 1] and timings.
 
     ``device`` is where the loop runs; by default the UNet's. With model offload the UNet waits on
-    the CPU until its forward moves it, so the pipeline names the device.
+    the CPU until its forward moves it, so the pipeline names the device. ``masks``: the text attention masks,
+    for a transformer stage.
     """
     device, dtype = device or stage.unet.device, stage.unet.dtype
     scheduler = make_scheduler(settings.sampler, stage.scheduler_config)
@@ -228,6 +244,9 @@ def run_stage(
         guidance_scale=settings.guidance_scale,
         conditioning_image=conditioning_image,
         class_labels=class_labels,
+        transformer=stage.transformer,
+        masks=None if masks is None else TextMasks(masks.prompt.to(device), masks.negative.to(device)),
+        added_cond_kwargs=micro_conditions(stage, size, len(generators), dtype, device) if stage.transformer else None,
     )
     timer = StepTimer(clock)
     timer.start()

@@ -15,7 +15,7 @@ class TextEncoder:
 
     Mirrors the diffusers pipelines: CLIP (Stable Diffusion) pads to 77 tokens and passes no
     attention mask; T5 (DeepFloyd IF) lower-cases and strips the prompt (``clean_caption=False``),
-    pads to 77 tokens and passes the attention mask.
+    pads to 77 tokens and passes the attention mask; PixArt-alpha's T5 does the same at 120 tokens.
     """
 
     name: str
@@ -36,6 +36,11 @@ class TextEncoder:
             add_special_tokens=True,
             return_tensors="pt",
         )
+
+    def attention_mask(self, prompts: list[str]) -> torch.Tensor:
+        """Which of each prompt's ``max_length`` tokens are real (1) or padding (0): what a denoiser that reads the
+        mask (PixArt-alpha's transformer) masks out of cross-attention."""
+        return self.tokenize(prompts).attention_mask
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> torch.Tensor:

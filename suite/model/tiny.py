@@ -2,8 +2,9 @@
 
 They exercise every code path (tokenizers, text encoders, UNets, VAEs, schedulers, folder
 layout) in seconds on a CPU. Their images are not meant to look like anything: they test the
-machinery. ``build_latent`` writes a Stable-Diffusion-shaped folder, ``build_cascade`` one
-folder per stage shaped like DeepFloyd IF's repos (and optionally the SD x4 upscaler's).
+machinery. ``build_latent`` writes a Stable-Diffusion-shaped folder, ``build_pixart`` a PixArt-alpha-shaped
+one (T5 + diffusion transformer), ``build_cascade`` one folder per stage shaped like DeepFloyd IF's
+repos (and optionally the SD x4 upscaler's).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
 
 from suite.model import builders
 
@@ -113,6 +114,37 @@ def build_latent(folder: Path, seed: int = 0) -> None:
             "text_encoder": _clip_text_encoder(tokenizer),
             "unet": unet,
             "vae": builders.autoencoder((8, 16, 32, 32), scaling_factor=0.18215),
+            "scheduler": builders.latent_scheduler(),
+        },
+    )
+
+
+def build_pixart(folder: Path, seed: int = 0, sample_size: int = 8, vae_blocks: int = 4) -> None:
+    """A PixArt-alpha-shaped folder: T5 (text_encoder/, tokenizer/), a diffusion transformer (transformer/) with
+    learned sigma (8 output channels), SD's VAE layout and a scheduler. ``sample_size`` 128 makes the transformer
+    take resolution and aspect-ratio conditions, as PixArt-XL-2-1024-MS does; ``vae_blocks`` sets f = 2**(n-1)."""
+    torch.manual_seed(seed)
+    tokenizer = builders.word_level_t5_tokenizer(WORDS)
+    text_encoder = builders.t5_encoder(tokenizer, d_model=32, d_kv=8, d_ff=64)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=12,  # an inner width of 24: divisible by 3, as the resolution/aspect embedding needs
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        cross_attention_dim=24,
+        sample_size=sample_size,
+        patch_size=2,
+        caption_channels=text_encoder.config.d_model,
+        norm_num_groups=8,
+    )
+    _save_all(
+        folder,
+        {
+            "tokenizer": tokenizer,
+            "text_encoder": text_encoder,
+            "transformer": transformer,
+            "vae": builders.autoencoder((8, 16, 32, 32)[:vae_blocks], scaling_factor=0.18215),
             "scheduler": builders.latent_scheduler(),
         },
     )

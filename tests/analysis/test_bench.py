@@ -90,7 +90,7 @@ def test_random_weights_are_built_on_the_requested_device_and_dtype():
 
 @pytest.fixture(scope="module")
 def tiny_table(tmp_path_factory):
-    return bench_presets(["tiny-latent", "tiny-cascaded"], TINY)
+    return bench_presets(["tiny-latent", "tiny-cascaded", "tiny-pixart"], TINY)
 
 
 def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
@@ -103,6 +103,9 @@ def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
         ("tiny-cascaded", "base"),
         ("tiny-cascaded", "super_resolution_1"),
         ("tiny-cascaded", "pipeline"),
+        ("tiny-pixart", "text_encoder:t5"),
+        ("tiny-pixart", "latent"),
+        ("tiny-pixart", "pipeline"),
     }
     assert set(stages.index) == expected
     denoising = tiny_table[tiny_table["steps_timed"].notna()]

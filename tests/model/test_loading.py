@@ -72,5 +72,5 @@ def test_unreachable_hub_source_is_one_line(monkeypatch, tmp_path):
 
 def test_wrong_stage_layout_for_backend_is_refused(latent_folder):
     preset = replace(PRESETS.get("tiny-cascaded"), local_dir=latent_folder, backend="latent")
-    with pytest.raises(UserError, match=r"latent backend takes one 'latent' stage"):
+    with pytest.raises(UserError, match=r"latent backend takes one 'latent' or 'latent-dit' stage"):
         BACKENDS.get("latent").load(preset, CPU_FP32)

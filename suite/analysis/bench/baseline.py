@@ -45,6 +45,14 @@ def diffusers_stage(
             requires_safety_checker=False,
             **common,
         )
+    elif kind == "latent-dit":
+        pipe = diffusers.PixArtAlphaPipeline(
+            tokenizer=None,
+            text_encoder=None,  # embeddings are given; the pipeline then casts them to the transformer's dtype
+            vae=stage.vae,
+            transformer=stage.unet,
+            scheduler=scheduler,
+        )
     elif kind == "pixel-base":
         pipe = diffusers.IFPipeline(
             tokenizer=None,
@@ -90,6 +98,14 @@ def diffusers_stage(
             "generator": generators,
             "output_type": "pt",
         }
+        if kind == "latent-dit":  # the bench's random token ids are all real tokens: masks of ones on both sides
+            ones = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
+            kwargs |= {
+                "negative_prompt": None,  # its default "" may not be passed beside negative_prompt_embeds
+                "prompt_attention_mask": ones,
+                "negative_prompt_attention_mask": ones,
+                "use_resolution_binning": False,
+            }
         if kind == "pixel-sr":
             kwargs |= {"image": low_res, "noise_level": settings.noise_level}
         elif kind == "latent-sr":  # the x4 upscaler pipeline takes images in [0, 1] and normalises them itself

@@ -18,11 +18,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from suite.analysis.bench.baseline import diffusers_stage
 from suite.model.backends import BACKENDS
+from suite.model.denoise import GuidedUNet, TextMasks
 from suite.model.devices import load_options
 from suite.model.flops import PipelineCost
 from suite.model.pipeline import TextToImagePipeline
 from suite.model.presets import Preset, materialise
-from suite.model.stages import Stage, StageSettings, compile_seconds, run_stage
+from suite.model.stages import Stage, StageSettings, compile_seconds, micro_conditions, run_stage
 from suite.model.timing import Clock, peak_memory, reset_peak_memory
 
 TERA = 1e12
@@ -179,13 +180,16 @@ def attention_ops(function: Callable[[], Any]) -> str:
 
 def stage_attention_ops(stage: Stage, embeds: torch.Tensor, low_res: torch.Tensor | None, device) -> str:
     """Which attention kernel one guided evaluation of the stage's UNet dispatches to."""
-    sample = torch.zeros(2, stage.sample_channels, *stage.sample_size(low_res), device=device, dtype=stage.unet.dtype)
-    kwargs = {}
+    size = stage.sample_size(low_res)
+    sample = torch.zeros(1, stage.sample_channels, *size, device=device, dtype=stage.unet.dtype)
+    conditioning = labels = None
     if stage.conditioning is not None:
-        sample = torch.cat([sample, torch.zeros_like(sample[:, :3])], dim=1)
-        kwargs["class_labels"] = torch.zeros(2, dtype=torch.long, device=device)
-    context = torch.cat([embeds[:1], embeds[:1]]).to(stage.unet.dtype)
-    return attention_ops(lambda: stage.unet(sample, torch.tensor(500, device=device), context, **kwargs))
+        conditioning = torch.zeros(1, 3, *size, device=device, dtype=stage.unet.dtype)
+        labels = torch.zeros(1, dtype=torch.long, device=device)
+    context = embeds[:1].to(stage.unet.dtype)
+    extra = micro_conditions(stage, size, 1, stage.unet.dtype, device) if stage.transformer else None
+    guided = GuidedUNet(stage.unet, context, context, 2.0, conditioning, labels, stage.transformer, None, extra)
+    return attention_ops(lambda: guided(sample, torch.tensor(500, device=device)))
 
 
 def _generators(batch: int, seed: int) -> list[torch.Generator]:
@@ -220,6 +224,9 @@ def time_stage(
     batch = embeds.shape[0]
     baseline = diffusers_stage(stage, kind, settings, encoder_model) if bench.baseline else None
 
+    ones = torch.ones(embeds.shape[:2], dtype=torch.long)  # the random token ids are all real tokens
+    masks = TextMasks(ones, ones) if stage.transformer else None
+
     def suite_run(steps: int):
         return run_stage(
             stage,
@@ -230,6 +237,7 @@ def time_stage(
             clock,
             low_res,
             device=device,
+            masks=masks,
         )
 
     def diffusers_run(steps: int):

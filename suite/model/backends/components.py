@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionModel
 from transformers import CLIPTextModel, T5EncoderModel
 
 from suite.core.registry import Registry
@@ -21,20 +21,24 @@ def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) ->
     )
 
 
-def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
-    """T5 encoder as DeepFloyd IF uses it: lower-cased prompt, 77 tokens, attention mask."""
+def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype, max_length: int = 77) -> TextEncoder:
+    """T5 encoder as DeepFloyd IF uses it: lower-cased prompt, 77 tokens, attention mask (PixArt-alpha: 120)."""
     model = loader.model(T5EncoderModel, "text_encoder", dtype)
-    return TextEncoder(name, loader.tokenizer(), model, lowercase=True, use_attention_mask=True)
+    return TextEncoder(name, loader.tokenizer(), model, max_length, lowercase=True, use_attention_mask=True)
 
 
-def text_encoder(loader: ComponentLoader, dtype: torch.dtype, default: str, qualifier: str = "") -> TextEncoder:
+def text_encoder(
+    loader: ComponentLoader, dtype: torch.dtype, default: str, qualifier: str = "", t5_tokens: int = 77
+) -> TextEncoder:
     """The folder's text encoder, used as its family uses it, named after its kind ("t5" or "clip") + qualifier.
 
     The kind comes from the encoder's config (``model_type``); ``default`` covers configs without one.
+    ``t5_tokens``: a T5 encoder's prompt length (IF 77, PixArt-alpha's ``max_sequence_length`` 120).
     """
     kind = {"t5": "t5", "clip_text_model": "clip"}.get(loader.model_type("text_encoder"), default)
-    build = t5_text_encoder if kind == "t5" else clip_text_encoder
-    return build(loader, kind + qualifier, dtype)
+    if kind == "t5":
+        return t5_text_encoder(loader, kind + qualifier, dtype, t5_tokens)
+    return clip_text_encoder(loader, kind + qualifier, dtype)
 
 
 def _vae(loader: ComponentLoader, options: LoadOptions) -> AutoencoderKL:
@@ -57,6 +61,19 @@ def latent_stage(
     """Stable Diffusion's loop: a UNet on VAE latents, decoded by the VAE (from ``vae_loader`` if given)."""
     vae = _vae(vae_loader or loader, options)
     return Stage(spec.name, _unet(loader, options), loader.scheduler("scheduler").config, text_encoder, vae=vae)
+
+
+def latent_transformer_stage(
+    spec: StageSpec,
+    loader: ComponentLoader,
+    options: LoadOptions,
+    text_encoder: str,
+    vae_loader: ComponentLoader | None = None,
+) -> Stage:
+    """PixArt-alpha's loop: a diffusion transformer (``transformer/``) on VAE latents, reading the T5 mask."""
+    transformer = loader.model(PixArtTransformer2DModel, "transformer", options.denoiser_dtype)
+    vae = _vae(vae_loader or loader, options)
+    return Stage(spec.name, transformer, loader.scheduler("scheduler").config, text_encoder, vae=vae, transformer=True)
 
 
 def pixel_base_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> Stage:
@@ -87,6 +104,7 @@ def latent_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptio
 
 STAGE_KINDS = Registry("stage kind")
 STAGE_KINDS.register("latent", latent_stage)
+STAGE_KINDS.register("latent-dit", latent_transformer_stage)
 STAGE_KINDS.register("pixel-base", pixel_base_stage)
 STAGE_KINDS.register("pixel-sr", pixel_sr_stage)
 STAGE_KINDS.register("latent-sr", latent_sr_stage)
