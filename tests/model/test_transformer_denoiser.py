@@ -33,16 +33,41 @@ def load(folder):
     return BACKENDS.get("latent").load(preset, options)
 
 
-@pytest.fixture(scope="module", params=[(8, 4), (128, 2)], ids=["512-layout", "1024-layout-micro-conditions"])
-def pixart(request, tmp_path_factory):
-    sample_size, vae_blocks = request.param
-    folder = tmp_path_factory.mktemp(f"pixart{sample_size}")
-    tiny.build_pixart(folder, sample_size=sample_size, vae_blocks=vae_blocks)
-    return load(folder)
+LAYOUTS = {"512": (8, 4), "1024-micro-conditions": (128, 2)}  # latent side, VAE blocks (f = 8 and f = 2)
 
 
-@pytest.mark.parametrize("sampler, guidance", [("dpm-solver++", 4.5), ("ddim", 1.0), ("euler", 7.0)])
-def test_transformer_loop_matches_pixart_alpha_pipeline(pixart, sampler, guidance):
+@pytest.fixture(scope="module")
+def pixarts(tmp_path_factory):
+    """Each layout's tiny PixArt, built once when a test first asks for it."""
+    built = {}
+
+    def get(layout: str):
+        if layout not in built:
+            sample_size, vae_blocks = LAYOUTS[layout]
+            folder = tmp_path_factory.mktemp(f"pixart{sample_size}")
+            tiny.build_pixart(folder, sample_size=sample_size, vae_blocks=vae_blocks)
+            built[layout] = load(folder)
+        return built[layout]
+
+    return get
+
+
+@pytest.fixture
+def pixart(pixarts):
+    return pixarts("512")
+
+
+@pytest.mark.parametrize(
+    "layout, sampler, guidance",
+    [
+        ("512", "dpm-solver++", 4.5),
+        ("512", "ddim", 1.0),
+        ("512", "euler", 7.0),
+        ("1024-micro-conditions", "dpm-solver++", 4.5),
+    ],
+)
+def test_transformer_loop_matches_pixart_alpha_pipeline(pixarts, layout, sampler, guidance):
+    pixart = pixarts(layout)
     stage = pixart.stages[0]
     encoder = pixart.text_encoders["t5"]
     assert stage.transformer and encoder.max_length == 120
