@@ -9,6 +9,7 @@ ones in results/screenshots/ were taken that way), else to the test's temporary 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -149,6 +150,9 @@ def quick_run(tmp_path_factory) -> Path:
 def test_a_new_report_loads_and_its_plots_answer_the_mouse(browser, quick_run, screenshots):
     found = check_page(browser, quick_run / "report" / "index.html", screenshots / "toy-quick-report.png")
     assert found["interactive"] == 2
+    shown = browser.execute_script("return document.body.innerText")
+    printed = re.findall(r"\*\*[A-Za-z][^*]*\*\*|`[^`\s]+`", shown)
+    assert not printed  # the report's inline markdown (**bold**, `code`) is rendered, not printed
     tip = hover_first_point(browser)
     browser.save_screenshot(str(screenshots / "toy-quick-hover.png"))
     metrics = pd.read_parquet(quick_run / "metrics.parquet")

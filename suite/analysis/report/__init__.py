@@ -35,12 +35,15 @@ def _formats() -> dict[str, str]:
 
 METRICS_NOTE = (
     "Each number is shown with its 95% interval in brackets; the method of each interval is in metrics.csv "
-    "(`*_interval`). Every interval resamples prompts with all of their seeds, so it covers the variation of "
-    "both prompts and seeds: BCa bootstrap for per-image means (CLIP score, toy accuracies, which also get "
-    "Wilson intervals at the effective sample size), bias-shifted percentile bootstrap with the reference fixed "
-    "for FID, KID and CMMD (FID at this n, not at infinitely many images). fid_inf is FID extrapolated to "
-    "infinitely many images (Chong & Forsyth 2020), refitted on every resample. † marks FID, KID or CMMD "
-    "from no more images than feature dimensions: not comparable with anything."
+    "(`*_interval`). Every interval works at the unit of the prompt, so it covers the variation of both prompts "
+    "and seeds: BCa bootstrap over prompts for per-image means (CLIP score, toy accuracies, which also get "
+    "Wilson intervals at the effective sample size); for FID, KID and CMMD with the reference fixed (FID at this "
+    "n, not at infinitely many images), by default the delta method (each image's influence on the statistic, "
+    "summed per prompt, t with prompts - 1 degrees of freedom), or with `set_interval: bootstrap` the "
+    "bias-shifted percentile bootstrap over prompts. KID and CMMD are unbiased estimates, so their intervals "
+    "may reach below zero. fid_inf is FID extrapolated to infinitely many images (Chong & Forsyth 2020); its "
+    "interval adds the fit's standard error (delta method) or refits on every resample (bootstrap). † marks "
+    "FID, KID or CMMD from no more images than feature dimensions: not comparable with anything."
 )
 BUDGETS_NOTE = (
     "Budgets are quantiles of the measured median seconds per image. Within a budget, every point not "
@@ -90,7 +93,8 @@ def _comparisons_section(run: RunFolder) -> Section:
         f"every significant one, at most {SHOWN_COMPARISONS}). Every test works at the unit of the prompt: "
         "per-image scores, sign-flip test of whole prompts; exact match, exact sign-flip test of each prompt's "
         "discordant count (McNemar's with one seed per prompt) with Newcombe's score interval; FID / KID / CMMD, "
-        "bootstrap over prompts, both points jointly, for the interval and (inverted) for p. p_holm is Holm-Bonferroni "
+        "paired per-prompt influence differences (delta method, t test; or, with set_interval: bootstrap, the "
+        "bootstrap over prompts of both points jointly, inverted for p). p_holm is Holm-Bonferroni "
         "within each family (kind of comparison x metric); the family interval is Bonferroni-wide at its size."
     )
     blocks += [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,13 @@ def markdown_inline(text: str) -> str:
     return text
 
 
+def inline_html(text: str) -> str:
+    """Text with the report's inline markdown (``**bold**``, ```code```) as HTML, everything else escaped."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"(?<!\\)\*\*(.+?)(?<!\\)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"(?<!\\)`([^`]+)`", r"<code>\1</code>", escaped)
+
+
 def to_markdown(title: str, sections: list[Section]) -> str:
     parts = [f"# {title}\n"]
     for section in sections:
@@ -84,10 +92,10 @@ def to_html(title: str, sections: list[Section], folder: Path) -> str:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Text):
-                lines = "".join(f"<li>{html.escape(line.removeprefix('- '))}</li>" for line in block.text.splitlines())
-                body.append(f"<ul>{lines}</ul>" if block.text.startswith("- ") else f"<p>{html.escape(block.text)}</p>")
+                lines = "".join(f"<li>{inline_html(line.removeprefix('- '))}</li>" for line in block.text.splitlines())
+                body.append(f"<ul>{lines}</ul>" if block.text.startswith("- ") else f"<p>{inline_html(block.text)}</p>")
             elif isinstance(block, Table):
-                body.append(html_table(block.frame, block.formats))
+                body.append(f'<div class="wide">{html_table(block.frame, block.formats)}</div>')
             elif isinstance(block, Interactive):
                 caption = html.escape(block.static.caption)
                 body.append(f"<figure>{embed(block.name, block.item)}<figcaption>{caption}</figcaption></figure>")
@@ -101,7 +109,7 @@ def to_html(title: str, sections: list[Section], folder: Path) -> str:
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
         "th{background:#f3f3f3}figure{display:inline-block;margin:1em}img{max-width:100%}"
-        "figcaption{font-size:12px;max-width:520px}"
+        "figcaption{font-size:12px;max-width:520px}.wide{overflow-x:auto}code{font-size:90%}"
     )
     interactive = any(isinstance(block, Interactive) for section in sections for block in section.blocks)
     library = f"<script>{library_script()}</script>" if interactive else ""
