@@ -174,7 +174,7 @@ class TensorBoardTracker:
     """One event-file folder per grid point under ``tracking/tensorboard/``: scalars, hparams and its image grid."""
 
     def __init__(self, folder: RunFolder, state: dict):
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked before)
+        from torch.utils.tensorboard import SummaryWriter  # optional: TensorBoard (the tracking extra)
 
         self._writer_class = SummaryWriter
         self.root = folder.path / TRACKING_DIR / "tensorboard"
@@ -217,9 +217,9 @@ class MlflowTracker:
     """An MLflow experiment named after the sweep: a parent run for the run folder, a child run per grid point."""
 
     def __init__(self, folder: RunFolder, state: dict):
-        from mlflow.entities import Metric, Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Metric, Param  # optional: MLflow (the tracking extra)
+        from mlflow.exceptions import MlflowException  # optional: MLflow
+        from mlflow.tracking import MlflowClient  # optional: MLflow
 
         self._metric, self._param, self._error = Metric, Param, MlflowException
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration notes on every start
@@ -280,7 +280,7 @@ class WandbTracker:
     ``<point>/<metric>``, a table of every point's row, comparisons as a table, the report as an artifact."""
 
     def __init__(self, folder: RunFolder, state: dict):
-        import wandb
+        import wandb  # optional: Weights & Biases (the wandb extra)
 
         self.wandb = wandb
         root = folder.path.resolve() / TRACKING_DIR

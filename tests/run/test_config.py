@@ -33,7 +33,10 @@ def run_cli(args, capsys):
 @pytest.mark.parametrize(
     "replace, expected",
     [
-        (("presets: [tiny-latent]", "presets: [sd99]"), "unknown preset 'sd99'; valid: if-l, if-m, if-xl, sd15"),
+        (
+            ("presets: [tiny-latent]", "presets: [sd99]"),
+            "unknown preset 'sd99'; valid: if-l, if-m, if-xl, pixart-1024, pixart-512, sd15",
+        ),
         (("samplers: [ddim]", "samplers: [ddim, dpm++]"), "unknown sampler 'dpm++'; valid: ddim, ddim-raw-eps, ddpm"),
         (("name: check", "name: check\nmetrics: [frechet]"), "unknown metric 'frechet'"),
         (("name: check", "name: check\nbatchsize: 4"), "batchsize: Extra inputs are not permitted"),

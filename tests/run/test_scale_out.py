@@ -186,6 +186,7 @@ def test_concurrent_sweeps_into_one_folder_generate_each_item_once(reference, tm
     assert _evaluations(outputs) <= 1 and (out / "evaluation.done").is_file()
 
 
+@pytest.mark.slow  # 41 s; a killed single process resuming is in the default run (test_runner)
 def test_a_killed_rank_is_finished_by_rerunning_that_rank(reference, tmp_path):
     path, single = reference
     out = tmp_path / "killed"

@@ -122,6 +122,7 @@ def _exact_match(pipeline, sampler: str, guidance: float, prompts: list[str]) ->
     return float(np.mean([score_prompt_image(array, prompt)["correct"] for array, prompt in zip(arrays, prompts)]))
 
 
+@pytest.mark.slow  # 33 s: 32 toy prompts through the trained cascade
 def test_ddim_with_guidance_composes_on_the_thresholding_toy_cascade():
     """Regression: DDIM stepping along the raw eps beside the thresholded x0 collapsed to colour fields
     (0 of 44 toy prompts exact at guidance 7.5, against 0.32 with eps re-derived from the clipped x0)."""
