@@ -8,7 +8,7 @@ command would print. The top layer beside ``suite.cli``: it may import every sub
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,39 +52,48 @@ def read_run(run: str | Path) -> RunTables:
 
 
 def run_sweep(
-    sweep: str | Path | None = None, out: str | Path | None = None, device: str = "auto", quiet: bool = True
+    sweep: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    quiet: bool = True,
+    report_to: Sequence[str] = (),
 ) -> RunTables:
     """Run a sweep file (default: the default toy sweep) into ``out`` (default ``results/<its name>``), then
     evaluate, compare and report it, as ``suite sweep``; resumes a run that was stopped. Returns its tables.
 
-    >>> tables = suite.run_sweep("experiments/toy-quick.yaml", out="results/toy-quick")
+    ``report_to`` names experiment trackers to log to, as ``--report-to`` does.
+
+    >>> tables = suite.run_sweep("experiments/toy-quick.yaml", out="results/toy-quick", report_to=["tensorboard"])
     >>> tables.metrics[["preset", "toy_correct", "toy_correct_ci95_low", "toy_correct_ci95_high"]]
     """
     argv = ["sweep", *([str(sweep)] if sweep is not None else []), "--device", device]
     if out is None:
         out = Path("results") / load_sweep(Path(sweep) if sweep is not None else default_sweep()).sweep.name
-    _command([*argv, "--out", str(out), *(["--quiet"] if quiet else [])])
+    _command([*argv, "--out", str(out), *(["--quiet"] if quiet else []), *_report_to(report_to)])
     return read_run(out)
 
 
-def evaluate_run(run: str | Path, device: str = "auto", recompute: bool = False) -> pd.DataFrame:
+def evaluate_run(
+    run: str | Path, device: str = "auto", recompute: bool = False, report_to: Sequence[str] = ()
+) -> pd.DataFrame:
     """Evaluate a run's grid points (finished ones are read back unless ``recompute``), as ``suite evaluate``; returns
     the metrics table, one row per grid point with every number's 95% interval.
 
     >>> metrics = suite.evaluate_run("results/toy")
     """
-    _command(["evaluate", str(run), "--device", device, "--quiet", *(["--recompute"] if recompute else [])])
+    recompute_flag = ["--recompute"] if recompute else []
+    _command(["evaluate", str(run), "--device", device, "--quiet", *recompute_flag, *_report_to(report_to)])
     return read_run(run).metrics
 
 
-def compare_run(run: str | Path, device: str = "auto") -> pd.DataFrame:
+def compare_run(run: str | Path, device: str = "auto", report_to: Sequence[str] = ()) -> pd.DataFrame:
     """Paired comparisons of a run's grid points (evaluating first where needed), as ``suite compare``: one row per
     compared number, with its difference, interval and Holm-adjusted p.
 
     >>> comparisons = suite.compare_run("results/toy")
     >>> comparisons[comparisons.p_holm < 0.05]
     """
-    _command(["compare", str(run), "--device", device, "--quiet"])
+    _command(["compare", str(run), "--device", device, "--quiet", *_report_to(report_to)])
     return read_run(run).comparisons
 
 
@@ -98,6 +107,13 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
     """
     _command(["report", str(run), *(["--out", str(out)] if out is not None else [])])
     return Path(out) if out is not None else Path(run) / "report"
+
+
+def _report_to(trackers: Sequence[str]) -> list[str]:
+    """``report_to=("tensorboard", "mlflow")`` as the command line's repeated ``--report-to``."""
+    if isinstance(trackers, str):
+        trackers = (trackers,)
+    return [argument for tracker in trackers for argument in ("--report-to", tracker)]
 
 
 def _command(argv: list[str]) -> int:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,22 +51,42 @@ INSTALL = "pip install 'diffusion-suite[tracking]'"  # tensorboard and mlflow; w
 SETTINGS_COLUMNS = ("backend", "batch_size", "device", "dtype")
 
 
-def check_trackers(names: Iterable[str]) -> tuple[str, ...]:
-    """The trackers named, deduplicated, each known and importable; else one clear line (before any image)."""
-    names = tuple(dict.fromkeys(names))
+def check_trackers(names: Iterable[str], run: Path | None = None) -> tuple[str, ...]:
+    """The trackers named now and those ``run`` already logs to, deduplicated, each known and importable; else one
+    clear line (before any image)."""
+    recorded = recorded_trackers(run) if run is not None else ()
+    names = tuple(dict.fromkeys((*recorded, *names)))
     for name in names:
         if name not in TRACKERS:
             raise UserError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
         missing = [module for module in MODULES[name] if importlib.util.find_spec(module) is None]
         if missing:
             extra = "pip install 'diffusion-suite[wandb]'" if name == "wandb" else INSTALL
+            if name in recorded:
+                raise UserError(
+                    f"{run} logs to {name} ({run / TRACKING_DIR / LEDGER}) but {', '.join(missing)} is not "
+                    f"installed: {extra}, or delete that ledger to stop logging there"
+                )
             raise UserError(f"--report-to {name} needs {', '.join(missing)}, not installed: {extra}")
     return names
 
 
 def recorded_trackers(run: Path) -> tuple[str, ...]:
-    """The trackers a run already logs to (so ``suite evaluate`` / ``compare`` of it logs there too)."""
+    """The trackers a run already logs to (so ``suite evaluate`` / ``compare`` / ``report`` of it log there too)."""
     return tuple(_read_ledger(run).get("trackers", ()))
+
+
+def remember_trackers(run: Path, trackers: Iterable[str]) -> None:
+    """Record in the run's ledger that it logs to ``trackers``, before anything is sent: a run resumed without
+    ``--report-to`` still logs there."""
+    if not run.is_dir():
+        return
+    ledger = _read_ledger(run)
+    known = ledger.get("trackers", [])
+    wanted = list(dict.fromkeys((*known, *trackers)))
+    if wanted != known:
+        ledger["trackers"] = wanted
+        _write_ledger(run, ledger)
 
 
 def point_name(row: pd.Series | dict) -> str:
@@ -73,19 +94,23 @@ def point_name(row: pd.Series | dict) -> str:
     return f"{row['preset']}/{row['sampler']}/steps{int(row['num_inference_steps'])}_guidance{row['guidance_scale']:g}"
 
 
-def point_values(row: pd.Series) -> tuple[dict[str, Any], dict[str, float]]:
-    """A metrics row as tracker parameters (settings and how each number was measured) and metrics (numbers)."""
-    params, metrics = {}, {}
+def point_values(row: pd.Series) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+    """A metrics row as tracker parameters (the grid point's settings, which never change for a point), tags
+    (how each number was measured, which a re-evaluation may change) and metrics (numbers; flags as 0/1)."""
+    params, tags, metrics = {}, {}, {}
     for column, value in row.items():
         if _missing(value):
             continue
         stage = re.fullmatch(r"stage\d+_(.+)", column)
-        setting = column in GRID_COLUMNS or column in SETTINGS_COLUMNS or (stage and stage.group(1) in STAGE_SETTINGS)
-        if isinstance(value, (bool, np.bool_, str)) or setting:
+        if column in GRID_COLUMNS or column in SETTINGS_COLUMNS or (stage and stage.group(1) in STAGE_SETTINGS):
             params[column] = value.item() if isinstance(value, np.generic) else value
+        elif isinstance(value, (bool, np.bool_)):
+            metrics[column] = float(bool(value))
+        elif isinstance(value, str):
+            tags[column] = value
         elif isinstance(value, (int, float, np.integer, np.floating)):
             metrics[column] = float(value)
-    return params, metrics
+    return params, tags, metrics
 
 
 def log_run(run: Path, trackers: Iterable[str], log=print) -> dict[str, int]:
@@ -93,7 +118,7 @@ def log_run(run: Path, trackers: Iterable[str], log=print) -> dict[str, int]:
 
     Only what differs from the ledger is sent, so calling it again after nothing changed sends nothing.
     """
-    trackers = check_trackers((*recorded_trackers(run), *trackers))
+    trackers = check_trackers(trackers, run)
     if not trackers:
         return {}
     folder = read_run(run)
@@ -102,14 +127,27 @@ def log_run(run: Path, trackers: Iterable[str], log=print) -> dict[str, int]:
     counts = {}
     for name in trackers:
         state = ledger.setdefault(name, {})
-        tracker = TRACKER_CLASSES[name](folder, state)
         try:
-            counts[name] = _send(folder, tracker, state)
+            tracker = TRACKER_CLASSES[name](folder, state)
+            try:
+                counts[name] = _send(folder, tracker, state)
+            finally:
+                tracker.close()
+        except Exception as error:  # a tracker's own failure (server, store, network): the run itself is complete
+            raise UserError(
+                f"logging to {name} failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                f"the run's results are complete and what was sent is recorded: `suite evaluate {run}` sends the rest"
+            ) from error
         finally:
-            tracker.close()
-            _write_ledger(run, ledger)  # what was sent stays recorded even if a later tracker fails
+            _write_ledger(run, ledger)  # what was sent stays recorded even if this or a later tracker fails
         log(f"{run}: {counts[name]} items logged to {name} ({tracker.where})")
     return counts
+
+
+def _forget_sent(state: dict) -> None:
+    """The tracker's store is not the one the ledger describes (another URI, a deleted store): send it all again."""
+    for key in ("points", "runs", "comparisons", "comparisons_step", "report"):
+        state.pop(key, None)
 
 
 def _send(folder: RunFolder, tracker, state: dict) -> int:
@@ -119,16 +157,16 @@ def _send(folder: RunFolder, tracker, state: dict) -> int:
         samples = folder.images()
         for _, row in folder.metrics.iterrows():
             name = point_name(row)
-            params, metrics = point_values(row)
+            params, tags, metrics = point_values(row)
             rows = samples[np.logical_and.reduce([samples[c] == row[c] for c in GRID_COLUMNS])]
             images = sorted(rows["sha256"].astype(str)) if "sha256" in rows else []
-            digest = content_hash({"params": params, "metrics": metrics, "images": images})
+            digest = content_hash({"params": params, "tags": tags, "metrics": metrics, "images": images})
             record = points.get(name, {})
             if record.get("hash") == digest:
                 continue
             step = record.get("step", -1) + 1
             grid = point_grid(folder.path, rows) if len(rows) else None
-            tracker.log_point(name, params, metrics, grid, step)
+            tracker.log_point(name, params, tags, metrics, grid, step)
             points[name] = {"hash": digest, "step": step}
             sent += 1
     comparisons = folder.path / f"{COMPARISONS}.parquet"
@@ -171,7 +209,8 @@ def _write_ledger(run: Path, ledger: dict) -> None:
 
 
 class TensorBoardTracker:
-    """One event-file folder per grid point under ``tracking/tensorboard/``: scalars, hparams and its image grid."""
+    """One event-file folder per grid point under ``tracking/tensorboard/``: scalars, hparams, how each number was
+    measured (text) and its image grid."""
 
     def __init__(self, folder: RunFolder, state: dict):
         from torch.utils.tensorboard import SummaryWriter  # optional: TensorBoard (the tracking extra)
@@ -179,6 +218,9 @@ class TensorBoardTracker:
         self._writer_class = SummaryWriter
         self.root = folder.path / TRACKING_DIR / "tensorboard"
         self.where = str(self.root)
+        if state.get("where") != self.where or not self.root.is_dir():
+            _forget_sent(state)
+        state["where"] = self.where
         self.writers: dict[str, Any] = {}
 
     def _writer(self, name: str):
@@ -186,13 +228,15 @@ class TensorBoardTracker:
             self.writers[name] = self._writer_class(str(self.root / name))
         return self.writers[name]
 
-    def log_point(self, name: str, params: dict, metrics: dict, grid, step: int) -> None:
+    def log_point(self, name: str, params: dict, tags: dict, metrics: dict, grid, step: int) -> None:
         writer = self._writer(name)
         for key, value in metrics.items():
             writer.add_scalar(key, value, global_step=step)
-        if step == 0:  # the hparams plugin keeps one record per run folder
+        if step == 0:  # the hparams plugin keeps one record per folder: the settings, which do not change
             headline = {key: value for key, value in metrics.items() if "_ci95_" not in key}
             writer.add_hparams(params, {f"hparam/{key}": value for key, value in headline.items()}, run_name=".")
+        if tags:
+            writer.add_text("measured_by", markdown_table(pd.DataFrame(tags.items(), columns=["column", "how"])), step)
         if grid is not None:
             writer.add_image("images", np.asarray(grid), global_step=step, dataformats="HWC")
         writer.flush()
@@ -213,23 +257,29 @@ class TensorBoardTracker:
             writer.close()
 
 
+MLFLOW_BATCH = 100  # MLflow's limit on params (and tags) per log_batch call
+
+
 class MlflowTracker:
     """An MLflow experiment named after the sweep: a parent run for the run folder, a child run per grid point."""
 
     def __init__(self, folder: RunFolder, state: dict):
-        from mlflow.entities import Metric, Param  # optional: MLflow (the tracking extra)
+        from mlflow.entities import Metric, Param, RunTag  # optional: MLflow (the tracking extra)
         from mlflow.exceptions import MlflowException  # optional: MLflow
         from mlflow.tracking import MlflowClient  # optional: MLflow
 
-        self._metric, self._param, self._error = Metric, Param, MlflowException
+        self._metric, self._param, self._tag, self._error = Metric, Param, RunTag, MlflowException
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration notes on every start
 
         root = folder.path.resolve() / TRACKING_DIR
         root.mkdir(parents=True, exist_ok=True)
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
         self.where = self.uri
+        if state.get("where") != self.where:  # another store than the one the ledger describes
+            _forget_sent(state)
+            state.pop("parent", None)
+        state["where"] = self.where
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self.state = state
         name = str(folder.config.get("name", folder.path.name))
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
@@ -237,8 +287,10 @@ class MlflowTracker:
             self.experiment = self.client.create_experiment(name, artifact_location=artifacts)
         else:
             self.experiment = experiment.experiment_id
-        self.parent = self._run(state.get("parent"), folder.path.name, {"suite.run": str(folder.path.resolve())})
-        state["parent"] = self.parent
+        parent = self._run(state.get("parent"), folder.path.name, {"suite.run": str(folder.path.resolve())})
+        if parent != state.get("parent"):  # the store lost the run (deleted database): send everything again
+            _forget_sent(state)
+        self.parent = state["parent"] = parent
         self.children = state.setdefault("runs", {})
 
     def _run(self, run_id: str | None, name: str, tags: dict) -> str:
@@ -251,15 +303,20 @@ class MlflowTracker:
                 pass
         return self.client.create_run(self.experiment, run_name=name, tags=tags).info.run_id
 
-    def log_point(self, name: str, params: dict, metrics: dict, grid, step: int) -> None:
+    def log_point(self, name: str, params: dict, tags: dict, metrics: dict, grid, step: int) -> None:
         run_id = self._run(self.children.get(name), name, {"mlflow.parentRunId": self.parent, "suite.grid_point": name})
         self.children[name] = run_id
         known = self.client.get_run(run_id).data.params
-        self.client.log_batch(
-            run_id,
-            metrics=[self._metric(key, value, 0, step) for key, value in metrics.items()],
-            params=[self._param(key, str(value)) for key, value in params.items() if key not in known],
-        )
+        now = int(time.time() * 1000)
+        entries = {
+            "params": [self._param(key, str(value)) for key, value in params.items() if key not in known],
+            "tags": [self._tag(f"measured_by.{key}", value) for key, value in tags.items()],
+            "metrics": [self._metric(key, value, now, step) for key, value in metrics.items()],
+        }
+        for start in range(0, max(len(batch) for batch in entries.values()) or 1, MLFLOW_BATCH):
+            self.client.log_batch(
+                run_id, **{kind: batch[start : start + MLFLOW_BATCH] for kind, batch in entries.items()}
+            )
         if grid is not None:
             self.client.log_image(run_id, grid, f"images/step{step}.png")
         self.client.set_terminated(run_id)
@@ -276,13 +333,16 @@ class MlflowTracker:
 
 
 class WandbTracker:
-    """One W&B run per run folder (offline unless ``WANDB_MODE`` says otherwise); a grid point's numbers go under
-    ``<point>/<metric>``, a table of every point's row, comparisons as a table, the report as an artifact."""
+    """W&B in offline mode (unless ``WANDB_MODE`` says otherwise), under the run's one id. A grid point's numbers
+    go under ``<point>/<metric>``, with a table of every point's row, comparisons as a table and the report as an
+    artifact. W&B's offline mode does not resume: each call writes its own ``offline-run-*`` folder with the id,
+    with steps counted from 0."""
 
     def __init__(self, folder: RunFolder, state: dict):
         import wandb  # optional: Weights & Biases (the wandb extra)
 
         self.wandb = wandb
+        self.folder = folder
         root = folder.path.resolve() / TRACKING_DIR
         root.mkdir(parents=True, exist_ok=True)
         state.setdefault("id", uuid.uuid4().hex[:12])
@@ -297,14 +357,14 @@ class WandbTracker:
             config={key: value for key, value in folder.config.items() if key != "prompts"},
             settings=wandb.Settings(silent=True),
         )
-        self.rows: list[dict] = []
+        self.sent = False
 
-    def log_point(self, name: str, params: dict, metrics: dict, grid, step: int) -> None:
+    def log_point(self, name: str, params: dict, tags: dict, metrics: dict, grid, step: int) -> None:
         values = {f"{name}/{key}": value for key, value in metrics.items()}
         if grid is not None:
             values[f"{name}/images"] = self.wandb.Image(grid)
         self.run.log(values)
-        self.rows.append({"grid_point": name, **{k: str(v) for k, v in params.items()}, **metrics})
+        self.sent = True
 
     def log_comparisons(self, table: pd.DataFrame, step: int) -> None:
         self.run.log({"comparisons": self.wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
@@ -315,8 +375,12 @@ class WandbTracker:
         self.run.log_artifact(artifact)
 
     def close(self) -> None:
-        if self.rows:
-            self.run.log({"grid_points": self.wandb.Table(dataframe=pd.DataFrame(self.rows))})
+        metrics = self.folder.metrics
+        if self.sent and metrics is not None:  # every point's row, not only those sent in this call
+            table = metrics.astype(object).where(metrics.notna(), None)
+            self.run.log(
+                {"grid_points": self.wandb.Table(dataframe=table.assign(grid_point=metrics.apply(point_name, axis=1)))}
+            )
         self.run.finish()
 
 

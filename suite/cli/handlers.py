@@ -24,7 +24,7 @@ from suite.analysis.costs import ProfileSettings, profile_presets, write_profile
 from suite.analysis.diff import diff_runs
 from suite.analysis.registration import register_all, registry_path
 from suite.analysis.report import build_report
-from suite.analysis.tracking import check_trackers, log_run, recorded_trackers
+from suite.analysis.tracking import check_trackers, log_run, recorded_trackers, remember_trackers
 from suite.core.errors import UserError
 from suite.core.files import atomic_write_table, ensure_writable
 from suite.core.formatting import markdown_table
@@ -74,12 +74,14 @@ def _model_dirs(pairs: list[str]) -> dict[str, Path]:
 def command_sweep(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     resolved = load_sweep(Path(args.config) if args.config else default_sweep())
-    trackers = check_trackers((*resolved.sweep.tracking, *args.report_to))  # a missing library: before any image
     place = topology(args.shard)
     rank, world_size = place.rank, place.world_size
     if resolved.sweep.metrics:
         check_evaluation(resolved.sweep, _evaluate_options(args))
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
+    trackers = check_trackers((*resolved.sweep.tracking, *args.report_to), out)  # a missing library: before any image
+    if (out / "config.yaml").is_file():
+        remember_trackers(out, trackers)  # a resumed run: logged there even if this process is stopped
     options = RunOptions(
         out,
         device_for(args.device, place),
@@ -93,6 +95,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     )
     before = time.perf_counter() - started  # reading the sweep and checking the evaluation's inputs
     summary = run_sweep(resolved, options)
+    remember_trackers(summary.run, trackers)
     phases = {"load": before + summary.phases["load"], "generate": summary.phases["generate"]}
     for item_id, problem in summary.repaired.items():
         print(f"suite: regenerated item {item_id}: {problem}", file=sys.stderr)
@@ -136,11 +139,10 @@ def _finish(run: Path, args: argparse.Namespace, metrics: bool, trackers: tuple[
         clock = time.perf_counter()
         print(f"report: {build_report(run) / 'index.html'}")
         phases["report"] = time.perf_counter() - clock
-        phases |= _track(run, trackers)
         completed = True
     finally:
         evaluation_finished(run, completed)
-    return phases
+    return phases | _track(run, trackers)  # after the run is marked done: a tracker's failure does not undo it
 
 
 def _track(run: Path, trackers: tuple[str, ...]) -> dict[str, float]:
@@ -195,7 +197,7 @@ def _compare(run: Path, args: argparse.Namespace) -> None:
 
 def command_compare(args: argparse.Namespace) -> int:
     run = Path(args.run)
-    trackers = check_trackers((*recorded_trackers(run), *args.report_to))
+    trackers = check_trackers(args.report_to, run)
     _evaluate(run, args)  # resumes: finished grid points are read back
     _compare(run, args)
     _track(run, trackers)
@@ -208,15 +210,18 @@ def command_report(args: argparse.Namespace) -> int:
         raise UserError(f"{run} is not a run folder (no config.yaml)")
     out = Path(args.out) if args.out else None
     ensure_writable(out or run / "report")
+    trackers = check_trackers((), run)  # the trackers the run logs to get the new report
     _repair_evaluation(run)
     folder = build_report(run, out)
     print(f"report: {folder / 'report.md'}, {folder / 'index.html'}")
+    if out is None:
+        _track(run, trackers)
     return 0
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
-    trackers = check_trackers((*recorded_trackers(run), *args.report_to))
+    trackers = check_trackers(args.report_to, run)
     if (run / "samples.parquet").is_file() and (run / "config.yaml").is_file():
         state, owner = elect_evaluator(run, again=True)
         if state == "elsewhere":  # e.g. the other ranks of `torchrun ... suite evaluate`: share the grid points

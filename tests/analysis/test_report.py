@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from suite.analysis.report.interactive import library_script
+from suite.analysis.report.interactive import embed, library_script
 from suite.cli import main
 
 PROMPTS = ["<script>alert('x')</script> a blue square", "a red circle", "a green triangle above a red circle"]
@@ -144,3 +144,11 @@ def test_the_comparisons_table_of_nothing_shown_is_empty_not_an_error():
     sides = [f"{side}_{field}" for side in "ab" for field in ("sampler", "num_inference_steps", "guidance_scale")]
     empty = pd.DataFrame(columns=[*columns, *sides, "verdict"])
     assert comparisons_table(empty).empty  # one preset, nothing significant: no rows to show
+
+
+def test_the_plot_json_cannot_end_its_script_or_open_a_comment():
+    item = {"doc": {"roots": [{"name": "<!-- a preset </script><script>alert(1)</script> & more"}]}}
+    block = embed("plot", item)
+    data = re.search(r'<script type="application/json" id="plot-data">(.*?)</script>', block, re.DOTALL).group(1)
+    assert "<" not in data and ">" not in data and "&" not in data
+    assert json.loads(data) == item  # what JSON.parse gives the page

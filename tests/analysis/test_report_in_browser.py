@@ -102,6 +102,9 @@ def check_page(driver, page: Path, shot: Path) -> dict:
     errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"{page}: console errors: {errors}"
     assert found["tables"] > 0 and found["rows"] > found["tables"] and found["figures"] > 0, found
+    fetched = driver.execute_script("return performance.getEntriesByType('resource').map(entry => entry.name)")
+    external = [name for name in fetched if not name.startswith(("data:", "file:"))]
+    assert not external, f"{page}: fetched from elsewhere (not one offline file): {external}"
     driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
     return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,10 +32,20 @@ def tracked_run(tmp_path_factory):
     return run, argv
 
 
+def store(run: Path) -> str:
+    return f"sqlite:///{run.resolve() / 'tracking' / 'mlflow.db'}"
+
+
 def mlflow_runs(run: Path) -> pd.DataFrame:
-    mlflow.set_tracking_uri(f"sqlite:///{run.resolve() / 'tracking' / 'mlflow.db'}")
-    experiment = mlflow.get_experiment_by_name("toy-quick")
-    return mlflow.search_runs(experiment_ids=[experiment.experiment_id])
+    """The run's MLflow runs through mlflow.search_runs; the global tracking URI (and the MLFLOW_TRACKING_URI it
+    sets) is put back after, so it does not leak into the suite's own logging in later tests."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(store(run))
+    try:
+        experiment = mlflow.get_experiment_by_name("toy-quick")
+        return mlflow.search_runs(experiment_ids=[experiment.experiment_id])
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable again
 
 
 def tensorboard_point(run: Path, name: str) -> EventAccumulator:
@@ -57,19 +68,21 @@ def test_every_grid_point_reads_back_from_mlflow_and_tensorboard(tracked_run):
             assert logged[f"metrics.{column}"] == pytest.approx(row[column], rel=1e-12), (name, column)
             (scalar,) = events.Scalars(column)
             assert (scalar.step, scalar.value) == (0, pytest.approx(row[column], rel=1e-6)), (name, column)
-        for column in ("preset", "sampler", "num_inference_steps", "guidance_scale", "fid_interval"):
+        for column in ("preset", "sampler", "num_inference_steps", "guidance_scale"):
             assert logged[f"params.{column}"] == str(row[column]), (name, column)
+        assert logged["tags.measured_by.fid_interval"] == row["fid_interval"]  # a tag: a re-evaluation may change it
+        assert logged["metrics.fid_rank_deficient"] == float(row["fid_rank_deficient"])
         assert logged["status"] == "FINISHED"
         assert events.Tags()["images"] == ["images"]
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(tracking_uri=store(run))
         assert [item.path for item in client.list_artifacts(logged["run_id"], "images")] == ["images/step0.png"]
     (parent,) = runs[runs["tags.mlflow.parentRunId"].isna()]["run_id"]
-    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(parent, "report")}
+    client = mlflow.MlflowClient(tracking_uri=store(run))
+    artifacts = {item.path for item in client.list_artifacts(parent, "report")}
     assert {"report/index.html", "report/report.md"} <= artifacts
-    (table,) = [
-        item.path for item in mlflow.MlflowClient().list_artifacts(parent, "comparisons") if item.path.endswith(".csv")
-    ]
-    logged_comparisons = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=table))
+    (table,) = [item.path for item in client.list_artifacts(parent, "comparisons") if item.path.endswith(".csv")]
+    downloaded = mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=table, tracking_uri=store(run))
+    logged_comparisons = pd.read_csv(downloaded)
     assert len(logged_comparisons) == len(pd.read_parquet(run / "comparisons.parquet"))
     text = tensorboard_point(run, "comparisons").Tensors("comparisons/text_summary")
     assert len(text) == 1
@@ -91,7 +104,7 @@ def test_a_resumed_or_reevaluated_run_logs_to_the_same_tracker_runs(tracked_run,
     assert log_run(run, ()) == {"tensorboard": 1, "mlflow": 1}
     after = mlflow_runs(run)
     assert sorted(after["run_id"]) == sorted(before["run_id"])
-    history = mlflow.MlflowClient().get_metric_history(ledger["mlflow"]["runs"][name], "fid")
+    history = mlflow.MlflowClient(tracking_uri=store(run)).get_metric_history(ledger["mlflow"]["runs"][name], "fid")
     assert [metric.step for metric in history] == [0, 1] and history[0].value == history[1].value
     assert [scalar.step for scalar in tensorboard_point(run, name).Scalars("fid")] == [0, 1]
 
@@ -135,3 +148,44 @@ def test_wandb_logs_offline_to_one_run_id_across_calls(tracked_run, monkeypatch)
     offline = sorted((run / "tracking" / "wandb").glob("offline-run-*"))
     assert offline and all(folder.name.endswith(run_id) for folder in offline)
     assert (offline[0] / f"run-{run_id}.wandb").stat().st_size > 0
+
+
+def test_a_failing_tracker_is_one_line_and_leaves_the_run_complete(tracked_run, tmp_path, monkeypatch, capsys):
+    """A tracker's own failure (a server, a locked store) after a finished evaluation: one line and exit 2, the run
+    marked done (a rerun does not evaluate again), and the next call sends what was not sent."""
+    run, _ = tracked_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tracking", "evaluation.done"))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(tracking.MlflowTracker, "log_point", refuse)
+    argv = [
+        "sweep",
+        str(ROOT / "experiments" / "toy-quick.yaml"),
+        "--out",
+        str(copy),
+        "--quiet",
+        "--report-to",
+        "mlflow",
+    ]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "logging to mlflow failed (RuntimeError: database is locked)" in error
+    assert (copy / "evaluation.done").is_file()
+    monkeypatch.undo()
+    assert log_run(copy, ()) == {"mlflow": 4}  # remembered from the failed call: nothing was recorded as sent
+
+
+def test_a_store_that_lost_the_runs_gets_everything_again(tracked_run, tmp_path):
+    """The ledger is tied to the store it describes: a deleted MLflow database or TensorBoard folder is sent
+    everything again, not an empty new run beside a ledger that says "sent"."""
+    run, _ = tracked_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "tracking" / "mlflow.db").unlink()
+    shutil.rmtree(copy / "tracking" / "tensorboard")
+    sent = log_run(copy, ())
+    assert sent["tensorboard"] == 4 and sent["mlflow"] == 4
+    assert len(mlflow_runs(copy)) == 3  # a parent and the two grid points

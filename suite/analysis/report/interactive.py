@@ -149,12 +149,13 @@ def _item(plot) -> dict:
 
 
 def embed(name: str, item: dict) -> str:
-    """A div and the script that draws ``item`` into it; the JSON sits in a data block, with ``</`` escaped so no
-    string in it can end the script."""
+    """A div and the script that draws ``item`` into it; the JSON sits in a data block with ``<``, ``>`` and ``&``
+    written as JSON escapes, so no string in it can end the script or open a comment."""
     data = (
         json.dumps(item, separators=(",", ":"), allow_nan=False)  # in order: models are defined before referenced
-        .replace("</", "<\\/")
-        .replace("<!--", "<\\!--")
+        .replace("<", "\\u003c")  # JSON escapes: no string can end the script or open a comment
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
     )
     return (
         f'<div id="{name}" class="interactive"></div>'
