@@ -79,6 +79,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     if resolved.sweep.metrics:
         check_evaluation(resolved.sweep, _evaluate_options(args))
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
+    ensure_writable(out)  # before anything reads the folder: a name too long is one line, not a traceback
     trackers = check_trackers((*resolved.sweep.tracking, *args.report_to), out)  # a missing library: before any image
     if (out / "config.yaml").is_file():
         remember_trackers(out, trackers)  # a resumed run: logged there even if this process is stopped
