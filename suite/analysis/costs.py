@@ -52,14 +52,16 @@ def _parameters(module: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())  # tied weights counted once
 
 
-def _component_row(preset: str, component: str, module: torch.nn.Module, flops: int, guided_flops: int | None) -> dict:
+def _component_row(
+    preset: str, component: str, module: torch.nn.Module, flops: int | None, guided_flops: int | None
+) -> dict:
     parameters = _parameters(module)
     row = {"preset": preset, "component": component, "class": type(module).__name__, "parameters": parameters}
     row |= {f"{dtype}_gb": parameters * size / GB for dtype, size in BYTES_PER_VALUE.items()}
     row |= {
         "dtype": dtype_name(next(module.parameters()).dtype),
         "weights_gb": weights_bytes(module) / GB,
-        "gflops_per_call": flops / 1e9,
+        "gflops_per_call": None if flops is None else flops / 1e9,
         "gflops_per_guided_call": None if guided_flops is None else guided_flops / 1e9,
     }
     return row
@@ -71,17 +73,14 @@ def _component_rows(pipeline, cost: PipelineCost) -> list[dict]:
         for name, encoder in pipeline.text_encoders.items()
     ]
     for stage, stage_cost in zip(pipeline.stages, cost.stages):
-        rows.append(
-            _component_row(
-                pipeline.preset,
-                f"{stage.name}:unet",
-                stage.unet,
-                stage_cost.flops_per_evaluation,
-                stage_cost.flops_per_guided_evaluation,
-            )
-        )
-        if stage.vae is not None:
-            rows.append(_component_row(pipeline.preset, f"{stage.name}:vae", stage.vae, stage_cost.decode_flops, None))
+        for part, module in stage.parts().items():
+            if part == "vae":
+                flops = (stage_cost.decode_flops, None)
+            elif module is stage.unet or part == "last_unet":  # the denoiser (unCLIP's last upsampler: same shape)
+                flops = (stage_cost.flops_per_evaluation, stage_cost.flops_per_guided_evaluation)
+            else:  # unCLIP's text_proj: once per image, a few linear layers, not counted
+                flops = (None, None)
+            rows.append(_component_row(pipeline.preset, f"{stage.name}:{part}", module, *flops))
     return rows
 
 
@@ -116,7 +115,7 @@ def _pipeline_row(pipeline, cost: PipelineCost, stage_rows: list[dict], settings
     stage_bytes = [row["resident_weights_gb"] * GB for row in stage_rows]
     total_bytes = sum(text_bytes) + sum(stage_bytes)
     modules = [encoder.model for encoder in pipeline.text_encoders.values()]
-    modules += [module for stage in pipeline.stages for module in (stage.unet, stage.vae) if module is not None]
+    modules += [module for stage in pipeline.stages for module in stage.modules()]
     last = stage_rows[-1]
     return {
         "preset": pipeline.preset,

@@ -75,7 +75,6 @@ def command_sweep(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     resolved = load_sweep(Path(args.config) if args.config else default_sweep())
     place = topology(args.shard)
-    rank, world_size = place.rank, place.world_size
     if resolved.sweep.metrics:
         check_evaluation(resolved.sweep, _evaluate_options(args))
     out = Path(args.out) if args.out else Path("results") / resolved.sweep.name
@@ -87,8 +86,8 @@ def command_sweep(args: argparse.Namespace) -> int:
         out,
         device_for(args.device, place),
         args.dtype,
-        rank,
-        world_size,
+        place.rank,
+        place.world_size,
         _model_dirs(args.model_dir),
         progress=not args.quiet,
         compile=args.compile,

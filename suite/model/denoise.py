@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from suite.model.samplers import consumes_learned_variance, step_kwargs
+from suite.model.samplers import consumes_learned_variance, step_kwargs, takes_previous_timestep
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ class TextMasks:
 class GuidedUNet:
     """Wraps a diffusers denoiser with the prompt, optional low-res conditioning and guidance.
 
-    The denoiser is a UNet (``transformer=False``: called as ``unet(x, t, encoder_hidden_states, class_labels)``)
+    The denoiser is a UNet (``transformer=False``: called as ``unet(x, t, encoder_hidden_states, class_labels)``,
+    plus ``attention_mask`` when ``masks`` are given, as unCLIP's decoder reads its text mask)
     or a PixArt-style transformer (called as PixArtAlphaPipeline calls it: the timestep broadcast to the batch,
     the text attention mask, and ``added_cond_kwargs`` with resolution and aspect ratio where the model takes
     them). With ``guidance_scale == 1`` the unconditional pass is skipped: the formula reduces to the
@@ -116,6 +117,7 @@ class GuidedUNet:
     transformer: bool = False
     masks: TextMasks | None = None
     added_cond_kwargs: dict[str, torch.Tensor | None] | None = None
+    negative_class_labels: torch.Tensor | None = None  # unCLIP's decoder: the unconditional half's own time embedding
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_input = sample
@@ -127,7 +129,9 @@ class GuidedUNet:
         if uses_guidance(self.guidance_scale):
             model_input = torch.cat([model_input] * 2)
             embeds = torch.cat([self.negative_prompt_embeds, self.prompt_embeds])
-            labels = None if labels is None else torch.cat([labels] * 2)
+            if labels is not None:
+                negative = labels if self.negative_class_labels is None else self.negative_class_labels
+                labels = torch.cat([negative, labels])
             mask = None if mask is None else torch.cat([self.masks.negative, mask])
             added = {key: None if value is None else torch.cat([value] * 2) for key, value in added.items()}
         if self.transformer:
@@ -141,8 +145,9 @@ class GuidedUNet:
                 return_dict=False,
             )[0]
         else:
+            masked = {} if mask is None else {"attention_mask": mask}
             output = self.unet(
-                model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False
+                model_input, timestep, encoder_hidden_states=embeds, class_labels=labels, return_dict=False, **masked
             )[0]
         if uses_guidance(self.guidance_scale):
             output = classifier_free_guidance(output, self.guidance_scale, sample.shape[1])
@@ -167,9 +172,13 @@ def denoise(
     extra = step_kwargs(scheduler, generators)
     wants_x0 = any(getattr(hook, "wants_x0", False) for hook in hooks)
     keep_variance = consumes_learned_variance(scheduler)
+    previous = takes_previous_timestep(scheduler)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
-    for index, timestep in enumerate(scheduler.timesteps[begin_index:]):
+    timesteps = scheduler.timesteps[begin_index:]
+    for index, timestep in enumerate(timesteps):
+        if previous:  # unCLIP's scheduler steps to the next timestep it is given (None after the last: t - 1)
+            extra["prev_timestep"] = timesteps[index + 1] if index + 1 < len(timesteps) else None
         # 1. Precondition the input (sigma scaling for Karras-style solvers; identity for DDPM/DDIM).
         model_input = scheduler.scale_model_input(sample, timestep)
         # 2. Predict (guided) noise; drop a learned variance the solver cannot use.

@@ -17,11 +17,12 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from suite.model.denoise import GuidedUNet, uses_guidance
+from suite.model.denoise import GuidedUNet, TextMasks, uses_guidance
 from suite.model.loading import model_on_meta
 from suite.model.presets import PRESETS
 from suite.model.samplers import model_evaluations
 from suite.model.stages import IMAGE_CHANNELS, Stage, StageSettings, micro_conditions
+from suite.model.unclip import DecoderStage, GuidedPrior, PriorStage, SuperResolutionStage, SwitchingUpsampler
 
 META = torch.device("meta")
 GB = 1e9
@@ -116,8 +117,64 @@ class PipelineCost:
         )
 
 
+def _unclip_stage_cost(
+    stage: PriorStage | DecoderStage | SuperResolutionStage, max_length: int
+) -> tuple[StageCost, torch.Tensor]:
+    """Count one of unCLIP's stages. The prior's "sample" is its image embedding (counted as D x 1 x 1); text_proj
+    runs once per image, not per step, and is not counted (a few linear layers)."""
+    unet = on_meta(stage.unet)
+    meta = {"device": META, "dtype": unet.dtype}
+    timestep = torch.tensor(COUNTING_TIMESTEP, device=META)
+    ones = torch.ones(1, max_length, dtype=torch.bool, device=META)
+    masks = TextMasks(ones, ones)
+    if isinstance(stage, PriorStage):
+        width = unet.config.embedding_dim
+        sample_shape = image_shape = (width, 1, 1)
+        sample = torch.empty(1, width, **meta)
+        text = (torch.empty(1, max_length, width, **meta), torch.empty(1, width, **meta))
+
+        def denoiser(guidance_scale: float):
+            return GuidedPrior(unet, text, text, masks, guidance_scale)
+
+        output = torch.empty(1, width, **meta)
+    else:
+        side = unet.config.sample_size
+        channels = unet.config.in_channels // (2 if isinstance(stage, SuperResolutionStage) else 1)
+        sample_shape = image_shape = (channels, side, side)
+        sample = output = torch.empty(1, channels, side, side, **meta)
+        if isinstance(stage, SuperResolutionStage):
+
+            def denoiser(guidance_scale: float):
+                return SwitchingUpsampler(unet, on_meta(stage.last_unet), sample, evaluations=2)
+
+        else:
+            text_proj = on_meta(stage.text_proj)
+            width = text_proj.config.clip_embeddings_dim
+            text = (torch.empty(1, max_length, width, **meta), torch.empty(1, width, **meta))
+            image_embeddings = torch.empty(1, width, **meta)
+            meta_stage = DecoderStage(stage.name, unet, text_proj, stage.scheduler_config, stage.text_encoder)
+
+            def denoiser(guidance_scale: float):
+                guided = uses_guidance(guidance_scale)
+                conditions = meta_stage.conditions(image_embeddings, text, text, masks, guided)
+                return GuidedUNet(unet=unet, guidance_scale=guidance_scale, **conditions)
+
+    cost = StageCost(
+        stage=stage.name,
+        sample_shape=sample_shape,
+        image_shape=image_shape,
+        flops_per_evaluation=count_flops(denoiser(1.0), sample, timestep),
+        flops_per_guided_evaluation=count_flops(denoiser(2.0), sample, timestep),
+        decode_flops=0,
+        scheduler_config=dict(stage.scheduler_config),
+    )
+    return cost, output
+
+
 def _stage_cost(stage: Stage, low_res: torch.Tensor | None, max_length: int) -> tuple[StageCost, torch.Tensor]:
     """Count one stage at the size its input gives it; return its cost and a meta image of its output."""
+    if isinstance(stage, (PriorStage, DecoderStage, SuperResolutionStage)):
+        return _unclip_stage_cost(stage, max_length)
     unet = on_meta(stage.unet)
     height, width = stage.sample_size(low_res)
     meta = {"device": META, "dtype": unet.dtype}
@@ -190,7 +247,7 @@ def shape_text(shape: Sequence[int]) -> str:
 def stage_shape(preset: str, kind: str, stage, stage_cost) -> dict:
     """What one stage denoises and produces, and the weights it keeps resident: independent of the settings."""
     channels, height, width = stage_cost.image_shape
-    resident = weights_bytes(stage.unet) + (weights_bytes(stage.vae) if stage.vae is not None else 0)
+    resident = sum(weights_bytes(module) for module in stage.modules())
     return {
         "preset": preset,
         "stage": stage.name,

@@ -12,7 +12,7 @@ from accelerate import cpu_offload_with_hook
 
 from suite.model.denoise import StepHook, TextMasks
 from suite.model.loading import LoadOptions
-from suite.model.stages import Stage, StageSettings, StageTiming, quiet_casts, run_stage
+from suite.model.stages import Stage, StageSettings, StageTiming, quiet_casts
 from suite.model.text import NEGATIVE_PROMPT, EmbeddingCache, TextEncoder
 from suite.model.timing import Clock
 
@@ -57,7 +57,7 @@ class TextToImagePipeline:
     def in_float32(self) -> Iterator[None]:
         """Every UNet and VAE in float32 for the duration (the regeneration of a non-finite image)."""
 
-        models = [module for stage in self.stages for module in (stage.unet, stage.vae) if module is not None]
+        models = [module for stage in self.stages for module in stage.modules()]
         dtypes = [next(module.parameters()).dtype for module in models]
         with quiet_casts():
             for module in models:
@@ -80,9 +80,7 @@ class TextToImagePipeline:
         for encoder in self.text_encoders.values():
             yield encoder.model
         for stage in self.stages:
-            yield stage.unet
-            if stage.vae is not None:
-                yield stage.vae
+            yield from stage.modules()
 
     def encode(self, needed: Sequence[str], universe: Sequence[str], clock: Clock) -> None:
         """Cache embeddings of ``needed`` prompts (and the empty negative prompt) for every encoder."""
@@ -113,13 +111,12 @@ class TextToImagePipeline:
             prompt_embeds = cache.lookup(list(prompts))
             negative_embeds = cache.lookup([NEGATIVE_PROMPT] * len(prompts))
             masks = None
-            if stage.transformer:
+            if stage.reads_text_mask:
                 encoder = self.text_encoders[stage.text_encoder]
                 masks = TextMasks(
                     encoder.attention_mask(list(prompts)), encoder.attention_mask([NEGATIVE_PROMPT] * len(prompts))
                 )
-            image, timing = run_stage(
-                stage,
+            image, timing = stage.run(  # an image, or (unCLIP's prior) an image embedding for the next stage
                 stage_settings,
                 prompt_embeds,
                 negative_embeds,

@@ -36,14 +36,27 @@ class ReferenceConfigs:
         return json.loads((folder / self.files[subfolder]).read_text())
 
 
+SCHEDULER_FOLDERS = {
+    "prior": "prior_scheduler",
+    "unclip-decoder": "decoder_scheduler",
+    "unclip-sr": "super_res_scheduler",
+}
+
+
+def scheduler_folder(kind: str) -> str:
+    """The subfolder holding a stage's scheduler config: ``scheduler/``, or unCLIP's one per stage."""
+    return SCHEDULER_FOLDERS.get(kind, "scheduler")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of a preset: which kind of loop, from which source, and its default knobs."""
 
     name: str
-    kind: str  # "latent", "latent-dit" (a transformer denoiser), "pixel-base", "pixel-sr" or "latent-sr"
+    kind: str  # "latent", "latent-dit", "pixel-base", "pixel-sr", "latent-sr", "prior", "unclip-decoder", "unclip-sr"
     source: str  # key into Preset.sources
     guidance_scale: float | None = None  # None: the sweep's guidance value
+    num_inference_steps: int | None = None  # None: the sweep's steps (unCLIP's upsamplers run a fixed 7)
     noise_level: int | None = None  # super-resolution stages only
     strength: float = 1.0  # pixel super-resolution only: < 1 starts from the noised upsampled image
     text_source: str | None = None  # a source whose text_encoder/ this stage reads (default: the backend's choice)
@@ -244,6 +257,38 @@ PRESETS.register(
 )
 
 
+# unCLIP's stage defaults, as UnCLIPPipeline's: prior guidance 4, decoder guidance from the grid (Karlo uses 8),
+# upsamplers unguided for 7 steps (six with super_res_first, the last with super_res_last).
+_UNCLIP_STAGES = (
+    StageSpec("prior", "prior", "model", guidance_scale=4.0),
+    StageSpec("decoder", "unclip-decoder", "model"),
+    StageSpec("super_resolution", "unclip-sr", "model", guidance_scale=1.0, num_inference_steps=7),
+)
+_KARLO_CONFIGS = ReferenceConfigs(
+    {
+        "text_encoder": "clip-vit-large-patch14-text.json",
+        **{part: f"karlo-{part.replace('_', '-')}.json" for part in ("prior", "decoder", "text_proj")},
+        **{part: f"karlo-{part.replace('_', '-')}.json" for part in ("super_res_first", "super_res_last")},
+        **{
+            f"{stage}_scheduler": f"karlo-{stage.replace('_', '-')}-scheduler.json"
+            for stage in ("prior", "decoder", "super_res")
+        },
+    }
+)
+PRESETS.register(
+    "karlo",
+    Preset(
+        name="karlo",
+        backend="unclip",
+        stages=_UNCLIP_STAGES,
+        sources={"model": Source("kakaobrain/karlo-v1-alpha")},  # default branch: no revision could be read offline
+        description="Karlo (unCLIP, DALL-E 2's design): CLIP ViT-L/14 text, 1B prior to a CLIP image embedding, "
+        "64 px pixel decoder, x4 upsamplers to 256 px",
+        reference_configs={"model": _KARLO_CONFIGS},
+    ),
+)
+
+
 def _made_here(name: str, backend: str, stages: tuple[StageSpec, ...], description: str, **where: Any) -> Preset:
     """A preset whose models this project makes (built from configs, or trained on the toy world): fp32, and one
     built-in folder per stage source unless ``where`` names its sources, folder or builder."""
@@ -292,6 +337,17 @@ PRESETS.register(
         (StageSpec("latent", "latent-dit", "model"),),
         "untrained PixArt-alpha-shaped model built from configs (T5, diffusion transformer on 8x8x4 latents, 64 px)",
         build=tiny.build_pixart,
+    ),
+)
+
+PRESETS.register(
+    "tiny-unclip",
+    _made_here(
+        "tiny-unclip",
+        "unclip",
+        _UNCLIP_STAGES,
+        "untrained Karlo-shaped unCLIP built from configs (CLIP, prior, 16 px decoder, x4 upsamplers to 64 px)",
+        build=tiny.build_unclip,
     ),
 )
 

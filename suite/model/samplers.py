@@ -80,6 +80,13 @@ SAMPLERS.register(
     "unipc", Sampler("UniPCMultistepScheduler", description="UniPC predictor-corrector (Zhao et al. 2023)")
 )
 SAMPLERS.register("deis", Sampler("DEISMultistepScheduler", description="DEIS multistep (Zhang & Chen 2023)"))
+SAMPLERS.register(
+    "unclip",
+    Sampler(
+        "UnCLIPScheduler",
+        description="unCLIP's ancestral sampler (DALL-E 2 / Karlo): strided DDPM steps, cosine betas only",
+    ),
+)
 
 
 def make_scheduler(sampler_name: str, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
@@ -131,6 +138,11 @@ def consumes_learned_variance(scheduler: SchedulerMixin) -> bool:
 def clips_x0(scheduler: SchedulerMixin) -> bool:
     """Whether the scheduler clips or dynamically thresholds its x0 prediction (IF's configs threshold)."""
     return bool(scheduler.config.get("thresholding") or scheduler.config.get("clip_sample"))
+
+
+def takes_previous_timestep(scheduler: SchedulerMixin) -> bool:
+    """Whether ``step`` must be told the next timestep (unCLIP's scheduler: it cannot infer a strided schedule)."""
+    return "prev_timestep" in inspect.signature(scheduler.step).parameters
 
 
 def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict[str, Any]:

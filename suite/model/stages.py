@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,22 @@ class Stage:
     vae: torch.nn.Module | None = None
     conditioning: LowResConditioning | None = None
     transformer: bool = False  # the denoiser is a PixArt-style transformer: it reads the text mask and micro-conditions
+
+    @property
+    def reads_text_mask(self) -> bool:
+        """Whether the pipeline hands this stage the prompts' attention masks (a transformer denoiser reads them)."""
+        return self.transformer
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        """The stage's networks by the name the profile gives them, in the order they run."""
+        return {"unet": self.unet} | ({"vae": self.vae} if self.vae is not None else {})
+
+    def modules(self) -> Iterator[torch.nn.Module]:
+        yield from self.parts().values()
+
+    def run(self, settings: StageSettings, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, StageTiming]:
+        """Denoise a batch (see ``run_stage``); every kind of stage offers this one call to the pipeline."""
+        return run_stage(self, settings, *args, **kwargs)
 
     @property
     def sample_channels(self) -> int:

@@ -16,6 +16,8 @@ class TextEncoder:
     Mirrors the diffusers pipelines: CLIP (Stable Diffusion) pads to 77 tokens and passes no
     attention mask; T5 (DeepFloyd IF) lower-cases and strips the prompt (``clean_caption=False``),
     pads to 77 tokens and passes the attention mask; PixArt-alpha's T5 does the same at 120 tokens.
+    unCLIP (``pooled=True``) reads CLIP's per-token states and its projected pooled embedding: the encoder then
+    gives a pair ``(hidden states, pooled)``, and the cache keeps and stacks both.
     """
 
     name: str
@@ -24,6 +26,7 @@ class TextEncoder:
     max_length: int = 77
     lowercase: bool = False
     use_attention_mask: bool = False
+    pooled: bool = False
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         if self.lowercase:
@@ -43,11 +46,14 @@ class TextEncoder:
         return self.tokenize(prompts).attention_mask
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
+    def __call__(self, prompts: list[str]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokenize(prompts)
         device = next(self.model.parameters()).device
         mask = tokens.attention_mask.to(device) if self.use_attention_mask else None
-        return self.model(tokens.input_ids.to(device), attention_mask=mask)[0]
+        output = self.model(tokens.input_ids.to(device), attention_mask=mask)
+        if self.pooled:  # CLIPTextModelWithProjection: (text_embeds, last_hidden_state, ...)
+            return output.last_hidden_state, output.text_embeds
+        return output[0]
 
 
 @dataclass
@@ -74,9 +80,14 @@ class EmbeddingCache:
             began = clock()
             embeds = self.encoder(block)
             elapsed = clock() - began
-            for prompt, embed in zip(block, embeds):
+            rows = zip(*embeds) if isinstance(embeds, tuple) else embeds  # a pooled encoder: one pair per prompt
+            for prompt, embed in zip(block, rows):
                 self.embeddings[prompt] = embed
                 self.seconds_per_prompt[prompt] = elapsed / len(block)
 
-    def lookup(self, prompts: list[str]) -> torch.Tensor:
-        return torch.stack([self.embeddings[prompt] for prompt in prompts])
+    def lookup(self, prompts: list[str]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The prompts' embeddings as one batch (a pooled encoder's: a batch of hidden states and one of pooled)."""
+        rows = [self.embeddings[prompt] for prompt in prompts]
+        if isinstance(rows[0], tuple):
+            return tuple(torch.stack(part) for part in zip(*rows))
+        return torch.stack(rows)

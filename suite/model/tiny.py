@@ -3,7 +3,7 @@
 They exercise every code path (tokenizers, text encoders, UNets, VAEs, schedulers, folder
 layout) in seconds on a CPU. Their images are not meant to look like anything: they test the
 machinery. ``build_latent`` writes a Stable-Diffusion-shaped folder, ``build_pixart`` a PixArt-alpha-shaped
-one (T5 + diffusion transformer), ``build_cascade`` one folder per stage shaped like DeepFloyd IF's
+one (T5 + diffusion transformer), ``build_unclip`` a Karlo-shaped one (unCLIP), ``build_cascade`` one folder per stage shaped like DeepFloyd IF's
 repos (and optionally the SD x4 upscaler's).
 """
 
@@ -13,7 +13,18 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    PixArtTransformer2DModel,
+    PriorTransformer,
+    UnCLIPPipeline,
+    UnCLIPScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from suite.model import builders
 
@@ -148,6 +159,75 @@ def build_pixart(folder: Path, seed: int = 0, sample_size: int = 8, vae_blocks: 
             "scheduler": builders.latent_scheduler(),
         },
     )
+
+
+def build_unclip(folder: Path, seed: int = 0, decoder_size: int = 16) -> None:
+    """A Karlo-shaped folder (``UnCLIPPipeline.save_pretrained``): CLIP with projection, a prior, text_proj, a pixel
+    decoder at ``decoder_size`` with learned variance and two x4 upsamplers, each with unCLIP's scheduler."""
+    torch.manual_seed(seed)
+    tokenizer = builders.word_level_clip_tokenizer(WORDS)
+    width, time_width = 32, 128  # CLIP embedding width; the decoder's time embedding (4 x its first block)
+    text_encoder = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            projection_dim=width,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=width, num_layers=1)
+    with torch.no_grad():  # CLIP image-embedding statistics the prior's output is un-normalised by
+        prior.clip_mean.normal_(0.0, 0.1)
+        prior.clip_std.uniform_(0.5, 1.5)
+    decoder = UNet2DConditionModel(
+        sample_size=decoder_size,
+        in_channels=3,
+        out_channels=6,  # learned-range variance
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=width,
+        attention_head_dim=8,
+        class_embed_type="identity",  # text_proj's time embedding is added as is
+        resnet_time_scale_shift="scale_shift",
+        norm_num_groups=8,
+    )
+
+    def upsampler() -> UNet2DModel:
+        return UNet2DModel(
+            sample_size=4 * decoder_size,
+            in_channels=6,  # the sample beside the upsampled image
+            out_channels=3,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"),
+            up_block_types=("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
+            resnet_time_scale_shift="scale_shift",
+            norm_num_groups=8,
+        )
+
+    UnCLIPPipeline(
+        prior=prior,
+        decoder=decoder,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_proj=UnCLIPTextProjModel(clip_embeddings_dim=width, time_embed_dim=time_width, cross_attention_dim=width),
+        super_res_first=upsampler(),
+        super_res_last=upsampler(),
+        prior_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
+        ),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon"),
+    ).save_pretrained(folder)
 
 
 def build_cascade(folder: Path, seed: int = 0, base_size: int = 16, latent_upscaler: bool = False) -> None:

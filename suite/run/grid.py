@@ -57,17 +57,17 @@ def stage_settings(
 def preset_stage_settings(
     preset: Preset, sampler: str, steps: int, guidance: float, overrides: Mapping[str, Any] | None = None
 ) -> tuple[StageSettings, ...]:
-    """Sampler and steps for every stage; guidance for the first stage, the preset's defaults for
-    super-resolution stages; per-stage ``overrides`` (sweep ``stages:`` entries) win."""
+    """The grid's sampler for every stage; its steps and guidance for every stage whose preset spec fixes none
+    (the first stage of every built-in cascade, unCLIP's decoder), the preset's defaults for the others
+    (super-resolution stages, unCLIP's prior and upsamplers); per-stage ``overrides`` (sweep ``stages:``) win."""
     overrides = overrides or {}
     settings = []
-    for index, spec in enumerate(preset.stages):
+    for spec in preset.stages:
         override = overrides.get(spec.name)
-        stage_guidance = guidance if index == 0 or spec.guidance_scale is None else spec.guidance_scale
         values = {
             "sampler": sampler,
-            "num_inference_steps": steps,
-            "guidance_scale": stage_guidance,
+            "num_inference_steps": steps if spec.num_inference_steps is None else spec.num_inference_steps,
+            "guidance_scale": guidance if spec.guidance_scale is None else spec.guidance_scale,
             "noise_level": spec.noise_level,
             "strength": spec.strength,
         }

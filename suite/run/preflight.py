@@ -21,7 +21,8 @@ from suite.metrics.networks import FEATURE_NETWORKS, NetworkContext, check_local
 from suite.metrics.reference import check_reference, check_statistics_dimension
 from suite.model.devices import resolve_device
 from suite.model.loading import ComponentLoader, check_available
-from suite.model.presets import PRESETS, Preset, materialise
+from suite.model.presets import PRESETS, Preset, materialise, scheduler_folder
+from suite.model.samplers import make_scheduler
 from suite.model.stages import StageSettings
 from suite.run.config import ResolvedSweep, Sweep
 from suite.run.grid import preset_stage_settings, stage_settings
@@ -48,14 +49,41 @@ def prepare_presets(resolved: ResolvedSweep, model_dirs: dict[str, Path]) -> dic
     return presets
 
 
-def train_timesteps(preset: Preset) -> dict[str, int]:
-    """Each stage's number of training timesteps, from its scheduler config."""
+def stage_schedulers(preset: Preset) -> dict[str, dict]:
+    """Each stage's scheduler config, as its model folder holds it."""
     locations = preset.source_paths()
-    timesteps = {}
-    for spec in preset.stages:
-        scheduler = ComponentLoader(preset.name, spec.source, locations[spec.source]).scheduler("scheduler")
-        timesteps[spec.name] = int(scheduler.config.get("num_train_timesteps", DEFAULT_TRAIN_TIMESTEPS))
-    return timesteps
+    return {
+        spec.name: dict(
+            ComponentLoader(preset.name, spec.source, locations[spec.source])
+            .scheduler(scheduler_folder(spec.kind))
+            .config
+        )
+        for spec in preset.stages
+    }
+
+
+def train_timesteps(preset: Preset, configs: dict[str, dict] | None = None) -> dict[str, int]:
+    """Each stage's number of training timesteps, from its scheduler config."""
+    configs = stage_schedulers(preset) if configs is None else configs
+    return {name: int(config.get("num_train_timesteps", DEFAULT_TRAIN_TIMESTEPS)) for name, config in configs.items()}
+
+
+def check_samplers(preset: Preset, samplers: list[str], configs: dict[str, dict]) -> None:
+    """Every sampler can be built on every stage's noise schedule (unCLIP's sampler takes cosine betas only)."""
+    for sampler in samplers:
+        for stage, config in configs.items():
+            problem = _unbuildable(sampler, config)
+            if problem:
+                raise UserError(f"sampler {sampler!r} cannot sample {preset.name} stage {stage!r}: {problem}")
+
+
+def _unbuildable(sampler: str, config: dict) -> str:
+    """Why ``sampler`` cannot be built from ``config`` ("" if it can)."""
+    try:
+        make_scheduler(sampler, config)
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 def check_steps(resolved: ResolvedSweep, presets: dict[str, Preset]) -> None:
@@ -63,7 +91,9 @@ def check_steps(resolved: ResolvedSweep, presets: dict[str, Preset]) -> None:
     the steps of its whole schedule)."""
     sweep = resolved.sweep
     for name, preset in presets.items():
-        limits = train_timesteps(preset)
+        configs = stage_schedulers(preset)
+        check_samplers(preset, list(sweep.samplers), configs)
+        limits = train_timesteps(preset, configs)
         for sampler in sweep.samplers:
             for steps in sweep.num_inference_steps:
                 for guidance in sweep.guidance_scale:
@@ -72,7 +102,10 @@ def check_steps(resolved: ResolvedSweep, presets: dict[str, Preset]) -> None:
 
 def check_point_steps(preset: Preset, sampler: str, steps: int, guidance: float, option: str = "--steps") -> None:
     """One grid point of ``preset`` (as ``suite bench`` and ``suite profile`` take it) against its training timesteps."""
-    check_stage_steps(preset, preset_stage_settings(preset, sampler, steps, guidance), option=option)
+    configs = stage_schedulers(preset)
+    check_samplers(preset, [sampler], configs)
+    settings = preset_stage_settings(preset, sampler, steps, guidance)
+    check_stage_steps(preset, settings, train_timesteps(preset, configs), option=option)
 
 
 def check_stage_steps(

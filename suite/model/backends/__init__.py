@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from suite.core.registry import Registry
-from suite.model.backends import cascaded, latent
+from suite.model.backends import cascaded, latent, unclip
 from suite.model.devices import DTYPES
 from suite.model.loading import LoadOptions
 from suite.model.pipeline import TextToImagePipeline
@@ -28,6 +28,7 @@ BACKENDS: Registry[Backend] = Registry("backend")
 
 BACKENDS.register("latent", Backend("latent", latent.DESCRIPTION, latent.load))
 BACKENDS.register("cascaded", Backend("cascaded", cascaded.DESCRIPTION, cascaded.load))
+BACKENDS.register("unclip", Backend("unclip", unclip.DESCRIPTION, unclip.load))
 
 
 def build_on_meta(preset: Preset):

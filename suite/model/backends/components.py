@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionModel
-from transformers import CLIPTextModel, T5EncoderModel
+from diffusers import (
+    AutoencoderKL,
+    PixArtTransformer2DModel,
+    PriorTransformer,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
 from suite.core.registry import Registry
 from suite.model.loading import ComponentLoader, LoadOptions
-from suite.model.presets import StageSpec
+from suite.model.presets import StageSpec, scheduler_folder
 from suite.model.stages import LowResConditioning, Stage
 from suite.model.text import TextEncoder
+from suite.model.unclip import DecoderStage, PriorStage, SuperResolutionStage
 
 
 def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
@@ -19,6 +27,13 @@ def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) ->
     return TextEncoder(
         name, loader.tokenizer(), model, use_attention_mask=bool(getattr(model.config, "use_attention_mask", False))
     )
+
+
+def pooled_clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
+    """CLIP text tower as unCLIP uses it: 77 tokens, no mask into CLIP, per-token states and the projected pooled
+    embedding (``CLIPTextModelWithProjection``); the mask is read by the prior and the decoder."""
+    model = loader.model(CLIPTextModelWithProjection, "text_encoder", dtype)
+    return TextEncoder(name, loader.tokenizer(), model, pooled=True)
 
 
 def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype, max_length: int = 77) -> TextEncoder:
@@ -102,9 +117,42 @@ def latent_sr_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptio
     )
 
 
+def prior_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> PriorStage:
+    """unCLIP's prior (``prior/``, ``prior_scheduler/``): text -> CLIP image embedding."""
+    prior = loader.model(PriorTransformer, "prior", options.denoiser_dtype)
+    return PriorStage(spec.name, prior, loader.scheduler(scheduler_folder(spec.kind)).config, text_encoder)
+
+
+def decoder_stage(spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str) -> DecoderStage:
+    """unCLIP's decoder (``decoder/``, ``text_proj/``, ``decoder_scheduler/``): image embedding -> 64 px image."""
+    return DecoderStage(
+        spec.name,
+        loader.model(UNet2DConditionModel, "decoder", options.denoiser_dtype),
+        loader.model(UnCLIPTextProjModel, "text_proj", options.denoiser_dtype),
+        loader.scheduler(scheduler_folder(spec.kind)).config,
+        text_encoder,
+    )
+
+
+def upsampler_stage(
+    spec: StageSpec, loader: ComponentLoader, options: LoadOptions, text_encoder: str
+) -> SuperResolutionStage:
+    """unCLIP's upsampler (``super_res_first/``, ``super_res_last/``, ``super_res_scheduler/``)."""
+    return SuperResolutionStage(
+        spec.name,
+        loader.model(UNet2DModel, "super_res_first", options.denoiser_dtype),
+        loader.model(UNet2DModel, "super_res_last", options.denoiser_dtype),
+        loader.scheduler(scheduler_folder(spec.kind)).config,
+        text_encoder,
+    )
+
+
 STAGE_KINDS = Registry("stage kind")
 STAGE_KINDS.register("latent", latent_stage)
 STAGE_KINDS.register("latent-dit", latent_transformer_stage)
 STAGE_KINDS.register("pixel-base", pixel_base_stage)
 STAGE_KINDS.register("pixel-sr", pixel_sr_stage)
 STAGE_KINDS.register("latent-sr", latent_sr_stage)
+STAGE_KINDS.register("prior", prior_stage)
+STAGE_KINDS.register("unclip-decoder", decoder_stage)
+STAGE_KINDS.register("unclip-sr", upsampler_stage)

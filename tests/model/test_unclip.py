@@ -1,0 +1,147 @@
+"""unCLIP through the one loop: diffusers' UnCLIPPipeline, rebuilt from the parts of a tiny Karlo-shaped folder,
+gives the suite's images for the same seeds; the prior, the decoder's conditioning and both upsampler networks
+each change the image; FLOPs count every stage."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import PriorTransformer, UnCLIPPipeline, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+from suite.model import tiny
+from suite.model.backends import BACKENDS, build_on_meta
+from suite.model.devices import DTYPES
+from suite.model.flops import pipeline_cost
+from suite.model.loading import LoadOptions
+from suite.model.presets import PRESETS
+from suite.model.stages import StageSettings
+from suite.model.timing import Clock
+from suite.model.unclip import DecoderStage, PriorStage, SuperResolutionStage
+from suite.run.grid import preset_stage_settings
+from tests.run.test_reliability import one_line_exit_2, sweep, sweep_file
+
+PROMPTS = ["a red circle above a blue square", "a photo of a cat"]
+SEEDS = [3, 11]
+CLOCK = Clock(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("karlo")
+    tiny.build_unclip(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unclip(folder):
+    preset = replace(PRESETS.get("tiny-unclip"), local_dir=folder, build=None)
+    options = LoadOptions(torch.device("cpu"), DTYPES.get("fp32"), DTYPES.get("fp32"))
+    pipeline = BACKENDS.get("unclip").load(preset, options)
+    pipeline.encode(PROMPTS, PROMPTS, CLOCK)
+    return pipeline
+
+
+def reference_pipeline(folder) -> UnCLIPPipeline:
+    """diffusers' own pipeline, each part loaded from the folder by its own class (not through the suite)."""
+    pipeline = UnCLIPPipeline(
+        prior=PriorTransformer.from_pretrained(folder / "prior"),
+        decoder=UNet2DConditionModel.from_pretrained(folder / "decoder"),
+        text_encoder=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        text_proj=UnCLIPTextProjModel.from_pretrained(folder / "text_proj"),
+        super_res_first=UNet2DModel.from_pretrained(folder / "super_res_first"),
+        super_res_last=UNet2DModel.from_pretrained(folder / "super_res_last"),
+        prior_scheduler=UnCLIPScheduler.from_pretrained(folder / "prior_scheduler"),
+        decoder_scheduler=UnCLIPScheduler.from_pretrained(folder / "decoder_scheduler"),
+        super_res_scheduler=UnCLIPScheduler.from_pretrained(folder / "super_res_scheduler"),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def generators() -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in SEEDS]
+
+
+def suite_images(unclip, settings) -> np.ndarray:
+    images, timings = unclip.generate(PROMPTS, settings, generators(), CLOCK)
+    assert [timing.model_evaluations for timing in timings] == [stage.num_inference_steps for stage in settings]
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize(
+    "prior_guidance, decoder_guidance, steps",
+    [(4.0, 8.0, 5), (4.0, 1.0, 3), (1.0, 1.0, 2)],  # Karlo's defaults; an unguided decoder; no guidance at all
+)
+def test_unclip_loop_matches_the_unclip_pipeline(folder, unclip, prior_guidance, decoder_guidance, steps):
+    stages = {"prior": {"guidance": prior_guidance}}
+    preset = PRESETS.get("tiny-unclip")
+    settings = preset_stage_settings(preset, "unclip", steps, decoder_guidance)
+    settings = (replace(settings[0], guidance_scale=prior_guidance), *settings[1:])
+    assert [stage.num_inference_steps for stage in settings] == [steps, steps, 7] and stages
+    expected = reference_pipeline(folder)(
+        PROMPTS,
+        prior_num_inference_steps=steps,
+        decoder_num_inference_steps=steps,
+        super_res_num_inference_steps=7,
+        prior_guidance_scale=prior_guidance,
+        decoder_guidance_scale=decoder_guidance,
+        generator=generators(),
+        output_type="np",
+    ).images
+    ours = suite_images(unclip, settings)
+    assert ours.shape == expected.shape == (2, 64, 64, 3)
+    assert expected.std() > 0.05  # the images are not flat: the comparison can fail
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
+
+
+def test_every_unclip_stage_changes_the_image(unclip):
+    """The prior's guidance reaches the image through the embedding; the decoder reads the text; the last upsampler
+    network runs (swapping it for the first changes the image)."""
+    settings = preset_stage_settings(PRESETS.get("tiny-unclip"), "unclip", 3, 8.0)
+    base = suite_images(unclip, settings)
+    prior_changed = suite_images(unclip, (replace(settings[0], guidance_scale=1.0), *settings[1:]))
+    assert np.abs(prior_changed - base).max() > 1e-3
+    upsampler = unclip.stages[2]
+    last = upsampler.last_unet
+    try:
+        upsampler.last_unet = upsampler.unet
+        assert np.abs(suite_images(unclip, settings) - base).max() > 1e-3
+    finally:
+        upsampler.last_unet = last
+
+
+def test_a_grid_point_reaches_the_unclip_stages_by_the_written_rule():
+    """The grid's sampler reaches every stage; its steps and guidance the decoder (and the prior's steps); the prior
+    keeps Karlo's guidance 4 and the upsamplers their 7 unguided steps, unless the sweep's stages: say otherwise."""
+    prior, decoder, upsampler = preset_stage_settings(PRESETS.get("tiny-unclip"), "ddim", 12, 6.0)
+    assert prior == StageSettings("ddim", 12, 4.0)
+    assert decoder == StageSettings("ddim", 12, 6.0)
+    assert upsampler == StageSettings("ddim", 7, 1.0)
+
+
+def test_flops_count_the_prior_decoder_and_upsamplers(unclip):
+    loaded = pipeline_cost(unclip)
+    on_meta = pipeline_cost(build_on_meta(PRESETS.get("tiny-unclip")))
+    assert loaded == on_meta
+    prior, decoder, upsampler = loaded.stages
+    assert isinstance(unclip.stages[0], PriorStage) and isinstance(unclip.stages[1], DecoderStage)
+    assert isinstance(unclip.stages[2], SuperResolutionStage)
+    assert (
+        prior.sample_shape == (32, 1, 1) and decoder.image_shape == (3, 16, 16) and upsampler.image_shape == (3, 64, 64)
+    )
+    for stage in (prior, decoder):
+        assert stage.flops_per_guided_evaluation == 2 * stage.flops_per_evaluation > 0
+    assert upsampler.flops_per_guided_evaluation == upsampler.flops_per_evaluation > decoder.flops_per_evaluation
+
+
+def test_the_unclip_sampler_on_another_noise_schedule_is_one_line_before_any_image(tmp_path, capsys):
+    path = sweep_file(tmp_path, **{"samplers: [ddim]": "samplers: [unclip]"})
+    error = one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
+    assert "sampler 'unclip' cannot sample tiny-latent stage 'latent'" in error and "squaredcos_cap_v2" in error
+    assert not (tmp_path / "run" / "items").exists()
