@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
     bench.add_argument("--steps", type=int, default=20, help="timed denoising steps per stage (default: 20)")
     bench.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
-    bench.add_argument("--sampler", default="ddim", help="sampler (default: ddim)")
+    bench.add_argument(
+        "--sampler", default=None, help="sampler (default: each preset's own: ddim; unclip for unCLIP presets)"
+    )
     bench.add_argument("--compile", action="store_true", help="torch.compile each UNet (compile time reported apart)")
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format for UNets and VAEs")
     bench.add_argument("--attention", default="sdpa", help="sdpa (fused kernels, default) or math (reference kernel)")

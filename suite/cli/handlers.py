@@ -13,7 +13,7 @@ from suite.analysis.ablation import run_ablation
 from suite.analysis.ablation.design import candidate as ablation_candidate
 from suite.analysis.ablation.design import load_ablation
 from suite.analysis.ablation.report import build_ablation_report
-from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, write_bench
+from suite.analysis.bench import ATTENTION, BenchSettings, bench_presets, console_lines, write_bench
 from suite.analysis.claims import ClaimsOptions, register_claims, run_claims
 from suite.analysis.claims.claim_file import load_claims
 from suite.analysis.claims.experiments import EXPERIMENTS
@@ -34,8 +34,9 @@ from suite.metrics.networks import CLIP_MODELS, FEATURE_NETWORKS
 from suite.model.backends import BACKENDS
 from suite.model.backends.components import STAGE_KINDS
 from suite.model.devices import DTYPES, resolve_device
-from suite.model.presets import PRESETS, TOY_WEIGHTS, cache_root, materialise
+from suite.model.presets import PRESETS, TOY_WEIGHTS, materialise
 from suite.model.samplers import SAMPLERS
+from suite.model.sources import cache_root
 from suite.prompts.sets import FILTERS, PROMPT_SETS
 from suite.run.config import load_sweep
 from suite.run.evaluate import evaluate_run, evaluate_share
@@ -280,7 +281,8 @@ def command_bench(args: argparse.Namespace) -> int:
     names = args.presets or ["sd15", "sd21-base", "if-xl"]
     for name in names:
         materialise(PRESETS.get(name)).without_weights()
-    SAMPLERS.get(args.sampler)
+    if args.sampler is not None:
+        SAMPLERS.get(args.sampler)
     for option, value, least in (
         ("--steps", args.steps, 1),
         ("--batch-size", args.batch_size, 1),
@@ -293,7 +295,8 @@ def command_bench(args: argparse.Namespace) -> int:
     if args.attention not in ATTENTION:
         raise UserError(f"--attention must be one of {', '.join(ATTENTION)}, got {args.attention!r}")
     for name in names:
-        check_point_steps(materialise(PRESETS.get(name)).without_weights(), args.sampler, args.steps, args.guidance)
+        preset = materialise(PRESETS.get(name)).without_weights()
+        check_point_steps(preset, args.sampler or preset.bench_sampler, args.steps, args.guidance)
     resolve_device(args.device)
     settings = BenchSettings(
         device=args.device,
@@ -310,18 +313,7 @@ def command_bench(args: argparse.Namespace) -> int:
     )
     table = bench_presets(names, settings)
     folder = write_bench(table, Path(args.out), settings)
-    for _, row in table.iterrows():
-        if row["stage"] == "pipeline":
-            ratio = row.get("ratio_to_diffusers")
-            ratio_text = f", {ratio:.3f}x diffusers' pipelines" if ratio == ratio and ratio is not None else ""
-            print(f"{row['preset']}: {row['images_per_s']:.4g} images/s on {row['device_name']}{ratio_text}")
-        elif "step_median_s" in row and row["step_median_s"] == row["step_median_s"]:
-            median, q1, q3 = (1e3 * row[column] for column in ("step_median_s", "step_q1_s", "step_q3_s"))
-            print(
-                f"  {row['stage']}: {median:.1f} ms/step [IQR {q1:.1f}-{q3:.1f}], "
-                f"{row['tflops_achieved']:.2f} TFLOP/s ({100 * row['utilisation']:.0f}% of {row['peak_tflops']:.1f}), "
-                f"ratio to diffusers {row.get('ratio_to_diffusers', float('nan')):.3f}"
-            )
+    print("\n".join(console_lines(table)))
     print(f"tables: {folder}/bench.{{csv,parquet,md}}")
     return 0
 

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, PretrainedConfig
 
 from suite.core.errors import UserError
-from suite.model.presets import TOY_WEIGHTS, ReferenceConfigs, Source
+from suite.model.presets import TOY_WEIGHTS
+from suite.model.sources import ReferenceConfigs, Source
 from suite.model.stages import quiet_casts
 
 HALF = (torch.float16, torch.bfloat16)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -14,38 +12,7 @@ from typing import Any
 from suite.core.errors import UserError
 from suite.core.registry import Registry
 from suite.model import tiny
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one repository-shaped folder of components lives on the Hugging Face hub."""
-
-    repo_id: str
-    revision: str | None = None  # None: the repository's default branch
-    variant: str | None = None  # e.g. "fp16" weight files, used when loading in half precision
-
-
-@dataclass(frozen=True)
-class ReferenceConfigs:
-    """A repository's architecture without weights: each subfolder's config is a file in suite/reference_configs."""
-
-    files: Mapping[str, str]  # subfolder ("unet", "text_encoder", "scheduler", ...) -> file name
-
-    def read(self, subfolder: str) -> dict:
-        folder = Path(__file__).parent / "reference_configs"
-        return json.loads((folder / self.files[subfolder]).read_text())
-
-
-SCHEDULER_FOLDERS = {
-    "prior": "prior_scheduler",
-    "unclip-decoder": "decoder_scheduler",
-    "unclip-sr": "super_res_scheduler",
-}
-
-
-def scheduler_folder(kind: str) -> str:
-    """The subfolder holding a stage's scheduler config: ``scheduler/``, or unCLIP's one per stage."""
-    return SCHEDULER_FOLDERS.get(kind, "scheduler")
+from suite.model.sources import ReferenceConfigs, Source, cache_root
 
 
 @dataclass(frozen=True)
@@ -82,6 +49,7 @@ class Preset:
     local_dir: Path | None = None
     build: Callable[[Path], None] | None = None
     reference_configs: Mapping[str, ReferenceConfigs] = field(default_factory=dict)  # source key -> public configs
+    bench_sampler: str = "ddim"  # what `suite bench` runs unless told: one diffusers' own pipeline also takes
 
     def source_paths(self) -> dict[str, Path | Source | ReferenceConfigs]:
         """Each source key mapped to a local folder (if one is set) or its hub location."""
@@ -102,11 +70,6 @@ class Preset:
                 f"point it at a local copy with --model-dir {self.name}=PATH"
             )
         return replace(self, sources=dict(self.reference_configs))
-
-
-def cache_root() -> Path:
-    """Where built-in presets are materialised: $SUITE_CACHE, else ~/.cache/suite."""
-    return Path(os.environ.get("SUITE_CACHE", Path.home() / ".cache" / "suite"))
 
 
 PRESETS: Registry[Preset] = Registry("preset")
@@ -285,6 +248,7 @@ PRESETS.register(
         description="Karlo (unCLIP, DALL-E 2's design): CLIP ViT-L/14 text, 1B prior to a CLIP image embedding, "
         "64 px pixel decoder, x4 upsamplers to 256 px",
         reference_configs={"model": _KARLO_CONFIGS},
+        bench_sampler="unclip",  # UnCLIPPipeline steps only UnCLIPScheduler
     ),
 )
 
@@ -348,6 +312,7 @@ PRESETS.register(
         _UNCLIP_STAGES,
         "untrained Karlo-shaped unCLIP built from configs (CLIP, prior, 16 px decoder, x4 upsamplers to 64 px)",
         build=tiny.build_unclip,
+        bench_sampler="unclip",
     ),
 )
 

@@ -29,6 +29,7 @@ class Sampler:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     clipped_eps: bool = True  # DDIM: re-derive eps from the clipped x0 (see step_kwargs); False: diffusers' default
+    min_steps: int = 1  # unCLIP's scheduler spaces its timesteps by (T - 1) / (steps - 1): at least 2
 
     def build(self, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
         """Build the scheduler from the model's own scheduler config plus this sampler's overrides."""
@@ -85,6 +86,7 @@ SAMPLERS.register(
     Sampler(
         "UnCLIPScheduler",
         description="unCLIP's ancestral sampler (DALL-E 2 / Karlo): strided DDPM steps, cosine betas only",
+        min_steps=2,
     ),
 )
 

@@ -39,7 +39,8 @@ from suite.metrics.settings import without_unset_added_keys
 from suite.model.backends import build_on_meta
 from suite.model.devices import resolve_device
 from suite.model.flops import PipelineCost, pipeline_cost, stage_cost_rows
-from suite.model.presets import PRESETS, cache_root
+from suite.model.presets import PRESETS
+from suite.model.sources import cache_root
 from suite.model.stages import StageSettings
 from suite.run import leases
 from suite.run.folder import (

@@ -21,8 +21,9 @@ from suite.metrics.networks import FEATURE_NETWORKS, NetworkContext, check_local
 from suite.metrics.reference import check_reference, check_statistics_dimension
 from suite.model.devices import resolve_device
 from suite.model.loading import ComponentLoader, check_available
-from suite.model.presets import PRESETS, Preset, materialise, scheduler_folder
-from suite.model.samplers import make_scheduler
+from suite.model.presets import PRESETS, Preset, materialise
+from suite.model.samplers import SAMPLERS, make_scheduler
+from suite.model.sources import scheduler_folder
 from suite.model.stages import StageSettings
 from suite.run.config import ResolvedSweep, Sweep
 from suite.run.grid import preset_stage_settings, stage_settings
@@ -114,6 +115,12 @@ def check_stage_steps(
     """One grid point's stages against their models' training timesteps (read from the schedulers if not given)."""
     limits = train_timesteps(preset) if limits is None else limits
     for spec, stage in zip(preset.stages, settings):
+        fewest = SAMPLERS.get(stage.sampler).min_steps
+        if stage.num_inference_steps < fewest:
+            raise UserError(
+                f"{option}: sampler {stage.sampler!r} takes at least {fewest} steps; {preset.name} stage {spec.name!r} "
+                f"was given {stage.num_inference_steps}"
+            )
         schedule = math.ceil(stage.num_inference_steps / stage.strength - 1e-9)
         if schedule > limits[spec.name]:
             raise UserError(

@@ -14,6 +14,7 @@ from suite.analysis.bench import (
     achieved_tflops,
     bench_presets,
     build_random,
+    console_lines,
     diffusers_stage,
     merge_results,
     pipeline_row,
@@ -117,10 +118,25 @@ def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
     assert denoising["attention_ops"].str.contains("scaled_dot_product").all()  # SDPA is the kernel in use
 
 
+def test_unclip_is_timed_stage_by_stage_and_against_the_whole_unclip_pipeline():
+    """diffusers runs unCLIP only whole: each stage is timed through the suite, the pipeline row has the ratio."""
+    table = bench_presets(["tiny-unclip"], TINY)
+    rows = table.set_index("stage")
+    assert list(rows.index) == ["text_encoder:clip", "prior", "decoder", "super_resolution", "pipeline"]
+    assert (table["sampler"] == "unclip").all()  # the preset's own: UnCLIPPipeline steps only UnCLIPScheduler
+    stages = rows.loc[["prior", "decoder", "super_resolution"]]
+    assert list(stages["steps_timed"]) == [2, 2, 7]  # the upsamplers keep their 7 steps
+    assert stages["ratio_to_diffusers"].isna().all()
+    assert (stages["step_median_s"] > 0).all() and stages["attention_ops"].str.contains("scaled_dot_product").all()
+    ratio = rows.loc["pipeline", "ratio_to_diffusers"]
+    assert 0 < ratio < 10 and rows.loc["pipeline", "diffusers_stage_s"] > 0
+    assert "tiny-unclip:" in "\n".join(console_lines(table))
+
+
 def test_bench_flops_are_the_profiled_flops(tiny_table):
     preset = PRESETS.get("tiny-cascaded")
     cost = pipeline_cost(build_on_meta(preset))
-    settings = preset_stage_settings(preset, TINY.sampler, TINY.num_inference_steps, TINY.guidance_scale)
+    settings = preset_stage_settings(preset, preset.bench_sampler, TINY.num_inference_steps, TINY.guidance_scale)
     rows = tiny_table[tiny_table["preset"] == "tiny-cascaded"].set_index("stage")
     for stage_cost, stage_settings in zip(cost.stages, settings):
         expected = stage_cost.flops_per_step(stage_settings) * TINY.batch_size / 1e9

@@ -9,7 +9,8 @@ import pytest
 from suite.core.errors import UserError
 from suite.model.backends import BACKENDS
 from suite.model.loading import check_available
-from suite.model.presets import PRESETS, Source, materialise
+from suite.model.presets import PRESETS, materialise
+from suite.model.sources import Source
 from tests.conftest import CPU_FP32
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from suite.analysis.bench.baseline import diffusers_stage
-from suite.analysis.bench.summary import merge_results, pipeline_row, stage_row, write_bench
+from suite.analysis.bench.summary import console_lines, merge_results, pipeline_row, stage_row, write_bench
 from suite.analysis.bench.timing import (
     ATTENTION,
     BenchSettings,
@@ -43,6 +43,7 @@ from suite.analysis.bench.timing import (
     stage_attention_ops,
     time_stage,
     time_text_encoders,
+    time_unclip,
     utilisation,
 )
 from suite.model.devices import dtype_name, resolve_device
@@ -59,6 +60,7 @@ __all__ = [
     "bench_preset",
     "bench_presets",
     "build_random",
+    "console_lines",
     "diffusers_stage",
     "merge_results",
     "pipeline_row",
@@ -75,6 +77,7 @@ __all__ = [
 def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float] | None = None) -> list[dict]:
     """Time one preset stage by stage (random weights, the suite's loop and diffusers' pipelines)."""
     preset = PRESETS.get(name)
+    sampler = bench.sampler or preset.bench_sampler
     device = resolve_device(bench.device)
     clock = Clock(device)
     began = time.perf_counter()
@@ -93,7 +96,7 @@ def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float
         "dtype": dtype_name(dtype),
         "text_encoder_dtype": dtype_name(pipeline.options.text_encoder_dtype),
         "batch_size": bench.batch_size,
-        "sampler": bench.sampler,
+        "sampler": sampler,
         "num_inference_steps": bench.num_inference_steps,
         "guidance_scale": bench.guidance_scale,
         "compile": bench.compile,
@@ -102,7 +105,7 @@ def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float
         "peak_tflops": peak,
         "build_s": build_seconds,
     }
-    settings = preset_stage_settings(preset, bench.sampler, bench.num_inference_steps, bench.guidance_scale)
+    settings = preset_stage_settings(preset, sampler, bench.num_inference_steps, bench.guidance_scale)
     batch = bench.batch_size
     with attention_backend(bench.attention):
         rows = [shared | row for row in time_text_encoders(pipeline, cost, batch, bench.repeats, clock, peak)]
@@ -111,7 +114,7 @@ def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float
         low_res = None
         for spec, stage, stage_cost, stage_settings in zip(preset.stages, pipeline.stages, cost.stages, settings):
             embeds, negative = embeddings[stage.text_encoder], negatives[stage.text_encoder]
-            ops = stage_attention_ops(stage, embeds, low_res, device)
+            ops = stage_attention_ops(stage, embeds, low_res, device, stage_settings)
             apply_speed_options(stage, bench.compile, bench.channels_last)
             encoder_model = pipeline.text_encoders[stage.text_encoder].model
             runs, low_res = time_stage(
@@ -120,7 +123,12 @@ def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float
             rows.append(
                 shared | {"attention_ops": ops} | stage_row(stage, stage_cost, stage_settings, runs, batch, peak)
             )
-    rows.append(shared | pipeline_row(rows))
+        whole = None
+        if (
+            preset.backend == "unclip" and bench.baseline and sampler == "unclip"
+        ):  # UnCLIPPipeline: UnCLIPScheduler only
+            whole = time_unclip(pipeline, settings, embeddings[pipeline.stages[0].text_encoder], bench, clock)
+    rows.append(shared | pipeline_row(rows, whole))
     del pipeline
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import diffusers
 import torch
 
+from suite.model.builders import word_level_clip_tokenizer
+from suite.model.pipeline import TextToImagePipeline
 from suite.model.samplers import consumes_learned_variance, make_scheduler
 from suite.model.stages import Stage, StageSettings
+
+UNCLIP_KINDS = ("prior", "unclip-decoder", "unclip-sr")  # diffusers runs these only as one UnCLIPPipeline
 
 
 def diffusers_scheduler(sampler: str, config) -> Any:
@@ -111,5 +115,50 @@ def diffusers_stage(
         elif kind == "latent-sr":  # the x4 upscaler pipeline takes images in [0, 1] and normalises them itself
             kwargs |= {"image": low_res / 2 + 0.5, "noise_level": settings.noise_level}
         return pipe(**kwargs).images
+
+    return run
+
+
+def diffusers_unclip(pipeline: TextToImagePipeline, settings: Sequence[StageSettings]) -> Callable[..., torch.Tensor]:
+    """diffusers' ``UnCLIPPipeline`` from the suite's modules, for the whole preset at its stage settings.
+
+    Returns ``run(text, generators, steps)``: ``text`` the encoder's (states, pooled) output given as
+    ``text_model_output``; ``steps`` (warm-up) replaces every stage's step count. The pipeline encodes its empty
+    negative prompt itself, so it needs a tokenizer: random-weight builds have none, and a word-level CLIP tokenizer
+    stands in (the empty prompt is begin and end tokens either way).
+    """
+    prior, decoder, upsampler = pipeline.stages
+    encoder = pipeline.text_encoders[prior.text_encoder]
+    schedulers = [
+        make_scheduler(knobs.sampler, stage.scheduler_config) for stage, knobs in zip(pipeline.stages, settings)
+    ]
+    pipe = diffusers.UnCLIPPipeline(
+        prior=prior.unet,
+        decoder=decoder.unet,
+        text_encoder=encoder.model,
+        tokenizer=encoder.tokenizer or word_level_clip_tokenizer(["a"]),
+        text_proj=decoder.text_proj,
+        super_res_first=upsampler.unet,
+        super_res_last=upsampler.last_unet,
+        prior_scheduler=schedulers[0],
+        decoder_scheduler=schedulers[1],
+        super_res_scheduler=schedulers[2],
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(text, generators, steps: int | None) -> torch.Tensor:
+        states, pooled = text
+        prior_steps, decoder_steps, upsampler_steps = (steps or knobs.num_inference_steps for knobs in settings)
+        return pipe(
+            text_model_output=(pooled, states),
+            text_attention_mask=torch.ones(states.shape[:2], dtype=torch.bool, device=states.device),
+            prior_num_inference_steps=prior_steps,
+            decoder_num_inference_steps=decoder_steps,
+            super_res_num_inference_steps=upsampler_steps,
+            prior_guidance_scale=settings[0].guidance_scale,
+            decoder_guidance_scale=settings[1].guidance_scale,
+            generator=generators,
+            output_type="np",
+        ).images
 
     return run

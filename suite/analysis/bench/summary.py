@@ -80,18 +80,48 @@ def stage_row(
     return row
 
 
-def pipeline_row(rows: list[dict]) -> dict[str, Any]:
-    """Whole-image totals: text encoding plus every stage; the ratio covers the stages diffusers ran."""
+def pipeline_row(rows: list[dict], diffusers_whole: list[float] | None = None) -> dict[str, Any]:
+    """Whole-image totals: text encoding plus every stage; the ratio covers the stages diffusers ran.
+
+    ``diffusers_whole``: seconds of a diffusers pipeline that runs only whole (unCLIP), set against the sum of the
+    suite's stages; its range is the ratio of the sums' extremes."""
     stages = [row for row in rows if "stage_s" in row]
     text = sum(row["call_median_s"] for row in rows if "call_median_s" in row)
     seconds = text + sum(row["stage_s"] for row in stages)
     batch = stages[0]["batch_size"]
     row = {"stage": "pipeline", "stage_s": seconds, "images_per_s": batch / seconds}
-    if all("diffusers_stage_s" in row for row in stages):
+    if diffusers_whole:
+        suite = sum(row["stage_s"] for row in stages)
+        diffusers = statistics.median(diffusers_whole)
+        row |= {"diffusers_stage_s": diffusers, "ratio_to_diffusers": suite / diffusers}
+    elif all("diffusers_stage_s" in row for row in stages):
         suite = sum(row["stage_s"] for row in stages)
         diffusers = sum(row["diffusers_stage_s"] for row in stages)
         row |= {"diffusers_stage_s": diffusers, "ratio_to_diffusers": suite / diffusers}
     return row
+
+
+def console_lines(table: pd.DataFrame) -> list[str]:
+    """What ``suite bench`` prints: a line per preset (images/s, ratio to diffusers) and per stage (ms per step)."""
+    lines = []
+    for _, row in table.iterrows():
+        if row["stage"] == "pipeline":
+            ratio = row.get("ratio_to_diffusers")
+            ratio_text = f", {ratio:.3f}x diffusers' pipelines" if ratio == ratio and ratio is not None else ""
+            lines.append(f"{row['preset']}: {row['images_per_s']:.4g} images/s on {row['device_name']}{ratio_text}")
+        elif "step_median_s" in row and row["step_median_s"] == row["step_median_s"]:
+            median, q1, q3 = (1e3 * row[column] for column in ("step_median_s", "step_q1_s", "step_q3_s"))
+            ratio = row.get("ratio_to_diffusers", float("nan"))
+            lines.append(
+                f"  {row['stage']}: {median:.1f} ms/step [IQR {q1:.1f}-{q3:.1f}], "
+                f"{row['tflops_achieved']:.2f} TFLOP/s ({100 * row['utilisation']:.0f}% of {row['peak_tflops']:.1f}), "
+                + (
+                    f"ratio to diffusers {ratio:.3f}"
+                    if ratio == ratio
+                    else "diffusers runs it only within its pipeline"
+                )
+            )
+    return lines
 
 
 # -- tables -----------------------------------------------------------------------------------

@@ -16,14 +16,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from suite.analysis.bench.baseline import diffusers_stage
+from suite.analysis.bench.baseline import UNCLIP_KINDS, diffusers_stage, diffusers_unclip
 from suite.model.backends import BACKENDS
 from suite.model.denoise import GuidedUNet, TextMasks
 from suite.model.devices import load_options
 from suite.model.flops import PipelineCost
 from suite.model.pipeline import TextToImagePipeline
 from suite.model.presets import Preset, materialise
-from suite.model.stages import Stage, StageSettings, compile_seconds, micro_conditions, run_stage
+from suite.model.samplers import SAMPLERS
+from suite.model.stages import Stage, StageSettings, compile_seconds, micro_conditions
 from suite.model.timing import Clock, peak_memory, reset_peak_memory
 
 TERA = 1e12
@@ -37,7 +38,7 @@ class BenchSettings:
     batch_size: int = 1
     num_inference_steps: int = 20  # timed steps per stage, after a warm-up of ``warmup_steps``
     guidance_scale: float = 7.5  # the first stage's; super-resolution stages keep their defaults
-    sampler: str = "ddim"
+    sampler: str | None = None  # None: each preset's own (``Preset.bench_sampler``)
     compile: bool = False
     channels_last: bool = False
     attention: str = "sdpa"  # "math": the reference kernel, for comparison
@@ -144,9 +145,10 @@ def _random_ids(encoder, batch: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _encode_ids(encoder, ids: torch.Tensor) -> torch.Tensor:
+def _encode_ids(encoder, ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     mask = torch.ones_like(ids) if encoder.use_attention_mask else None
-    return encoder.model(ids, attention_mask=mask)[0]
+    output = encoder.model(ids, attention_mask=mask)
+    return (output.last_hidden_state, output.text_embeds) if encoder.pooled else output[0]
 
 
 # -- timing -----------------------------------------------------------------------------------
@@ -178,8 +180,21 @@ def attention_ops(function: Callable[[], Any]) -> str:
     return ", ".join(sorted(seen))
 
 
-def stage_attention_ops(stage: Stage, embeds: torch.Tensor, low_res: torch.Tensor | None, device) -> str:
-    """Which attention kernel one guided evaluation of the stage's UNet dispatches to."""
+def stage_attention_ops(
+    stage: Stage, embeds: torch.Tensor, low_res: torch.Tensor | None, device, settings: StageSettings
+) -> str:
+    """Which attention kernel one guided evaluation of the stage's UNet dispatches to (unCLIP's stages: a guided
+    run of the stage at batch 1 and its fewest steps)."""
+    if not isinstance(stage, Stage):
+        states = tuple(part[:1] for part in embeds) if isinstance(embeds, tuple) else embeds[:1]
+        ones = torch.ones(1, _states(states).shape[1], dtype=torch.long)
+        first = None if low_res is None else low_res[:1]
+        knobs = replace(settings, num_inference_steps=SAMPLERS.get(settings.sampler).min_steps, guidance_scale=2.0)
+        masks = TextMasks(ones, ones)
+        clock = Clock(torch.device(device))
+        return attention_ops(
+            lambda: stage.run(knobs, states, states, _generators(1, 0), clock, first, device=device, masks=masks)
+        )
     size = stage.sample_size(low_res)
     sample = torch.zeros(1, stage.sample_channels, *size, device=device, dtype=stage.unet.dtype)
     conditioning = labels = None
@@ -221,15 +236,15 @@ def time_stage(
     clock: Clock,
 ) -> tuple[StageRuns, torch.Tensor]:
     device = clock.device
-    batch = embeds.shape[0]
-    baseline = diffusers_stage(stage, kind, settings, encoder_model) if bench.baseline else None
+    batch = _states(embeds).shape[0]
+    unclip = kind in UNCLIP_KINDS  # diffusers runs unCLIP only whole: timed once per preset (``time_unclip``)
+    baseline = diffusers_stage(stage, kind, settings, encoder_model) if bench.baseline and not unclip else None
 
-    ones = torch.ones(embeds.shape[:2], dtype=torch.long)  # the random token ids are all real tokens
-    masks = TextMasks(ones, ones) if stage.transformer else None
+    ones = torch.ones(_states(embeds).shape[:2], dtype=torch.long)  # the random token ids are all real tokens
+    masks = TextMasks(ones, ones) if stage.reads_text_mask else None
 
     def suite_run(steps: int):
-        return run_stage(
-            stage,
+        return stage.run(
             replace(settings, num_inference_steps=steps),
             embeds,
             negative,
@@ -244,9 +259,10 @@ def time_stage(
         return baseline(embeds, negative, _generators(batch, 0), low_res, steps)
 
     compiled_before = compile_seconds()
-    suite_run(bench.warmup_steps)
+    warmup = max(bench.warmup_steps, SAMPLERS.get(settings.sampler).min_steps)
+    suite_run(warmup)
     if baseline is not None:
-        diffusers_run(bench.warmup_steps)
+        diffusers_run(warmup)
     compiled = compile_seconds()
 
     runs = StageRuns([], [], [], [], 0, "", compiled - compiled_before, 0.0, 0)
@@ -266,6 +282,30 @@ def time_stage(
     runs.peak_memory_bytes, runs.memory_kind = peak_memory(device)
     runs.recompile_s = compile_seconds() - compiled
     return runs, output.clamp(-1, 1)
+
+
+def _states(embeds: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The per-token states of an encoder's output (a pooled encoder gives states and a pooled embedding)."""
+    return embeds[0] if isinstance(embeds, tuple) else embeds
+
+
+def time_unclip(
+    pipeline: TextToImagePipeline,
+    settings: Sequence[StageSettings],
+    embeds: tuple[torch.Tensor, torch.Tensor],
+    bench: BenchSettings,
+    clock: Clock,
+) -> list[float]:
+    """Seconds of diffusers' whole ``UnCLIPPipeline`` (prior, decoder, upsamplers) at the preset's stage settings."""
+    run = diffusers_unclip(pipeline, settings)
+    batch = embeds[0].shape[0]
+    run(embeds, _generators(batch, 0), max(bench.warmup_steps, SAMPLERS.get(settings[0].sampler).min_steps))
+    seconds = []
+    for _ in range(bench.repeats):
+        began = clock()
+        run(embeds, _generators(batch, 0), None)
+        seconds.append(clock() - began)
+    return seconds
 
 
 def time_text_encoders(

@@ -15,7 +15,8 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderMo
 
 from suite.core.registry import Registry
 from suite.model.loading import ComponentLoader, LoadOptions
-from suite.model.presets import StageSpec, scheduler_folder
+from suite.model.presets import StageSpec
+from suite.model.sources import scheduler_folder
 from suite.model.stages import LowResConditioning, Stage
 from suite.model.text import TextEncoder
 from suite.model.unclip import DecoderStage, PriorStage, SuperResolutionStage
