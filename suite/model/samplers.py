@@ -30,9 +30,18 @@ class Sampler:
     description: str = ""
     clipped_eps: bool = True  # DDIM: re-derive eps from the clipped x0 (see step_kwargs); False: diffusers' default
     min_steps: int = 1  # unCLIP's scheduler spaces its timesteps by (T - 1) / (steps - 1): at least 2
+    prediction_types: tuple[str, ...] = ("epsilon", "v_prediction", "sample")  # what its step can convert
 
     def build(self, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
-        """Build the scheduler from the model's own scheduler config plus this sampler's overrides."""
+        """Build the scheduler from the model's own scheduler config plus this sampler's overrides.
+
+        A model whose prediction type the scheduler's step cannot take (unCLIP's prior predicts the sample) is a
+        ValueError here, where a sweep's preflight sees it, not at the first step."""
+        prediction = model_scheduler_config.get("prediction_type", "epsilon")
+        if prediction not in self.prediction_types:
+            raise ValueError(
+                f"{self.scheduler_class} takes prediction_type {' or '.join(self.prediction_types)}, not {prediction!r}"
+            )
         scheduler_class = getattr(diffusers, self.scheduler_class)
         scheduler = scheduler_class.from_config(dict(model_scheduler_config), **dict(self.overrides))
         scheduler.suite_clipped_eps = self.clipped_eps  # read by step_kwargs
@@ -51,14 +60,24 @@ SAMPLERS.register(
     ),
 )
 SAMPLERS.register(
-    "pndm", Sampler("PNDMScheduler", {"skip_prk_steps": True}, "pseudo linear multistep (Liu et al. 2022)")
+    "pndm",
+    Sampler(
+        "PNDMScheduler",
+        {"skip_prk_steps": True},
+        "pseudo linear multistep (Liu et al. 2022)",
+        prediction_types=("epsilon", "v_prediction"),
+    ),
 )
 SAMPLERS.register(
     "euler", Sampler("EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn")
 )
 SAMPLERS.register(
     "euler-ancestral",
-    Sampler("EulerAncestralDiscreteScheduler", description="Euler with ancestral noise (k-diffusion)"),
+    Sampler(
+        "EulerAncestralDiscreteScheduler",
+        description="Euler with ancestral noise (k-diffusion)",
+        prediction_types=("epsilon", "v_prediction"),
+    ),
 )
 SAMPLERS.register("heun", Sampler("HeunDiscreteScheduler", description="Heun 2nd order, Karras et al. 2022 Alg. 1"))
 SAMPLERS.register(

@@ -13,16 +13,19 @@ from diffusers import PriorTransformer, UnCLIPPipeline, UnCLIPScheduler, UNet2DC
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+from suite.core.errors import UserError
 from suite.model import tiny
 from suite.model.backends import BACKENDS, build_on_meta
 from suite.model.devices import DTYPES
 from suite.model.flops import pipeline_cost
 from suite.model.loading import LoadOptions
 from suite.model.presets import PRESETS
+from suite.model.samplers import SAMPLERS
 from suite.model.stages import StageSettings
 from suite.model.timing import Clock
 from suite.model.unclip import DecoderStage, PriorStage, SuperResolutionStage
 from suite.run.grid import preset_stage_settings
+from suite.run.preflight import check_samplers, stage_schedulers
 from tests.run.test_reliability import one_line_exit_2, sweep, sweep_file
 
 PROMPTS = ["a red circle above a blue square", "a photo of a cat"]
@@ -145,3 +148,19 @@ def test_the_unclip_sampler_on_another_noise_schedule_is_one_line_before_any_ima
     error = one_line_exit_2(sweep(path, tmp_path / "run"), capsys)
     assert "sampler 'unclip' cannot sample tiny-latent stage 'latent'" in error and "squaredcos_cap_v2" in error
     assert not (tmp_path / "run" / "items").exists()
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_every_sampler_runs_unclip_or_is_refused_before_any_image(folder, unclip, sampler):
+    """The prior predicts the clean embedding (prediction_type sample): a sampler whose step cannot take that is
+    refused by the preflight check with one reason; every other one gives finite images through all three stages."""
+    preset = replace(PRESETS.get("tiny-unclip"), local_dir=folder, build=None)
+    try:
+        check_samplers(preset, [sampler], stage_schedulers(preset))
+    except UserError as error:
+        assert sampler in ("pndm", "euler-ancestral")
+        assert "stage 'prior'" in str(error) and "not 'sample'" in str(error)
+        return
+    images, timings = unclip.generate(PROMPTS, preset_stage_settings(preset, sampler, 3, 5.0), generators(), CLOCK)
+    assert torch.isfinite(images).all() and images.shape == (2, 3, 64, 64)
+    assert [timing.stage for timing in timings] == ["prior", "decoder", "super_resolution"]
