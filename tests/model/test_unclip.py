@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from diffusers import PriorTransformer, UnCLIPPipeline, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
@@ -164,3 +165,35 @@ def test_every_sampler_runs_unclip_or_is_refused_before_any_image(folder, unclip
     images, timings = unclip.generate(PROMPTS, preset_stage_settings(preset, sampler, 3, 5.0), generators(), CLOCK)
     assert torch.isfinite(images).all() and images.shape == (2, 3, 64, 64)
     assert [timing.stage for timing in timings] == ["prior", "decoder", "super_resolution"]
+
+
+def test_a_sweep_of_tiny_unclip_records_every_stage_and_resumes(tmp_path):
+    """The runner, its tables and resuming know nothing of the family: three stages, one of them an embedding."""
+    path = sweep_file(
+        tmp_path,
+        **{
+            "presets: [tiny-latent]": "presets: [tiny-unclip]",
+            "guidance: [1.0, 3.0]": "guidance: [5.0]",
+            "steps: [2]": "steps: [3]",
+        },
+    )
+    out = tmp_path / "run"
+    assert sweep(path, out) == 0
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert len(samples) == 3 and (samples["stage1_name"] == "prior").all()
+    assert list(samples.iloc[0][["stage1_guidance_scale", "stage2_guidance_scale", "stage3_guidance_scale"]]) == [
+        4.0,
+        5.0,
+        1.0,
+    ]
+    assert list(
+        samples.iloc[0][["stage1_model_evaluations", "stage2_model_evaluations", "stage3_model_evaluations"]]
+    ) == [
+        3,
+        3,
+        7,
+    ]
+    before = samples.set_index("image_path")["sha256"].sort_index()
+    assert sweep(path, out) == 0
+    after = pd.read_parquet(out / "samples.parquet").set_index("image_path")["sha256"].sort_index()
+    assert after.equals(before)
