@@ -174,7 +174,7 @@ def render_profile(profile: Profile, settings: ProfileSettings) -> str:
     first = profile.pipelines["preset"].iloc[0]
     lines = [
         f"FLOPs per image: sampler {settings.sampler}, {settings.num_inference_steps} steps, guidance {settings.guidance_scale:g} "
-        "on the first stage (super-resolution stages: preset defaults); counted on the meta device with "
+        "where the preset fixes none (other stages: preset defaults); counted on the meta device with "
         "torch FlopCounterMode (2 FLOPs per multiply-add; matmuls, convolutions and attention).",
         "",
     ]

@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("presets", nargs="*", help="presets to profile (default: every preset with known configs)")
     profile.add_argument("--sampler", default="ddim", help="sampler for FLOPs per image (default: ddim)")
     profile.add_argument("--steps", type=int, default=50, help="denoising steps per stage (default: 50)")
-    profile.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
+    profile.add_argument(
+        "--guidance", type=float, default=7.5, help="guidance scale of stages whose preset fixes none (default: 7.5)"
+    )
     profile.add_argument("--out", default="results/profile", help="folder for the tables (default: results/profile)")
     profile.add_argument(
         "--model-dir",
@@ -125,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_and_dtype(bench)
     bench.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
     bench.add_argument("--steps", type=int, default=20, help="timed denoising steps per stage (default: 20)")
-    bench.add_argument("--guidance", type=float, default=7.5, help="first-stage guidance scale (default: 7.5)")
+    bench.add_argument(
+        "--guidance", type=float, default=7.5, help="guidance scale of stages whose preset fixes none (default: 7.5)"
+    )
     bench.add_argument(
         "--sampler", default=None, help="sampler (default: each preset's own: ddim; unclip for unCLIP presets)"
     )

@@ -19,6 +19,23 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from suite.core.registry import Registry
 
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+# What defines a model's noise schedule. A key its config leaves out takes the default of the model's own scheduler
+# class, not of the sampler's: Karlo's configs predate UnCLIPScheduler's beta_schedule key, whose default is cosine,
+# while every other scheduler's default is linear.
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+
+
+def with_schedule_defaults(model_scheduler_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with each missing noise-schedule key filled from its own class's (``_class_name``) defaults."""
+    config = dict(model_scheduler_config)
+    own = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if own is None:
+        return config
+    parameters = inspect.signature(own.__init__).parameters
+    for key in SCHEDULE_KEYS:
+        if key not in config and key in parameters and parameters[key].default is not inspect.Parameter.empty:
+            config[key] = parameters[key].default
+    return config
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,7 @@ class Sampler:
 
         A model whose prediction type the scheduler's step cannot take (unCLIP's prior predicts the sample) is a
         ValueError here, where a sweep's preflight sees it, not at the first step."""
+        model_scheduler_config = with_schedule_defaults(model_scheduler_config)
         prediction = model_scheduler_config.get("prediction_type", "epsilon")
         if prediction not in self.prediction_types:
             raise ValueError(
@@ -106,6 +124,7 @@ SAMPLERS.register(
         "UnCLIPScheduler",
         description="unCLIP's ancestral sampler (DALL-E 2 / Karlo): strided DDPM steps, cosine betas only",
         min_steps=2,
+        prediction_types=("epsilon", "sample"),
     ),
 )
 

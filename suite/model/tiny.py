@@ -201,6 +201,10 @@ def build_unclip(folder: Path, seed: int = 0, decoder_size: int = 16) -> None:
         norm_num_groups=8,
     )
 
+    text_proj = UnCLIPTextProjModel(clip_embeddings_dim=width, time_embed_dim=time_width, cross_attention_dim=width)
+    with torch.no_grad():  # the learned "no image" embedding of the unconditional half: not left at zero
+        text_proj.learned_classifier_free_guidance_embeddings.normal_()
+
     def upsampler() -> UNet2DModel:
         return UNet2DModel(
             sample_size=4 * decoder_size,
@@ -219,7 +223,7 @@ def build_unclip(folder: Path, seed: int = 0, decoder_size: int = 16) -> None:
         decoder=decoder,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        text_proj=UnCLIPTextProjModel(clip_embeddings_dim=width, time_embed_dim=time_width, cross_attention_dim=width),
+        text_proj=text_proj,
         super_res_first=upsampler(),
         super_res_last=upsampler(),
         prior_scheduler=UnCLIPScheduler(

@@ -82,6 +82,8 @@ class SwitchingUpsampler:
 
 
 def _start(scheduler, settings: StageSettings, shape: Sequence[int], generators, device, dtype) -> tuple:
+    if settings.strength < 1.0:
+        raise ValueError("unCLIP's stages start from noise: strength < 1 applies to pixel super-resolution stages only")
     begin = set_timesteps(scheduler, settings.num_inference_steps, settings.strength, device=device)
     sample = randn_tensor(tuple(shape), generator=generators, device=device, dtype=dtype)
     return begin, sample * scheduler.init_noise_sigma
@@ -89,6 +91,14 @@ def _start(scheduler, settings: StageSettings, shape: Sequence[int], generators,
 
 def _masks(masks: TextMasks, device: torch.device) -> TextMasks:
     return TextMasks(masks.prompt.to(device).bool(), masks.negative.to(device).bool())
+
+
+def _pad_front(mask: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The mask with ``tokens`` real tokens in front (text_proj's extra context); MPS cannot pad bool tensors, so
+    there it is padded as int, as diffusers does."""
+    if mask.device.type == "mps":
+        return F.pad(mask.int(), (tokens, 0), value=1).bool()
+    return F.pad(mask, (tokens, 0), value=True)
 
 
 @dataclass
@@ -186,7 +196,7 @@ class DecoderStage:
             do_classifier_free_guidance=guided,
         )
         extra = self.text_proj.config.clip_extra_context_tokens
-        padded = TextMasks(*(F.pad(mask, (extra, 0), value=True) for mask in (masks.prompt, masks.negative)))
+        padded = TextMasks(_pad_front(masks.prompt, extra), _pad_front(masks.negative, extra))
         if not guided:
             return {
                 "prompt_embeds": context,
@@ -276,13 +286,11 @@ class SuperResolutionStage:
         size = self.unet.config.sample_size
         shape = (len(generators), self.unet.config.in_channels // 2, size, size)
         begin, sample = _start(scheduler, settings, shape, generators, device, dtype)
-        upscaled = F.interpolate(
-            low_res.to(device=device, dtype=dtype),
-            size=[size, size],
-            mode="bicubic",
-            align_corners=False,
-            antialias=True,
-        )
+        low_res = low_res.to(device=device, dtype=dtype)
+        if low_res.device.type == "mps":  # no antialiased bicubic there: diffusers' MPS path
+            upscaled = F.interpolate(low_res, size=[size, size])
+        else:
+            upscaled = F.interpolate(low_res, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
         evaluations = len(scheduler.timesteps) - begin
         denoiser = SwitchingUpsampler(self.unet, self.last_unet, upscaled, evaluations)
         timer = StepTimer(clock)

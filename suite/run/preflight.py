@@ -8,6 +8,9 @@ mistake costs seconds, not a generated sweep.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -69,43 +72,50 @@ def train_timesteps(preset: Preset, configs: dict[str, dict] | None = None) -> d
     return {name: int(config.get("num_train_timesteps", DEFAULT_TRAIN_TIMESTEPS)) for name, config in configs.items()}
 
 
-def check_samplers(preset: Preset, samplers: list[str], configs: dict[str, dict]) -> None:
-    """Every sampler can be built on every stage's noise schedule (unCLIP's sampler takes cosine betas only)."""
-    for sampler in samplers:
-        for stage, config in configs.items():
-            problem = _unbuildable(sampler, config)
-            if problem:
-                raise UserError(f"sampler {sampler!r} cannot sample {preset.name} stage {stage!r}: {problem}")
+def check_samplers(preset: Preset, settings: tuple[StageSettings, ...], configs: dict[str, dict]) -> None:
+    """The sampler each stage runs (the grid's, or its ``stages:`` override) can be built on that stage's noise
+    schedule and step its prediction type (unCLIP's sampler takes cosine betas only; PNDM cannot step a prior that
+    predicts the sample)."""
+    for spec, stage in zip(preset.stages, settings):
+        problem = _unbuildable(stage.sampler, configs[spec.name])
+        if problem:
+            raise UserError(f"sampler {stage.sampler!r} cannot sample {preset.name} stage {spec.name!r}: {problem}")
 
 
-def _unbuildable(sampler: str, config: dict) -> str:
-    """Why ``sampler`` cannot be built from ``config`` ("" if it can)."""
+@functools.cache
+def _unbuildable_cached(sampler: str, config: str) -> str:
     try:
-        make_scheduler(sampler, config)
+        make_scheduler(sampler, json.loads(config))
     except ValueError as error:
         return str(error)
     return ""
 
 
+def _unbuildable(sampler: str, config: dict) -> str:
+    """Why ``sampler`` cannot be built from ``config`` ("" if it can); each pair is built once."""
+    return _unbuildable_cached(sampler, json.dumps(config, sort_keys=True, default=str))
+
+
 def check_steps(resolved: ResolvedSweep, presets: dict[str, Preset]) -> None:
-    """No stage may be asked for more steps than its model has training timesteps (a truncated start counts
-    the steps of its whole schedule)."""
+    """Every grid point's stages: a sampler that can step the stage's model, and no more steps than the model has
+    training timesteps (a truncated start counts the steps of its whole schedule)."""
     sweep = resolved.sweep
     for name, preset in presets.items():
         configs = stage_schedulers(preset)
-        check_samplers(preset, list(sweep.samplers), configs)
         limits = train_timesteps(preset, configs)
-        for sampler in sweep.samplers:
-            for steps in sweep.num_inference_steps:
-                for guidance in sweep.guidance_scale:
-                    check_stage_steps(preset, stage_settings(resolved, name, sampler, steps, guidance), limits)
+        for sampler, steps, guidance in itertools.product(
+            sweep.samplers, sweep.num_inference_steps, sweep.guidance_scale
+        ):
+            settings = stage_settings(resolved, name, sampler, steps, guidance)
+            check_samplers(preset, settings, configs)
+            check_stage_steps(preset, settings, limits)
 
 
 def check_point_steps(preset: Preset, sampler: str, steps: int, guidance: float, option: str = "--steps") -> None:
-    """One grid point of ``preset`` (as ``suite bench`` and ``suite profile`` take it) against its training timesteps."""
+    """One grid point of ``preset`` (as ``suite bench`` and ``suite profile`` take it): its samplers and steps."""
     configs = stage_schedulers(preset)
-    check_samplers(preset, [sampler], configs)
     settings = preset_stage_settings(preset, sampler, steps, guidance)
+    check_samplers(preset, settings, configs)
     check_stage_steps(preset, settings, train_timesteps(preset, configs), option=option)
 
 

@@ -33,6 +33,7 @@ from suite.model.stages import decode_latents
 from suite.run.grid import preset_stage_settings
 
 TINY = BenchSettings(device="cpu", num_inference_steps=2, repeats=1, warmup_steps=1)
+TINY_TWICE = BenchSettings(device="cpu", num_inference_steps=2, repeats=2, warmup_steps=1)
 
 
 def test_flop_and_utilisation_arithmetic():
@@ -118,19 +119,22 @@ def test_tiny_presets_bench_every_stage_against_diffusers(tiny_table):
     assert denoising["attention_ops"].str.contains("scaled_dot_product").all()  # SDPA is the kernel in use
 
 
-def test_unclip_is_timed_stage_by_stage_and_against_the_whole_unclip_pipeline():
+def test_unclip_is_timed_stage_by_stage_and_against_the_whole_unclip_pipeline(tmp_path):
     """diffusers runs unCLIP only whole: each stage is timed through the suite, the pipeline row has the ratio."""
-    table = bench_presets(["tiny-unclip"], TINY)
+    table = bench_presets(["tiny-unclip"], TINY_TWICE)
     rows = table.set_index("stage")
     assert list(rows.index) == ["text_encoder:clip", "prior", "decoder", "super_resolution", "pipeline"]
     assert (table["sampler"] == "unclip").all()  # the preset's own: UnCLIPPipeline steps only UnCLIPScheduler
     stages = rows.loc[["prior", "decoder", "super_resolution"]]
-    assert list(stages["steps_timed"]) == [2, 2, 7]  # the upsamplers keep their 7 steps
+    assert list(stages["steps_timed"]) == [4, 4, 14]  # two repeats; the upsamplers keep their 7 steps
     assert stages["ratio_to_diffusers"].isna().all()
     assert (stages["step_median_s"] > 0).all() and stages["attention_ops"].str.contains("scaled_dot_product").all()
-    ratio = rows.loc["pipeline", "ratio_to_diffusers"]
-    assert 0 < ratio < 10 and rows.loc["pipeline", "diffusers_stage_s"] > 0
+    pipeline = rows.loc["pipeline"]
+    assert 0 < pipeline["ratio_to_diffusers_min"] <= pipeline["ratio_to_diffusers_max"] < 10
+    assert pipeline["diffusers_stage_s"] > 0 and np.isfinite(pipeline["ratio_to_diffusers"])
     assert "tiny-unclip:" in "\n".join(console_lines(table))
+    folder = write_bench(table, tmp_path, TINY)  # the markdown has the whole-pipeline ratio and its range
+    assert "## tiny-unclip" in (folder / "bench.md").read_text()
 
 
 def test_bench_flops_are_the_profiled_flops(tiny_table):

@@ -111,28 +111,41 @@ def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float
         rows = [shared | row for row in time_text_encoders(pipeline, cost, batch, bench.repeats, clock, peak)]
         embeddings = random_embeddings(pipeline, batch, seed=1)
         negatives = random_embeddings(pipeline, batch, seed=2)
-        low_res = None
-        for spec, stage, stage_cost, stage_settings in zip(preset.stages, pipeline.stages, cost.stages, settings):
-            embeds, negative = embeddings[stage.text_encoder], negatives[stage.text_encoder]
-            ops = stage_attention_ops(stage, embeds, low_res, device, stage_settings)
-            apply_speed_options(stage, bench.compile, bench.channels_last)
-            encoder_model = pipeline.text_encoders[stage.text_encoder].model
-            runs, low_res = time_stage(
-                stage, spec.kind, stage_settings, embeds, negative, encoder_model, low_res, bench, clock
-            )
-            rows.append(
-                shared | {"attention_ops": ops} | stage_row(stage, stage_cost, stage_settings, runs, batch, peak)
-            )
         whole = None
-        if (
-            preset.backend == "unclip" and bench.baseline and sampler == "unclip"
-        ):  # UnCLIPPipeline: UnCLIPScheduler only
-            whole = time_unclip(pipeline, settings, embeddings[pipeline.stages[0].text_encoder], bench, clock)
+        if preset.backend == "unclip":  # diffusers runs it only whole: timed whole, in alternation with the suite
+            stage_rows, whole = _unclip_rows(pipeline, cost, settings, embeddings, negatives, bench, clock, peak)
+            rows += [shared | row for row in stage_rows]
+        else:
+            low_res = None
+            for spec, stage, stage_cost, knobs in zip(preset.stages, pipeline.stages, cost.stages, settings):
+                embeds, negative = embeddings[stage.text_encoder], negatives[stage.text_encoder]
+                ops = stage_attention_ops(stage, embeds, low_res, device, knobs)
+                apply_speed_options(stage, bench.compile, bench.channels_last)
+                encoder_model = pipeline.text_encoders[stage.text_encoder].model
+                runs, low_res = time_stage(
+                    stage, spec.kind, knobs, embeds, negative, encoder_model, low_res, bench, clock
+                )
+                rows.append(shared | {"attention_ops": ops} | stage_row(stage, stage_cost, knobs, runs, batch, peak))
     rows.append(shared | pipeline_row(rows, whole))
     del pipeline
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def _unclip_rows(pipeline, cost, settings, embeddings, negatives, bench: BenchSettings, clock: Clock, peak: float):
+    """unCLIP's stage rows, and the suite's and diffusers' seconds per repeat for the whole pipeline (diffusers runs
+    it only whole; the two alternate)."""
+    name = pipeline.stages[0].text_encoder
+    for stage in pipeline.stages:
+        apply_speed_options(stage, bench.compile, bench.channels_last)
+    runs, diffusers_seconds, ops = time_unclip(pipeline, settings, embeddings[name], negatives[name], bench, clock)
+    rows = [
+        {"attention_ops": ops} | stage_row(stage, stage_cost, knobs, stage_runs, bench.batch_size, peak)
+        for stage, stage_cost, knobs, stage_runs in zip(pipeline.stages, cost.stages, settings, runs)
+    ]
+    suite_seconds = [sum(parts) for parts in zip(*(stage_runs.suite_seconds for stage_runs in runs))]
+    return rows, (suite_seconds, diffusers_seconds) if diffusers_seconds else None
 
 
 def bench_presets(names: Sequence[str], bench: BenchSettings) -> pd.DataFrame:

@@ -80,20 +80,20 @@ def stage_row(
     return row
 
 
-def pipeline_row(rows: list[dict], diffusers_whole: list[float] | None = None) -> dict[str, Any]:
+def pipeline_row(rows: list[dict], whole: tuple[list[float], list[float]] | None = None) -> dict[str, Any]:
     """Whole-image totals: text encoding plus every stage; the ratio covers the stages diffusers ran.
 
-    ``diffusers_whole``: seconds of a diffusers pipeline that runs only whole (unCLIP), set against the sum of the
-    suite's stages; its range is the ratio of the sums' extremes."""
+    ``whole``: the suite's and diffusers' seconds per repeat for a pipeline diffusers runs only whole (unCLIP),
+    timed in alternation: the ratio and its range are those of these pairs."""
     stages = [row for row in rows if "stage_s" in row]
     text = sum(row["call_median_s"] for row in rows if "call_median_s" in row)
     seconds = text + sum(row["stage_s"] for row in stages)
     batch = stages[0]["batch_size"]
     row = {"stage": "pipeline", "stage_s": seconds, "images_per_s": batch / seconds}
-    if diffusers_whole:
-        suite = sum(row["stage_s"] for row in stages)
-        diffusers = statistics.median(diffusers_whole)
-        row |= {"diffusers_stage_s": diffusers, "ratio_to_diffusers": suite / diffusers}
+    if whole is not None:
+        suite_seconds, diffusers_seconds = whole
+        row |= {"diffusers_stage_s": statistics.median(diffusers_seconds)}
+        row |= ratio_summary(suite_seconds, diffusers_seconds)
     elif all("diffusers_stage_s" in row for row in stages):
         suite = sum(row["stage_s"] for row in stages)
         diffusers = sum(row["diffusers_stage_s"] for row in stages)
@@ -216,7 +216,7 @@ def bench_markdown(table: pd.DataFrame) -> str:
             else:
                 timing = f"{_ms(row['step_median_s'])} [{_ms(row['step_q1_s'])}, {_ms(row['step_q3_s'])}]"
             ratio = format_cell(row.get("ratio_to_diffusers"), ".3f")
-            if ratio and row.get("ratio_to_diffusers_min") == row.get("ratio_to_diffusers_min"):
+            if ratio and pd.notna(row.get("ratio_to_diffusers_min")):
                 ratio += f" [{format_cell(row['ratio_to_diffusers_min'], '.3f')}, {format_cell(row['ratio_to_diffusers_max'], '.3f')}]"
             body.append(
                 [

@@ -24,7 +24,7 @@ from suite.model.flops import PipelineCost
 from suite.model.pipeline import TextToImagePipeline
 from suite.model.presets import Preset, materialise
 from suite.model.samplers import SAMPLERS
-from suite.model.stages import Stage, StageSettings, compile_seconds, micro_conditions
+from suite.model.stages import Stage, StageSettings, StageTiming, compile_seconds, micro_conditions
 from suite.model.timing import Clock, peak_memory, reset_peak_memory
 
 TERA = 1e12
@@ -37,7 +37,7 @@ class BenchSettings:
     dtype: str = "auto"  # auto: the preset's dtypes on accelerators, fp32 on CPU
     batch_size: int = 1
     num_inference_steps: int = 20  # timed steps per stage, after a warm-up of ``warmup_steps``
-    guidance_scale: float = 7.5  # the first stage's; super-resolution stages keep their defaults
+    guidance_scale: float = 7.5  # every stage whose preset fixes none; the others keep their defaults
     sampler: str | None = None  # None: each preset's own (``Preset.bench_sampler``)
     compile: bool = False
     channels_last: bool = False
@@ -281,7 +281,7 @@ def time_stage(
             runs.diffusers_seconds.append(clock() - began)
     runs.peak_memory_bytes, runs.memory_kind = peak_memory(device)
     runs.recompile_s = compile_seconds() - compiled
-    return runs, output.clamp(-1, 1)
+    return runs, output.clamp(-1, 1) if output.dim() == 4 else output  # unCLIP's prior gives an embedding
 
 
 def _states(embeds: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -293,19 +293,59 @@ def time_unclip(
     pipeline: TextToImagePipeline,
     settings: Sequence[StageSettings],
     embeds: tuple[torch.Tensor, torch.Tensor],
+    negative: tuple[torch.Tensor, torch.Tensor],
     bench: BenchSettings,
     clock: Clock,
-) -> list[float]:
-    """Seconds of diffusers' whole ``UnCLIPPipeline`` (prior, decoder, upsamplers) at the preset's stage settings."""
-    run = diffusers_unclip(pipeline, settings)
-    batch = embeds[0].shape[0]
-    run(embeds, _generators(batch, 0), max(bench.warmup_steps, SAMPLERS.get(settings[0].sampler).min_steps))
-    seconds = []
+) -> tuple[list[StageRuns], list[float], str]:
+    """unCLIP, whose diffusers pipeline runs only whole: each repeat runs the suite's stages one after another (each
+    timed, one set of generators through all three, as a sweep does), then diffusers' ``UnCLIPPipeline`` at the same
+    stage settings, so the two alternate as the other families' stages do. Returns each stage's runs and diffusers'
+    seconds per repeat (none without a baseline, or with a sampler ``UnCLIPPipeline`` cannot step), and the attention
+    kernels the warm-up pass dispatched to.
+
+    Left in diffusers' time: its one CLIP encode of the empty negative prompt per call, and its conversion of the
+    images to numpy; left out of the suite's: nothing between stages.
+    """
+    device = clock.device
+    batch = _states(embeds).shape[0]
+    ones = torch.ones(_states(embeds).shape[:2], dtype=torch.long)
+    whole = settings[0].sampler == "unclip" and bench.baseline
+    run = diffusers_unclip(pipeline, settings) if whole else None
+    fewest = max(SAMPLERS.get(knobs.sampler).min_steps for knobs in settings)
+
+    def suite_pass(steps: int | None) -> list[tuple[float, StageTiming]]:
+        output, generators, timed = None, _generators(batch, 0), []
+        for stage, knobs in zip(pipeline.stages, settings):
+            knobs = knobs if steps is None else replace(knobs, num_inference_steps=steps)
+            masks = TextMasks(ones, ones) if stage.reads_text_mask else None
+            began = clock()
+            output, timing = stage.run(knobs, embeds, negative, generators, clock, output, device=device, masks=masks)
+            timed.append((clock() - began, timing))
+        return timed
+
+    compiled_before = compile_seconds()
+    warmup = max(bench.warmup_steps, fewest)
+    ops = attention_ops(lambda: suite_pass(warmup))
+    if run is not None:
+        run(embeds, _generators(batch, 0), warmup)
+    compiled = compile_seconds()
+    runs = [StageRuns([], [], [], [], 0, "", compiled - compiled_before, 0.0, 0) for _ in pipeline.stages]
+    diffusers_seconds = []
+    reset_peak_memory(device)
     for _ in range(bench.repeats):
-        began = clock()
-        run(embeds, _generators(batch, 0), None)
-        seconds.append(clock() - began)
-    return seconds
+        for stage_runs, (seconds, timing) in zip(runs, suite_pass(None)):
+            stage_runs.suite_seconds.append(seconds)
+            stage_runs.step_seconds.extend(timing.step_seconds)
+            stage_runs.decode_seconds.append(timing.decode_seconds)
+        if run is not None:
+            began = clock()
+            run(embeds, _generators(batch, 0), None)
+            diffusers_seconds.append(clock() - began)
+    memory = peak_memory(device)
+    for stage_runs in runs:
+        stage_runs.peak_memory_bytes, stage_runs.memory_kind = memory
+        stage_runs.recompile_s = compile_seconds() - compiled
+    return runs, diffusers_seconds, ops
 
 
 def time_text_encoders(

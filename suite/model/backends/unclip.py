@@ -18,13 +18,12 @@ KINDS = ("prior", "unclip-decoder", "unclip-sr")
 
 
 def load(preset: Preset, options: LoadOptions) -> TextToImagePipeline:
-    """Load a Karlo-shaped folder: the prior, the decoder, then one or more upsampler stages."""
+    """Load a Karlo-shaped folder: the prior, the decoder and the upsampler stage (its two networks)."""
     kinds = [spec.kind for spec in preset.stages]
     locations = preset.source_paths()
-    if kinds[:2] != list(KINDS[:2]) or any(kind != "unclip-sr" for kind in kinds[2:]) or len(locations) != 1:
+    if kinds != list(KINDS) or len(locations) != 1:
         raise UserError(
-            f"preset {preset.name!r}: unCLIP is one source with a 'prior' stage, an 'unclip-decoder' stage, "
-            "then 'unclip-sr' stages"
+            f"preset {preset.name!r}: unCLIP is one source with a 'prior', an 'unclip-decoder' and an 'unclip-sr' stage"
         )
     ((key, location),) = locations.items()
     loader = options.loader(preset.name, key, location)
