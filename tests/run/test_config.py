@@ -35,7 +35,7 @@ def run_cli(args, capsys):
     [
         (
             ("presets: [tiny-latent]", "presets: [sd99]"),
-            "unknown preset 'sd99'; valid: if-l, if-m, if-xl, pixart-1024, pixart-512, sd15",
+            "unknown preset 'sd99'; valid: if-l, if-m, if-xl, karlo, pixart-1024, pixart-512",
         ),
         (("samplers: [ddim]", "samplers: [ddim, dpm++]"), "unknown sampler 'dpm++'; valid: ddim, ddim-raw-eps, ddpm"),
         (("name: check", "name: check\nmetrics: [frechet]"), "unknown metric 'frechet'"),
