@@ -9,7 +9,15 @@ word is one token.
 from __future__ import annotations
 
 from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -52,9 +60,14 @@ def word_level_t5_tokenizer(words: list[str]) -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=77)
 
 
-def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, intermediate: int) -> CLIPTextModel:
-    """A 2-layer CLIP text transformer, 4 heads, 77 positions (SD's text encoder, scaled down)."""
-    return CLIPTextModel(
+def clip_text_encoder(
+    tokenizer: CLIPTokenizer, width: int, intermediate: int, projection_dim: int | None = None
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A 2-layer CLIP text transformer, 4 heads, 77 positions (SD's text encoder, scaled down); with
+    ``projection_dim``, with its projection to the joint embedding, as unCLIP reads it."""
+    model_class = CLIPTextModel if projection_dim is None else CLIPTextModelWithProjection
+    extra = {} if projection_dim is None else {"projection_dim": projection_dim}
+    return model_class(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=width,
@@ -65,6 +78,7 @@ def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, intermediate: int) -
             bos_token_id=0,
             eos_token_id=1,
             pad_token_id=1,
+            **extra,
         )
     )
 

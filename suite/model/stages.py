@@ -211,6 +211,23 @@ def _truncated_start(
     return scheduler.add_noise(upsampled, noise, scheduler.timesteps[begin : begin + 1])
 
 
+def timed_denoise(
+    denoiser,
+    scheduler,
+    sample: torch.Tensor,
+    generators,
+    name: str,
+    clock: Clock,
+    hooks: Sequence[StepHook],
+    begin: int,
+) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """The one loop (``denoise``) with a per-step timer: the denoised sample and each step's seconds."""
+    timer = StepTimer(clock)
+    timer.start()
+    sample = denoise(denoiser, scheduler, sample, generators, name, [timer, *hooks], begin_index=begin)
+    return sample, tuple(timer.step_seconds)
+
+
 @torch.no_grad()
 def run_stage(
     stage: Stage,
@@ -266,14 +283,11 @@ def run_stage(
         masks=None if masks is None else TextMasks(masks.prompt.to(device), masks.negative.to(device)),
         added_cond_kwargs=micro_conditions(stage, size, len(generators), dtype, device) if stage.transformer else None,
     )
-    timer = StepTimer(clock)
-    timer.start()
-    sample = denoise(denoiser, scheduler, sample, generators, stage.name, [timer, *hooks], begin_index=begin)
+    sample, steps = timed_denoise(denoiser, scheduler, sample, generators, stage.name, clock, hooks, begin)
 
     decode_seconds, fallback = 0.0, False
     if stage.vae is not None:
         began = clock()
         sample, fallback = decode_latents(stage.vae, sample)
         decode_seconds = clock() - began
-    steps = tuple(timer.step_seconds)
     return sample, StageTiming(stage.name, len(steps), decode_seconds, steps, decode_fp32_fallback=fallback)

@@ -24,7 +24,6 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from suite.model import builders
 
@@ -167,20 +166,7 @@ def build_unclip(folder: Path, seed: int = 0, decoder_size: int = 16) -> None:
     torch.manual_seed(seed)
     tokenizer = builders.word_level_clip_tokenizer(WORDS)
     width, time_width = 32, 128  # CLIP embedding width; the decoder's time embedding (4 x its first block)
-    text_encoder = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            projection_dim=width,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = builders.clip_text_encoder(tokenizer, width=width, intermediate=64, projection_dim=width)
     prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=width, num_layers=1)
     with torch.no_grad():  # CLIP image-embedding statistics the prior's output is un-normalised by
         prior.clip_mean.normal_(0.0, 0.1)

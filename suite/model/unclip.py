@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from suite.model.denoise import GuidedUNet, StepHook, TextMasks, classifier_free_guidance, denoise, uses_guidance
+from suite.model.denoise import GuidedUNet, StepHook, TextMasks, classifier_free_guidance, uses_guidance
 from suite.model.samplers import make_scheduler, set_timesteps
-from suite.model.stages import StageSettings, StageTiming
-from suite.model.timing import Clock, StepTimer
+from suite.model.stages import StageSettings, StageTiming, timed_denoise
+from suite.model.timing import Clock
 
 
 @dataclass
@@ -145,11 +145,8 @@ class PriorStage:
             _masks(masks, device),
             settings.guidance_scale,
         )
-        timer = StepTimer(clock)
-        timer.start()
-        sample = denoise(denoiser, scheduler, sample, generators, self.name, [timer, *hooks], begin_index=begin)
+        sample, steps = timed_denoise(denoiser, scheduler, sample, generators, self.name, clock, hooks, begin)
         embedding = self.unet.post_process_latents(sample)
-        steps = tuple(timer.step_seconds)
         return embedding, StageTiming(self.name, len(steps), 0.0, steps)
 
 
@@ -240,10 +237,7 @@ class DecoderStage:
         shape = (len(generators), self.unet.config.in_channels, size, size)
         begin, sample = _start(scheduler, settings, shape, generators, device, dtype)
         denoiser = GuidedUNet(unet=self.unet, guidance_scale=settings.guidance_scale, **conditions)
-        timer = StepTimer(clock)
-        timer.start()
-        sample = denoise(denoiser, scheduler, sample, generators, self.name, [timer, *hooks], begin_index=begin)
-        steps = tuple(timer.step_seconds)
+        sample, steps = timed_denoise(denoiser, scheduler, sample, generators, self.name, clock, hooks, begin)
         return sample.clamp(-1, 1), StageTiming(self.name, len(steps), 0.0, steps)
 
 
@@ -293,8 +287,5 @@ class SuperResolutionStage:
             upscaled = F.interpolate(low_res, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
         evaluations = len(scheduler.timesteps) - begin
         denoiser = SwitchingUpsampler(self.unet, self.last_unet, upscaled, evaluations)
-        timer = StepTimer(clock)
-        timer.start()
-        sample = denoise(denoiser, scheduler, sample, generators, self.name, [timer, *hooks], begin_index=begin)
-        steps = tuple(timer.step_seconds)
+        sample, steps = timed_denoise(denoiser, scheduler, sample, generators, self.name, clock, hooks, begin)
         return sample, StageTiming(self.name, len(steps), 0.0, steps)

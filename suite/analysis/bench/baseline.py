@@ -13,8 +13,6 @@ from suite.model.pipeline import TextToImagePipeline
 from suite.model.samplers import consumes_learned_variance, make_scheduler
 from suite.model.stages import Stage, StageSettings
 
-UNCLIP_KINDS = ("prior", "unclip-decoder", "unclip-sr")  # diffusers runs these only as one UnCLIPPipeline
-
 
 def diffusers_scheduler(sampler: str, config) -> Any:
     """The suite's scheduler for ``sampler``, made palatable to diffusers' IF pipelines.

@@ -16,7 +16,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from suite.analysis.bench.baseline import UNCLIP_KINDS, diffusers_stage, diffusers_unclip
+from suite.analysis.bench.baseline import diffusers_stage, diffusers_unclip
 from suite.model.backends import BACKENDS
 from suite.model.denoise import GuidedUNet, TextMasks
 from suite.model.devices import load_options
@@ -183,18 +183,8 @@ def attention_ops(function: Callable[[], Any]) -> str:
 def stage_attention_ops(
     stage: Stage, embeds: torch.Tensor, low_res: torch.Tensor | None, device, settings: StageSettings
 ) -> str:
-    """Which attention kernel one guided evaluation of the stage's UNet dispatches to (unCLIP's stages: a guided
-    run of the stage at batch 1 and its fewest steps)."""
-    if not isinstance(stage, Stage):
-        states = tuple(part[:1] for part in embeds) if isinstance(embeds, tuple) else embeds[:1]
-        ones = torch.ones(1, _states(states).shape[1], dtype=torch.long)
-        first = None if low_res is None else low_res[:1]
-        knobs = replace(settings, num_inference_steps=SAMPLERS.get(settings.sampler).min_steps, guidance_scale=2.0)
-        masks = TextMasks(ones, ones)
-        clock = Clock(torch.device(device))
-        return attention_ops(
-            lambda: stage.run(knobs, states, states, _generators(1, 0), clock, first, device=device, masks=masks)
-        )
+    """Which attention kernel one guided evaluation of the stage's UNet dispatches to (unCLIP's stages are timed
+    whole by ``time_unclip``, which records the kernels of its warm-up pass)."""
     size = stage.sample_size(low_res)
     sample = torch.zeros(1, stage.sample_channels, *size, device=device, dtype=stage.unet.dtype)
     conditioning = labels = None
@@ -236,11 +226,10 @@ def time_stage(
     clock: Clock,
 ) -> tuple[StageRuns, torch.Tensor]:
     device = clock.device
-    batch = _states(embeds).shape[0]
-    unclip = kind in UNCLIP_KINDS  # diffusers runs unCLIP only whole: timed once per preset (``time_unclip``)
-    baseline = diffusers_stage(stage, kind, settings, encoder_model) if bench.baseline and not unclip else None
+    batch = embeds.shape[0]
+    baseline = diffusers_stage(stage, kind, settings, encoder_model) if bench.baseline else None
 
-    ones = torch.ones(_states(embeds).shape[:2], dtype=torch.long)  # the random token ids are all real tokens
+    ones = torch.ones(embeds.shape[:2], dtype=torch.long)  # the random token ids are all real tokens
     masks = TextMasks(ones, ones) if stage.reads_text_mask else None
 
     def suite_run(steps: int):
@@ -284,11 +273,6 @@ def time_stage(
     return runs, output.clamp(-1, 1) if output.dim() == 4 else output  # unCLIP's prior gives an embedding
 
 
-def _states(embeds: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The per-token states of an encoder's output (a pooled encoder gives states and a pooled embedding)."""
-    return embeds[0] if isinstance(embeds, tuple) else embeds
-
-
 def time_unclip(
     pipeline: TextToImagePipeline,
     settings: Sequence[StageSettings],
@@ -307,8 +291,8 @@ def time_unclip(
     images to numpy; left out of the suite's: nothing between stages.
     """
     device = clock.device
-    batch = _states(embeds).shape[0]
-    ones = torch.ones(_states(embeds).shape[:2], dtype=torch.long)
+    batch = embeds[0].shape[0]
+    ones = torch.ones(embeds[0].shape[:2], dtype=torch.long)
     whole = settings[0].sampler == "unclip" and bench.baseline
     run = diffusers_unclip(pipeline, settings) if whole else None
     fewest = max(SAMPLERS.get(knobs.sampler).min_steps for knobs in settings)
