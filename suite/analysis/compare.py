@@ -5,7 +5,7 @@ Two families of comparisons, each row a difference (b - a) with its 95% interval
 - within a preset, every grid point (b) against the preset's baseline point (a): the sweep's
   ``evaluation.baseline``, else the preset's most expensive point (FLOPs per image, else seconds);
 - across presets, every pair of points with equal sampler, steps and guidance (a: the preset listed
-  first in the sweep): the latent-vs-cascaded question.
+  first in the sweep): the latent-vs-cascaded question, and with unCLIP in the sweep, each pair of families.
 
 Each metric tests in its own way (``Metric.compare``), always at the unit of the prompt: per-image
 scores with a sign-flip test of whole prompts, per-image correctness with the exact sign-flip test of each

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default --out: the package's suite/toy/weights/ablation)",
     )
     train.add_argument(
+        "--unclip",
+        action="store_true",
+        help="train only toy-unclip's prior and decoder (on the shipped toy CLIP) into --out/toy-unclip",
+    )
+    train.add_argument(
         "--seeds",
         type=int,
         default=3,

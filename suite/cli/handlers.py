@@ -49,7 +49,7 @@ from suite.run.resume import check_run, elect_evaluator, evaluation_finished
 from suite.run.runner import run_sweep
 from suite.run.topology import device_for, topology
 from suite.toy.recipes import ABLATION_SEEDS, ablation_tracks
-from suite.toy.train import train_ablation, train_toy
+from suite.toy.train import train_ablation, train_toy, train_unclip
 
 DEFAULT_SWEEP = "experiments/toy.yaml"
 
@@ -346,6 +346,8 @@ def command_train(args: argparse.Namespace) -> int:
         )
     if (args.runs or args.from_scratch) and not args.ablation:
         raise UserError("--runs and --from-scratch go with --ablation")
+    if args.unclip and args.ablation:
+        raise UserError("--unclip and --ablation train different models: give one of them")
     runs = tuple(args.runs or ())
     known = [name for track in ablation_tracks(args.seeds) for name in track]
     unknown = [name for name in runs if name not in known]
@@ -356,6 +358,8 @@ def command_train(args: argparse.Namespace) -> int:
     ensure_writable(out)
     if args.ablation:
         train_ablation(work, out, args.jobs, args.seeds, reuse=not args.from_scratch, runs=runs)
+    elif args.unclip:
+        train_unclip(work, out, args.jobs)
     else:
         train_toy(work, out, args.jobs)
     print(f"toy models written to {out} (training state in {work})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -81,6 +82,11 @@ class TextToImagePipeline:
             yield encoder.model
         for stage in self.stages:
             yield from stage.modules()
+
+    def layout_stage(self) -> Any:
+        """The stage that lays out the image, where the prompt's composition is decided: the latent loop, the
+        cascade's base, or unCLIP's decoder (its prior makes an embedding, not an image)."""
+        return next(stage for stage in self.stages if getattr(stage, "denoises_image", True))
 
     def encode(self, needed: Sequence[str], universe: Sequence[str], clock: Clock) -> None:
         """Cache embeddings of ``needed`` prompts (and the empty negative prompt) for every encoder."""

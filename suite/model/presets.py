@@ -351,6 +351,26 @@ PRESETS.register(
     ),
 )
 
+PRESETS.register(
+    "toy-unclip",
+    _made_here(
+        "toy-unclip",
+        "unclip",
+        (
+            StageSpec("prior", "prior", "model", guidance_scale=4.0),
+            StageSpec("decoder", "unclip-decoder", "model"),
+            replace(_TOY_SUPER_RESOLUTION, text_source="sr_text"),
+        ),
+        "toy world, unCLIP-style (DALL-E 2): the toy CLIP's text tower, prior to a toy-CLIP image embedding, "
+        "16 px pixel decoder, toy-cascaded's x4 SR to 64 px",
+        sources={
+            "model": _toy_weights("toy-unclip"),
+            "stage_2": _toy_weights("toy-cascaded") / "stage_2",
+            "sr_text": _toy_weights("toy-cascaded") / "stage_1",
+        },
+        bench_sampler="unclip",
+    ),
+)
 
 # The 2x2 ablation {latent, pixel} x {CLIP-style, T5-style}, trained by `suite train toy --ablation`
 # to one budget. The latent cells share toy-latent's VAE; the pixel cells share toy-cascaded's x4 SR

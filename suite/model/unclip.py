@@ -113,6 +113,7 @@ class PriorStage:
     conditioning: None = None
     transformer: bool = False
     reads_text_mask = True
+    denoises_image = False  # it makes an embedding; the decoder lays out the image
 
     def parts(self) -> dict[str, torch.nn.Module]:
         return {"prior": self.unet}
@@ -163,6 +164,11 @@ class DecoderStage:
     conditioning: None = None
     transformer: bool = False
     reads_text_mask = True
+
+    @property
+    def text_token_offset(self) -> int:
+        """Where the prompt's tokens start in the decoder's context: after text_proj's extra CLIP tokens."""
+        return self.text_proj.config.clip_extra_context_tokens
 
     def parts(self) -> dict[str, torch.nn.Module]:
         return {"text_proj": self.text_proj, "unet": self.unet}

@@ -14,7 +14,9 @@ import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
+from suite.model import builders
 from suite.toy.world import IMAGE_SIZE, WORDS
 
 NAME = "toy-clip"
@@ -74,3 +76,66 @@ def load(folder: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     open_clip.add_model_config(folder / CONFIG_FILE)
     model = open_clip.create_model(NAME, pretrained=str(folder / WEIGHTS_FILE), device=device)
     return model.eval().requires_grad_(False)
+
+
+def text_tower_as_transformers(model: torch.nn.Module) -> tuple[CLIPTextModelWithProjection, CLIPTokenizer]:
+    """The toy CLIP's text tower as ``CLIPTextModelWithProjection`` + ``CLIPTokenizer``: what unCLIP reads.
+
+    The weights are copied unchanged; the tokenizer is the toy world's word-level CLIP tokenizer with
+    ``model_max_length`` = the tower's 12 positions, and each of its word rows takes that word's toy-CLIP row.
+    ``text_embeds`` then equals ``model.encode_text`` for every prompt of the grammar (the pooled token is the
+    first end-of-text, as open_clip's argmax pooling finds it). open_clip drops words it does not know; this
+    tokenizer spells them in letters, whose rows are toy-CLIP's padding row.
+    """
+    tokenizer = builders.word_level_clip_tokenizer(list(WORDS))
+    tokenizer.model_max_length = CONTEXT_LENGTH
+    width = MODEL_CONFIG["text_cfg"]["width"]
+    encoder = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=int(width * 4),
+            num_hidden_layers=MODEL_CONFIG["text_cfg"]["layers"],
+            num_attention_heads=MODEL_CONFIG["text_cfg"]["heads"],
+            max_position_embeddings=CONTEXT_LENGTH,
+            projection_dim=MODEL_CONFIG["embed_dim"],
+            hidden_act="gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    source = {name: tensor.float() for name, tensor in model.state_dict().items()}
+    rows = torch.zeros(len(tokenizer), width)
+    rows[:] = source["token_embedding.weight"][PAD]
+    for word, index in VOCABULARY.items():
+        rows[tokenizer.convert_tokens_to_ids(word + "</w>")] = source["token_embedding.weight"][index]
+    rows[tokenizer.bos_token_id] = source["token_embedding.weight"][START]
+    rows[tokenizer.eos_token_id] = source["token_embedding.weight"][END]
+    state = {
+        "text_model.embeddings.token_embedding.weight": rows,
+        "text_model.embeddings.position_embedding.weight": source["positional_embedding"],
+        "text_model.final_layer_norm.weight": source["ln_final.weight"],
+        "text_model.final_layer_norm.bias": source["ln_final.bias"],
+        "text_projection.weight": source["text_projection"].T,
+    }
+    for layer in range(MODEL_CONFIG["text_cfg"]["layers"]):
+        old, new = f"transformer.resblocks.{layer}.", f"text_model.encoder.layers.{layer}."
+        for part, weight in zip("qkv", source[old + "attn.in_proj_weight"].chunk(3)):
+            state[new + f"self_attn.{part}_proj.weight"] = weight
+        for part, bias in zip("qkv", source[old + "attn.in_proj_bias"].chunk(3)):
+            state[new + f"self_attn.{part}_proj.bias"] = bias
+        pairs = {
+            "attn.out_proj": "self_attn.out_proj",
+            "ln_1": "layer_norm1",
+            "ln_2": "layer_norm2",
+            "mlp.c_fc": "mlp.fc1",
+            "mlp.c_proj": "mlp.fc2",
+        }
+        for before, after in pairs.items():
+            for kind in ("weight", "bias"):
+                state[new + f"{after}.{kind}"] = source[old + f"{before}.{kind}"]
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if unexpected or [name for name in missing if "position_ids" not in name]:
+        raise RuntimeError(f"toy CLIP -> transformers: missing {missing}, unexpected {unexpected}")
+    return encoder.eval().requires_grad_(False), tokenizer

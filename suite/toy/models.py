@@ -1,4 +1,4 @@
-"""Architectures of the toy models: Stable Diffusion and DeepFloyd IF, scaled down to 64 px.
+"""Architectures of the toy models: Stable Diffusion, DeepFloyd IF and unCLIP (Karlo), scaled down to 64 px.
 
 Every model is a stock diffusers / transformers class built from a config, so the toy presets
 load through exactly the code path of the real checkpoints.
@@ -6,7 +6,8 @@ load through exactly the code path of the real checkpoints.
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, PriorTransformer, UNet2DConditionModel, UnCLIPScheduler
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 from suite.model import builders
@@ -17,13 +18,18 @@ __all__ = [
     "base_unet",
     "clip_text_encoder",
     "clip_tokenizer",
+    "decoder_unet",
+    "decoder_scheduler",
     "if_scheduler",
     "image_noising_scheduler",
     "latent_scheduler",
     "latent_unet",
+    "prior",
+    "prior_scheduler",
     "super_resolution_unet",
     "t5_encoder",
     "t5_tokenizer",
+    "text_proj",
     "vae",
 ]
 
@@ -114,3 +120,68 @@ def super_resolution_unet() -> UNet2DConditionModel:
         norm_num_groups=8,
         class_embed_type="timestep",
     )
+
+
+# unCLIP's decoder: IF-I's 16 px resolution at the ablation's narrow widths with a narrower last block, so the
+# toy-unclip family fits the weights budget; its conditioning is the toy CLIP's (128 wide) image embedding.
+DECODER_CHANNELS = (32, 64, 64)
+CLIP_WIDTH = 128  # the toy CLIP's text width and joint embedding width (suite.toy.clip.MODEL_CONFIG)
+CLIP_TOKENS = 12  # the toy CLIP's context length
+
+
+def prior() -> PriorTransformer:
+    """Karlo's prior (a causal transformer over text tokens, the text embedding, the timestep, the noisy image
+    embedding and a query token) at the toy CLIP's width: 2 layers, 4 heads of 32."""
+    return PriorTransformer(
+        num_attention_heads=4,
+        attention_head_dim=32,
+        num_layers=2,
+        embedding_dim=CLIP_WIDTH,
+        num_embeddings=CLIP_TOKENS,
+    )
+
+
+def text_proj() -> UnCLIPTextProjModel:
+    """Karlo's text_proj: the image embedding as extra context tokens and as a vector added to the time embedding.
+
+    Five extra tokens, not Karlo's four: 12 text tokens + 4 would equal the 16 positions of the 4x4 blocks, and
+    diffusers' ``Attention.prepare_attention_mask`` pads the cross-attention mask for the added self-attention
+    keys only when the two lengths differ, so equal lengths give a mask of the wrong shape.
+    """
+    return UnCLIPTextProjModel(
+        clip_extra_context_tokens=5,
+        clip_embeddings_dim=CLIP_WIDTH,
+        time_embed_dim=4 * DECODER_CHANNELS[0],
+        cross_attention_dim=DECODER_CHANNELS[-1],
+    )
+
+
+def decoder_unet() -> UNet2DConditionModel:
+    """Karlo's decoder at 16 px: IF-like blocks, text_proj's vector added to the time embedding as is
+    (``class_embed_type: identity``), cross-attention at 8x8 and 4x4, learned-range variance."""
+    return UNet2DConditionModel(
+        sample_size=BASE_SIZE,
+        in_channels=3,
+        out_channels=6,
+        layers_per_block=1,
+        block_out_channels=DECODER_CHANNELS,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=DECODER_CHANNELS[-1],
+        attention_head_dim=32,
+        class_embed_type="identity",
+        resnet_time_scale_shift="scale_shift",
+        norm_num_groups=16,
+        act_fn="gelu",
+    )
+
+
+def prior_scheduler() -> UnCLIPScheduler:
+    """Karlo's prior scheduler: cosine betas, the clean embedding predicted, clipped to +-5 (in normalised units)."""
+    return UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0)
+
+
+def decoder_scheduler() -> UnCLIPScheduler:
+    """Karlo's decoder scheduler: cosine betas, epsilon prediction, learned-range variance."""
+    return UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon")

@@ -45,6 +45,13 @@ RECIPES = {
     "super_resolution": Recipe("super_resolution", iterations=2000, batch_size=16, learning_rate=5e-4, seed=5),
 }
 TRACKS = (("vae", "latent", "clip"), ("base", "super_resolution"))
+# unCLIP's prior and decoder read the toy CLIP (frozen, as DALL-E 2's are), so they train after the tracks
+# above, in two tracks of their own; the decoder matches the ablation's pixel cells' budget (160,000 images).
+UNCLIP_RECIPES = {
+    "prior": Recipe("prior", iterations=5000, batch_size=32, learning_rate=5e-4, seed=9),
+    "decoder": Recipe("decoder", iterations=5000, batch_size=32, learning_rate=5e-4, seed=10, caption_dropout=0.5),
+}
+UNCLIP_TRACKS = (("prior",), ("decoder",))
 
 # The 2x2 ablation {latent, pixel} x {CLIP-style, T5-style}: one recipe for all four cells, so
 # they see the same images and captions in the same order, with the same optimiser, learning-rate

@@ -1,7 +1,7 @@
 """``suite train toy``: the recipes that rebuild every shipped toy model, resumable, from the world alone.
 
 Recipes run in two independent tracks (VAE -> latent UNet -> CLIP evaluator; base -> super-
-resolution), one process each. Every step's batch and noise are drawn from (recipe seed, step),
+resolution), one process each, then unCLIP's prior and decoder (which read the toy CLIP) in two more. Every step's batch and noise are drawn from (recipe seed, step),
 and a checkpoint is written every ``checkpoint_every`` steps, so a killed run resumes where it
 stopped without repeating or skipping data. Finished recipes leave a ``final/`` folder; the
 shipped layout (presets + evaluator + training.json) is assembled from those.
@@ -33,6 +33,8 @@ from suite.toy.recipes import (
     ABLATION_RECIPES,
     RECIPES,
     TRACKS,
+    UNCLIP_RECIPES,
+    UNCLIP_TRACKS,
     Recipe,
     ablation_tracks,
     snapshot_name,
@@ -178,7 +180,7 @@ def _update_ema(ema: dict, trained: dict, decay: float, step: int) -> None:
 def run_track(names: tuple[str, ...], work: str, threads: int) -> list[dict]:
     """One process's share: its recipes in order, with ``threads`` intra-op threads."""
     torch.set_num_threads(threads)
-    recipes = {**RECIPES, **ABLATION_RECIPES}
+    recipes = {**RECIPES, **UNCLIP_RECIPES, **ABLATION_RECIPES}
     return [run_recipe(recipes[name], Path(work), lambda line: print(line, flush=True)) for name in names]
 
 
@@ -199,19 +201,46 @@ def assemble(work: Path, out: Path) -> None:
             name: f"super_resolution/final/{name}" for name in ("unet", "scheduler", "image_noising_scheduler")
         },
         "toy-clip": {"": "clip/final"},
+        "toy-unclip": UNCLIP_LAYOUT,
     }
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     for target, parts in layout.items():
         for name, source in parts.items():
             shutil.copytree(work / source, staging / target / name)
-    summaries = {name: json.loads((work / name / "summary.json").read_text()) for name in RECIPES}
+    summaries = {name: json.loads((work / name / "summary.json").read_text()) for name in {**RECIPES, **UNCLIP_RECIPES}}
     (staging / "training.json").write_text(json.dumps(summaries, indent=2) + "\n")
     if (out / "ablation").is_dir():  # the ablation's cells are trained and assembled on their own
         shutil.copytree(out / "ablation", staging / "ablation")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
+
+
+# toy-unclip's folder, Karlo-shaped; its x4 super-resolution is toy-cascaded's stage_2 (see the preset)
+UNCLIP_LAYOUT = {
+    **{name: f"prior/final/{name}" for name in ("prior", "prior_scheduler", "text_encoder", "tokenizer")},
+    **{name: f"decoder/final/{name}" for name in ("decoder", "text_proj", "decoder_scheduler")},
+}
+
+
+def train_unclip(work: Path, out: Path, jobs: int = 2) -> None:
+    """Train unCLIP's prior and decoder alone (on the shipped toy CLIP unless ``work`` trained one) and lay them
+    out as ``out/toy-unclip`` with their entries in ``out/training.json``; the other shipped models stay."""
+    _run_tracks(UNCLIP_TRACKS, work, jobs)
+    staging = out / "toy-unclip.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, source in UNCLIP_LAYOUT.items():
+        shutil.copytree(work / source, staging / name)
+    training_path = out / "training.json"
+    training = json.loads(training_path.read_text()) if training_path.is_file() else {}
+    for name in UNCLIP_RECIPES:
+        training[name] = json.loads((work / name / "summary.json").read_text())
+    shutil.rmtree(out / "toy-unclip", ignore_errors=True)
+    staging.rename(out / "toy-unclip")
+    temporary = training_path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(training, indent=2) + "\n")
+    os.replace(temporary, training_path)
 
 
 def _run_tracks(tracks: tuple[tuple[str, ...], ...], work: Path, jobs: int) -> None:
@@ -232,6 +261,7 @@ def _run_tracks(tracks: tuple[tuple[str, ...], ...], work: Path, jobs: int) -> N
 def train_toy(work: Path, out: Path, jobs: int = 2) -> None:
     """Run every recipe (tracks in parallel when ``jobs`` > 1), then assemble the shipped folder."""
     _run_tracks(TRACKS, work, jobs)
+    _run_tracks(UNCLIP_TRACKS, work, jobs)
     assemble(work, out)
 
 

@@ -83,8 +83,35 @@ def test_the_frontier_picks_each_familys_cheapest_point_reaching_the_level():
     frontier = frontier_costs(points, quality, rules).set_index("level")
     assert frontier.loc[0.3, "ratio"] == pytest.approx(10.0 / 4.0)  # latent needs 20 steps, the cascade 5
     assert math.isnan(frontier.loc[0.55, "ratio"]) and frontier.loc[0.55, "latent_point"] == "not reached"
-    assert frontier.loc[0.55, "cascaded_point"] == "s 20"
+    assert frontier.loc[0.55, "point"] == "s 20" and set(frontier["family"]) == {"cascaded"}
     assert math.isnan(frontier.loc[0.9, "ratio"]) and frontier.loc[0.9, "latent_point"] == "not reached"
+
+
+def test_the_frontier_states_every_other_family_against_the_latent_one():
+    """Three families (latent, cascaded, unCLIP): one ratio per level and compared family, each to latent's cost."""
+    keys = ["family", "preset", "sampler", "num_inference_steps", "guidance_scale"]
+    costs = {("latent", 5): 1.0, ("latent", 20): 4.0, ("cascaded", 5): 10.0, ("unclip", 5): 3.0, ("unclip", 20): 12.0}
+    share = {("latent", 5): 0.1, ("latent", 20): 0.5, ("cascaded", 5): 0.6, ("unclip", 5): 0.2, ("unclip", 20): 0.7}
+    points = pd.DataFrame(
+        [(family, family[0], "s", steps, 7.5, cost) for (family, steps), cost in costs.items()],
+        columns=[*keys, "gflops_per_image"],
+    )
+    rng = np.random.default_rng(0)
+    quality = pd.DataFrame(
+        [
+            (family, family[0], "s", steps, 7.5, prompt, float(rng.random() < p))
+            for prompt in range(400)
+            for (family, steps), p in share.items()
+        ],
+        columns=[*keys, "prompt_index", "toy_correct"],
+    )
+    rules = {"cost": "gflops_per_image", "quality_levels": [0.3], "resamples": 300, "seed": 0}
+    frontier = frontier_costs(points, quality, rules).set_index("family")
+    assert list(frontier.index) == ["cascaded", "unclip"]
+    assert frontier.loc["cascaded", "ratio"] == pytest.approx(10.0 / 4.0)
+    assert frontier.loc["unclip", "ratio"] == pytest.approx(12.0 / 4.0)  # unCLIP reaches 0.3 at 20 steps only
+    assert (frontier["latent_point"] == "s 20").all()
+    assert (frontier["ratio_ci95_low"] <= frontier["ratio"]).all() and (frontier["ratio"] <= frontier["ratio_ci95_high"]).all()
 
 
 def test_within_prompt_difference_ignores_what_differs_between_prompts():

@@ -175,11 +175,15 @@ def judge_cost(claim: dict, rules: dict, tables: dict, folder: Path, data: Path)
     return Judgement(verdict, numbers, claim_section(claim, blocks))
 
 
-def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: dict) -> pd.DataFrame:
-    """Per quality level: each family's cheapest grid point whose exact match reaches it, and the cost ratio
-    cascaded / latent, with percentile intervals from resampling prompts (all points together: they share prompts).
+REFERENCE_FAMILY = "latent"  # each other family's cost is stated as a ratio to the latent family's
 
-    A resample in which a family reaches no point at the level has no ratio; the share of such resamples is kept.
+
+def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: dict) -> pd.DataFrame:
+    """Per quality level and per family other than the latent one (the cascade; unCLIP, a pixel cascade too, when
+    the grid has it): each family's cheapest grid point whose exact match reaches the level, and the cost ratio
+    family / latent, with percentile intervals from resampling prompts (all points together: they share prompts).
+
+    A resample in which either family reaches no point at the level has no ratio; the share of such resamples is kept.
     """
     cost = rules["cost"]
     keys = ["family", "preset", "sampler", "num_inference_steps", "guidance_scale"]
@@ -187,6 +191,8 @@ def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: di
     columns = list(wide.columns)
     costs = points.set_index(keys).loc[columns, cost].to_numpy(dtype=float)
     family_of = np.array([column[0] for column in columns])
+    families = sorted(set(family_of))
+    compared = [family for family in families if family != REFERENCE_FAMILY]
     matrix = wide.to_numpy()
     rng = np.random.default_rng(rules.get("seed", 0))
     draws = [np.arange(len(matrix))] + [rng.integers(0, len(matrix), len(matrix)) for _ in range(rules["resamples"])]
@@ -194,36 +200,49 @@ def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: di
     rows = []
     for level in rules["quality_levels"]:
         cheapest, first = {}, {}
-        for family in ("latent", "cascaded"):
+        for family in families:
             reach = np.where((quality >= level) & (family_of == family)[None], costs[None], np.inf)
             cheapest[family] = reach.min(axis=1)
             first[family] = int(reach[0].argmin())  # the point itself on the full sample (ties: the first listed)
-        reached = np.isfinite(cheapest["cascaded"]) & np.isfinite(cheapest["latent"])
-        ratio = np.where(reached, cheapest["cascaded"] / np.where(reached, cheapest["latent"], 1.0), np.nan)
-        finite = np.isfinite(ratio[1:])
-        low, high = np.quantile(ratio[1:][finite], [0.025, 0.975]) if finite.any() else (np.nan, np.nan)
-        row = {"level": level, "measure": cost}
-        for family in ("latent", "cascaded"):
+
+        def described(family: str) -> tuple[str, float]:
             point, column = cheapest[family][0], columns[first[family]]
-            row[f"{family}_point"] = f"{column[2]} {column[3]}" if np.isfinite(point) else "not reached"
-            row[f"{family}_cost"] = point if np.isfinite(point) else np.nan
-        row |= {
-            "ratio": ratio[0] if np.isfinite(ratio[0]) else np.nan,
-            "ratio_ci95_low": low,
-            "ratio_ci95_high": high,
-            "resamples_unreached": float(1 - finite.mean()),
-            "n_prompts": len(matrix),
-        }
-        rows.append(row)
+            return (f"{column[2]} {column[3]}", point) if np.isfinite(point) else ("not reached", np.nan)
+
+        reference_point, reference_cost = described(REFERENCE_FAMILY)
+        for family in compared:
+            reached = np.isfinite(cheapest[family]) & np.isfinite(cheapest[REFERENCE_FAMILY])
+            denominator = np.where(reached, cheapest[REFERENCE_FAMILY], 1.0)
+            ratio = np.where(reached, cheapest[family] / denominator, np.nan)
+            finite = np.isfinite(ratio[1:])
+            low, high = np.quantile(ratio[1:][finite], [0.025, 0.975]) if finite.any() else (np.nan, np.nan)
+            point, point_cost = described(family)
+            rows.append(
+                {
+                    "level": level,
+                    "measure": cost,
+                    "family": family,
+                    "point": point,
+                    "cost": point_cost,
+                    f"{REFERENCE_FAMILY}_point": reference_point,
+                    f"{REFERENCE_FAMILY}_cost": reference_cost,
+                    "ratio": ratio[0] if np.isfinite(ratio[0]) else np.nan,
+                    "ratio_ci95_low": low,
+                    "ratio_ci95_high": high,
+                    "resamples_unreached": float(1 - finite.mean()),
+                    "n_prompts": len(matrix),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: Path) -> Judgement:
     """Cost at equal quality along each family's frontier: at each registered exact-match level, the cheapest point
-    of each family that reaches it (FLOPs per image, an exact count), compared as a ratio with its interval over
-    prompts. Supported when every level both families reach has the ratio's interval above 1; not supported when
-    some level's interval lies below 1; else (or no level reached by both) inconclusive. A level that a family
-    misses in more than ``max_unreached`` of the resamples supports neither verdict."""
+    of each family that reaches it (FLOPs per image, an exact count), compared as a ratio to the latent family's with
+    its interval over prompts. Supported when every (level, family) pair that both reach has the ratio's interval
+    above 1; not supported when some pair's interval lies below 1; else (or nothing reached by both) inconclusive. A
+    level that a family misses in more than ``max_unreached`` of the resamples supports neither verdict. With two
+    families (latent, cascaded) there is one ratio per level; a third (unCLIP) adds its own."""
     if "prompt_quality" not in tables:
         return Judgement(
             INCONCLUSIVE,
@@ -241,9 +260,10 @@ def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: P
     else:
         verdict = INCONCLUSIVE
     numbers = "; ".join(
-        f"exact match {row.level:g}: {ci(row, 'ratio', '.2f')}x {rules['cost']} ({row.cascaded_point} vs {row.latent_point})"
+        f"exact match {row.level:g}, {row.family}: {ci(row, 'ratio', '.2f')}x {rules['cost']} "
+        f"({row.point} vs {row.latent_point})"
         if not pd.isna(row.ratio)
-        else f"exact match {row.level:g}: not reached by both"
+        else f"exact match {row.level:g}, {row.family}: not reached by both"
         for row in frontier.itertuples()
     )
     points = tables["points"].sort_values(["family", "sampler", "num_inference_steps"])
@@ -261,14 +281,14 @@ def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: P
     blocks = [
         Text(
             f"Each family's frontier: at each exact-match level ({', '.join(f'{q:g}' for q in rules['quality_levels'])}), "
-            f"its cheapest grid point reaching it, by {rules['cost']} (counted, exact). The ratio cascaded / latent "
+            f"its cheapest grid point reaching it, by {rules['cost']} (counted, exact). The ratio family / latent "
             f"has a percentile interval from {rules['resamples']} resamples of prompts (all points resampled together; "
-            "a resample can pick other points). resamples_unreached: the share of resamples in which a family reached "
-            f"no point at that level (more than {rules['max_unreached']:g} withholds support)."
+            "a resample can pick other points). resamples_unreached: the share of resamples in which either family "
+            f"reached no point at that level (more than {rules['max_unreached']:g} withholds support)."
         ),
         Table(
             frontier.assign(ratio=[ci(row, "ratio", ".2f") for _, row in frontier.iterrows()]),
-            {"latent_cost": ".4g", "cascaded_cost": ".4g", "resamples_unreached": ".3f"},
+            {"latent_cost": ".4g", "cost": ".4g", "resamples_unreached": ".3f"},
         ),
         Text("The grid (exact match with its interval over prompts; seconds per image as measured while sampling):"),
         Table(shown, {"gflops_per_image": ".4g", "seconds_per_image_median": ".4f"}),

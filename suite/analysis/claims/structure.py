@@ -90,7 +90,7 @@ def measure_trajectories(config: ClaimConfig, runs: dict, options: ClaimsOptions
     per_step, settled, strips = [], [], {}
     resolved = grid_of(config, options)
     for pipeline, item, _, hooks in hooked_samples(resolved, options, lambda item, pipeline: [KeepPredictions()]):
-        stage = pipeline.stages[0]  # the stage that lays out the image: the latent loop, or the cascade's base
+        stage = pipeline.layout_stage()  # the latent loop, the cascade's base, or unCLIP's decoder
         predictions = hooks[0].predictions[stage.name]
         decoded = [decode_x0(stage, x0, IMAGE_SIZE) for x0 in predictions]  # steps x (N, 64, 64, 3)
         final = decoded[-1]

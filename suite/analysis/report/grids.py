@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from suite.analysis.report.tables import quality_column
 from suite.core.errors import UserError
+from suite.model.presets import PRESETS
 
 CELL = 96  # pixels per thumbnail side (small images are enlarged with nearest-neighbour, large ones reduced)
 LABEL = 18
@@ -129,6 +130,12 @@ def headline_point(samples: pd.DataFrame, metrics: pd.DataFrame | None, guidance
     return sampler, int(steps)
 
 
+def _family(preset: str) -> str:
+    """A preset's family as the report names it: its backend ("latent", "cascaded", "unclip"), or the name itself
+    for a preset this installation does not know."""
+    return PRESETS.get(preset).backend if preset in PRESETS else preset
+
+
 def write_grids(
     run: Path,
     samples: pd.DataFrame,
@@ -152,10 +159,11 @@ def write_grids(
     path = folder / "families_side_by_side.png"
     families_side_by_side(run, samples, sampler, steps, guidance, prompt_indices).save(path, optimize=True)
     captions = "; ".join(f"prompt {index}: {texts[index]}" for index in prompt_indices)
+    families = list(dict.fromkeys(samples["preset"].map(_family)))
     grids.insert(
         0,
         Grid(
-            f"latent vs cascaded, same prompt and seed ({sampler}, {steps} steps, guidance {guidance:g}). {captions}",
+            f"{' vs '.join(families)}, same prompt and seed ({sampler}, {steps} steps, guidance {guidance:g}). {captions}",
             path,
         ),
     )

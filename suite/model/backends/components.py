@@ -31,10 +31,13 @@ def clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) ->
 
 
 def pooled_clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype) -> TextEncoder:
-    """CLIP text tower as unCLIP uses it: 77 tokens, no mask into CLIP, per-token states and the projected pooled
-    embedding (``CLIPTextModelWithProjection``); the mask is read by the prior and the decoder."""
+    """CLIP text tower as unCLIP uses it: the tokenizer's ``model_max_length`` tokens (77 for Karlo), no mask into
+    CLIP, per-token states and the projected pooled embedding (``CLIPTextModelWithProjection``); the mask is read by
+    the prior and the decoder."""
     model = loader.model(CLIPTextModelWithProjection, "text_encoder", dtype)
-    return TextEncoder(name, loader.tokenizer(), model, pooled=True)
+    tokenizer = loader.tokenizer()
+    max_length = min(getattr(tokenizer, "model_max_length", 77), 77)  # UnCLIPPipeline pads to model_max_length
+    return TextEncoder(name, tokenizer, model, max_length=max_length, pooled=True)
 
 
 def t5_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dtype, max_length: int = 77) -> TextEncoder:
