@@ -6,7 +6,7 @@ load through exactly the code path of the real checkpoints.
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, PriorTransformer, UNet2DConditionModel, UnCLIPScheduler
+from diffusers import AutoencoderKL, PriorTransformer, UnCLIPScheduler, UNet2DConditionModel
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
@@ -18,8 +18,8 @@ __all__ = [
     "base_unet",
     "clip_text_encoder",
     "clip_tokenizer",
-    "decoder_unet",
     "decoder_scheduler",
+    "decoder_unet",
     "if_scheduler",
     "image_noising_scheduler",
     "latent_scheduler",

@@ -28,7 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from suite.model.presets import TOY_WEIGHTS
-from suite.toy.jobs import JOBS, Job
+from suite.toy.jobs import JOBS as BASE_JOBS
+from suite.toy.jobs import Job
 from suite.toy.recipes import (
     ABLATION_RECIPES,
     RECIPES,
@@ -39,6 +40,9 @@ from suite.toy.recipes import (
     ablation_tracks,
     snapshot_name,
 )
+from suite.toy.unclip_jobs import UNCLIP_JOBS
+
+JOBS = {**BASE_JOBS, **UNCLIP_JOBS}
 
 
 def _learning_rate(recipe: Recipe, step: int) -> float:

@@ -111,7 +111,9 @@ def test_the_frontier_states_every_other_family_against_the_latent_one():
     assert frontier.loc["cascaded", "ratio"] == pytest.approx(10.0 / 4.0)
     assert frontier.loc["unclip", "ratio"] == pytest.approx(12.0 / 4.0)  # unCLIP reaches 0.3 at 20 steps only
     assert (frontier["latent_point"] == "s 20").all()
-    assert (frontier["ratio_ci95_low"] <= frontier["ratio"]).all() and (frontier["ratio"] <= frontier["ratio_ci95_high"]).all()
+    assert (frontier["ratio_ci95_low"] <= frontier["ratio"]).all() and (
+        frontier["ratio"] <= frontier["ratio_ci95_high"]
+    ).all()
 
 
 def test_within_prompt_difference_ignores_what_differs_between_prompts():

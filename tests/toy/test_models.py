@@ -26,9 +26,9 @@ def test_shipped_weights_are_safetensors_under_100_mb_with_their_training_budget
     assert weights and all(path.suffix == ".safetensors" for path in weights)
     assert (
         sum(path.stat().st_size for path in weights) < 100e6
-    )  # toy presets, the ablation cells and replicates, toy CLIP
+    )  # toy presets (toy-unclip too), the ablation cells and replicates, toy CLIP
     training = json.loads((TOY_WEIGHTS / "training.json").read_text())
-    assert set(training) == {"vae", "latent", "clip", "base", "super_resolution"}
+    assert set(training) == {"vae", "latent", "clip", "base", "super_resolution", "prior", "decoder"}
     for summary in training.values():
         assert summary["images_seen"] > 0 and summary["wall_seconds"] > 0 and summary["device"]
 

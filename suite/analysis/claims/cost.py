@@ -205,18 +205,18 @@ def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: di
             cheapest[family] = reach.min(axis=1)
             first[family] = int(reach[0].argmin())  # the point itself on the full sample (ties: the first listed)
 
-        def described(family: str) -> tuple[str, float]:
+        described = {}  # family -> (its point on the full sample, that point's cost)
+        for family in families:
             point, column = cheapest[family][0], columns[first[family]]
-            return (f"{column[2]} {column[3]}", point) if np.isfinite(point) else ("not reached", np.nan)
-
-        reference_point, reference_cost = described(REFERENCE_FAMILY)
+            described[family] = (f"{column[2]} {column[3]}", point) if np.isfinite(point) else ("not reached", np.nan)
+        reference_point, reference_cost = described[REFERENCE_FAMILY]
         for family in compared:
             reached = np.isfinite(cheapest[family]) & np.isfinite(cheapest[REFERENCE_FAMILY])
             denominator = np.where(reached, cheapest[REFERENCE_FAMILY], 1.0)
             ratio = np.where(reached, cheapest[family] / denominator, np.nan)
             finite = np.isfinite(ratio[1:])
             low, high = np.quantile(ratio[1:][finite], [0.025, 0.975]) if finite.any() else (np.nan, np.nan)
-            point, point_cost = described(family)
+            point, point_cost = described[family]
             rows.append(
                 {
                     "level": level,

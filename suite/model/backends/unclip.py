@@ -26,8 +26,10 @@ def _check(preset: Preset) -> None:
     upsamplers = kinds[2:]
     own = upsamplers == ["unclip-sr"] and len({spec.source for spec in preset.stages}) == 1
     borrowed = bool(upsamplers) and all(kind == "pixel-sr" for kind in upsamplers)
-    if kinds[:2] != ["prior", "unclip-decoder"] or preset.stages[0].source != preset.stages[1].source or not (
-        own or borrowed
+    if (
+        kinds[:2] != ["prior", "unclip-decoder"]
+        or preset.stages[0].source != preset.stages[1].source
+        or not (own or borrowed)
     ):
         raise UserError(
             f"preset {preset.name!r}: unCLIP is a 'prior' and an 'unclip-decoder' stage from one source, then one "
