@@ -136,10 +136,9 @@ def bench_preset(name: str, bench: BenchSettings, peaks: dict[torch.dtype, float
 def _unclip_rows(pipeline, cost, settings, embeddings, negatives, bench: BenchSettings, clock: Clock, peak: float):
     """unCLIP's stage rows, and the suite's and diffusers' seconds per repeat for the whole pipeline (diffusers runs
     it only whole; the two alternate)."""
-    name = pipeline.stages[0].text_encoder
     for stage in pipeline.stages:
         apply_speed_options(stage, bench.compile, bench.channels_last)
-    runs, diffusers_seconds, ops = time_unclip(pipeline, settings, embeddings[name], negatives[name], bench, clock)
+    runs, diffusers_seconds, ops = time_unclip(pipeline, settings, embeddings, negatives, bench, clock)
     rows = [
         {"attention_ops": ops} | stage_row(stage, stage_cost, knobs, stage_runs, bench.batch_size, peak)
         for stage, stage_cost, knobs, stage_runs in zip(pipeline.stages, cost.stages, settings, runs)

@@ -26,6 +26,7 @@ from suite.model.presets import Preset, materialise
 from suite.model.samplers import SAMPLERS
 from suite.model.stages import Stage, StageSettings, StageTiming, compile_seconds, micro_conditions
 from suite.model.timing import Clock, peak_memory, reset_peak_memory
+from suite.model.unclip import SuperResolutionStage
 
 TERA = 1e12
 ATTENTION = ("sdpa", "math")
@@ -276,24 +277,26 @@ def time_stage(
 def time_unclip(
     pipeline: TextToImagePipeline,
     settings: Sequence[StageSettings],
-    embeds: tuple[torch.Tensor, torch.Tensor],
-    negative: tuple[torch.Tensor, torch.Tensor],
+    embeddings: dict[str, Any],
+    negatives: dict[str, Any],
     bench: BenchSettings,
     clock: Clock,
 ) -> tuple[list[StageRuns], list[float], str]:
     """unCLIP, whose diffusers pipeline runs only whole: each repeat runs the suite's stages one after another (each
     timed, one set of generators through all three, as a sweep does), then diffusers' ``UnCLIPPipeline`` at the same
     stage settings, so the two alternate as the other families' stages do. Returns each stage's runs and diffusers'
-    seconds per repeat (none without a baseline, or with a sampler ``UnCLIPPipeline`` cannot step), and the attention
-    kernels the warm-up pass dispatched to.
+    seconds per repeat (none without a baseline, with a sampler ``UnCLIPPipeline`` cannot step, or for a preset whose
+    upsampling is not unCLIP's own, as toy-unclip's borrowed IF-style stage), and the attention kernels the warm-up
+    pass dispatched to. ``embeddings``/``negatives``: each text encoder's, by name; each stage reads its own.
 
     Left in diffusers' time: its one CLIP encode of the empty negative prompt per call, and its conversion of the
     images to numpy; left out of the suite's: nothing between stages.
     """
     device = clock.device
+    embeds = embeddings[pipeline.stages[0].text_encoder]
     batch = embeds[0].shape[0]
-    ones = torch.ones(embeds[0].shape[:2], dtype=torch.long)
-    whole = settings[0].sampler == "unclip" and bench.baseline
+    karlo_shaped = isinstance(pipeline.stages[-1], SuperResolutionStage)
+    whole = settings[0].sampler == "unclip" and bench.baseline and karlo_shaped
     run = diffusers_unclip(pipeline, settings) if whole else None
     fewest = max(SAMPLERS.get(knobs.sampler).min_steps for knobs in settings)
 
@@ -301,9 +304,12 @@ def time_unclip(
         output, generators, timed = None, _generators(batch, 0), []
         for stage, knobs in zip(pipeline.stages, settings):
             knobs = knobs if steps is None else replace(knobs, num_inference_steps=steps)
+            text, negative = embeddings[stage.text_encoder], negatives[stage.text_encoder]
+            states = text[0] if isinstance(text, tuple) else text  # unCLIP's CLIP gives (states, pooled)
+            ones = torch.ones(states.shape[:2], dtype=torch.long)
             masks = TextMasks(ones, ones) if stage.reads_text_mask else None
             began = clock()
-            output, timing = stage.run(knobs, embeds, negative, generators, clock, output, device=device, masks=masks)
+            output, timing = stage.run(knobs, text, negative, generators, clock, output, device=device, masks=masks)
             timed.append((clock() - began, timing))
         return timed
 
