@@ -102,6 +102,22 @@ def test_attention_maps_are_probabilities_over_tokens(build):
     assert restored == processors and not any("get_attention_scores" in vars(module) for module in unet.modules())
 
 
+def test_attention_maps_of_unclips_decoder_cover_its_extra_tokens_and_the_prompt():
+    """unCLIP's decoder attends to text_proj's extra CLIP tokens, then the prompt's: a word's map is at its
+    position plus the decoder's ``text_token_offset``."""
+    torch.manual_seed(0)
+    unet, text_proj = models.decoder_unet().eval(), models.text_proj()
+    images, tokens = 2, models.CLIP_TOKENS
+    extra = text_proj.config.clip_extra_context_tokens
+    sample = torch.randn(images, 3, unet.config.sample_size, unet.config.sample_size)
+    context = torch.randn(2 * images, extra + tokens, unet.config.cross_attention_dim)
+    time = torch.randn(2 * images, unet.config.block_out_channels[0] * 4)
+    with AttentionRecorder(unet, images) as recorder, torch.no_grad():
+        unet(torch.cat([sample, sample]), torch.tensor(500), encoder_hidden_states=context, class_labels=time)
+    for side, side_maps in recorder.maps().items():
+        assert side_maps.shape == (images, side, side, extra + tokens)
+
+
 def test_token_positions_find_the_colour_words_in_both_tokenizers():
     prompt = "a red circle above a blue square"
     assert token_positions(models.clip_tokenizer(), prompt, ["red", "blue"]) == {"red": [2], "blue": [6]}
@@ -225,7 +241,7 @@ def test_the_committed_claims_report_rebuilds_byte_identically(tmp_path):
 def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
     sweep = {
         "name": "hooked",
-        "presets": ["tiny-latent", "tiny-cascaded"],
+        "presets": ["tiny-latent", "tiny-cascaded", "tiny-unclip"],
         "samplers": ["ddpm"],
         "steps": [3],
         "guidance": [3.0],
@@ -237,12 +253,12 @@ def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
     options = ClaimsOptions(out=tmp_path / "claims", device="cpu", progress=False)
     seen = 0
     for pipeline, item, images, (keep,) in hooked_samples(resolved, options, lambda item, p: [KeepPredictions()]):
-        assert len(keep.predictions[pipeline.stages[0].name]) == 3  # one x0 per step
+        assert len(keep.predictions[pipeline.layout_stage().name]) == 3  # one x0 per step of the layout stage
         for spec, image in zip(item.images, images):
             path = run / "images" / item.preset / "ddpm" / "steps3_guidance3" / f"p{spec.prompt_index:04d}_s00.png"
             np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), image)
             seen += 1
-    assert seen == 4
+    assert seen == 6  # three families (unCLIP's layout stage is its decoder, not its prior)
 
 
 def test_sub_claims_combine_into_one_verdict():

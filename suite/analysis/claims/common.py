@@ -102,7 +102,7 @@ def hooked_samples(
 
 
 def preset_family(preset: str) -> str:
-    """A preset's family, "latent" or "cascaded": its backend."""
+    """A preset's family, "latent", "cascaded" or "unclip": its backend."""
     return PRESETS.get(preset).backend
 
 
