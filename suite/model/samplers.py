@@ -38,6 +38,24 @@ def with_schedule_defaults(model_scheduler_config: Mapping[str, Any]) -> dict[st
     return config
 
 
+def clipping_as_thresholding(config: Mapping[str, Any], scheduler_class: type) -> dict[str, Any]:
+    """A model scheduler's ``clip_sample`` to [-1, 1] carried to a sampler that cannot clip but can threshold.
+
+    unCLIP's decoder and upsamplers (``UnCLIPScheduler``, cosine betas) clip each x0 prediction to [-1, 1]. A sampler
+    without ``clip_sample`` (DPM-Solver++, UniPC, DEIS) would otherwise take the raw x0, which at the schedule's first
+    timestep (alpha_bar about 2e-9 on the cosine schedule) is the noise prediction's error times 2e4: the images come
+    out as noise. Dynamic thresholding with ``sample_max_value`` 1 clamps to [-1, 1] and divides by 1, which is that
+    clip exactly. Only a range of 1 translates (unCLIP's prior clips at 5, which thresholding would rescale), and a
+    config that already thresholds (IF's) keeps its own.
+    """
+    config = dict(config)
+    parameters = inspect.signature(scheduler_class.__init__).parameters
+    clips = config.get("clip_sample") and float(config.get("clip_sample_range", 1.0)) == 1.0
+    if clips and not config.get("thresholding") and "thresholding" in parameters and "clip_sample" not in parameters:
+        config.update(thresholding=True, sample_max_value=1.0)
+    return config
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A diffusers scheduler class plus the keyword arguments that make it this sampler."""
@@ -61,6 +79,7 @@ class Sampler:
                 f"{self.scheduler_class} takes prediction_type {' or '.join(self.prediction_types)}, not {prediction!r}"
             )
         scheduler_class = getattr(diffusers, self.scheduler_class)
+        model_scheduler_config = clipping_as_thresholding(model_scheduler_config, scheduler_class)
         scheduler = scheduler_class.from_config(dict(model_scheduler_config), **dict(self.overrides))
         scheduler.suite_clipped_eps = self.clipped_eps  # read by step_kwargs
         return scheduler

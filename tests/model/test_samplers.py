@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -109,3 +112,25 @@ def test_as_many_steps_as_training_timesteps_runs_every_timestep_once(sampler):
     scheduler = make_scheduler(sampler, latent_scheduler().config)
     set_timesteps(scheduler, 50)  # fewer steps keep the published spacing
     assert scheduler.config.timestep_spacing == "leading" and int(scheduler.timesteps[0]) == 981
+
+
+REFERENCE_CONFIGS = Path(__file__).parents[2] / "suite" / "model" / "reference_configs"
+
+
+def _reference(name: str) -> dict:
+    return json.loads((REFERENCE_CONFIGS / name).read_text())
+
+
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "unipc", "deis"])
+def test_a_model_that_clips_x0_to_one_is_clipped_by_samplers_that_can_only_threshold(sampler):
+    """Karlo's decoder clips x0 to [-1, 1] (UnCLIPScheduler); DPM-Solver++, UniPC and DEIS cannot clip, and without
+    it the cosine schedule's first step (alpha_bar ~2e-9) turns the toy decoder's images into noise. Dynamic
+    thresholding at sample_max_value 1 is that clip: any x0 comes out clamped to [-1, 1], nothing rescaled."""
+    scheduler = make_scheduler(sampler, _reference("karlo-decoder-scheduler.json"))
+    assert scheduler.config.thresholding and scheduler.config.sample_max_value == 1.0
+    x0 = torch.linspace(-30, 30, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    torch.testing.assert_close(scheduler._threshold_sample(x0), x0.clamp(-1, 1))
+    prior = make_scheduler(sampler, _reference("karlo-prior-scheduler.json"))  # clips at 5: not translated
+    assert not prior.config.thresholding
+    stage_1 = make_scheduler(sampler, _reference("if-i-scheduler.json"))  # IF thresholds at 1.5: kept
+    assert stage_1.config.thresholding and stage_1.config.sample_max_value == 1.5

@@ -139,3 +139,16 @@ def test_the_shipped_priors_embeddings_retrieve_their_captions_scene():
     nearest = (F.normalize(embeddings, dim=-1) @ text.T).argmax(dim=1).tolist()
     right = [captions[index].scene == caption.scene for index, caption in zip(nearest, captions)]
     assert sum(right) / len(right) >= 0.95
+
+
+def test_toy_unclip_is_counted_from_its_configs_with_the_toy_clips_12_positions(tmp_path):
+    """Counting builds the pipeline on the meta device, without a tokenizer: the prompt length then comes from the
+    text tower's positions (12), not unCLIP's usual 77, which this tower cannot take."""
+    import pandas as pd
+
+    from suite.cli import main
+
+    assert main(["profile", "toy-unclip", "--out", str(tmp_path)]) == 0
+    stages = pd.read_csv(tmp_path / "stages.csv")
+    assert list(stages["kind"]) == ["prior", "unclip-decoder", "pixel-sr"]
+    assert (stages["tflops_per_image"] > 0).all()

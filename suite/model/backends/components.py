@@ -35,8 +35,9 @@ def pooled_clip_text_encoder(loader: ComponentLoader, name: str, dtype: torch.dt
     CLIP, per-token states and the projected pooled embedding (``CLIPTextModelWithProjection``); the mask is read by
     the prior and the decoder."""
     model = loader.model(CLIPTextModelWithProjection, "text_encoder", dtype)
-    tokenizer = loader.tokenizer()
-    max_length = min(getattr(tokenizer, "model_max_length", 77), 77)  # UnCLIPPipeline pads to model_max_length
+    tokenizer = loader.tokenizer()  # None when built from configs alone: the model's positions bound the prompt
+    longest = tokenizer.model_max_length if tokenizer is not None else model.config.max_position_embeddings
+    max_length = min(longest, 77)  # UnCLIPPipeline pads to the tokenizer's model_max_length
     return TextEncoder(name, tokenizer, model, max_length=max_length, pooled=True)
 
 
