@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--unclip",
         action="store_true",
-        help="train only toy-unclip's prior and decoder (on the shipped toy CLIP) into --out/toy-unclip",
+        help="train only toy-unclip's prior and decoder into --out/toy-unclip, on the toy CLIP --work trained if it "
+        "has one, else the shipped one (training.json names which)",
     )
     train.add_argument(
         "--seeds",

@@ -2,7 +2,9 @@
 
 A sampler never changes the model's noise schedule (betas, prediction type, thresholding): it is
 built with ``SchedulerClass.from_config(model_scheduler_config, **overrides)``, the swap diffusers
-documents, so the same trained model can be sampled by every solver.
+documents, so the same trained model can be sampled by every solver. One rule of the model's is carried
+over: a model whose scheduler clips each x0 prediction to [-1, 1] (unCLIP's decoder and upsamplers) gets
+that clip as thresholding at 1 in solvers that can threshold, and is refused by those that can do neither.
 """
 
 from __future__ import annotations
@@ -38,6 +40,21 @@ def with_schedule_defaults(model_scheduler_config: Mapping[str, Any]) -> dict[st
     return config
 
 
+def _own_default(config: Mapping[str, Any], key: str) -> Any:
+    """``key`` from the config, else its default in the config's own scheduler class (``_class_name``)."""
+    if key in config:
+        return config[key]
+    own = getattr(diffusers, str(config.get("_class_name", "")), None)
+    parameter = inspect.signature(own.__init__).parameters.get(key) if own is not None else None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def clips_x0_to_one(config: Mapping[str, Any]) -> bool:
+    """Whether the model's own scheduler clips each x0 prediction to [-1, 1] (unCLIP's decoder and upsamplers)."""
+    range_ = _own_default(config, "clip_sample_range")
+    return bool(_own_default(config, "clip_sample")) and float(1.0 if range_ is None else range_) == 1.0
+
+
 def clipping_as_thresholding(config: Mapping[str, Any], scheduler_class: type) -> dict[str, Any]:
     """A model scheduler's ``clip_sample`` to [-1, 1] carried to a sampler that cannot clip but can threshold.
 
@@ -50,8 +67,12 @@ def clipping_as_thresholding(config: Mapping[str, Any], scheduler_class: type) -
     """
     config = dict(config)
     parameters = inspect.signature(scheduler_class.__init__).parameters
-    clips = config.get("clip_sample") and float(config.get("clip_sample_range", 1.0)) == 1.0
-    if clips and not config.get("thresholding") and "thresholding" in parameters and "clip_sample" not in parameters:
+    if (
+        clips_x0_to_one(config)
+        and not config.get("thresholding")
+        and "thresholding" in parameters
+        and "clip_sample" not in parameters
+    ):
         config.update(thresholding=True, sample_max_value=1.0)
     return config
 
@@ -66,6 +87,9 @@ class Sampler:
     clipped_eps: bool = True  # DDIM: re-derive eps from the clipped x0 (see step_kwargs); False: diffusers' default
     min_steps: int = 1  # unCLIP's scheduler spaces its timesteps by (T - 1) / (steps - 1): at least 2
     prediction_types: tuple[str, ...] = ("epsilon", "v_prediction", "sample")  # what its step can convert
+    # False: measured to give noise where the model's scheduler clips x0 to [-1, 1] on the cosine schedule (toy-unclip's
+    # decoder: Euler, Euler ancestral and Heun start from sigma ~2e4 without clipping the denoised estimate); refused
+    honours_clipping: bool = True
 
     def build(self, model_scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
         """Build the scheduler from the model's own scheduler config plus this sampler's overrides.
@@ -77,6 +101,12 @@ class Sampler:
         if prediction not in self.prediction_types:
             raise ValueError(
                 f"{self.scheduler_class} takes prediction_type {' or '.join(self.prediction_types)}, not {prediction!r}"
+            )
+        clipped = clips_x0_to_one(model_scheduler_config) and not model_scheduler_config.get("thresholding")
+        if not self.honours_clipping and clipped:  # IF's configs threshold instead, from t=900: they sample fine
+            raise ValueError(
+                f"the model clips each x0 prediction to [-1, 1] (unCLIP's decoder and upsamplers), which "
+                f"{self.scheduler_class} cannot honour: from the cosine schedule's first sigma (~2e4) its images are noise"
             )
         scheduler_class = getattr(diffusers, self.scheduler_class)
         model_scheduler_config = clipping_as_thresholding(model_scheduler_config, scheduler_class)
@@ -106,7 +136,10 @@ SAMPLERS.register(
     ),
 )
 SAMPLERS.register(
-    "euler", Sampler("EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn")
+    "euler",
+    Sampler(
+        "EulerDiscreteScheduler", description="Euler, Karras et al. 2022 Alg. 2 without churn", honours_clipping=False
+    ),
 )
 SAMPLERS.register(
     "euler-ancestral",
@@ -114,9 +147,13 @@ SAMPLERS.register(
         "EulerAncestralDiscreteScheduler",
         description="Euler with ancestral noise (k-diffusion)",
         prediction_types=("epsilon", "v_prediction"),
+        honours_clipping=False,
     ),
 )
-SAMPLERS.register("heun", Sampler("HeunDiscreteScheduler", description="Heun 2nd order, Karras et al. 2022 Alg. 1"))
+SAMPLERS.register(
+    "heun",
+    Sampler("HeunDiscreteScheduler", description="Heun 2nd order, Karras et al. 2022 Alg. 1", honours_clipping=False),
+)
 SAMPLERS.register(
     "dpm-solver++",
     Sampler(

@@ -137,6 +137,24 @@ def test_unclip_is_timed_stage_by_stage_and_against_the_whole_unclip_pipeline(tm
     assert "## tiny-unclip" in (folder / "bench.md").read_text()
 
 
+def test_toy_unclip_with_a_borrowed_if_stage_is_timed_stage_by_stage_without_a_diffusers_ratio():
+    """toy-unclip upsamples with toy-cascaded's IF-style stage, which reads T5 states: each stage gets its own
+    encoder's embeddings, and there is no UnCLIPPipeline to compare with."""
+    table = bench_presets(["toy-unclip"], TINY_TWICE)
+    rows = table.set_index("stage")
+    assert list(rows.index) == [
+        "text_encoder:clip",
+        "text_encoder:t5:sr_text",
+        "prior",
+        "decoder",
+        "super_resolution_1",
+        "pipeline",
+    ]
+    stages = rows.loc[["prior", "decoder", "super_resolution_1"]]
+    assert (stages["step_median_s"] > 0).all()
+    assert "ratio_to_diffusers" not in table or table["ratio_to_diffusers"].isna().all()
+
+
 def test_bench_flops_are_the_profiled_flops(tiny_table):
     preset = PRESETS.get("tiny-cascaded")
     cost = pipeline_cost(build_on_meta(preset))

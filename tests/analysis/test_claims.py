@@ -21,6 +21,7 @@ from suite.analysis.claims.attention import (
     downsample,
     token_positions,
 )
+from suite.analysis.claims.attention_bleed import context_positions
 from suite.analysis.claims.claim_file import load_claim, load_claims
 from suite.analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, PARTLY, SUPPORTED, hooked_samples, overall
 from suite.analysis.claims.cost import matched_points
@@ -30,8 +31,10 @@ from suite.analysis.claims.steps import _equivalent_from, relation
 from suite.analysis.claims.structure import settled_step
 from suite.cli import main
 from suite.core.errors import UserError
+from suite.model.backends import BACKENDS
 from suite.model.denoise import KeepPredictions
-from suite.model.presets import TOY_WEIGHTS
+from suite.model.loading import LoadOptions
+from suite.model.presets import PRESETS, TOY_WEIGHTS
 from suite.run.config import parse_sweep, resolve
 from suite.run.options import RunOptions
 from suite.run.runner import run_sweep
@@ -350,3 +353,18 @@ def test_claims_data_of_an_earlier_version_is_read_under_todays_names():
     assert after.iloc[0].tolist() == pytest.approx([0.025, 0.024, 0.015, 1.0, 2.0])
     today = pd.DataFrame({"step_median_s_ci95_low": [0.1], "clip_score_mean_ci95_high": [3.0], "toy_correct": [1.0]})
     assert list(upgraded_data(today).columns) == list(today.columns)
+
+
+def test_a_colour_words_attention_position_counts_unclips_extra_context_tokens():
+    """Claim 6 reads a word's attention at its tokenizer position in the layout stage's context: after text_proj's
+    extra CLIP tokens for unCLIP's decoder, at the position itself for a latent UNet."""
+    prompt, words = "a red circle above a blue square", ["red", "blue"]
+    options = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
+    unclip = BACKENDS.get("unclip").load(PRESETS.get("toy-unclip"), options)
+    latent = BACKENDS.get("latent").load(PRESETS.get("toy-latent-clip"), options)
+    extra = unclip.layout_stage().text_token_offset
+    assert unclip.layout_stage().name == "decoder" and extra == 5
+    own = token_positions(unclip.text_encoders["clip"].tokenizer, prompt, words)
+    assert context_positions(unclip, prompt, words) == {word: [extra + i for i in own[word]] for word in words}
+    plain = token_positions(latent.text_encoders["clip"].tokenizer, prompt, words)
+    assert context_positions(latent, prompt, words) == plain

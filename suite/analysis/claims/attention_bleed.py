@@ -39,6 +39,16 @@ from suite.toy.score import score_prompt_image
 from suite.toy.world import parse_caption
 
 
+def context_positions(pipeline, prompt: str, words: list[str]) -> dict[str, list[int]]:
+    """Where each word's tokens sit in the cross-attention context of the stage that lays out the image: its
+    tokenizer's positions, after text_proj's extra CLIP tokens for unCLIP's decoder."""
+    stage = pipeline.layout_stage()
+    encoder = pipeline.text_encoders[stage.text_encoder]
+    offset = getattr(stage, "text_token_offset", 0)
+    found = token_positions(encoder.tokenizer, prompt, words, encoder.lowercase)
+    return {word: [offset + index for index in indices] for word, indices in found.items()}
+
+
 def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dict[str, pd.DataFrame]:
     def recorders(item, pipeline):
         return [AttentionRecorder(pipeline.layout_stage().unet, len(item.images))]
@@ -49,19 +59,13 @@ def measure_attention(config: ClaimConfig, runs: dict, options: ClaimsOptions) -
     example_prompt = config.settings.get("example_prompt")
     for pipeline, item, images, (recorder,) in hooked_samples(grid_of(config, options), options, recorders):
         family = preset_family(item.preset)
-        stage = pipeline.layout_stage()
-        encoder = pipeline.text_encoders[stage.text_encoder]
-        offset = getattr(stage, "text_token_offset", 0)  # unCLIP's decoder: text_proj's tokens come first
         maps, mass = recorder.maps(), recorder.text_mass()
         for index, (spec, image) in enumerate(zip(item.images, images)):
             caption = parse_caption(spec.prompt)
             if caption is None or caption.relation is None or caption.things[0].colour == caption.things[1].colour:
                 continue
             colours = [thing.colour for thing in caption.things]
-            positions = {
-                word: [offset + index for index in indices]
-                for word, indices in token_positions(encoder.tokenizer, spec.prompt, colours, encoder.lowercase).items()
-            }
+            positions = context_positions(pipeline, spec.prompt, colours)
             masks = colour_masks(image, colours)
             binding = score_prompt_image(image, spec.prompt)["binding"]
             for side, side_maps in maps.items():

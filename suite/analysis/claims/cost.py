@@ -26,13 +26,16 @@ from suite.analysis.claims.common import (
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
 from suite.analysis.costs import ProfileSettings, profile_presets
 from suite.analysis.report.render import Table, Text
+from suite.core.errors import UserError
 from suite.run.config import parse_sweep, resolve
 from suite.run.options import RunOptions
 from suite.run.runner import load_pipelines, time_alternately
 
 
 def matched_points(points: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """The weaker family's best point, and per family the cheapest point whose exact-match interval overlaps it."""
+    """The weaker family's best point, and per family the cheapest point whose exact-match interval overlaps it.
+
+    The first registered rule (cost/v1), kept to re-judge its data: it compares exactly latent and cascaded."""
     best = points.loc[points.groupby("family")["toy_correct"].idxmax()]
     target = best.sort_values("toy_correct").iloc[0]
 
@@ -192,6 +195,8 @@ def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: di
     costs = points.set_index(keys).loc[columns, cost].to_numpy(dtype=float)
     family_of = np.array([column[0] for column in columns])
     families = sorted(set(family_of))
+    if REFERENCE_FAMILY not in families:
+        raise UserError(f"the cost frontier states each family against the latent one; the grid has {families}")
     compared = [family for family in families if family != REFERENCE_FAMILY]
     matrix = wide.to_numpy()
     rng = np.random.default_rng(rules.get("seed", 0))

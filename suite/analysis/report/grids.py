@@ -132,7 +132,7 @@ def headline_point(samples: pd.DataFrame, metrics: pd.DataFrame | None, guidance
 
 def _family(preset: str) -> str:
     """A preset's family as the report names it: its backend ("latent", "cascaded", "unclip"), or the name itself
-    for a preset this installation does not know."""
+    for a preset this installation does not know (runs written before samples recorded the backend)."""
     return PRESETS.get(preset).backend if preset in PRESETS else preset
 
 
@@ -159,7 +159,7 @@ def write_grids(
     path = folder / "families_side_by_side.png"
     families_side_by_side(run, samples, sampler, steps, guidance, prompt_indices).save(path, optimize=True)
     captions = "; ".join(f"prompt {index}: {texts[index]}" for index in prompt_indices)
-    families = list(dict.fromkeys(samples["preset"].map(_family)))
+    families = list(dict.fromkeys(samples["backend"] if "backend" in samples else samples["preset"].map(_family)))
     grids.insert(
         0,
         Grid(
