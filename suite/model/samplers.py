@@ -49,10 +49,18 @@ def _own_default(config: Mapping[str, Any], key: str) -> Any:
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
-def clips_x0_to_one(config: Mapping[str, Any]) -> bool:
-    """Whether the model's own scheduler clips each x0 prediction to [-1, 1] (unCLIP's decoder and upsamplers)."""
+def clips_x0_on_cosine(config: Mapping[str, Any]) -> bool:
+    """Whether the model's own scheduler clips each x0 prediction to [-1, 1] on the cosine schedule without
+    thresholding (unCLIP's decoder and upsamplers). Only there does a sampler's first step divide by
+    sqrt(alpha_bar(T)) ~ 5e-5; on SD's scaled-linear betas (alpha_bar(T) ~ 5e-3) an unclipped x0 is harmless, and
+    IF's configs threshold."""
     range_ = _own_default(config, "clip_sample_range")
-    return bool(_own_default(config, "clip_sample")) and float(1.0 if range_ is None else range_) == 1.0
+    return (
+        bool(_own_default(config, "clip_sample"))
+        and float(1.0 if range_ is None else range_) == 1.0
+        and _own_default(config, "beta_schedule") == "squaredcos_cap_v2"
+        and not config.get("thresholding")
+    )
 
 
 def clipping_as_thresholding(config: Mapping[str, Any], scheduler_class: type) -> dict[str, Any]:
@@ -62,17 +70,12 @@ def clipping_as_thresholding(config: Mapping[str, Any], scheduler_class: type) -
     without ``clip_sample`` (DPM-Solver++, UniPC, DEIS) would otherwise take the raw x0, which at the schedule's first
     timestep (alpha_bar about 2e-9 on the cosine schedule) is the noise prediction's error times 2e4: the images come
     out as noise. Dynamic thresholding with ``sample_max_value`` 1 clamps to [-1, 1] and divides by 1, which is that
-    clip exactly. Only a range of 1 translates (unCLIP's prior clips at 5, which thresholding would rescale), and a
-    config that already thresholds (IF's) keeps its own.
+    clip exactly. Only a range of 1 on the cosine schedule translates (``clips_x0_on_cosine``: unCLIP's prior clips
+    at 5, which thresholding would rescale; a config that already thresholds, IF's, keeps its own).
     """
     config = dict(config)
     parameters = inspect.signature(scheduler_class.__init__).parameters
-    if (
-        clips_x0_to_one(config)
-        and not config.get("thresholding")
-        and "thresholding" in parameters
-        and "clip_sample" not in parameters
-    ):
+    if clips_x0_on_cosine(config) and "thresholding" in parameters and "clip_sample" not in parameters:
         config.update(thresholding=True, sample_max_value=1.0)
     return config
 
@@ -102,8 +105,7 @@ class Sampler:
             raise ValueError(
                 f"{self.scheduler_class} takes prediction_type {' or '.join(self.prediction_types)}, not {prediction!r}"
             )
-        clipped = clips_x0_to_one(model_scheduler_config) and not model_scheduler_config.get("thresholding")
-        if not self.honours_clipping and clipped:  # IF's configs threshold instead, from t=900: they sample fine
+        if not self.honours_clipping and clips_x0_on_cosine(model_scheduler_config):
             raise ValueError(
                 f"the model clips each x0 prediction to [-1, 1] (unCLIP's decoder and upsamplers), which "
                 f"{self.scheduler_class} cannot honour: from the cosine schedule's first sigma (~2e4) its images are noise"

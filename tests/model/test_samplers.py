@@ -134,3 +134,6 @@ def test_a_model_that_clips_x0_to_one_is_clipped_by_samplers_that_can_only_thres
     assert not prior.config.thresholding
     stage_1 = make_scheduler(sampler, _reference("if-i-scheduler.json"))  # IF thresholds at 1.5: kept
     assert stage_1.config.thresholding and stage_1.config.sample_max_value == 1.5
+    linear = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "clip_sample": True}
+    assert not make_scheduler(sampler, linear).config.thresholding  # alpha_bar(T) ~ 5e-3: nothing to carry
+    make_scheduler("euler", linear)  # and nothing refused there (the tiny SD x4 upscaler's config)
