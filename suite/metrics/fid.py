@@ -29,8 +29,8 @@ def frechet_to(reference) -> FrechetToReference:
         if reference.features is not None:
             reference.derived["frechet"] = FrechetToReference.of(reference.features)
         else:
-            mean, covariance, _ = reference.statistics
-            reference.derived["frechet"] = FrechetToReference(mean, covariance)
+            mean, covariance, count = reference.statistics
+            reference.derived["frechet"] = FrechetToReference(mean, covariance, count)
     return reference.derived["frechet"]
 
 
@@ -63,7 +63,7 @@ class Fid(Metric):
             "features_resize": network.resize,
             "reference": reference.key,
             "reference_count": reference.count,
-            "fid": fid(features, reference.features, reference.statistics),
+            "fid": fid(features, reference_statistics=distance.statistics),  # the reference's moments, once
             "fid_n": count,
             "fid_feature_dim": dimension,
             "fid_rank_deficient": bool(count <= dimension),  # the generated covariance is singular: FID is biased

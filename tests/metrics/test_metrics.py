@@ -172,6 +172,23 @@ def test_fast_fid_core_agrees_with_torchmetrics_with_more_or_fewer_images_than_f
         assert fast == pytest.approx(distribution.fid(x, reference), rel=1e-6)
 
 
+def test_fid_of_rows_with_repeats_equals_torchmetrics_on_the_gathered_rows():
+    """Subsets and resamples (rows repeated) take their means and tr(S_g) from per-row sums and their Gram matrix
+    from syrk on the uncentred rows: the same FID as torchmetrics on the rows gathered, in both regimes, with
+    features far from zero (the rank-one centring is where precision would go)."""
+    rng = np.random.default_rng(11)
+    reference = np.abs(rng.standard_normal((400, 24))) + 3.0
+    features = np.abs(rng.standard_normal((300, 24))) * 1.2 + 3.1
+    rows_of = distribution.FrechetToReference.of(reference).rows_of(features)
+    for count in (18, 150, 300):
+        rows = rng.integers(0, len(features), count)  # with repeats, as a bootstrap resample draws them
+        assert len(np.unique(rows)) < count
+        assert rows_of(rows) == pytest.approx(distribution.fid(features[rows], reference), rel=1e-7)
+    rows_of.influence()  # keeps the FID of every row once, which FID_inf's whole-set point reads back
+    assert rows_of.whole == pytest.approx(distribution.fid(features, reference), rel=1e-7)
+    assert rows_of(rng.permutation(len(features))) == rows_of.whole
+
+
 def test_kernel_cores_agree_with_kid_and_cmmd_on_the_whole_sets():
     rng = np.random.default_rng(8)
     x, y = rng.standard_normal((150, 12)), rng.standard_normal((220, 12)) + 0.3
