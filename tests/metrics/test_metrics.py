@@ -187,6 +187,10 @@ def test_fid_of_rows_with_repeats_equals_torchmetrics_on_the_gathered_rows():
     rows_of.influence()  # keeps the FID of every row once, which FID_inf's whole-set point reads back
     assert rows_of.whole == pytest.approx(distribution.fid(features, reference), rel=1e-7)
     assert rows_of(rng.permutation(len(features))) == rows_of.whole
+    # only every row exactly once reads it back: not a resample of as many rows, nor all rows but one
+    for rows in (rng.integers(0, len(features), len(features)), rng.permutation(len(features))[:-1]):
+        assert rows_of(rows) == pytest.approx(distribution.fid(features[rows], reference), rel=1e-7)
+        assert rows_of(rows) != rows_of.whole
 
 
 def test_kernel_cores_agree_with_kid_and_cmmd_on_the_whole_sets():
