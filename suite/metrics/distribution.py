@@ -173,8 +173,8 @@ def kid(generated: np.ndarray, reference: np.ndarray, seed: int = 0) -> tuple[fl
     Subsets are as large as both sets allow (at most 1000); their draw is seeded, so the
     numbers are reproducible. It runs in float32, the feature networks' own precision: at 30,000 x 2,048 that takes
     7 s instead of 17 s in float64, and moves the mean by 3e-8 (1/16,000 of the spread between its subsets) and that
-    spread (``kid_std``) by 4e-8 (1e-4 of it). The
-    suite's own KID (``BlockedKernel``, the number with an interval) stays in float64.
+    spread (``kid_std``) by 4e-8 (1e-4 of it). The suite's own KID (``BlockedKernel``, the number with an
+    interval) stays in float64.
     """
     generated = torch.as_tensor(np.asarray(generated), dtype=torch.float32)
     reference = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
