@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     claims.add_argument("--pilot", default="results/claims/pilot", help="with --plan: the pilot's tables")
     claims.add_argument("--quiet", action="store_true")
+    claims.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each UNet of the claims' sweeps: the same images, faster in long sweeps (claim 3)",
+    )
     claims.set_defaults(handler=handlers.command_claims)
 
     ablation = commands.add_parser(

@@ -367,7 +367,9 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_claims(args: argparse.Namespace) -> int:
-    options = ClaimsOptions(Path(args.claims_dir), Path(args.out), args.device, tuple(args.only), not args.quiet)
+    options = ClaimsOptions(
+        Path(args.claims_dir), Path(args.out), args.device, tuple(args.only), not args.quiet, args.compile
+    )
     configs = load_claims(options.claims_dir, list(options.names) or None)  # every claim file checked first
     if args.reason and not args.register:
         raise UserError("--reason goes with --register")

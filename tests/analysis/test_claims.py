@@ -241,6 +241,21 @@ def test_the_committed_claims_report_rebuilds_byte_identically(tmp_path):
     assert (report / "report.md").read_bytes() == (COMMITTED / "report.md").read_bytes()
 
 
+def test_claims_compile_reaches_every_sweep_of_a_claim(tmp_path, monkeypatch):
+    """``suite claims --compile`` compiles the UNets of the claim's sweeps; without it they run eager."""
+    seen = []
+
+    def record(resolved, options):
+        seen.append((resolved.sweep.name, options.compile))
+        raise UserError("recorded")
+
+    monkeypatch.setattr("suite.analysis.claims.common.run_sweep", record)
+    claims = ["claims", "--only", "03-steps", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main([*claims, "--compile"]) == 2
+    assert main(claims) == 2
+    assert [flag for _, flag in seen] == [True, False]
+
+
 def test_hooked_sampling_makes_the_images_the_sweep_writes(tmp_path):
     sweep = {
         "name": "hooked",

@@ -40,6 +40,7 @@ class ClaimsOptions:
     device: str = "auto"
     names: tuple[str, ...] = ()
     progress: bool = True
+    compile: bool = False  # torch.compile the UNets of the claims' sweeps (not of hooked sampling, which stays eager)
 
 
 # -- folders and sampling -----------------------------------------------------------------------------
@@ -60,7 +61,8 @@ def run_claim_sweeps(config: ClaimConfig, options: ClaimsOptions) -> dict[str, P
     for sweep_name in config.sweeps:
         resolved = claim_sweep(config, sweep_name, options.claims_dir)
         folder = runs_dir(options.out, config) / sweep_name
-        summary = run_sweep(resolved, RunOptions(folder, options.device, progress=options.progress))
+        run_options = RunOptions(folder, options.device, progress=options.progress, compile=options.compile)
+        summary = run_sweep(resolved, run_options)
         if not summary.complete:
             raise RuntimeError(f"{folder}: the sweep did not complete")
         if resolved.sweep.metrics:
