@@ -8,9 +8,10 @@ Conditional effects (``measure.effect_table``) hold the four networks fixed and 
   training-run term sum(w_c^2 s_c^2) / R, with s_c^2 cell c's between-run variance (R - 1 degrees of
   freedom each): a random training-run effect, estimated by moments, each cell with its own variance;
 - the interval and p use Student's t with Welch-Satterthwaite degrees of freedom for the training-run
-  term (the prompt term, from hundreds of prompts, counted as known): 4 (R - 1) when the four cells vary
-  alike, as few as R - 1 when one cell's runs dominate. With 3 runs a cell that is few degrees of freedom,
-  and the intervals say so.
+  term (the prompt term, from hundreds of prompts, counted as known): where the training-run term
+  dominates, 4 (R - 1) when the four cells vary alike and as few as R - 1 when one cell's runs dominate;
+  where the prompt term is a large part of the variance, more. With 3 runs a cell that is few degrees of
+  freedom, and the intervals say so.
 
 The between-run deviations are measured on the same prompts, so they also hold part of the per-image noise
 the prompt term already counts: the interval is conservative by that much.
