@@ -219,6 +219,22 @@ def write_measured(folder: Path, registration: Registration, at: str) -> None:
     atomic_write_text(folder / "measured.json", text)
 
 
+def rule_origin(entries: list[Registration], key: str, registration: Registration) -> Registration:
+    """The first registration of ``registration``'s rule version (its ``method``): where that rule was written,
+    which a later re-registration of the design alone does not change."""
+    method = registration.rules.get("method")
+    return next(entry for entry in history(entries, key) if entry.rules.get("method") == method)
+
+
+def changed_after_data_label(entries: list[Registration], key: str, registration: Registration) -> str:
+    """How a confirmatory rule that was itself written after earlier data had been seen stays marked ("" when
+    it was not): a rule changed after data is marked as such even when it judges data measured after it."""
+    origin = rule_origin(entries, key, registration)
+    if not origin.after_data:
+        return ""
+    return f"rule changed after earlier data ({origin.registered[:10]}): {origin.reason or 'no reason given'}"
+
+
 def exploratory_label(entry: Registration) -> str:
     """How the report marks a verdict under a rule registered after its data."""
     return f"exploratory: rule changed after data ({entry.registered[:10]}): {entry.reason or 'no reason given'}"

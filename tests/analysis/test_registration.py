@@ -12,6 +12,7 @@ from suite.analysis.claims.claim_file import candidate, load_claims
 from suite.analysis.registration import (
     Candidate,
     Measured,
+    changed_after_data_label,
     read_registry,
     register,
     register_all,
@@ -123,3 +124,17 @@ def test_the_measurement_record_names_the_rules(tmp_path):
         "at": "2026-02-01T00:00:00Z",
         "rules_hash": entry.hash,
     }
+
+
+def test_a_rule_written_after_earlier_data_stays_marked_when_it_judges_later_data(tmp_path):
+    path = tmp_path / "registry.yaml"
+    register(path, "k", {"method": "v1"}, now="2026-01-01T00:00:00Z")
+    register(path, "k", {"method": "v2"}, reason="can fail", data_exist=True, now="2026-01-03T00:00:00Z")
+    register(path, "k", {"method": "v2", "n": 2}, reason="design", data_exist=True, now="2026-01-04T00:00:00Z")
+    entries = read_registry(path)
+    later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", ""))
+    assert later.confirmatory.rules["method"] == "v2"  # registered before these data: confirmatory ...
+    label = changed_after_data_label(entries, "k", later.confirmatory)
+    assert label == "rule changed after earlier data (2026-01-03): can fail"  # ... and still marked, with its reason
+    first = rules_for(entries, "k", Measured("2026-01-02T00:00:00Z", ""))
+    assert changed_after_data_label(entries, "k", first.confirmatory) == ""  # v1 was written before any data

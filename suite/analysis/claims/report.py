@@ -27,6 +27,7 @@ from suite.analysis.registration import (
     Judging,
     Measured,
     Registration,
+    changed_after_data_label,
     exploratory_label,
     history,
     read_measured,
@@ -115,6 +116,8 @@ def judge_all(report: Path) -> list[Judged]:
         later = list(judging.exploratory)
         if judging.confirmatory is not None:
             main, rule = judging.confirmatory, f"registered {judging.confirmatory.registered[:10]}, before the data"
+            changed = changed_after_data_label(entries, f"claims/{folder.name}", main)
+            rule += f"; {changed}" if changed else ""
         elif later:
             main = later.pop(0)
             rule = f"{exploratory_label(main)} (no rule was registered before these data)"
