@@ -12,10 +12,12 @@ import pytest
 from statsmodels.stats.power import NormalIndPower
 
 from suite.analysis.claims.claim_file import load_claims
+from suite.analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from suite.analysis.claims.cost import frontier_costs
 from suite.analysis.claims.guidance_rules import decide, slope_contrasts, threshold_table
 from suite.analysis.claims.plan import difference_prompts, equivalence_prompts, plan_claims
 from suite.analysis.claims.report import build_claims_report
+from suite.analysis.claims.steps import relation, sub_verdict
 from suite.core.paired import group_difference_within
 from suite.core.stats import Units
 
@@ -229,3 +231,48 @@ def test_within_prompt_interval_holds_with_prompts_of_unequal_size():
     test = group_difference_within(values, errors, Units.of(prompts), permutations=999)
     assert test.low < test.difference < test.high
     assert test.difference == pytest.approx(-0.8, abs=0.15) and test.high < -0.5
+
+
+def _comparison(exact: tuple, clip: tuple, exact_p: float = 1.0, clip_p: float = 1.0) -> dict:
+    """One paired comparison's row as claim 3's measure writes it: (low, high) of each difference, Holm p."""
+    return {
+        "exact_difference_ci95_low": exact[0],
+        "exact_difference_ci95_high": exact[1],
+        "clip_difference_ci95_low": clip[0],
+        "clip_difference_ci95_high": clip[1],
+        "exact_p_holm": exact_p,
+        "clip_p_holm": clip_p,
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "v1", "v2"),
+    [
+        # both intervals inside the margins, even where a test rejects: equivalent under both rules
+        (_comparison((-0.04, 0.04), (0.9, 4.5), clip_p=0.005), "equivalent", "equivalent"),
+        # significant, and the interval crosses the CLIP margin: v1 calls it different, v2 only nonzero
+        (_comparison((-0.05, 0.05), (-6.5, -1.5), clip_p=0.001), "different", "nonzero"),
+        # significant, and the interval lies wholly beyond the margin on either side: different under both
+        (_comparison((-0.05, 0.05), (-9.0, -5.5), clip_p=0.001), "different", "different"),
+        (_comparison((0.12, 0.3), (-1.0, 1.0), exact_p=0.001), "different", "different"),
+        # beyond the margin but not significant after Holm: unresolved under both
+        (_comparison((0.12, 0.3), (-1.0, 1.0), exact_p=0.2), "unresolved", "unresolved"),
+        # an interval beyond its margin counts only for the measure whose test rejected
+        (_comparison((0.12, 0.3), (-6.0, -1.0), exact_p=0.2, clip_p=0.01), "different", "nonzero"),
+        (_comparison((-0.2, 0.05), (-9.0, 2.0)), "unresolved", "unresolved"),
+    ],
+)
+def test_claim_3_reads_each_comparison_under_its_rule(row, v1, v2):
+    margins = {"exact": 0.1, "clip": 5.0}
+    assert relation(row, margins, 0.05, "steps/v1") == v1
+    assert relation(row, margins, 0.05, "steps/v2") == v2
+
+
+def test_claim_3_sub_claims_take_nonzero_as_neither_reading():
+    assert sub_verdict("equivalent", "equivalent") == SUPPORTED
+    assert sub_verdict("different", "equivalent") == NOT_SUPPORTED
+    assert sub_verdict("different", "different") == SUPPORTED
+    assert sub_verdict("equivalent", "different") == NOT_SUPPORTED
+    assert sub_verdict("nonzero", "equivalent") == INCONCLUSIVE
+    assert sub_verdict("nonzero", "different") == INCONCLUSIVE
+    assert sub_verdict("unresolved", "different") == INCONCLUSIVE

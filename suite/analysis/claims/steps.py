@@ -30,7 +30,8 @@ from suite.analysis.report.render import Figure, Table, Text
 from suite.analysis.report.tables import with_interval
 from suite.core.stats import ALPHA
 
-EQUIVALENT, DIFFERENT, UNRESOLVED = "equivalent", "different", "unresolved"
+EQUIVALENT, DIFFERENT, NONZERO, UNRESOLVED = "equivalent", "different", "nonzero", "unresolved"
+MEASURES = ("exact", "clip")
 
 
 def measure_steps(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> dict[str, pd.DataFrame]:
@@ -65,17 +66,34 @@ def measure_steps(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> di
     }
 
 
-def relation(row, margins: dict, alpha: float = ALPHA) -> str:
+def relation(row, margins: dict, alpha: float = ALPHA, method: str = "steps/v2") -> str:
     """A paired comparison's reading: ``equivalent`` if both differences' 95% intervals lie inside the equivalence
-    margins (a conservative two one-sided tests: a difference can be detectable and still too small to matter);
-    else ``different`` if a Holm-adjusted test rejects at 5%; else ``unresolved`` (too few images to tell)."""
-    inside = all(
-        -margin <= row[f"{name}_difference_ci95_low"] and row[f"{name}_difference_ci95_high"] <= margin
-        for name, margin in (("exact", margins["exact"]), ("clip", margins["clip"]))
-    )
-    if inside:
+    margins (a conservative two one-sided tests: a difference can be detectable and still too small to matter).
+
+    Otherwise, under steps/v2: ``different`` if some measure's Holm-adjusted test rejects at ``alpha`` and its 95%
+    interval lies wholly beyond its margin (shown larger than "indistinguishable" allows); ``nonzero`` if a test
+    rejects but no such interval is beyond its margin (shown not zero, not shown to matter); else ``unresolved``.
+    steps/v1, kept to judge the data measured under it, reads every rejection as ``different``."""
+    low = {name: row[f"{name}_difference_ci95_low"] for name in MEASURES}
+    high = {name: row[f"{name}_difference_ci95_high"] for name in MEASURES}
+    if all(-margins[name] <= low[name] and high[name] <= margins[name] for name in MEASURES):
         return EQUIVALENT
-    return DIFFERENT if row["exact_p_holm"] < alpha or row["clip_p_holm"] < alpha else UNRESOLVED
+    rejected = [name for name in MEASURES if row[f"{name}_p_holm"] < alpha]
+    if not rejected:
+        return UNRESOLVED
+    if method == "steps/v1":
+        return DIFFERENT
+    beyond = any(low[name] > margins[name] or high[name] < -margins[name] for name in rejected)
+    return DIFFERENT if beyond else NONZERO
+
+
+READINGS = {
+    "steps/v1": "different (a Holm-adjusted test rejects at 5%), else unresolved (too few images to tell either way; "
+    "more seeds per prompt resolve it).",
+    "steps/v2": "different (a Holm-adjusted test rejects and that difference's 95% interval lies wholly beyond its "
+    "margin), else nonzero (a test rejects, but the interval crosses the margin: not zero, not shown to matter; it "
+    "supports no sub-claim), else unresolved (too few images to tell).",
+}
 
 
 def _equivalent_from(rows: pd.DataFrame) -> float:
@@ -88,8 +106,8 @@ def _equivalent_from(rows: pd.DataFrame) -> float:
     return float(rows.num_inference_steps.iloc[first])
 
 
-def _sub_verdict(found: str, supports: str) -> str:
-    if found == UNRESOLVED:
+def sub_verdict(found: str, supports: str) -> str:
+    if found in (UNRESOLVED, NONZERO):
         return INCONCLUSIVE
     return SUPPORTED if found == supports else NOT_SUPPORTED
 
@@ -111,9 +129,9 @@ def judge_steps(claim: dict, rules: dict, tables: dict, folder: Path, data: Path
     equivalent to it (not supported)."""
     points, versus, short_long = tables["points"], tables["versus_reference"], tables["short_vs_long"]
     reference, margins = claim["settings"]["reference"], rules["margins"]
-    alpha = rules["alpha"]
-    versus = versus.assign(relation=[relation(row, margins, alpha) for _, row in versus.iterrows()])
-    short_long = short_long.assign(relation=[relation(row, margins, alpha) for _, row in short_long.iterrows()])
+    alpha, method = rules["alpha"], rules["method"]
+    versus = versus.assign(relation=[relation(row, margins, alpha, method) for _, row in versus.iterrows()])
+    short_long = short_long.assign(relation=[relation(row, margins, alpha, method) for _, row in short_long.iterrows()])
     verdicts, lines, onset_rows = [], [], []
     for family, rows in versus.groupby("family", sort=True):
         for sampler, group in rows.groupby("sampler", sort=True):
@@ -125,10 +143,10 @@ def judge_steps(claim: dict, rules: dict, tables: dict, folder: Path, data: Path
 
         pairs = short_long[short_long.family == family]
         checks = {
-            "20 ~ 50 steps": overall([_sub_verdict(found, EQUIVALENT) for found in pairs.relation]),
-            "DPM-Solver++ by 20": _sub_verdict(at("dpm-solver++", 20), EQUIVALENT),
-            "DDIM by 50": _sub_verdict(at("ddim", 50), EQUIVALENT),
-            "DDPM needs > 250": _sub_verdict(at("ddpm", 250), DIFFERENT),
+            "20 ~ 50 steps": overall([sub_verdict(found, EQUIVALENT) for found in pairs.relation]),
+            "DPM-Solver++ by 20": sub_verdict(at("dpm-solver++", 20), EQUIVALENT),
+            "DDIM by 50": sub_verdict(at("ddim", 50), EQUIVALENT),
+            "DDPM needs > 250": sub_verdict(at("ddpm", 250), DIFFERENT),
         }
         for name, found in checks.items():
             verdicts.append(found)
@@ -162,8 +180,7 @@ def judge_steps(claim: dict, rules: dict, tables: dict, folder: Path, data: Path
             f"{int(points.n_images.iloc[0])} prompts and seeds, so each is compared with the reference image by image: "
             "exact McNemar on exact match, sign-flip permutation on CLIP score, Holm-adjusted within a family. "
             f"Each comparison reads as: equivalent (both differences' 95% intervals inside the margins: exact "
-            f"match +-{margins['exact']:g}, CLIP score +-{margins['clip']:g}), else different (a Holm-adjusted test "
-            "rejects at 5%), else unresolved (too few images to tell either way; more seeds per prompt resolve it). "
+            f"match +-{margins['exact']:g}, CLIP score +-{margins['clip']:g}), else {READINGS[method]} "
             "FID uses toy-CLIP features "
             "and has a large small-sample bias at this size: compare FIDs with each other, not with other tables."
         ),
@@ -186,7 +203,7 @@ EXPERIMENTS.register(
     "steps",
     Experiment(
         measure_steps,
-        {"steps/v1": judge_steps},
+        {"steps/v1": judge_steps, "steps/v2": judge_steps},
         "quality against steps per sampler, paired against a 1000-step DDPM reference and 20 vs 50",
     ),
 )
