@@ -152,6 +152,9 @@ def test_plan_sample_sizes_match_the_closed_forms():
     assert math.isinf(equivalence_prompts(0.12, sigma, margin))  # beyond the margin: never equivalent
     n = NormalIndPower().solve_power(effect_size=0.05 / sigma, alpha=0.05, power=0.8, ratio=0)
     assert difference_prompts(0.05, sigma) == math.ceil(n)
+    # steps/v2: "different" means shown beyond the margin, so only the excess over it counts
+    assert difference_prompts(-0.15, sigma, beyond=margin) == math.ceil(n)
+    assert math.isinf(difference_prompts(0.08, sigma, beyond=margin))
 
 
 def test_the_plan_reads_the_committed_pilot():
@@ -160,6 +163,13 @@ def test_the_plan_reads_the_committed_pilot():
     steps = table[table.claim == "03-steps"]
     assert {"cascaded dpm-solver++ 20 vs reference", "latent ddim 50 vs reference"} <= set(steps.comparison)
     assert (table.pilot_sigma > 0).all() and (table.prompts_to_resolve.dropna() >= 1).all()
+    # a comparison is equivalent only when both measures are, different when either is
+    for _, rows in table.groupby(["claim", "comparison"]):
+        expected = min(rows.prompts_equivalent.fillna(math.inf).max(), rows.prompts_different.fillna(math.inf).min())
+        assert rows.comparison_prompts.fillna(math.inf).eq(expected).all()
+    # under steps/v2 a pilot difference inside its margin can never be shown "different"
+    inside = steps[steps.pilot_difference.abs() < steps.margin]
+    assert len(inside) and inside.prompts_different.isna().all()
 
 
 @pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed claims report")

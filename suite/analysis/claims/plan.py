@@ -7,10 +7,14 @@ true one. Then, normal approximations with one seed per prompt:
 
 - **equivalent** (both 95% interval ends inside +-margin, two one-sided tests at 2.5%): the n at which
   P(|d| + 1.96 sigma / sqrt(n) < margin) reaches 80%; impossible when the pilot difference is beyond the margin;
-- **different** (a two-sided test at alpha / family size, Holm's first step): n = sigma^2 (z + z_0.8)^2 / d^2.
+- **different** (a two-sided test at alpha / family size, Holm's first step): n = sigma^2 (z + z_0.8)^2 / e^2,
+  where e is the distance the difference must be shown to exceed: 0, or under claim 3's steps/v2 the margin
+  (e = |d| - margin; impossible when the pilot difference is inside the margin).
 
-A comparison resolves at the smaller n: the outcome the pilot points to. The toy grammar has 540 distinct prompts,
-so a comparison needing more cannot resolve with one seed per prompt; the table says so.
+Per measure, the smaller n is the outcome the pilot points to. A comparison reads both measures: it is equivalent
+when both are, different when either is, so it resolves at min(max of the equivalence n, min of the difference n)
+(``comparison_prompts``). The toy grammar has 540 distinct prompts, so a comparison needing more cannot resolve
+with one seed per prompt; the table says so.
 """
 
 from __future__ import annotations
@@ -53,15 +57,21 @@ def equivalence_prompts(difference: float, sigma: float, margin: float, power: f
     return float(math.ceil(optimize.brentq(lambda n: achieved(n) - power, 1.0, 1e7)))
 
 
-def difference_prompts(difference: float, sigma: float, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Prompts for a two-sided test at ``alpha`` to detect ``difference`` with probability ``power``."""
-    if difference == 0:
+def difference_prompts(
+    difference: float, sigma: float, alpha: float = ALPHA, power: float = POWER, beyond: float = 0.0
+) -> float:
+    """Prompts for a two-sided test at ``alpha`` to show, with probability ``power``, that ``difference`` is
+    further than ``beyond`` from zero (its interval wholly beyond +-beyond; 0: a plain test of no difference)."""
+    excess = abs(difference) - beyond
+    if excess <= 0:
         return math.inf
     z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
-    return float(math.ceil((sigma * z / difference) ** 2))
+    return float(math.ceil((sigma * z / excess) ** 2))
 
 
-def _row(claim: str, comparison: str, measure: str, difference, low, high, prompts, margin, family_size) -> dict:
+def _row(
+    claim: str, comparison: str, measure: str, difference, low, high, prompts, margin, family_size, beyond=0.0
+) -> dict:
     sigma = spread(low, high, prompts)
     return {
         "claim": claim,
@@ -70,6 +80,7 @@ def _row(claim: str, comparison: str, measure: str, difference, low, high, promp
         "pilot_difference": difference,
         "pilot_sigma": sigma,
         "margin": margin,
+        "different_beyond": beyond,
         "family_size": family_size,
     }
 
@@ -78,7 +89,7 @@ def _planned(row: dict) -> dict:
     """The prompts a comparison needs (``row`` from ``_row``, its spread filled in where the pilot had none)."""
     difference, sigma, margin = row["pilot_difference"], row["pilot_sigma"], row["margin"]
     equivalent = equivalence_prompts(difference, sigma, margin)
-    different = difference_prompts(difference, sigma, ALPHA / row["family_size"])
+    different = difference_prompts(difference, sigma, ALPHA / row["family_size"], beyond=row["different_beyond"])
     needed = min(equivalent, different)
     available = len(PROMPT_SETS.get("toy-all"))
     return {
@@ -92,7 +103,8 @@ def _planned(row: dict) -> dict:
 
 def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
     """Claim 3: the points its sub-claims read against the reference, and 20 against 50 steps per solver. The Holm
-    family is the registered design's: every exact and CLIP p of one family's points against the reference."""
+    family is the registered design's: every exact and CLIP p of one family's points against the reference. Under
+    steps/v2 a difference counts as "different" only when shown beyond its margin."""
     versus = pd.read_csv(folder / "versus_reference.csv")
     short = pd.read_csv(folder / "short_vs_long.csv")
     margins, rows = config.rules["margins"], []
@@ -105,6 +117,7 @@ def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
         for steps in sweep["steps"]
     }
     family_size = 2 * len(points - {(reference["sampler"], reference["steps"])})
+    beyond = margins if config.rules["method"] != "steps/v1" else {"exact": 0.0, "clip": 0.0}
     for row in versus.itertuples():
         if (row.sampler, row.num_inference_steps) not in wanted:
             continue
@@ -119,6 +132,7 @@ def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
                 int(row.n_pairs),
                 margins[measure],
                 family_size,
+                beyond[measure],
             )
             for measure in ("exact", "clip")
         )
@@ -136,6 +150,7 @@ def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
                 int(row.n_pairs),
                 margins[measure],
                 family_size,
+                beyond[measure],
             )
             for measure in ("exact", "clip")
         )
@@ -218,4 +233,8 @@ def plan_claims(pilot: Path, configs: list[ClaimConfig]) -> pd.DataFrame:
         table["sigma_from"] = np.where(zero, "median of the claim's other comparisons", "pilot interval")
         table.loc[zero, "pilot_sigma"] = [median[(c, m)] for c, m in zip(table.claim[zero], table.measure[zero])]
         table = pd.DataFrame([_planned(row) for row in table.to_dict("records")])
+        by = table.groupby(["claim", "comparison"], sort=False)
+        both_equivalent = by.prompts_equivalent.transform("max")
+        either_different = by.prompts_different.transform("min")
+        table["comparison_prompts"] = np.minimum(both_equivalent, either_different)
     return table.replace({np.inf: np.nan}) if len(table) else table
