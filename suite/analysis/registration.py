@@ -220,10 +220,10 @@ def write_measured(folder: Path, registration: Registration, at: str) -> None:
 
 
 def rule_origin(entries: list[Registration], key: str, registration: Registration) -> Registration:
-    """The first registration of ``registration``'s rule version (its ``method``): where that rule was written,
-    which a later re-registration of the design alone does not change."""
-    method = registration.rules.get("method")
-    return next(entry for entry in history(entries, key) if entry.rules.get("method") == method)
+    """The first registration of ``registration``'s rules (the same hash: method, thresholds, margins, alpha):
+    where those rules were written, which a later re-registration of the design alone does not change. A
+    threshold changed under the same method name is a new origin."""
+    return next(entry for entry in history(entries, key) if entry.hash == registration.hash)
 
 
 def changed_after_data_label(entries: list[Registration], key: str, registration: Registration) -> str:

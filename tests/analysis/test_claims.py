@@ -27,7 +27,7 @@ from suite.analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, PARTLY, SU
 from suite.analysis.claims.cost import matched_points
 from suite.analysis.claims.report import build_claims_report, upgraded_data
 from suite.analysis.claims.saturation import clipped_fraction, mean_saturation, palette_distance
-from suite.analysis.claims.steps import _equivalent_from, relation
+from suite.analysis.claims.steps import _equivalent_from
 from suite.analysis.claims.structure import settled_step
 from suite.cli import main
 from suite.core.errors import UserError
@@ -285,21 +285,6 @@ def test_sub_claims_combine_into_one_verdict():
     assert overall([SUPPORTED, INCONCLUSIVE]) == PARTLY
     assert overall([NOT_SUPPORTED, INCONCLUSIVE]) == NOT_SUPPORTED
     assert overall([INCONCLUSIVE, INCONCLUSIVE]) == INCONCLUSIVE
-
-
-def test_a_comparison_is_equivalent_different_or_unresolved():
-    margins = {"exact": 0.1, "clip": 5.0}
-    row = {
-        "exact_difference_ci95_low": -0.05,
-        "exact_difference_ci95_high": 0.05,
-        "clip_difference_ci95_low": 0.5,
-        "clip_difference_ci95_high": 2.0,
-        "exact_p_holm": 1.0,
-        "clip_p_holm": 0.001,  # detectable, but inside the margin: still equivalent
-    }
-    assert relation(row, margins) == "equivalent"
-    assert relation({**row, "clip_difference_ci95_high": 6.0}, margins) == "different"
-    assert relation({**row, "clip_difference_ci95_high": 6.0, "clip_p_holm": 0.2}, margins) == "unresolved"
 
 
 def _as_measured_before_the_column_convention(data: Path) -> None:

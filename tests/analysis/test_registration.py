@@ -130,7 +130,7 @@ def test_a_rule_written_after_earlier_data_stays_marked_when_it_judges_later_dat
     path = tmp_path / "registry.yaml"
     register(path, "k", {"method": "v1"}, now="2026-01-01T00:00:00Z")
     register(path, "k", {"method": "v2"}, reason="can fail", data_exist=True, now="2026-01-03T00:00:00Z")
-    register(path, "k", {"method": "v2", "n": 2}, reason="design", data_exist=True, now="2026-01-04T00:00:00Z")
+    register(path, "k", {"method": "v2"}, "design", True, "2026-01-04T00:00:00Z", design={"prompts": 540})
     entries = read_registry(path)
     later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", ""))
     assert later.confirmatory.rules["method"] == "v2"  # registered before these data: confirmatory ...
@@ -138,3 +138,13 @@ def test_a_rule_written_after_earlier_data_stays_marked_when_it_judges_later_dat
     assert label == "rule changed after earlier data (2026-01-03): can fail"  # ... and still marked, with its reason
     first = rules_for(entries, "k", Measured("2026-01-02T00:00:00Z", ""))
     assert changed_after_data_label(entries, "k", first.confirmatory) == ""  # v1 was written before any data
+
+
+def test_a_threshold_changed_under_the_same_method_name_is_marked_from_its_own_registration(tmp_path):
+    path = tmp_path / "registry.yaml"
+    register(path, "k", {"method": "v2", "margin": 0.1}, now="2026-01-01T00:00:00Z")
+    register(path, "k", {"method": "v2", "margin": 0.2}, reason="looser", data_exist=True, now="2026-01-03T00:00:00Z")
+    entries = read_registry(path)
+    later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", entries[-1].hash))
+    label = changed_after_data_label(entries, "k", later.confirmatory)
+    assert label == "rule changed after earlier data (2026-01-03): looser"
