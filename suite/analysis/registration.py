@@ -220,10 +220,16 @@ def write_measured(folder: Path, registration: Registration, at: str) -> None:
 
 
 def rule_origin(entries: list[Registration], key: str, registration: Registration) -> Registration:
-    """The first registration of ``registration``'s rules (the same hash: method, thresholds, margins, alpha):
-    where those rules were written, which a later re-registration of the design alone does not change. A
-    threshold changed under the same method name is a new origin."""
-    return next(entry for entry in history(entries, key) if entry.hash == registration.hash)
+    """The first registration holding ``registration``'s rules (every key it has, with the same value: method,
+    thresholds, margins, alpha): where those rules were written. A later re-registration of the design alone, or
+    one that moved design keys out of the rules, does not change it; a threshold changed under the same method
+    name is a new origin."""
+    rules = registration.rules
+    return next(
+        entry
+        for entry in history(entries, key)
+        if all(key in entry.rules and entry.rules[key] == value for key, value in rules.items())
+    )
 
 
 def changed_after_data_label(entries: list[Registration], key: str, registration: Registration) -> str:
@@ -238,3 +244,38 @@ def changed_after_data_label(entries: list[Registration], key: str, registration
 def exploratory_label(entry: Registration) -> str:
     """How the report marks a verdict under a rule registered after its data."""
     return f"exploratory: rule changed after data ({entry.registered[:10]}): {entry.reason or 'no reason given'}"
+
+
+def measurement_lines(data: Path, prefix: str) -> list[str]:
+    """Under which registered rules the data in ``data`` were measured, read from the registry copied beside them
+    (keys starting with ``prefix``): the rule in force is confirmatory, marked when it was itself written after
+    earlier data; rules registered later are named. Empty when the data carry no measurement record."""
+    measured = read_measured(data)
+    if measured is None:
+        return []
+    entries = read_registry(data / REGISTRY_NAME)
+    keys = sorted(
+        {entry.key for entry in entries if entry.hash == measured.rules_hash and entry.key.startswith(prefix)}
+    )
+    if not keys:
+        return [
+            f"Measured {measured.at[:10]} under rules {measured.rules_hash}, which the registry beside the data does "
+            "not hold: no rule is confirmatory."
+        ]
+    judging = rules_for(entries, keys[0], measured)
+    if judging.confirmatory is None:
+        return [f"Measured {measured.at[:10]} before its rules were registered: every reading is exploratory."]
+    rule = judging.confirmatory
+    label = changed_after_data_label(entries, keys[0], rule)
+    lines = [
+        f"Measured {measured.at[:10]} under the rules and design registered before it ({rule.rules.get('method')}, "
+        f"{rule.hash}, registered {rule.registered[:10]}, experiments/registry.yaml): its rules (judge, margins, "
+        "Holm families) and design were fixed before these data." + (f" Marked: {label}." if label else "")
+    ]
+    if judging.exploratory:
+        later = "; ".join(
+            f"{entry.rules.get('method')} ({entry.registered[:10]}): {entry.reason or 'no reason given'}"
+            for entry in judging.exploratory
+        )
+        lines.append(f"Rules registered after these data, not applied to them: {later}.")
+    return lines

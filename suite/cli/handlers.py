@@ -410,7 +410,7 @@ def command_ablation(args: argparse.Namespace) -> int:
     if args.report_only:
         if not (out / "report" / "data" / "ablation.yaml").is_file():
             raise UserError(f"no measured ablation in {out / 'report' / 'data'}: run `suite ablation` first")
-        folder = build_ablation_report(out / "report")
+        folder = build_ablation_report(out / "report", registry_path(path.parent))
     else:
         folder = run_ablation(path, out, args.device, not args.quiet)
     print(f"ablation report: {folder / 'report.md'} and {folder / 'index.html'}")

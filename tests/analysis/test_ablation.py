@@ -520,3 +520,16 @@ def test_train_refuses_an_unknown_run_in_one_line(tmp_path, capsys):
     assert code == 2
     assert "latent-clip-seed9" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not (COMMITTED / "data").is_dir(), reason="no committed ablation report")
+def test_the_ablation_report_marks_a_rule_written_after_earlier_data_from_the_registry(tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(COMMITTED / "data", report / "data")
+    build_ablation_report(report)
+    text = (report / "report.md").read_text()
+    assert "ablation/v2" in text and "Marked: rule changed after earlier data (2026-12-01)" in text
+    (report / "data" / "registry.yaml").unlink()  # no registry beside the data: no rule can be confirmatory
+    build_ablation_report(report)
+    text = (report / "report.md").read_text()
+    assert "no rule is confirmatory" in text and "Marked:" not in text

@@ -148,3 +148,16 @@ def test_a_threshold_changed_under_the_same_method_name_is_marked_from_its_own_r
     later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", entries[-1].hash))
     label = changed_after_data_label(entries, "k", later.confirmatory)
     assert label == "rule changed after earlier data (2026-01-03): looser"
+
+
+def test_moving_design_keys_out_of_the_rules_keeps_the_rules_origin(tmp_path):
+    path = tmp_path / "registry.yaml"
+    register(path, "k", {"method": "v1", "grid": [3]}, now="2025-12-01T00:00:00Z")
+    register(path, "k", {"method": "v2", "grid": [3]}, reason="first", data_exist=True, now="2026-01-01T00:00:00Z")
+    register(path, "k", {"method": "v2"}, "design apart", True, "2026-01-02T00:00:00Z", design={"grid": [3]})
+    entries = read_registry(path)
+    later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", entries[-1].hash))
+    assert (
+        changed_after_data_label(entries, "k", later.confirmatory)
+        == "rule changed after earlier data (2026-01-01): first"
+    )

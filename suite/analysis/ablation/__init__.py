@@ -30,6 +30,7 @@ from pathlib import Path
 from suite.analysis.ablation.design import load_ablation
 from suite.analysis.ablation.report import build_ablation_report
 from suite.analysis.ablation.runs import measure
+from suite.analysis.registration import registry_path
 
 
 def run_ablation(path: Path, out: Path, device: str = "auto", progress: bool = True) -> Path:
@@ -37,4 +38,4 @@ def run_ablation(path: Path, out: Path, device: str = "auto", progress: bool = T
 
     config = load_ablation(path)
     measure(config, path.parent, out, device, progress)
-    return build_ablation_report(out / "report")
+    return build_ablation_report(out / "report", registry_path(path.parent))

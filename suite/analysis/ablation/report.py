@@ -7,7 +7,6 @@ named when it passes the same test, and then the simple effects say at which lev
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +19,7 @@ import pandas as pd
 import yaml
 
 from suite.analysis.ablation.design import DATA, MEASURES
+from suite.analysis.registration import REGISTRY_NAME, measurement_lines
 from suite.analysis.report.render import Figure, Section, Table, Text, to_html, to_markdown
 from suite.analysis.report.tables import with_interval
 from suite.core.files import atomic_write_text
@@ -236,16 +236,7 @@ def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: P
             "(the headline); the same effect conditional on one network per cell (the first run) is given beside it."
         )
     ]
-    measured = report / DATA / "measured.json"
-    if measured.is_file():
-        record = json.loads(measured.read_text(encoding="utf-8"))
-        verdict.append(
-            Text(
-                f"Measured {record['at'][:10]} under the rules and design registered before it ({record['rules_hash']}, "
-                "experiments/registry.yaml): the grid points, Holm families and this reading rule were fixed before "
-                "these data."
-            )
-        )
+    verdict += [Text(line) for line in measurement_lines(report / DATA, "ablation/")]
     sections = [Section("Verdict", verdict)]
     details = []
     for guidance, rows in over_runs.groupby("guidance_scale", sort=True):
@@ -361,8 +352,11 @@ def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: P
     return sections
 
 
-def build_ablation_report(report: Path) -> Path:
-    """Write ``report.md``, ``index.html`` and the figure from ``report/data``; return the folder."""
+def build_ablation_report(report: Path, registry: Path | None = None) -> Path:
+    """Write ``report.md``, ``index.html`` and the figure from ``report/data``; return the folder. ``registry``,
+    where given, is copied into ``report/data`` first, so a rebuild from the data alone reads the same rules."""
+    if registry is not None and registry.is_file():
+        atomic_write_text(report / DATA / REGISTRY_NAME, registry.read_text(encoding="utf-8"))
     config, tables = _read(report)
     cells, effects, cost, cost_effects, training = (
         tables[name] for name in ("cells", "effects", "cost", "cost_effects", "training")
