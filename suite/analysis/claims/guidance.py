@@ -23,7 +23,7 @@ from suite.analysis.claims.common import (
     point_quality,
 )
 from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
-from suite.analysis.claims.guidance_rules import METHODS, decide, threshold_table
+from suite.analysis.claims.guidance_rules import METHODS, decide, threshold_table, v3_tests
 from suite.analysis.claims.report import copy_image, errorbar, save_figure
 from suite.analysis.claims.saturation import MEASURES, saturation_scores
 from suite.analysis.report.render import Figure, Table, Text
@@ -209,6 +209,8 @@ def _section(claim: dict, rules: dict, tables: dict, folder: Path, data: Path, l
                 f"{path.stem.removeprefix('guidance-strip-')}: one prompt at guidance {scales}",
             )
         )
+    if rules["method"] == "guidance/v3" and "exact_vs_reference" in tests and "prompt_saturation" in tables:
+        blocks += _v3_blocks(tests, tables, rules, claim["settings"]["reference_guidance"])
     if "prompt_saturation" in tables and "threshold" in rules:
         threshold = threshold_table(tables["prompt_saturation"], rules)
         blocks.append(
@@ -244,6 +246,31 @@ def _section(claim: dict, rules: dict, tables: dict, folder: Path, data: Path, l
         )
     blocks.append(Text("Sub-claims: " + "; ".join(lines) + "."))
     return claim_section(claim, blocks)
+
+
+def _v3_blocks(tests: pd.DataFrame, tables: dict, rules: dict, reference: float) -> list:
+    """The tests guidance/v3's verdict reads, with the Holm adjustment it applies (within a family, across them)."""
+    adjusted, _, outside, _ = v3_tests(tests, tables, rules)
+    read = adjusted[outside | (adjusted.guidance_scale == 1.0)].sort_values(["family", "guidance_scale"])
+    columns = {}
+    for name, digits in (("exact", ".3f"), ("clip", ".2f")):
+        for against in ("unconditional", "reference"):
+            test = f"{name}_vs_{against}"
+            columns[test] = [
+                ci(row, test, digits) if not pd.isna(row[f"{test}_p"]) else "" for _, row in read.iterrows()
+            ]
+            columns[f"{test}_p_holm"] = read[f"{test}_p_holm"]
+    table = pd.DataFrame({"family": read.family, "guidance_scale": read.guidance_scale, **columns})
+    low, high = rules["follows_range"]
+    return [
+        Text(
+            f"The tests {rules['method']} reads for prompt following (Holm within a family across all of its tests): "
+            f"guidance 1 against 0 (equivalence within exact match +-{rules['margins']['exact']:g}, CLIP score "
+            f"+-{rules['margins']['clip']:g}), and each scale outside {low:g}-{high:g} against {reference:g} "
+            "(difference = scale - other; the saturation tests are in the table above and the shape test below)."
+        ),
+        Table(table, {column: ".3g" for column in table.columns if column.endswith("_holm")}),
+    ]
 
 
 EXPERIMENTS.register(

@@ -144,20 +144,10 @@ def _equivalent(row, name: str, margin: float) -> bool:
     return bool(-margin <= row[f"{name}_ci95_low"] and row[f"{name}_ci95_high"] <= margin)
 
 
-def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict, reference: float) -> tuple[list[str], list[str]]:
-    """Rules that can fail, registered before the data on the larger prompt set. Per family, Holm across this
-    rule's tests: (a) "1 ignores the prompt": guidance 1 equivalent to guidance 0 (both differences' 95% intervals
-    inside the margins) is supported, a significant difference either way not supported, else inconclusive;
-    (b) "7-12 follows the prompt": every scale outside 7-12.5 significantly worse than the reference scale in exact
-    match or CLIP score (and better in neither) is supported, any outside scale significantly better in one and
-    worse in neither not supported, else inconclusive; (c) "above ~15 oversaturate": the saturation measure's slope
-    above 15 significantly more than ``slope_ratio`` times the slope below, and saturation at >= 15 significantly
-    above the reference, is supported; the excess slope's interval below 0 (no threshold: at most that steep)
-    not supported; else inconclusive."""
-    if "exact_vs_reference" not in tests or "prompt_saturation" not in tables:
-        lines = ["the data predate this rule's measurements (vs-reference tests, per-prompt saturation)"]
-        return [INCONCLUSIVE], lines
-    alpha, margins = rules["alpha"], rules["margins"]
+def v3_tests(tests: pd.DataFrame, tables: dict, rules: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+    """The tests guidance/v3 reads, each kept only where the rule reads it, Holm-adjusted within a family across
+    them (``<test>_p_holm``); with the threshold table and the masks of the scales outside the range and at or
+    above the oversaturation scale."""
     threshold = threshold_table(tables["prompt_saturation"], rules)
     tests = tests.merge(threshold[["family", "slope_excess_p"]], on="family", how="left")
     tests.loc[tests.guidance_scale != rules["oversaturated_from"], "slope_excess_p"] = np.nan  # one test per family
@@ -179,6 +169,24 @@ def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict, reference: float)
     for name in MEASURES:
         tests.loc[~high_scales, f"{name}_vs_reference_p"] = np.nan
     tests = _holm_within(tests, columns)
+    return tests, threshold, outside, high_scales
+
+
+def _decide_v3(tests: pd.DataFrame, tables: dict, rules: dict, reference: float) -> tuple[list[str], list[str]]:
+    """Rules that can fail, registered before the data on the larger prompt set. Per family, Holm across this
+    rule's tests: (a) "1 ignores the prompt": guidance 1 equivalent to guidance 0 (both differences' 95% intervals
+    inside the margins) is supported, a significant difference either way not supported, else inconclusive;
+    (b) "7-12 follows the prompt": every scale outside 7-12.5 significantly worse than the reference scale in exact
+    match or CLIP score (and better in neither) is supported, any outside scale significantly better in one and
+    worse in neither not supported, else inconclusive; (c) "above ~15 oversaturate": the saturation measure's slope
+    above 15 significantly more than ``slope_ratio`` times the slope below, and saturation at >= 15 significantly
+    above the reference, is supported; the excess slope's interval below 0 (no threshold: at most that steep)
+    not supported; else inconclusive."""
+    if "exact_vs_reference" not in tests or "prompt_saturation" not in tables:
+        lines = ["the data predate this rule's measurements (vs-reference tests, per-prompt saturation)"]
+        return [INCONCLUSIVE], lines
+    alpha, margins = rules["alpha"], rules["margins"]
+    tests, threshold, outside, high_scales = v3_tests(tests, tables, rules)
     verdicts, lines = [], []
     for family, rows in tests.groupby("family", sort=True):
         at_one = rows[rows.guidance_scale == 1.0].iloc[0]
