@@ -7,7 +7,9 @@ points, reference) and the date to the registry; nothing is ever removed from it
 
 - Measuring refuses a file whose rules or design differ from their latest registration.
 - Re-registering changed rules needs a reason, which the report prints beside the verdict.
-- Every measurement records when it was made and the hash of the rules it was made under. A report judges
+- Every measurement records when it was made and the hash of the rules it was made under, beside its data and,
+  when it begins, in the registry (``measurements:``), so a later change of rules counts as "after data" even
+  when the data folder was deleted to measure again. A report judges
   the data under the rules in force when they were measured (the latest registration strictly before the
   measurement): that verdict is confirmatory. Every rule registered after the data is judged too and shown
   as exploratory, "rule changed after data: <reason>".
@@ -71,23 +73,51 @@ class Measured:
     rules_hash: str
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """A measurement's start, recorded in the registry: a file's data existed (or began to) from then on."""
+
+    key: str
+    at: str
+    rules_hash: str
+    source: str = ""  # where an entry reconstructed from history comes from, else empty
+
+
 def registry_path(experiments: Path) -> Path:
     return experiments / REGISTRY_NAME
 
 
-def read_registry(path: Path) -> list[Registration]:
+def _read(path: Path, section: str, kind: type) -> list:
     if not path.is_file():
         return []
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return [Registration(**entry) for entry in data.get("entries", [])]
+        return [kind(**entry) for entry in data.get(section, [])]
     except (yaml.YAMLError, TypeError, AttributeError) as error:
         raise UserError(f"{path}: not a rules registry ({type(error).__name__})") from None
 
 
-def write_registry(path: Path, entries: list[Registration]) -> None:
-    body = yaml.safe_dump({"entries": [asdict(entry) for entry in entries]}, sort_keys=False, allow_unicode=True)
-    atomic_write_text(path, HEADER + body)
+def read_registry(path: Path) -> list[Registration]:
+    return _read(path, "entries", Registration)
+
+
+def read_measurements(path: Path) -> list[Measurement]:
+    return _read(path, "measurements", Measurement)
+
+
+def write_registry(path: Path, entries: list[Registration], measurements: list[Measurement] | None = None) -> None:
+    """Write the registry; ``measurements`` None keeps those the file holds."""
+    measurements = read_measurements(path) if measurements is None else measurements
+    data = {"entries": [asdict(entry) for entry in entries]}
+    if measurements:
+        data["measurements"] = [asdict(measurement) for measurement in measurements]
+    atomic_write_text(path, HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def record_measurement(path: Path, key: str, registration: Registration, at: str) -> None:
+    """Append a measurement's start to the registry (before any data are written)."""
+    measurements = [*read_measurements(path), Measurement(key, at, registration.hash)]
+    write_registry(path, read_registry(path), measurements)
 
 
 def history(entries: list[Registration], key: str) -> list[Registration]:
@@ -115,9 +145,11 @@ def register_all(
     """Append every candidate whose rules or design differ from its latest registration; returns the new entries.
 
     A change needs a ``reason``. Every candidate is checked before anything is written, so a refusal leaves the
-    registry as it was. ``data_exist`` marks an entry ``after_data``.
+    registry as it was. An entry is ``after_data`` when the file was measured before (a measurement in the
+    registry) or ``data_exist`` says its data are there.
     """
     entries = read_registry(path)
+    measured = {measurement.key for measurement in read_measurements(path)}
     added = []
     for candidate in candidates:
         earlier = history(entries, candidate.key)
@@ -136,7 +168,7 @@ def register_all(
                 registered=now or utc_now(),
                 rules=json.loads(json.dumps(candidate.rules, default=str)),
                 reason=reason.strip(),
-                after_data=bool(earlier) and candidate.data_exist,
+                after_data=bool(earlier) and (candidate.data_exist or candidate.key in measured),
                 design_hash=rules_hash(candidate.design),
             )
         )

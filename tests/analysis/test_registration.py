@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+import suite.analysis.claims as claims_package
+from suite.analysis.claims import ClaimsOptions
+from suite.analysis.claims import measure as claims_measure
 from suite.analysis.claims.claim_file import candidate, load_claims
+from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.registration import (
     Candidate,
     Measured,
     changed_after_data_label,
+    read_measured,
+    read_measurements,
     read_registry,
     register,
     register_all,
@@ -161,3 +169,29 @@ def test_moving_design_keys_out_of_the_rules_keeps_the_rules_origin(tmp_path):
         changed_after_data_label(entries, "k", later.confirmatory)
         == "rule changed after earlier data (2026-01-01): first"
     )
+
+
+def test_a_measurement_is_recorded_in_the_registry_so_deleting_its_data_keeps_a_later_rule_after_data(
+    tmp_path, monkeypatch
+):
+    claims = tmp_path / "experiments" / "claims"
+    claims.mkdir(parents=True)
+    shutil.copy(REPOSITORY / "experiments" / "claims" / "03-steps.yaml", claims)
+    registry = tmp_path / "experiments" / "registry.yaml"
+    assert main(["claims", "--claims-dir", str(claims), "--register"]) == 0
+    # the sweeps and tables stubbed: what is tested is the record made when a measurement begins
+    monkeypatch.setattr(claims_package, "run_claim_sweeps", lambda config, options: {})
+    steps = EXPERIMENTS.get("steps")
+    monkeypatch.setitem(
+        EXPERIMENTS._entries, "steps", replace(steps, measure=lambda *args: {"t": pd.DataFrame({"a": [1]})})
+    )
+    options = ClaimsOptions(claims, tmp_path / "out", "cpu", ("03-steps",), False)
+    folder = claims_measure(load_claims(claims)[0], options, log=lambda line: None)
+    [measurement] = read_measurements(registry)
+    assert measurement.key == "claims/03-steps" and measurement.at == read_measured(folder).at
+    shutil.rmtree(folder)  # deleted to measure again: the registry still knows data existed
+    path = claims / "03-steps.yaml"
+    path.write_text(path.read_text().replace("clip: 5.0", "clip: 4.0"))
+    assert main(["claims", "--claims-dir", str(claims), "--register", "--reason", "tighter"]) == 0
+    assert read_registry(registry)[-1].after_data
+    assert read_measurements(registry) == [measurement]  # registering keeps the measurements

@@ -58,6 +58,7 @@ from suite.analysis.registration import (
     history,
     read_measured,
     read_registry,
+    record_measurement,
     registry_path,
     require_registered,
     utc_now,
@@ -275,6 +276,7 @@ def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "au
         return folder
     registration = require_registered(registry_path(base_dir), candidate(config))
     began = utc_now()  # the measurement's time: after the rules were checked, before any data
+    record_measurement(registry_path(base_dir), registration.key, registration, began)
     check_training_records(config, base_dir)
     run = read_run(run_and_evaluate(config, base_dir, out, device, progress))
     loaded = load_records(run, EvaluateOptions(device, progress=False))

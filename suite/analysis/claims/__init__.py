@@ -56,7 +56,14 @@ from suite.analysis.claims.common import (
 )
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.claims.report import build_claims_report
-from suite.analysis.registration import register_all, registry_path, require_registered, utc_now, write_measured
+from suite.analysis.registration import (
+    record_measurement,
+    register_all,
+    registry_path,
+    require_registered,
+    utc_now,
+    write_measured,
+)
 from suite.core.files import atomic_write_bytes
 
 CLAIM_MODULES = (values_per_step, structure, steps, guidance, determinism, attention_bleed, cost, step_time)
@@ -72,6 +79,7 @@ def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
         return folder
     registration = require_registered(registry_path(options.claims_dir.parent), candidate(config))
     began = utc_now()  # the measurement's time: after the rules were checked, before any data
+    record_measurement(registry_path(options.claims_dir.parent), registration.key, registration, began)
     experiment = EXPERIMENTS.get(config.experiment)
     runs = run_claim_sweeps(config, options)
     tables = experiment.measure(config, runs, options)
