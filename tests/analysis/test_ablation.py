@@ -533,3 +533,27 @@ def test_the_ablation_report_marks_a_rule_written_after_earlier_data_from_the_re
     build_ablation_report(report)
     text = (report / "report.md").read_text()
     assert "no rule is confirmatory" in text and "Marked:" not in text
+
+
+def test_effects_over_runs_take_each_cells_own_between_run_variance(tmp_path, monkeypatch):
+    """One cell's runs spread widely and the others' hardly: Welch-Satterthwaite's df fall towards R - 1 = 2
+    (a pooled between-run variance would give 4(R - 1) = 8), as the formula with each cell's own variance says."""
+    monkeypatch.setattr(runs, "MEASURES", (design.MEASURES[4],))
+    monkeypatch.setattr(runs, "measured_prompts", lambda paired, measure: paired.units.count)
+    runs_of = {cell: [f"{cell}-seed7", f"{cell}-seed8"] for cell in CELLS}
+    config = load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 1000})
+    rng = np.random.default_rng(1)
+    prompts = rng.normal(0, 1, 400)
+    spread_of = {"toy-latent-clip": 1.0, "toy-latent-t5": 0.01, "toy-pixel-clip": 0.01, "toy-pixel-t5": 0.01}
+    values = {
+        preset: spread_of[cell] * offset + prompts + rng.normal(0, 0.2, len(prompts))
+        for cell in CELLS
+        for preset, offset in zip([cell, *runs_of[cell]], (-1.0, 0.0, 1.0))
+    }
+    space = runs.over_runs_table(config, _RunValues(values)).set_index("effect").loc["space"]
+    terms = [
+        0.25 * np.var([values[p].mean() for p in [cell, *runs_of[cell]]], ddof=1) / 3 for cell in CELLS
+    ]  # w_c^2 s_c^2 / R
+    expected = (space.se_prompts**2 + sum(terms)) ** 2 / sum(term**2 / 2 for term in terms)
+    assert space.degrees_of_freedom == pytest.approx(expected, rel=1e-6)
+    assert space.degrees_of_freedom < 3
