@@ -7,9 +7,10 @@ points, reference) and the date to the registry; nothing is ever removed from it
 
 - Measuring refuses a file whose rules or design differ from their latest registration.
 - Re-registering changed rules needs a reason, which the report prints beside the verdict.
-- Every measurement records when it was made and the hash of the rules it was made under, beside its data and,
+- Every measurement records when it began and the hash of the rules it was made under, beside its data and,
   when it begins, in the registry (``measurements:``), so a later change of rules counts as "after data" even
-  when the data folder was deleted to measure again. A report judges
+  when the data folder was deleted to measure again. A resumed measurement keeps its first start (a marker in
+  its run folder). A report judges
   the data under the rules in force when they were measured (the latest registration strictly before the
   measurement): that verdict is confirmatory. Every rule registered after the data is judged too and shown
   as exploratory, "rule changed after data: <reason>".
@@ -33,6 +34,7 @@ from suite.core.errors import UserError
 from suite.core.files import atomic_write_text
 
 REGISTRY_NAME = "registry.yaml"
+MARKER = "measurement-began.json"  # in a run folder: when the measurement it serves began, under which rules
 HEADER = """\
 # Judging rules registered before their data (suite claims --register, suite ablation --register).
 # Append-only: a changed rule is a new entry with its reason. Each entry keeps the rules it registered, so
@@ -118,6 +120,20 @@ def record_measurement(path: Path, key: str, registration: Registration, at: str
     """Append a measurement's start to the registry (before any data are written)."""
     measurements = [*read_measurements(path), Measurement(key, at, registration.hash)]
     write_registry(path, read_registry(path), measurements)
+
+
+def begin_measurement(registry: Path, marker: Path, registration: Registration) -> str:
+    """The measurement's start, after its checks and before any data. ``marker`` (a file in the run folder) keeps
+    it, so a resumed measurement keeps the time its first part began under the same rules; a new start (no
+    marker, or one made under other rules) is recorded in the registry."""
+    if marker.is_file():
+        kept = json.loads(marker.read_text(encoding="utf-8"))
+        if kept.get("rules_hash") == registration.hash:
+            return kept["at"]
+    at = utc_now()
+    record_measurement(registry, registration.key, registration, at)
+    atomic_write_text(marker, json.dumps({"at": at, "rules_hash": registration.hash}, indent=2) + "\n")
+    return at
 
 
 def history(entries: list[Registration], key: str) -> list[Registration]:

@@ -16,8 +16,10 @@ from suite.analysis.claims import measure as claims_measure
 from suite.analysis.claims.claim_file import candidate, load_claims
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.registration import (
+    MARKER,
     Candidate,
     Measured,
+    begin_measurement,
     changed_after_data_label,
     read_measured,
     read_measurements,
@@ -177,21 +179,38 @@ def test_a_measurement_is_recorded_in_the_registry_so_deleting_its_data_keeps_a_
     claims = tmp_path / "experiments" / "claims"
     claims.mkdir(parents=True)
     shutil.copy(REPOSITORY / "experiments" / "claims" / "03-steps.yaml", claims)
-    registry = tmp_path / "experiments" / "registry.yaml"
-    assert main(["claims", "--claims-dir", str(claims), "--register"]) == 0
+    registry, out = tmp_path / "experiments" / "registry.yaml", tmp_path / "out"
+    register_cli = ["claims", "--claims-dir", str(claims), "--out", str(out), "--register"]
+    assert main(register_cli) == 0
     # the sweeps and tables stubbed: what is tested is the record made when a measurement begins
     monkeypatch.setattr(claims_package, "run_claim_sweeps", lambda config, options: {})
     steps = EXPERIMENTS.get("steps")
     monkeypatch.setitem(
         EXPERIMENTS._entries, "steps", replace(steps, measure=lambda *args: {"t": pd.DataFrame({"a": [1]})})
     )
-    options = ClaimsOptions(claims, tmp_path / "out", "cpu", ("03-steps",), False)
+    options = ClaimsOptions(claims, out, "cpu", ("03-steps",), False)
     folder = claims_measure(load_claims(claims)[0], options, log=lambda line: None)
     [measurement] = read_measurements(registry)
     assert measurement.key == "claims/03-steps" and measurement.at == read_measured(folder).at
     shutil.rmtree(folder)  # deleted to measure again: the registry still knows data existed
     path = claims / "03-steps.yaml"
     path.write_text(path.read_text().replace("clip: 5.0", "clip: 4.0"))
-    assert main(["claims", "--claims-dir", str(claims), "--register", "--reason", "tighter"]) == 0
+    assert main([*register_cli, "--reason", "tighter"]) == 0
     assert read_registry(registry)[-1].after_data
     assert read_measurements(registry) == [measurement]  # registering keeps the measurements
+    # the control: with no measurement recorded and no data, the same change is not after data
+    registry.write_text(registry.read_text().split("measurements:")[0])
+    path.write_text(path.read_text().replace("clip: 4.0", "clip: 3.0"))
+    assert main([*register_cli, "--reason", "tighter still"]) == 0
+    assert not read_registry(registry)[-1].after_data
+
+
+def test_a_resumed_measurement_keeps_its_first_start_under_the_same_rules(tmp_path):
+    registry, marker = tmp_path / "registry.yaml", tmp_path / "runs" / "claim" / MARKER
+    first = register(registry, "k", {"method": "v1"})
+    began = begin_measurement(registry, marker, first)
+    assert begin_measurement(registry, marker, first) == began  # resumed: the same start, recorded once
+    assert [m.at for m in read_measurements(registry)] == [began]
+    second = register(registry, "k", {"method": "v2"}, reason="new")
+    again = begin_measurement(registry, marker, second)  # under other rules: a new measurement
+    assert again > began and [m.at for m in read_measurements(registry)] == [began, again]

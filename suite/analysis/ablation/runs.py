@@ -55,13 +55,13 @@ from suite.analysis.ablation.measure import (
 )
 from suite.analysis.compare import load_records
 from suite.analysis.registration import (
+    MARKER,
+    begin_measurement,
     history,
     read_measured,
     read_registry,
-    record_measurement,
     registry_path,
     require_registered,
-    utc_now,
     write_measured,
 )
 from suite.core import stats
@@ -275,9 +275,9 @@ def measure(config: AblationConfig, base_dir: Path, out: Path, device: str = "au
             )
         return folder
     registration = require_registered(registry_path(base_dir), candidate(config))
-    began = utc_now()  # the measurement's time: after the rules were checked, before any data
-    record_measurement(registry_path(base_dir), registration.key, registration, began)
     check_training_records(config, base_dir)
+    # the measurement's time: after the checks, before any data; a resumed one keeps its first start
+    began = begin_measurement(registry_path(base_dir), out / MARKER, registration)
     run = read_run(run_and_evaluate(config, base_dir, out, device, progress))
     loaded = load_records(run, EvaluateOptions(device, progress=False))
     presets = all_presets(config)

@@ -57,11 +57,11 @@ from suite.analysis.claims.common import (
 from suite.analysis.claims.experiments import EXPERIMENTS
 from suite.analysis.claims.report import build_claims_report
 from suite.analysis.registration import (
-    record_measurement,
+    MARKER,
+    begin_measurement,
     register_all,
     registry_path,
     require_registered,
-    utc_now,
     write_measured,
 )
 from suite.core.files import atomic_write_bytes
@@ -77,9 +77,10 @@ def measure(config: ClaimConfig, options: ClaimsOptions, log=print) -> Path:
     if (folder / "claim.yaml").is_file():
         log(f"{config.name}: measured already ({folder})")
         return folder
-    registration = require_registered(registry_path(options.claims_dir.parent), candidate(config))
-    began = utc_now()  # the measurement's time: after the rules were checked, before any data
-    record_measurement(registry_path(options.claims_dir.parent), registration.key, registration, began)
+    registry = registry_path(options.claims_dir.parent)
+    registration = require_registered(registry, candidate(config))
+    # the measurement's time: after the rules were checked, before any data; a resumed one keeps its first start
+    began = begin_measurement(registry, options.out / "runs" / config.name / MARKER, registration)
     experiment = EXPERIMENTS.get(config.experiment)
     runs = run_claim_sweeps(config, options)
     tables = experiment.measure(config, runs, options)
