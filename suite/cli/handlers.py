@@ -380,7 +380,8 @@ def command_claims(args: argparse.Namespace) -> int:
         table = plan_claims(Path(args.pilot), configs)
         print(markdown_table(table, {column: ".3g" for column in table.columns if table[column].dtype.kind == "f"}))
         print(
-            "prompts_to_resolve: the smaller of the two plans, one seed per prompt, 80% power; "
+            "prompts_to_resolve: per measure, the smaller of the two plans, one seed per prompt, 80% power; "
+            "comparison_prompts: both measures equivalent or either different; "
             f"the toy grammar has {len(PROMPT_SETS.get('toy-all'))} distinct prompts"
         )
         return 0

@@ -152,9 +152,14 @@ def test_plan_sample_sizes_match_the_closed_forms():
     assert math.isinf(equivalence_prompts(0.12, sigma, margin))  # beyond the margin: never equivalent
     n = NormalIndPower().solve_power(effect_size=0.05 / sigma, alpha=0.05, power=0.8, ratio=0)
     assert difference_prompts(0.05, sigma) == math.ceil(n)
-    # steps/v2: "different" means shown beyond the margin, so only the excess over it counts
+    # steps/v2: "different" also needs the 95% interval beyond the margin, which the excess over it sets ...
     assert difference_prompts(-0.15, sigma, beyond=margin) == math.ceil(n)
     assert math.isinf(difference_prompts(0.08, sigma, beyond=margin))
+    # (the interval stays at 95% whatever the Holm level) ...
+    assert difference_prompts(-0.15, sigma, alpha=0.005, beyond=margin) == math.ceil(n)
+    # ... unless the Holm-level test against zero needs more (family of 10: z at 0.005), far beyond the margin
+    test = ((2.807034 + 0.841621) * sigma / 0.5) ** 2  # 8.5, where the interval alone needs 7.9
+    assert difference_prompts(-0.5, sigma, alpha=0.005, beyond=margin) == math.ceil(test)
 
 
 def test_the_plan_reads_the_committed_pilot():

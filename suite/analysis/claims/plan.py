@@ -7,9 +7,9 @@ true one. Then, normal approximations with one seed per prompt:
 
 - **equivalent** (both 95% interval ends inside +-margin, two one-sided tests at 2.5%): the n at which
   P(|d| + 1.96 sigma / sqrt(n) < margin) reaches 80%; impossible when the pilot difference is beyond the margin;
-- **different** (a two-sided test at alpha / family size, Holm's first step): n = sigma^2 (z + z_0.8)^2 / e^2,
-  where e is the distance the difference must be shown to exceed: 0, or under claim 3's steps/v2 the margin
-  (e = |d| - margin; impossible when the pilot difference is inside the margin).
+- **different** (a two-sided test at alpha / family size, Holm's first step): n = sigma^2 (z + z_0.8)^2 / d^2;
+  under claim 3's steps/v2 also the 95% interval wholly beyond the margin, n = sigma^2 (1.96 + z_0.8)^2 / e^2
+  with e = |d| - margin (impossible when the pilot difference is inside the margin): the larger of the two.
 
 Per measure, the smaller n is the outcome the pilot points to. A comparison reads both measures: it is equivalent
 when both are, different when either is, so it resolves at min(max of the equivalence n, min of the difference n)
@@ -60,13 +60,13 @@ def equivalence_prompts(difference: float, sigma: float, margin: float, power: f
 def difference_prompts(
     difference: float, sigma: float, alpha: float = ALPHA, power: float = POWER, beyond: float = 0.0
 ) -> float:
-    """Prompts for a two-sided test at ``alpha`` to show, with probability ``power``, that ``difference`` is
-    further than ``beyond`` from zero (its interval wholly beyond +-beyond; 0: a plain test of no difference)."""
-    excess = abs(difference) - beyond
-    if excess <= 0:
+    """Prompts for a two-sided test at ``alpha`` to reject no difference with probability ``power``; with
+    ``beyond`` > 0, also for the difference's 95% interval to lie wholly beyond +-beyond (the larger n)."""
+    if difference == 0 or abs(difference) <= beyond:
         return math.inf
-    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
-    return float(math.ceil((sigma * z / excess) ** 2))
+    test = ((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sigma / difference) ** 2
+    interval = ((Z + norm.ppf(power)) * sigma / (abs(difference) - beyond)) ** 2 if beyond > 0 else 0.0
+    return float(math.ceil(max(test, interval)))
 
 
 def _row(
@@ -237,4 +237,5 @@ def plan_claims(pilot: Path, configs: list[ClaimConfig]) -> pd.DataFrame:
         both_equivalent = by.prompts_equivalent.transform("max")
         either_different = by.prompts_different.transform("min")
         table["comparison_prompts"] = np.minimum(both_equivalent, either_different)
+        table["comparison_resolves"] = table.comparison_prompts <= len(PROMPT_SETS.get("toy-all"))
     return table.replace({np.inf: np.nan}) if len(table) else table
