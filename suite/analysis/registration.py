@@ -34,6 +34,7 @@ from suite.core.errors import UserError
 from suite.core.files import atomic_write_text
 
 REGISTRY_NAME = "registry.yaml"
+MISSING = object()
 MARKER = "measurement-began.json"  # in a run folder: when the measurement it serves began, under which rules
 HEADER = """\
 # Judging rules registered before their data (suite claims --register, suite ablation --register).
@@ -268,16 +269,18 @@ def write_measured(folder: Path, registration: Registration, at: str) -> None:
 
 
 def rule_origin(entries: list[Registration], key: str, registration: Registration) -> Registration:
-    """The first registration holding ``registration``'s rules (every key it has, with the same value: method,
-    thresholds, margins, alpha): where those rules were written. A later re-registration of the design alone, or
-    one that moved design keys out of the rules, does not change it; a threshold changed under the same method
-    name is a new origin."""
-    rules = registration.rules
-    return next(
+    """The first registration of ``registration``'s rules (method, thresholds, margins, alpha): where they were
+    written. The same hash counts; so does an entry from before designs were hashed apart (no ``design_hash``)
+    whose rules held the same values beside design keys that have since moved to the design. A threshold
+    changed, added or dropped under the same method name is a new origin."""
+    rules, earlier = registration.rules, history(entries, key)
+    design_moved = [
         entry
-        for entry in history(entries, key)
-        if all(key in entry.rules and entry.rules[key] == value for key, value in rules.items())
-    )
+        for entry in earlier
+        if not entry.design_hash and all(entry.rules.get(name, MISSING) == value for name, value in rules.items())
+    ]  # registered before the design had its own hash: its rules may hold design keys beside the rule's
+    same = [entry for entry in earlier if entry.hash == registration.hash]
+    return min([*design_moved, *same], key=lambda entry: _instant(entry.registered))
 
 
 def changed_after_data_label(entries: list[Registration], key: str, registration: Registration) -> str:

@@ -30,6 +30,7 @@ from suite.analysis.registration import (
     rules_for,
     rules_hash,
     write_measured,
+    write_registry,
 )
 from suite.cli import main
 from suite.core.errors import UserError
@@ -164,6 +165,8 @@ def test_moving_design_keys_out_of_the_rules_keeps_the_rules_origin(tmp_path):
     path = tmp_path / "registry.yaml"
     register(path, "k", {"method": "v1", "grid": [3]}, now="2025-12-01T00:00:00Z")
     register(path, "k", {"method": "v2", "grid": [3]}, reason="first", data_exist=True, now="2026-01-01T00:00:00Z")
+    # entries from before designs were hashed apart carry no design hash
+    write_registry(path, [replace(entry, design_hash="") for entry in read_registry(path)])
     register(path, "k", {"method": "v2"}, "design apart", True, "2026-01-02T00:00:00Z", design={"grid": [3]})
     entries = read_registry(path)
     later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", entries[-1].hash))
@@ -214,3 +217,15 @@ def test_a_resumed_measurement_keeps_its_first_start_under_the_same_rules(tmp_pa
     second = register(registry, "k", {"method": "v2"}, reason="new")
     again = begin_measurement(registry, marker, second)  # under other rules: a new measurement
     assert again > began and [m.at for m in read_measurements(registry)] == [began, again]
+
+
+def test_a_rule_key_dropped_under_the_same_method_name_is_a_new_origin(tmp_path):
+    path = tmp_path / "registry.yaml"
+    register(path, "k", {"method": "v2", "margin": 0.1, "floor": 0.01}, now="2026-01-01T00:00:00Z")
+    register(path, "k", {"method": "v2", "margin": 0.1}, reason="no floor", data_exist=True, now="2026-01-03T00:00:00Z")
+    entries = read_registry(path)
+    later = rules_for(entries, "k", Measured("2026-01-05T00:00:00Z", entries[-1].hash))
+    assert (
+        changed_after_data_label(entries, "k", later.confirmatory)
+        == "rule changed after earlier data (2026-01-03): no floor"
+    )

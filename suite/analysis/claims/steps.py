@@ -28,7 +28,6 @@ from suite.analysis.claims.experiments import EXPERIMENTS, Experiment, Judgement
 from suite.analysis.claims.report import errorbar, save_figure
 from suite.analysis.report.render import Figure, Table, Text
 from suite.analysis.report.tables import with_interval
-from suite.core.stats import ALPHA
 
 EQUIVALENT, DIFFERENT, NONZERO, UNRESOLVED = "equivalent", "different", "nonzero", "unresolved"
 MEASURES = ("exact", "clip")
@@ -66,7 +65,7 @@ def measure_steps(config: ClaimConfig, runs: dict, options: ClaimsOptions) -> di
     }
 
 
-def relation(row, margins: dict, alpha: float = ALPHA, method: str = "steps/v2") -> str:
+def relation(row, margins: dict, alpha: float, method: str) -> str:
     """A paired comparison's reading: ``equivalent`` if both differences' 95% intervals lie inside the equivalence
     margins (a conservative two one-sided tests: a difference can be detectable and still too small to matter).
 
@@ -81,6 +80,8 @@ def relation(row, margins: dict, alpha: float = ALPHA, method: str = "steps/v2")
     rejected = [name for name in MEASURES if row[f"{name}_p_holm"] < alpha]
     if not rejected:
         return UNRESOLVED
+    if method not in READINGS:
+        raise ValueError(f"no reading for rules method {method!r}; known: {', '.join(READINGS)}")
     if method == "steps/v1":
         return DIFFERENT
     beyond = any(low[name] > margins[name] or high[name] < -margins[name] for name in rejected)
