@@ -304,6 +304,8 @@ def measurement_lines(data: Path, prefix: str) -> list[str]:
     measured = read_measured(data)
     if measured is None:
         return []
+    if not (data / REGISTRY_NAME).is_file():
+        return [f"Measured {measured.at[:10]} under rules {measured.rules_hash}; no registry lies beside the data."]
     entries = read_registry(data / REGISTRY_NAME)
     keys = sorted(
         {entry.key for entry in entries if entry.hash == measured.rules_hash and entry.key.startswith(prefix)}
@@ -320,8 +322,8 @@ def measurement_lines(data: Path, prefix: str) -> list[str]:
     label = changed_after_data_label(entries, keys[0], rule)
     lines = [
         f"Measured {measured.at[:10]} under the rules and design registered before it ({rule.rules.get('method')}, "
-        f"{rule.hash}, registered {rule.registered[:10]}, experiments/registry.yaml): its rules (judge, margins, "
-        "Holm families) and design were fixed before these data." + (f" Marked: {label}." if label else "")
+        f"{rule.hash}, registered {rule.registered[:10]}; the registry copied beside the data): its rules (judge, "
+        "thresholds, Holm families) and design were fixed before these data." + (f" Marked: {label}." if label else "")
     ]
     if judging.exploratory:
         later = "; ".join(

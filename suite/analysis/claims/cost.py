@@ -221,6 +221,8 @@ def frontier_costs(points: pd.DataFrame, prompt_quality: pd.DataFrame, rules: di
             ratio = np.where(reached, cheapest[family] / denominator, np.nan)
             finite = np.isfinite(ratio[1:])
             low, high = np.quantile(ratio[1:][finite], [0.025, 0.975]) if finite.any() else (np.nan, np.nan)
+            if not np.isfinite(ratio[0]):  # no ratio on the full sample: no interval beside it either
+                low, high = np.nan, np.nan
             point, point_cost = described[family]
             rows.append(
                 {
@@ -264,13 +266,28 @@ def judge_frontier(claim: dict, rules: dict, tables: dict, folder: Path, data: P
         verdict = NOT_SUPPORTED
     else:
         verdict = INCONCLUSIVE
-    numbers = "; ".join(
-        f"exact match {row.level:g}, {row.family}: {ci(row, 'ratio', '.2f')}x {rules['cost']} "
-        f"({row.point} vs {row.latent_point})"
-        if not pd.isna(row.ratio)
-        else f"exact match {row.level:g}, {row.family}: not reached by both"
-        for row in frontier.itertuples()
-    )
+
+    def reading(row) -> str:
+        if pd.isna(row.ratio):
+            missing = [
+                name
+                for name, point in ((row.family, row.point), ("latent", row.latent_point))
+                if point == "not reached"
+            ]
+            return f"exact match {row.level:g}, {row.family}: not reached by {' or '.join(missing)}"
+        unreached = row.resamples_unreached > rules["max_unreached"]
+        return (
+            f"exact match {row.level:g}, {row.family}: {ci(row, 'ratio', '.2f')}x {rules['cost']} "
+            f"({row.point} vs {row.latent_point}"
+            + (
+                f"; unreached in {row.resamples_unreached:.1%} of resamples, over {rules['max_unreached']:.0%}"
+                if unreached
+                else ""
+            )
+            + ")"
+        )
+
+    numbers = "; ".join(reading(row) for row in frontier.itertuples())
     points = tables["points"].sort_values(["family", "sampler", "num_inference_steps"])
     shown = points.assign(exact_match=[ci(row, "toy_correct") for _, row in points.iterrows()])[
         [

@@ -195,6 +195,10 @@ def _section(claim: dict, rules: dict, tables: dict, folder: Path, data: Path, l
             "(for the cascade: its base stage, which lays out the image; the x4 stage keeps its text)."
         ),
         Table(shown),
+        Text(
+            "Tests of the first rules (guidance/v1-v2): prompt following against each family's best scale, "
+            f"saturation against {claim['settings']['reference_guidance']:g}, Holm across every test of a family:"
+        ),
         Table(test_table, {column: ".3g" for column in test_table.columns if column.endswith("_holm")}),
         Figure(
             save_figure(figure, folder, "claim4-guidance"),
@@ -260,14 +264,22 @@ def _v3_blocks(tests: pd.DataFrame, tables: dict, rules: dict, reference: float)
                 ci(row, test, digits) if not pd.isna(row[f"{test}_p"]) else "" for _, row in read.iterrows()
             ]
             columns[f"{test}_p_holm"] = read[f"{test}_p_holm"]
+    saturation = f"{rules['threshold']['measure']}_vs_reference"
+    columns[saturation] = [
+        ci(row, saturation, ".4f") if not pd.isna(row[f"{saturation}_p"]) else "" for _, row in read.iterrows()
+    ]
+    columns[f"{saturation}_p_holm"] = read[f"{saturation}_p_holm"]
+    columns["slope_excess_p_holm"] = read["slope_excess_p_holm"]
     table = pd.DataFrame({"family": read.family, "guidance_scale": read.guidance_scale, **columns})
     low, high = rules["follows_range"]
     return [
         Text(
-            f"The tests {rules['method']} reads for prompt following (Holm within a family across all of its tests): "
-            f"guidance 1 against 0 (equivalence within exact match +-{rules['margins']['exact']:g}, CLIP score "
-            f"+-{rules['margins']['clip']:g}), and each scale outside {low:g}-{high:g} against {reference:g} "
-            "(difference = scale - other; the saturation tests are in the table above and the shape test below)."
+            f"The tests {rules['method']} reads, Holm-adjusted within a family across all of them (the table above "
+            "is adjusted within the earlier rules' family): guidance 1 against 0 (equivalence within exact match "
+            f"+-{rules['margins']['exact']:g}, CLIP score +-{rules['margins']['clip']:g}), each scale outside "
+            f"{low:g}-{high:g} against {reference:g} (difference = scale - other), saturation at "
+            f"{rules['oversaturated_from']:g} and above against {reference:g}, and the change of slope at "
+            f"{rules['threshold']['at']:g} (its estimate in the shape table below)."
         ),
         Table(table, {column: ".3g" for column in table.columns if column.endswith("_holm")}),
     ]
