@@ -20,6 +20,18 @@ from suite.model.presets import PRESETS
 CPU_FP32 = LoadOptions(torch.device("cpu"), torch.float32, torch.float32)
 
 
+REGISTRY = Path(__file__).resolve().parents[1] / "experiments" / "registry.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _committed_registry_untouched():
+    """No test may register rules or record a measurement in the committed registry (measuring records its start
+    in the registry beside the claim files: a test measures from copies)."""
+    before = REGISTRY.read_bytes()
+    yield
+    assert REGISTRY.read_bytes() == before, "a test wrote to experiments/registry.yaml"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SUITE_CACHE", str(tmp_path_factory.getbasetemp() / "suite-cache"))

@@ -250,7 +250,12 @@ def test_claims_compile_reaches_every_sweep_of_a_claim(tmp_path, monkeypatch):
         raise UserError("recorded")
 
     monkeypatch.setattr("suite.analysis.claims.common.run_sweep", record)
+    experiments = tmp_path / "experiments"  # a copy: measuring records its start in the registry beside the files
+    (experiments / "claims").mkdir(parents=True)
+    shutil.copy(REPOSITORY / "experiments" / "claims" / "03-steps.yaml", experiments / "claims")
+    shutil.copy(REPOSITORY / "experiments" / "registry.yaml", experiments)
     claims = ["claims", "--only", "03-steps", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    claims += ["--claims-dir", str(experiments / "claims")]
     assert main([*claims, "--compile"]) == 2
     assert main(claims) == 2
     assert [flag for _, flag in seen] == [True, False]
