@@ -240,14 +240,19 @@ class _RunValues:
         return self.data[preset]
 
 
+def _three_runs_per_cell(tmp_path, monkeypatch):
+    """An ablation config with two further runs per cell, read on one per-image measure, every prompt measured."""
+    monkeypatch.setattr(runs, "MEASURES", (design.MEASURES[4],))
+    monkeypatch.setattr(runs, "measured_prompts", lambda paired, measure: paired.units.count)
+    runs_of = {cell: [f"{cell}-seed7", f"{cell}-seed8"] for cell in CELLS}
+    return load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 1000}), runs_of
+
+
 def test_effects_over_runs_add_the_training_run_variance_to_the_prompt_variance(tmp_path, monkeypatch):
     """Three runs per cell whose levels differ by a known spread, on prompts with their own noise: the training-run
     term is sum(w^2 s_c^2) / R, the prompt term the bootstrap's (close to the per-prompt contrast's variance / n),
     and t has Welch-Satterthwaite degrees of freedom (8 when the cells vary alike and the prompt term is small)."""
-    monkeypatch.setattr(runs, "MEASURES", (design.MEASURES[4],))  # one per-image measure
-    monkeypatch.setattr(runs, "measured_prompts", lambda paired, measure: paired.units.count)
-    runs_of = {cell: [f"{cell}-seed7", f"{cell}-seed8"] for cell in CELLS}
-    config = load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 1000})
+    config, runs_of = _three_runs_per_cell(tmp_path, monkeypatch)
     rng = np.random.default_rng(0)
     prompts = rng.normal(0, 1, 400)
     levels = {"toy-latent-clip": 0.0, "toy-latent-t5": 0.0, "toy-pixel-clip": 1.0, "toy-pixel-t5": 1.0}
@@ -538,10 +543,7 @@ def test_the_ablation_report_marks_a_rule_written_after_earlier_data_from_the_re
 def test_effects_over_runs_take_each_cells_own_between_run_variance(tmp_path, monkeypatch):
     """One cell's runs spread widely and the others' hardly: Welch-Satterthwaite's df fall towards R - 1 = 2
     (a pooled between-run variance would give 4(R - 1) = 8), as the formula with each cell's own variance says."""
-    monkeypatch.setattr(runs, "MEASURES", (design.MEASURES[4],))
-    monkeypatch.setattr(runs, "measured_prompts", lambda paired, measure: paired.units.count)
-    runs_of = {cell: [f"{cell}-seed7", f"{cell}-seed8"] for cell in CELLS}
-    config = load_ablation(_config(tmp_path)).model_copy(update={"runs": runs_of, "resamples": 1000})
+    config, runs_of = _three_runs_per_cell(tmp_path, monkeypatch)
     rng = np.random.default_rng(1)
     prompts = rng.normal(0, 1, 400)
     spread_of = {"toy-latent-clip": 1.0, "toy-latent-t5": 0.01, "toy-pixel-clip": 0.01, "toy-pixel-t5": 0.01}
