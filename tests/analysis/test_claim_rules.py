@@ -291,3 +291,16 @@ def test_claim_3_sub_claims_take_nonzero_as_neither_reading():
     assert sub_verdict("nonzero", "equivalent") == INCONCLUSIVE
     assert sub_verdict("nonzero", "different") == INCONCLUSIVE
     assert sub_verdict("unresolved", "different") == INCONCLUSIVE
+
+
+def test_the_plan_recovers_the_spread_per_prompt_from_a_multi_seed_pilot(tmp_path):
+    """Two seeds per prompt: the interval is over prompts, so the spread comes from n_prompts, not image pairs."""
+    pilot = tmp_path / "03-steps"
+    shutil.copytree(REPOSITORY / "results" / "claims" / "pilot" / "03-steps", pilot)
+    configs = load_claims(REPOSITORY / "experiments" / "claims", ["03-steps"])
+    one_seed = plan_claims(tmp_path, configs)
+    for name in ("versus_reference.csv", "short_vs_long.csv"):
+        table = pd.read_csv(pilot / name)
+        table.assign(n_prompts=table.n_pairs, n_pairs=2 * table.n_pairs).to_csv(pilot / name, index=False)
+    two_seeds = plan_claims(tmp_path, configs)
+    pd.testing.assert_series_equal(one_seed.pilot_sigma, two_seeds.pilot_sigma)

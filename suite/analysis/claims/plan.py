@@ -101,6 +101,14 @@ def _planned(row: dict) -> dict:
     }
 
 
+def _prompts(row) -> int:
+    """The prompts behind a paired comparison (its resampling unit): ``n_prompts`` where the table has it; a table
+    written before that column had one seed per prompt, so its image pairs are its prompts. With several seeds per
+    prompt the spread recovered is that of a prompt's mean over its seeds, and the plan counts such prompts."""
+    prompts = getattr(row, "n_prompts", 0)
+    return int(prompts) if prompts and not pd.isna(prompts) else int(row.n_pairs)
+
+
 def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
     """Claim 3: the points its sub-claims read against the reference, and 20 against 50 steps per solver. The Holm
     family is the registered design's: every exact and CLIP p of one family's points against the reference. Under
@@ -129,7 +137,7 @@ def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
                 getattr(row, f"{measure}_difference"),
                 getattr(row, f"{measure}_difference_ci95_low"),
                 getattr(row, f"{measure}_difference_ci95_high"),
-                int(row.n_pairs),
+                _prompts(row),
                 margins[measure],
                 family_size,
                 beyond[measure],
@@ -147,7 +155,7 @@ def plan_steps(folder: Path, config: ClaimConfig) -> list[dict]:
                 getattr(row, f"{measure}_difference"),
                 getattr(row, f"{measure}_difference_ci95_low"),
                 getattr(row, f"{measure}_difference_ci95_high"),
-                int(row.n_pairs),
+                _prompts(row),
                 margins[measure],
                 family_size,
                 beyond[measure],
