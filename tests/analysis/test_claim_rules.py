@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import pandas as pd
 import pytest
 from statsmodels.stats.power import NormalIndPower
 
+from suite.analysis.claims.attention_bleed import judge_attention
 from suite.analysis.claims.claim_file import load_claims
 from suite.analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from suite.analysis.claims.cost import frontier_costs
 from suite.analysis.claims.guidance_rules import decide, slope_contrasts, threshold_table
 from suite.analysis.claims.plan import difference_prompts, equivalence_prompts, plan_claims
-from suite.analysis.claims.report import build_claims_report
+from suite.analysis.claims.report import build_claims_report, read_claim
 from suite.analysis.claims.steps import relation, sub_verdict
+from suite.analysis.report.render import Table
 from suite.core.paired import group_difference_within
 from suite.core.stats import Units
 
@@ -304,3 +307,18 @@ def test_the_plan_recovers_the_spread_per_prompt_from_a_multi_seed_pilot(tmp_pat
         table.assign(n_prompts=table.n_pairs, n_pairs=2 * table.n_pairs).to_csv(pilot / name, index=False)
     two_seeds = plan_claims(tmp_path, configs)
     pd.testing.assert_series_equal(one_seed.pilot_sigma, two_seeds.pilot_sigma)
+
+
+def test_claim_6s_report_section_shows_the_within_prompt_number_its_verdict_quotes(tmp_path):
+    """attention/v3 judges "attributes can bleed" by the within-prompt estimate: the section prints that table, so the
+    verdict's number can be read in the report, not only in the verdict line."""
+    data = COMMITTED / "data" / "06-cross-attention"
+    claim, tables = read_claim(data)
+    judgement = judge_attention(claim, claim["rules"], tables, tmp_path, data)
+    quoted = re.search(r"cascaded 8x8 (\S+ \[\S+, \S+\])", judgement.numbers).group(1)
+    shown = [block.frame for block in judgement.section.blocks if isinstance(block, Table)]
+    within = [frame for frame in shown if "errors_minus_correct_within" in frame]
+    assert len(within) == 1
+    row = within[0][(within[0].family == "cascaded") & (within[0].side == 8)]
+    assert row["errors_minus_correct_within"].item() == quoted
+    assert row["errors_minus_correct_within_p_holm"].item() < claim["rules"]["alpha"]

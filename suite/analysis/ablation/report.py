@@ -26,6 +26,16 @@ from suite.core.files import atomic_write_text
 from suite.core.stats import ALPHA, format_p
 
 FIGURE = Path("figures") / "interaction.png"
+OVER_RUNS_METHOD = (
+    "Over training runs: each cell's value is the mean of its {count} runs (every run on the same prompts and seeds); "
+    "the contrast's variance is the bootstrap variance over prompts ({resamples} resamples) of that run-averaged "
+    "contrast plus each cell's between-run variance / {count} (a random training-run effect, estimated by moments, "
+    "each cell with its own variance); interval and p from Student's t with Welch-Satterthwaite degrees of freedom "
+    "(df) for the training-run term, the prompt term counted as known. Where the training-run term dominates, df is "
+    "near 4 x ({count} - 1) when the cells vary alike and falls toward {count} - 1 when one cell's runs dominate. "
+    "se: prompts / runs gives the two parts of the standard error. Holm within each family across every measure "
+    "and every grid point together (the conditional effects: within each grid point)."
+)
 
 
 def _read(report: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
@@ -145,8 +155,10 @@ def _method_text(config: dict, cells: pd.DataFrame) -> str:
     return (
         "Every interval resamples prompts with all of their seeds. Cells: BCa bootstrap over prompts for shares "
         "and means, bootstrap over prompts with the reference fixed for FID (FID at this n). Effects: contrasts "
-        "over the four cells, bootstrap over prompts jointly for all cells (bias-shifted percentiles; p from the "
-        f"bootstrap standard error, shown as < 1/B where B resamples cannot resolve it). Holm families, fixed in "
+        "over the four cells, bootstrap over prompts jointly for all cells (bias-shifted percentiles); p from sign "
+        "flips of each prompt's contribution to the contrast for per-image measures, and from the bootstrap "
+        "standard error for FID (not a sum over prompts), shown as < 1/B where the resamples cannot resolve it. "
+        "Holm families, fixed in "
         f"the ablation file, each across every measure: {families}; the family interval is Bonferroni-wide "
         "at the family's size."
     )
@@ -261,6 +273,7 @@ def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: P
                     "se: prompts / runs": [
                         f"{r.se_prompts:{spec}} / {r.se_training_runs:{spec}}" for r in mine.itertuples()
                     ],
+                    "df": [f"{value:.1f}" for value in mine["degrees_of_freedom"]],
                     "conditional [95% CI]": _interval_column(
                         conditional[conditional["measure"] == measure], "estimate", spec
                     ),
@@ -305,8 +318,10 @@ def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: P
         details += [
             Text(
                 f"Matched images against matched compute: one training run per cell, the {a} effect as trained (equal "
-                "images seen) and with the pixel runs stopped where they had spent the latent runs' training FLOPs; "
-                "conditional on these networks, bootstrap over prompts, Holm within each comparison."
+                "images seen) and with the pixel runs stopped where they had spent the latent runs' training FLOPs "
+                "(each cell's own denoiser and encoder; the shared parts, trained once, are not matched, and with them "
+                "the pixel pipeline still cost more: the budget table's pipeline_pflops); conditional on these "
+                "networks, bootstrap over prompts, Holm within each comparison."
             ),
             Table(
                 shown[["guidance_scale", "comparison", "measure", "effect", "estimate", "p_holm", "presets"]],
@@ -341,6 +356,7 @@ def replicated_sections(config: dict, tables: dict[str, pd.DataFrame], report: P
             "Effects over training runs and conditional on one network",
             [
                 Text(_method_text(config, cells)),
+                Text(OVER_RUNS_METHOD.format(count=count, resamples=config["resamples"])),
                 Figure(
                     interaction_figure(config, cells[cells["guidance_scale"] == cells["guidance_scale"].min()], report),
                     "Each measure by cell (first run), 95% intervals",

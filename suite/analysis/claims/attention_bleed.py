@@ -218,6 +218,12 @@ def within_prompt_table(per_image: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _within_holm(per_image: pd.DataFrame) -> pd.DataFrame:
+    """``within_prompt_table`` with its p values Holm-adjusted across the table (families x resolutions)."""
+    within = within_prompt_table(per_image)
+    return within.assign(errors_minus_correct_within_p_holm=_holm_column(within, "errors_minus_correct_within_p"))
+
+
 def _decide_v3(summary, per_image, rules) -> tuple[list[str], list[str]]:
     """Rules that can fail, registered before the data on the larger prompt set: (a) as before, Holm across the
     table; (b) "attributes can bleed": binding errors carry more attention bleed than correct images of the same
@@ -226,8 +232,7 @@ def _decide_v3(summary, per_image, rules) -> tuple[list[str], list[str]]:
     inconclusive."""
     alpha = rules["alpha"]
     verdicts, lines = _localised(summary, "bleed_minus_chance_p_holm", alpha, rules["resolutions_needed"])
-    within = within_prompt_table(per_image)
-    within = within.assign(errors_minus_correct_within_p_holm=_holm_column(within, "errors_minus_correct_within_p"))
+    within = _within_holm(per_image)
     related = within[(within.errors_minus_correct_within_p_holm < alpha) & (within.errors_minus_correct_within > 0)]
     if len(related):
         verdicts.append(SUPPORTED)
@@ -293,13 +298,33 @@ def judge_attention(claim: dict, rules: dict, tables: dict, folder: Path, data: 
             "pixels of each colour. Maps are averaged over heads, layers of one resolution and the 20 steps, for the "
             "conditional half of the guided batch. text_mass: share of attention on text tokens (1 for SD-style "
             "cross-attention; IF's layers attend to text and image tokens together). Bleed vs chance: paired "
-            "permutation; errors vs correct: two-sample permutation, bootstrap interval."
+            "permutation; errors vs correct (the first rules' test): two-sample permutation, bootstrap interval."
         ),
         Table(
             shown[columns],
             {"bleed_minus_chance_p_holm": ".3g", "bleed_errors_minus_correct_p_holm": ".3g", "text_mass": ".3f"},
         ),
     ]
+    per_image = tables["per_image"]
+    if {"binding", "prompt_index"} <= set(per_image.columns):
+        within = _within_holm(per_image)
+        within = within.assign(
+            errors_minus_correct_within=[ci(row, "errors_minus_correct_within") for _, row in within.iterrows()],
+        )
+        blocks += [
+            Text(
+                'Binding errors against correct images of the same prompt (the test attention/v3 reads for "attributes '
+                "can bleed\"): the within-prompt (fixed-effects) difference in bleed, each image centred on its prompt's mean, "
+                "so only prompts with both kinds of image contribute; interval by resampling prompts, p by permuting "
+                "the error labels within prompts, Holm across the table."
+            ),
+            Table(
+                within[
+                    ["family", "side", "n_prompts", "errors_minus_correct_within", "errors_minus_correct_within_p_holm"]
+                ],
+                {"errors_minus_correct_within_p_holm": ".3g"},
+            ),
+        ]
     for family, rows in maps.groupby("family", sort=True):
         sides = sorted(rows.side.unique())
         words = list(dict.fromkeys(rows.word))
